@@ -1,0 +1,211 @@
+"""The public face of the core engine: validated inputs in, one rule out.
+
+These five functions are a fixed contract (names and keywords)::
+
+    local_objective(x, w, y, **rule) -> float            L = pHSIC(Z,Z) - γ pHSIC(Y,Z)   (Eq. 9, 34)
+    local_update(x, w, y, **rule)    -> (n_out, n_in)    ΔW = -dL/dW                      (Eq. 10, 40)
+    third_factor(x, w, y, **rule)    -> (m, m) | (c, m, m)   M of Eq. 12b / 22 (Gaussian)
+    layer_output(x, w, **rule)       -> (m, n_out)       z, or r = ẑ/u^p if divisive (Eq. 21)
+    available_backends()             -> names usable here
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import engine
+from .backends import get_backend
+from .rules import Rule
+from .third_factor import third_factor_grouped, third_factor_plain
+
+
+def _array(be, value, argument):
+    if be.is_native(value):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            raise TypeError(f"{argument} must be an array, got {type(value).__name__}") from exc
+    return arr
+
+
+def _float_dtype(arrays, names):
+    for arr, name in zip(arrays, names):
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    dt = np.result_type(*[a.dtype for a in arrays])
+    if dt.kind != "f":
+        return np.dtype(np.float64)
+    if dt not in (np.float32, np.float64):
+        return np.dtype(np.float64)
+    return dt
+
+
+def _check_finite(be, arr, name):
+    if not bool(be.xp.isfinite(arr).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _labels(be, y, m, n_classes):
+    """Integer labels (m,) and the number of classes from one-hot or integer ``y``."""
+    xp = be.xp
+    y = _array(be, y, "y")
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"y must hold labels (integers or one-hot rows), got dtype {y.dtype}")
+    if y.ndim not in (1, 2):
+        raise ValueError(f"y must be one-hot labels (m, n_classes) or integer labels (m,), got shape {tuple(y.shape)}")
+    if y.shape[0] != m:
+        raise ValueError(f"y has {y.shape[0]} rows but x has m={m} samples")
+    if y.dtype.kind == "f":
+        _check_finite(be, y, "y")
+    if y.ndim == 2:
+        k = y.shape[1]
+        if n_classes is not None and n_classes != k:
+            raise ValueError(f"n_classes={n_classes} disagrees with one-hot y of {k} columns")
+        onehot = bool(((y == 0) | (y == 1)).all()) and bool((y.sum(axis=1) == 1).all())
+        if not onehot:
+            raise ValueError("y rows must be one-hot (a single 1, zeros elsewhere)")
+        labels, n = y.argmax(axis=1), k
+    else:
+        if y.dtype.kind == "f":
+            if not bool((y == xp.round(y)).all()):
+                raise ValueError("integer labels y must be whole numbers")
+        labels = y.astype(np.int64)
+        if m and int(labels.min()) < 0:
+            raise ValueError("labels y must be >= 0")
+        top = int(labels.max()) + 1 if m else 0
+        n = top if n_classes is None else int(n_classes)
+        if n_classes is not None and top > n:
+            raise ValueError(f"label {top - 1} is out of range for n_classes={n}")
+    if n < 2:
+        raise ValueError(f"n_classes must be >= 2 (the label kernel of Eq. 35 needs two classes), got {n}")
+    return be.asarray(labels, dtype=np.int64), n
+
+
+def prepare(x, w, y, backend, n_classes=None):
+    """Validate and convert (x, w, y) for ``backend``; returns (be, x, w, labels, n, to_user)."""
+    be = get_backend(backend)
+    x = _array(be, x, "x")
+    w = _array(be, w, "w")
+    native = be.is_native(x)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (m, n_in), got shape {tuple(x.shape)}")
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (n_out, n_in), got shape {tuple(w.shape)}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"x has n_in={x.shape[1]} columns but w expects n_in={w.shape[1]} (w shape {tuple(w.shape)})")
+    if x.shape[0] < 2:
+        raise ValueError(f"x needs at least m=2 samples (a kernel compares pairs), got m={x.shape[0]}")
+    dt = _float_dtype([x, w], ["x", "w"])
+    x = be.asarray(x, dtype=dt)
+    w = be.asarray(w, dtype=dt)
+    _check_finite(be, x, "x")
+    _check_finite(be, w, "w")
+    labels = n = None
+    if y is not None:
+        labels, n = _labels(be, y, x.shape[0], n_classes)
+    to_user = (lambda a: a) if native else be.to_numpy
+    return be, x, w, labels, n, to_user
+
+
+def _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel):
+    return Rule(kernel=kernel, sigma=sigma, gamma=gamma, activation=activation, slope=slope,
+                groups=groups, p=p, delta=delta, label_kernel=label_kernel)
+
+
+def _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta, backend,
+          n_classes, label_kernel):
+    rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
+    be, x, w, labels, n, to_user = prepare(x, w, y, backend, n_classes)
+    rule.check_width(w.shape[0])
+    return rule, be, x, engine.layer_pass(rule, x, w, labels, n, be), to_user
+
+
+def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
+                    slope=0.01, groups=None, p=0.2, delta=1.0, backend="numpy",
+                    n_classes=None, label_kernel="cosine"):
+    """Layer objective L = pHSIC(Z, Z) - γ pHSIC(Y, Z) on one batch (Eq. 9, 34).
+
+    Parameters
+    ----------
+    x : array (m, n_in)
+        The layer's input (previous layer's output).
+    w : array (n_out, n_in)
+        The layer's weights.
+    y : array (m, n_classes) one-hot, or (m,) integer labels
+    kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel
+        The rule (see :class:`threefactor.rules.Rule`).
+    backend : {"numpy", "numba", "cupy"}
+    n_classes : int, optional
+        Number of classes for integer labels (default: max label + 1).
+
+    Returns
+    -------
+    float
+    """
+    _, _, _, lp, _ = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta,
+                           backend, n_classes, label_kernel)
+    return lp.objective()
+
+
+def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
+                 slope=0.01, groups=None, p=0.2, delta=1.0, backend="numpy",
+                 n_classes=None, label_kernel="cosine"):
+    """Explicit 3-factor update ΔW = -dL/dW, exactly (Eq. 10, 12, 22, 40-48).
+
+    Same parameters as :func:`local_objective`.  Returns an array (n_out, n_in)
+    of the inputs' dtype (float32 in, float32 out; float64 in, float64 out).
+    Computed as ΔW = postᵀ x with post = -dL/da, the third factor folded in
+    through the graph Laplacian of A = (2 k̊z - γ k̊y) ⊙ K / m²: one update GEMM
+    plus one kernel GEMM, never a pair loop.
+    """
+    _, be, x, lp, to_user = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
+                                  delta, backend, n_classes, label_kernel)
+    return to_user(be.hebbian(lp.post(), x))
+
+
+def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
+                 slope=0.01, groups=None, p=0.2, delta=1.0, backend="numpy",
+                 n_classes=None, label_kernel="cosine"):
+    """The third factor M of the Gaussian rules (Eq. 12b; Eq. 22, 47 with groups).
+
+    Returns (m, m) for the plain rule, (groups, m, m) for the grouped one, scaled
+    so that :func:`threefactor.pairwise.pairwise_update` gives ΔW = -dL/dW.
+    Only the Gaussian kernel has this 3-factor form (the cosine kernel's update
+    is not one: paper App. B.4).
+    """
+    if kernel != "gaussian":
+        raise ValueError(f"third_factor is defined for kernel='gaussian' only (the 3-factor form of "
+                         f"Eq. 12 / 22), got kernel={kernel!r}")
+    rule, be, x, lp, to_user = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
+                                     delta, backend, n_classes, label_kernel)
+    if rule.grouped:
+        g = rule.check_width(lp.z.shape[1])
+        M = third_factor_grouped(lp.K, lp.Ky, lp.v, rule.gamma, rule.sigma, rule.p, g, be.xp)
+    else:
+        M = third_factor_plain(lp.K, lp.Ky, rule.gamma, rule.sigma)
+    return to_user(M)
+
+
+def layer_output(x, w, *, activation="lrelu", slope=0.01, groups=None, p=0.2, delta=1.0,
+                 divisive=False, backend="numpy"):
+    """The layer's activity passed on: z = f(x wᵀ), or r = ẑ/u^p when ``divisive`` (Eq. 1, 21).
+
+    Returns an array (m, n_out) of the inputs' dtype.
+    """
+    rule = Rule(activation=activation, slope=slope, groups=groups, p=p, delta=delta)
+    if divisive and groups is None:
+        raise ValueError("divisive=True needs groups (divisive normalisation is per group, Eq. 21)")
+    be, x, w, _, _, to_user = prepare(x, w, None, backend)
+    rule.check_width(w.shape[0])
+    _, z, _ = be.forward(x, w, rule.activation, rule.slope)
+    if not divisive:
+        return to_user(z)
+    zhat, u, _ = be.group_stats(z, rule.groups, rule.p, rule.delta)
+    return to_user(be.divisive_norm(zhat, u, rule.p))
+
+
+def available_backends():
+    """Names of the backends usable on this machine, e.g. ``("numpy", "numba")``."""
+    from .backends import available_backends as _available
+    return _available()

@@ -1,0 +1,85 @@
+"""The numpy backend: the readable reference for every primitive.
+
+A backend implements a few primitives, never whole rules; the engine
+(:mod:`threefactor.engine`) composes them.  Faster backends (Numba, CuPy)
+override the same method names and are tested against this one.
+
+Shapes: x (m, n_in), w (n_out, n_in), z / a / fp (m, n_out), u / v (m, c),
+K / A / Ky (m, m).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import grouping, kernels
+from ..activations import activate
+from ..third_factor import gaussian_weights as _gaussian_weights
+
+
+class NumpyBackend:
+    """Reference implementation of the primitives with numpy."""
+
+    name = "numpy"
+    xp = np
+
+    # -- arrays ---------------------------------------------------------
+    def asarray(self, a, dtype=None):
+        return np.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def is_native(self, a):
+        """Whether ``a`` is already an array of this backend."""
+        return isinstance(a, np.ndarray)
+
+    def synchronize(self):
+        """Wait for queued work (a no-op on the CPU)."""
+
+    # -- primitives -----------------------------------------------------
+    def matmul(self, a, b):
+        """Matrix product (BLAS GEMM)."""
+        return a @ b
+
+    def forward(self, x, w, activation, slope):
+        """a = x wᵀ (one GEMM), z = f(a), f'(a).  Returns (a, z, fp)."""
+        a = self.matmul(x, w.T)
+        z, fp = activate(a, activation, slope, np)
+        return a, z, fp
+
+    def group_stats(self, z, groups, p, delta):
+        """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18."""
+        return grouping.group_stats(z, groups, p, delta, np)
+
+    def divisive_norm(self, zhat, u, p):
+        """r = ẑ / u^p (Eq. 21)."""
+        return grouping.divisive_norm(zhat, u, p, np)
+
+    def gaussian_kernel(self, v, sigma):
+        """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26) from one GEMM."""
+        return kernels.Gaussian(sigma).matrix(v, np)
+
+    def gaussian_weights(self, K, Ky, gamma):
+        """A = (2 k̊z - γ k̊y) ⊙ K / m² (Eq. 12b times σ²)."""
+        return _gaussian_weights(K, Ky, gamma)
+
+    def laplacian(self, A, v):
+        """L_A v = diag(A·1) v - A v, one GEMM (m, m) × (m, d)."""
+        return A.sum(axis=1)[:, None] * v - self.matmul(A, v)
+
+    def post_plain(self, neg_dz, fp, scale):
+        """Post-synaptic term scale · (-dL/dz) ⊙ f'(a) (Eq. 41)."""
+        return (scale * neg_dz) * fp
+
+    def post_grouped(self, neg_dv, zhat, u, fp, p, scale):
+        """Post-synaptic term of the grouped rule (Eq. 47-48):
+        scale · 2(1-p)/g · (-dv_α + mean_α dv) · ẑ_αn / u_α^p · f'_n."""
+        return grouping.group_pullback(scale * neg_dv, zhat, u, p, np) * fp
+
+    def hebbian(self, post, x):
+        """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one GEMM."""
+        return self.matmul(post.T, x)
+
+    def label_kernel(self, labels, n_classes, kind, dtype):
+        """Centred label kernel (Eq. 35 / 36) from integer labels."""
+        return kernels.label_kernel(labels, n_classes, kind, dtype, np)

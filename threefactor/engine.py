@@ -1,0 +1,100 @@
+"""The layer-local rule, composed from backend primitives (Eq. 10, 12, 22, 40-48).
+
+For one hidden layer and one mini-batch::
+
+    a = x wᵀ,  z = f(a)                                  forward (one GEMM)
+    v = z  or  v = u^(1-p) - mean_α u^(1-p)              Eq. 17-18
+    K = k(v_i, v_j),  Ky = k(y_i, y_j)                   Eq. 26, 35
+    -dL/dv = (2/σ²) L_A v,  A = (2 k̊z - γ k̊y) ⊙ K / m²    Eq. 40-42 (Gaussian)
+    post = -dL/da                                         Eq. 41 / 47-48
+    ΔW = postᵀ x = -dL/dW                                 the Hebbian product
+
+No autograd: every step is written out.  ``post`` is the post-synaptic term
+and x the pre-synaptic one; the third factor is folded into ``post`` through
+the graph Laplacian, so the pair sums of Eq. 12 / 22 cost one GEMM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .kernels import kernel_object
+from .objective import kernel_coefficient, layer_objective
+from .rules import Rule
+
+
+@dataclass
+class LayerPass:
+    """Everything one forward pass of a layer computes (arrays of the backend).
+
+    a, z, fp : (m, n_out)  pre-activation, activity, f'(a)
+    zhat : (m, n_out) or None, u : (m, c) or None   group statistics (Eq. 17)
+    v : (m, d)   representation compared by the kernel (d = n_out or c)
+    K, Ky : (m, m)   kernel matrices of the layer and of the labels
+    """
+
+    rule: Rule
+    backend: Any
+    a: Any
+    z: Any
+    fp: Any
+    zhat: Optional[Any]
+    u: Optional[Any]
+    v: Any
+    K: Any
+    Ky: Any
+
+    def objective(self) -> float:
+        """L = pHSIC(Z, Z) - γ pHSIC(Y, Z) (Eq. 9, 34) of this batch."""
+        return float(layer_objective(self.K, self.Ky, self.rule.gamma))
+
+    def post(self):
+        """Post-synaptic term -dL/da (m, n_out): the third factor already folded in."""
+        rule, be = self.rule, self.backend
+        if rule.kernel == "gaussian":
+            A = be.gaussian_weights(self.K, self.Ky, rule.gamma)
+            neg_dv = be.laplacian(A, self.v)
+            scale = 2.0 / rule.sigma ** 2
+        else:
+            C = kernel_coefficient(self.K, self.Ky, rule.gamma)
+            neg_dv = -kernel_object(rule).pullback(self.v, self.K, C, be.xp)
+            scale = 1.0
+        if rule.grouped:
+            return be.post_grouped(neg_dv, self.zhat, self.u, self.fp, rule.p, scale)
+        return be.post_plain(neg_dv, self.fp, scale)
+
+    def output(self, divisive: bool):
+        """What the layer passes on: r = ẑ/u^p with divisive normalisation (Eq. 21), else z."""
+        if divisive:
+            if not self.rule.grouped:
+                raise ValueError("divisive=True needs groups (divisive normalisation is per group)")
+            return self.backend.divisive_norm(self.zhat, self.u, self.rule.p)
+        return self.z
+
+
+def layer_pass(rule: Rule, x, w, labels, n_classes: int, backend) -> LayerPass:
+    """Run the forward half of a layer's rule on backend arrays ``x``, ``w``, ``labels``."""
+    a, z, fp = backend.forward(x, w, rule.activation, rule.slope)
+    return represent(rule, a, z, fp, labels, n_classes, backend)
+
+
+def represent(rule: Rule, a, z, fp, labels, n_classes: int, backend) -> LayerPass:
+    """Kernel matrices of activity z (m, n) already computed (dense or flattened conv)."""
+    zhat = u = None
+    if rule.grouped:
+        zhat, u, v = backend.group_stats(z, rule.groups, rule.p, rule.delta)
+    else:
+        v = z
+    if rule.kernel == "gaussian":
+        K = backend.gaussian_kernel(v, rule.sigma)
+    else:
+        K = kernel_object(rule).matrix(v, backend.xp)
+    Ky = backend.label_kernel(labels, n_classes, rule.label_kernel, z.dtype)
+    return LayerPass(rule, backend, a, z, fp, zhat, u, v, K, Ky)
+
+
+def local_step(rule: Rule, x, w, labels, n_classes: int, backend, divisive=False):
+    """One layer on one batch: (output, ΔW = -dL/dW, L).  Used by training."""
+    lp = layer_pass(rule, x, w, labels, n_classes, backend)
+    dw = backend.hebbian(lp.post(), x)
+    return lp.output(divisive), dw, lp
