@@ -12,8 +12,9 @@ batches), checked for consistency, and pre-processed as in Pogodin & Latham
   shape ``(N, 3, 32, 32)``.
 
 Images are float32, labels int64. Use :func:`load_dataset`; where the files
-are looked for is described there. Downloading lives in
-:mod:`threefactor.data_download`.
+are looked for is described there. Locating and downloading the files lives
+in :mod:`threefactor.data_download` (``cache_dir``, ``search_dirs`` and
+``find_dataset`` are also reachable from here).
 """
 
 from __future__ import annotations
@@ -38,10 +39,9 @@ __all__ = [
     "preprocess_mnist",
     "preprocess_cifar10",
     "split_validation",
-    "find_dataset",
-    "search_dirs",
-    "cache_dir",
 ]
+
+_LOCATION_NAMES = ("cache_dir", "search_dirs", "find_dataset")
 
 DATASETS = ("mnist", "fmnist", "kmnist", "cifar10")
 
@@ -62,10 +62,6 @@ CIFAR_STD = (0.247, 0.243, 0.261)
 
 IMAGE_SHAPES = {"mnist": (1, 28, 28), "fmnist": (1, 28, 28), "kmnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 N_CLASSES = 10
-
-#: Directories where system packages install a dataset (Debian's
-#: ``dataset-fashion-mnist`` installs the four ``.gz`` files here).
-SYSTEM_DIRS: dict[str, tuple[str, ...]] = {"fmnist": ("/usr/share/datasets/fashion-mnist",)}
 
 
 class DataError(ValueError):
@@ -181,13 +177,6 @@ def _idx_path(directory: Path, stem: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def _missing_files(name: str, directory: Path) -> list[str]:
-    if name == "cifar10":
-        batch_dir = directory if directory.name == CIFAR_BATCH_DIR else directory / CIFAR_BATCH_DIR
-        return [str(batch_dir / f) for f in CIFAR_FILES if not (batch_dir / f).is_file()]
-    return [str(directory / s) + "[.gz]" for s in IDX_FILES.values() if _idx_path(directory, s) is None]
 
 
 def load_mnist_dir(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -388,75 +377,6 @@ def split_validation(
     return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
 
 
-# --------------------------------------------------------------------------- locations
-
-
-def cache_dir(name: str | None = None) -> Path:
-    """Return the user cache directory, ``$XDG_CACHE_HOME/threefactor[/name]``.
-
-    Parameters
-    ----------
-    name : str, optional
-        Dataset name appended to the path.
-
-    Returns
-    -------
-    pathlib.Path
-        ``$XDG_CACHE_HOME/threefactor/<name>`` (``~/.cache`` when
-        ``XDG_CACHE_HOME`` is unset or empty).
-    """
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "threefactor"
-    return base / name if name else base
-
-
-def search_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
-    """List the directories searched for dataset ``name``, in order.
-
-    Parameters
-    ----------
-    name : str
-        One of :data:`DATASETS`.
-    root : str or path-like, optional
-        Explicit data root: ``root/<name>`` then ``root`` itself are tried.
-
-    Returns
-    -------
-    list of pathlib.Path
-        ``root/<name>``, ``root``, ``$THREEFACTOR_DATA/<name>``, the system
-        directories of :data:`SYSTEM_DIRS` (Fashion-MNIST:
-        ``/usr/share/datasets/fashion-mnist``) and :func:`cache_dir`.
-    """
-    dirs = []
-    if root is not None:
-        dirs += [Path(root) / name, Path(root)]
-    if os.environ.get("THREEFACTOR_DATA"):
-        dirs.append(Path(os.environ["THREEFACTOR_DATA"]) / name)
-    dirs += [Path(d) for d in SYSTEM_DIRS.get(name, ())]
-    dirs.append(cache_dir(name))
-    return dirs
-
-
-def find_dataset(name: str, root: str | os.PathLike | None = None) -> Path | None:
-    """Return the first directory of :func:`search_dirs` holding all files.
-
-    Parameters
-    ----------
-    name : str
-        One of :data:`DATASETS`.
-    root : str or path-like, optional
-        Explicit data root, searched first.
-
-    Returns
-    -------
-    pathlib.Path or None
-        The directory, or None when no searched directory is complete.
-    """
-    for d in search_dirs(name, root):
-        if d.is_dir() and not _missing_files(name, d):
-            return d
-    return None
-
-
 def load_dataset(
     name: str,
     *,
@@ -508,27 +428,29 @@ def load_dataset(
 
     Notes
     -----
-    Directories searched, in order: ``root/<name>`` and ``root`` (if given),
-    ``$THREEFACTOR_DATA/<name>``, for Fashion-MNIST the Debian package
-    directory ``/usr/share/datasets/fashion-mnist``, then the cache. The
+    Directories searched, in order (see
+    :func:`threefactor.data_download.search_dirs`): ``root/<name>`` and
+    ``root`` (if given), ``$THREEFACTOR_DATA/<name>``, for Fashion-MNIST the
+    Debian package directory ``/usr/share/datasets/fashion-mnist``, then the
+    cache. The
     first directory holding every file is used. Checksums are verified when
     downloading, not for files found on disk (Debian re-compresses its
     copies), which are checked structurally instead.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    directory = find_dataset(name, root)
+    from . import data_download as dl
+
+    directory = dl.find_dataset(name, root)
     if directory is None:
         if not download:
             looked = "; ".join(
-                f"{d} (lacks {', '.join(_missing_files(name, d))})" if d.is_dir() else f"{d} (absent)"
-                for d in search_dirs(name, root)
+                f"{d} (lacks {', '.join(dl._missing_files(name, d))})" if d.is_dir() else f"{d} (absent)"
+                for d in dl.search_dirs(name, root)
             )
             raise DataError(f"{name}: dataset not found and download=False; looked in: {looked}")
-        from . import data_download
-
-        directory = Path(root) / name if root is not None else cache_dir(name)
-        data_download.download_dataset(name, directory, progress=progress)
+        directory = Path(root) / name if root is not None else dl.cache_dir(name)
+        dl.download_dataset(name, directory, progress=progress)
     if name == "cifar10":
         x_tr, y_tr, x_te, y_te = load_cifar10_dir(directory)
     else:
@@ -547,3 +469,12 @@ def load_dataset(
         n_classes=N_CLASSES,
         image_shape=IMAGE_SHAPES[name],
     )
+
+
+def __getattr__(attr: str):
+    # Lazy re-export of the location helpers (avoids a circular import).
+    if attr in _LOCATION_NAMES:
+        from . import data_download
+
+        return getattr(data_download, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -1,6 +1,8 @@
-"""Downloading the public datasets used by :mod:`threefactor.data`.
+"""Locating and downloading the datasets used by :mod:`threefactor.data`.
 
-Files are fetched with :mod:`urllib` from the dataset authors' public
+:func:`search_dirs` lists where a dataset is looked for and
+:func:`find_dataset` picks the first complete directory. Missing files are
+fetched with :mod:`urllib` from the dataset authors' public
 locations (see :data:`MIRRORS`), streamed to a temporary file in the target
 directory, checked against the checksum published by the authors (see
 :data:`CHECKSUMS`) and only then moved into place with :func:`os.replace`,
@@ -24,9 +26,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .data import CIFAR_BATCH_DIR, CIFAR_FILES, IDX_FILES, DataError
+from .data import CIFAR_BATCH_DIR, CIFAR_FILES, IDX_FILES, DataError, _idx_path
 
 __all__ = [
+    "SYSTEM_DIRS",
+    "cache_dir",
+    "search_dirs",
+    "find_dataset",
     "MIRRORS",
     "CHECKSUMS",
     "CIFAR_ARCHIVE",
@@ -80,6 +86,84 @@ _CHUNK = 1 << 16
 
 class ChecksumError(DataError):
     """A downloaded file does not match its published checksum."""
+
+
+#: Directories where system packages install a dataset (Debian's
+#: ``dataset-fashion-mnist`` installs the four ``.gz`` files here).
+SYSTEM_DIRS: dict[str, tuple[str, ...]] = {"fmnist": ("/usr/share/datasets/fashion-mnist",)}
+
+
+def _missing_files(name: str, directory: Path) -> list[str]:
+    if name == "cifar10":
+        batch_dir = directory if directory.name == CIFAR_BATCH_DIR else directory / CIFAR_BATCH_DIR
+        return [str(batch_dir / f) for f in CIFAR_FILES if not (batch_dir / f).is_file()]
+    return [str(directory / s) + "[.gz]" for s in IDX_FILES.values() if _idx_path(directory, s) is None]
+
+
+def cache_dir(name: str | None = None) -> Path:
+    """Return the user cache directory, ``$XDG_CACHE_HOME/threefactor[/name]``.
+
+    Parameters
+    ----------
+    name : str, optional
+        Dataset name appended to the path.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$XDG_CACHE_HOME/threefactor/<name>`` (``~/.cache`` when
+        ``XDG_CACHE_HOME`` is unset or empty).
+    """
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "threefactor"
+    return base / name if name else base
+
+
+def search_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """List the directories searched for dataset ``name``, in order.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS`.
+    root : str or path-like, optional
+        Explicit data root: ``root/<name>`` then ``root`` itself are tried.
+
+    Returns
+    -------
+    list of pathlib.Path
+        ``root/<name>``, ``root``, ``$THREEFACTOR_DATA/<name>``, the system
+        directories of :data:`SYSTEM_DIRS` (Fashion-MNIST:
+        ``/usr/share/datasets/fashion-mnist``) and :func:`cache_dir`.
+    """
+    dirs = []
+    if root is not None:
+        dirs += [Path(root) / name, Path(root)]
+    if os.environ.get("THREEFACTOR_DATA"):
+        dirs.append(Path(os.environ["THREEFACTOR_DATA"]) / name)
+    dirs += [Path(d) for d in SYSTEM_DIRS.get(name, ())]
+    dirs.append(cache_dir(name))
+    return dirs
+
+
+def find_dataset(name: str, root: str | os.PathLike | None = None) -> Path | None:
+    """Return the first directory of :func:`search_dirs` holding all files.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS`.
+    root : str or path-like, optional
+        Explicit data root, searched first.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The directory, or None when no searched directory is complete.
+    """
+    for d in search_dirs(name, root):
+        if d.is_dir() and not _missing_files(name, d):
+            return d
+    return None
 
 
 def _base_urls(name: str) -> tuple[str, ...]:
