@@ -246,6 +246,8 @@ def download_file(
                             hasher.update(chunk)
                             bar.update(len(chunk))
             except (urllib.error.URLError, OSError) as exc:
+                if isinstance(exc, urllib.error.HTTPError):
+                    exc.close()  # release the connection held by the error response
                 raise DataError(f"{dest}: download from {url} failed: {exc}") from exc
         if expected is not None:
             found = hasher.hexdigest()
