@@ -1,0 +1,457 @@
+"""Prove that every rule's explicit update is -dL/dW (in the spirit of torch.autograd.gradcheck).
+
+For a rule variant and a backend, :func:`check_rule` draws a small problem
+(x (m, n_in), w (n_out, n_in), labels (m,)), computes the explicit update
+``local_update(..., backend=b)`` and compares it with three independent
+references of -dL/dW, each computed in float64 from the literal objective
+:func:`threefactor.pairwise.objective` (or its PyTorch twin):
+
+``fd``       central finite differences, the 4th-order stencil
+             (-L(w+2h) + 8L(w+h) - 8L(w-h) + L(w-2h)) / 12h, h = 1e-4, on every synapse;
+``complex``  complex-step derivatives Im L(w + i h e_nk) / h, h = 1e-30: no
+             subtraction, so exact to ~1e-15 — this is what lets us assert 1e-10;
+``torch``    ``backward()`` through :func:`threefactor.torch_ref.objective_torch`
+             (skipped when torch is not installed).
+
+Relative error (the number compared with the tolerance)::
+
+    max_rel_error = max_nk |ΔW_nk - ref_nk| / max_nk |ref_nk|
+
+i.e. the largest deviation measured against the largest reference entry (so
+that tiny entries do not blow it up); ``worst`` is the synapse (n, k) where
+|ΔW - ref| is largest, with ΔW and ref there.  Tolerances (``TOLERANCES``):
+complex and torch 1e-10 in float64 (typically ~1e-15), fd 1e-6.
+
+A researcher's own kernel is checked the same way.  Any object with
+``matrix(v, xp)`` and ``pullback(v, K, C, xp)`` (see :mod:`threefactor.kernels`)::
+
+    from threefactor.check import check_rule, assert_update_matches
+    from threefactor.rules import Rule
+
+    class Polynomial:
+        '''k(a, b) = (aᵀb / s + 1)^d, smooth, complex- and torch-safe.'''
+        def __init__(self, s=4.0, d=3):
+            self.s, self.d = s, d
+        def matrix(self, v, xp):                     # (m, dim) -> (m, m)
+            return (v @ v.T / self.s + 1.0) ** self.d
+        def pullback(self, v, K, C, xp):             # C = dL/dK -> dL/dv (m, dim)
+            B = C * self.d * (v @ v.T / self.s + 1.0) ** (self.d - 1) / self.s
+            return (B + B.T) @ v
+
+    results = check_rule(Rule(kernel=Polynomial(), groups=4, p=0.5))
+    assert all(r.ok for r in results)
+
+or from the shell: ``threefactor check --kernel-module my_module:Polynomial``.
+A ``matrix`` that is not complex-safe (``abs``, ``maximum``, comparisons)
+cannot be differentiated by the complex step: this is detected (the complex
+derivative then disagrees with finite differences, or raises) and the complex
+method is reported as SKIP with the reason; fd and torch still decide.
+For torch, ``matrix`` is called with ``xp=torch``.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import pairwise
+from .api import local_update
+from .backends import BACKENDS, BackendUnavailable, get_backend
+from .rules import ACTIVATIONS, COSINE_EPS, GROUPINGS, KERNELS, LABEL_KERNELS, Rule
+from .torch_ref import autograd_update, torch_available
+
+METHODS = ("fd", "complex", "torch")
+#: Tolerances on max_rel_error per dtype of the explicit update and method.
+TOLERANCES = {
+    "float64": {"fd": 1e-6, "complex": 1e-10, "torch": 1e-10},
+    "float32": {"fd": 1e-3, "complex": 1e-3, "torch": 1e-3},
+}
+#: (groups, p) of the three groupings in the default matrix (groups=None: plain).
+GROUPING_PARAMS = {"plain": (None, None), "grp": (True, 0.5), "grp+div": (True, 0.2)}
+FD_STEP = 1e-4
+COMPLEX_STEP = 1e-30
+
+
+class GradcheckError(AssertionError):
+    """The explicit update differs from a reference -dL/dW by more than the tolerance."""
+
+
+@dataclass
+class CheckResult:
+    """One comparison: explicit update of ``backend`` vs reference ``method``.
+
+    ``passed`` is None when the method was skipped (``note`` says why).
+    ``worst`` is the synapse (n, k); ``explicit``/``reference`` its two values.
+    """
+
+    variant: str
+    backend: str
+    method: str
+    dtype: str
+    max_rel_error: float
+    worst: tuple
+    explicit: float
+    reference: float
+    passed: Optional[bool]
+    tolerance: float
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.passed is not False
+
+    @property
+    def status(self) -> str:
+        return {True: "PASS", False: "FAIL", None: "SKIP"}[self.passed]
+
+
+def relative_error(explicit, reference):
+    """(max|ΔW - ref| / max|ref|, worst synapse (n, k)) of two (n_out, n_in) arrays."""
+    explicit = np.asarray(explicit, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if explicit.shape != reference.shape:
+        raise ValueError(f"explicit update has shape {explicit.shape}, reference {reference.shape}")
+    diff = np.abs(explicit - reference)
+    if not np.all(np.isfinite(diff)):
+        diff = np.where(np.isfinite(diff), diff, np.inf)
+    worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    err = float(diff[worst]) / scale if scale > 0 else float(diff[worst])
+    return err, tuple(int(i) for i in worst)
+
+
+def assert_update_matches(explicit, reference, *, tolerance=1e-10, what="explicit update",
+                          method="reference"):
+    """Raise :class:`GradcheckError` unless max|ΔW - ref| / max|ref| <= tolerance.
+
+    Returns the relative error.  The message names the worst synapse (n, k) and
+    gives both values there side by side.
+    """
+    err, (n, k) = relative_error(explicit, reference)
+    if not err <= tolerance:
+        e = float(np.asarray(explicit)[n, k])
+        r = float(np.asarray(reference)[n, k])
+        raise GradcheckError(
+            f"{what} differs from the {method} -dL/dW: max relative error {err:.3e} > tolerance "
+            f"{tolerance:.0e} (relative error = max|dW - ref| / max|ref|); worst synapse "
+            f"(n={n}, k={k}): explicit {e:.15e} vs {method} {r:.15e}")
+    return err
+
+
+def _backend_names():
+    """Backends usable here (a backend whose module does not load counts as unavailable)."""
+    names = []
+    for name in BACKENDS:
+        try:
+            get_backend(name)
+        except (BackendUnavailable, ImportError):
+            continue
+        names.append(name)
+    return tuple(names)
+
+
+def variant_name(rule: Rule, grouping=None) -> str:
+    """e.g. ``gaussian/grp+div/lrelu``; without ``grouping``, ``grp(p=0.5)`` or ``plain``."""
+    if grouping is None:
+        grouping = "plain" if rule.groups is None else f"grp(p={rule.p:g})"
+    name = f"{rule.kernel_name}/{grouping}/{rule.activation}"
+    return name + ("/ylinear" if rule.label_kernel == "linear" else "")
+
+
+def make_problem(m=6, n_in=5, n_out=8, n_classes=3, seed=0, rule=None, margin=0.02):
+    """A small seeded problem (x, w, labels); every class present when m >= n_classes.
+
+    Pre-activations closer than ``margin`` to the kink of relu/lrelu/selu are
+    redrawn, so finite differences never straddle it.
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(m) % n_classes)
+    for _ in range(100):
+        x = rng.normal(size=(m, n_in))
+        w = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
+        if rule is None or rule.activation == "linear" or np.abs(x @ w.T).min() > margin:
+            break
+    return x, w, labels
+
+
+def _objective_of_w(x, labels, n_classes, rule):
+    return lambda w: pairwise.objective(x, w, labels, n_classes, rule)
+
+
+def fd_gradient(f, w, h=FD_STEP):
+    """-df/dw by 4th-order central finite differences, every entry (float64)."""
+    w = np.asarray(w, dtype=np.float64)
+    g = np.empty_like(w)
+    for idx in np.ndindex(*w.shape):
+        vals = []
+        for s in (2, 1, -1, -2):
+            wp = w.copy()
+            wp[idx] += s * h
+            vals.append(float(np.real(f(wp))))
+        g[idx] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * h)
+    return -g
+
+
+def complex_step_gradient(f, w, h=COMPLEX_STEP):
+    """-df/dw by the complex step Im f(w + i h e_nk) / h, every entry (needs a complex-safe f)."""
+    w = np.asarray(w, dtype=np.float64)
+    g = np.empty_like(w)
+    for idx in np.ndindex(*w.shape):
+        wc = w.astype(np.complex128)
+        wc[idx] += 1j * h
+        g[idx] = np.imag(f(wc)) / h
+    return -g
+
+
+def reference_updates(x, w, labels, n_classes, rule, methods=METHODS):
+    """{method: (reference -dL/dW in float64 or None, note)} at the float64 point (x, w)."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    f = _objective_of_w(x, labels, n_classes, rule)
+    refs = {}
+    user_kernel = not isinstance(rule.kernel, str)
+    fd = fd_gradient(f, w) if "fd" in methods or user_kernel else None
+    if "fd" in methods:
+        refs["fd"] = (fd, "")
+    if "complex" in methods:
+        try:
+            cs = complex_step_gradient(f, w)
+            if not np.all(np.isfinite(cs)):
+                raise ValueError("the complex-step derivative is not finite")
+            if user_kernel and not relative_error(cs, fd)[0] <= TOLERANCES["float64"]["fd"]:
+                raise ValueError("the complex-step derivative disagrees with finite differences")
+            refs["complex"] = (cs, "")
+        except Exception as exc:  # a user kernel that is not complex-safe
+            refs["complex"] = (None, f"kernel.matrix is not complex-safe ({exc}); "
+                                     "fd and torch decide")
+    if "torch" in methods:
+        if not torch_available():
+            refs["torch"] = (None, "torch is not installed: pip install threefactor[autograd]")
+        else:
+            try:
+                refs["torch"] = (autograd_update(x, w, labels, n_classes, rule, dtype=np.float64), "")
+            except Exception as exc:  # a user kernel whose matrix() does not take xp=torch
+                refs["torch"] = (None, f"kernel.matrix(v, torch) failed: {exc}")
+    return refs
+
+
+def _update_kwargs(rule):
+    if rule.cosine_eps != COSINE_EPS:
+        raise ValueError("local_update has no cosine_eps argument: check with the default cosine_eps")
+    return dict(kernel=rule.kernel, sigma=rule.sigma, gamma=rule.gamma, activation=rule.activation,
+                slope=rule.slope, groups=rule.groups, p=rule.p, delta=rule.delta,
+                label_kernel=rule.label_kernel)
+
+
+def check_rule(rule=None, *, backends=None, dtype=np.float64, m=6, n_in=5, n_out=8, n_classes=3,
+               seed=0, methods=METHODS, kernel=None, tolerances=None, raise_on_failure=False,
+               name=None):
+    """Compare ``local_update`` of each backend with the reference -dL/dW of each method.
+
+    Parameters
+    ----------
+    rule : Rule or dict of Rule fields, optional (default ``Rule()``)
+    backends : sequence of str, optional
+        Default: every backend available here.  An unavailable one raises BackendUnavailable.
+    dtype : float32 or float64
+        dtype of the explicit update (references are float64 at the same point).
+    m, n_in, n_out, n_classes, seed : problem size and seed (see :func:`make_problem`).
+    methods : subset of ("fd", "complex", "torch")
+    kernel : str or kernel object, optional
+        Replaces the rule's kernel (e.g. a user kernel).
+    tolerances : dict method -> float, optional (default ``TOLERANCES[dtype]``)
+    raise_on_failure : bool
+        Raise :class:`GradcheckError` at the first failure.
+    name : str, optional
+        Variant name in the results (default :func:`variant_name`).
+
+    Returns
+    -------
+    list of CheckResult, one per (backend, method).
+    """
+    rule = Rule() if rule is None else Rule(**rule) if isinstance(rule, dict) else rule
+    if kernel is not None:
+        rule = rule.with_(kernel=kernel)
+    rule.check_width(n_out)
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"methods={sorted(unknown)} are not among: {', '.join(METHODS)}")
+    dt = np.dtype(dtype)
+    if dt.name not in TOLERANCES:
+        raise ValueError(f"dtype={dt.name!r} is not one of: {', '.join(TOLERANCES)}")
+    tol = dict(TOLERANCES[dt.name], **(tolerances or {}))
+    backends = _backend_names() if backends is None else tuple(backends)
+    x, w, labels = make_problem(m, n_in, n_out, n_classes, seed, rule)
+    x, w = x.astype(dt), w.astype(dt)       # references at exactly the point the backend sees
+    refs = reference_updates(x, w, labels, n_classes, rule, methods)
+    name, results = name or variant_name(rule), []
+    for b in backends:
+        dw = local_update(x, w, labels, n_classes=n_classes, backend=b, **_update_kwargs(rule))
+        for method in methods:
+            ref, note = refs[method]
+            if ref is None:
+                results.append(CheckResult(name, b, method, dt.name, float("nan"), (-1, -1),
+                                           float("nan"), float("nan"), None, tol[method], note))
+                continue
+            err, (n, k) = relative_error(dw, ref)
+            res = CheckResult(name, b, method, dt.name, err, (n, k), float(dw[n, k]),
+                              float(ref[n, k]), bool(err <= tol[method]), tol[method], note)
+            if raise_on_failure and not res.passed:
+                assert_update_matches(dw, ref, tolerance=tol[method], method=method,
+                                      what=f"local_update({name}, backend={b}, {dt.name})")
+            results.append(res)
+    return results
+
+
+def variants(kernels=KERNELS, groupings=GROUPINGS, activations=ACTIVATIONS,
+             label_kernels=("cosine",), groups=4):
+    """(name, Rule) of the check matrix: kernel × grouping × activation (× label kernel)."""
+    for kern, grouping, act, lk in itertools.product(kernels, groupings, activations, label_kernels):
+        if grouping not in GROUPING_PARAMS:
+            raise ValueError(f"grouping={grouping!r} is not one of: {', '.join(GROUPINGS)}")
+        grp, p = GROUPING_PARAMS[grouping]
+        extra = {} if grp is None else {"groups": groups, "p": p}
+        rule = Rule(kernel=kern, activation=act, label_kernel=lk, **extra)
+        yield variant_name(rule, grouping), rule
+
+
+def check_all(*, backends=None, kernels=KERNELS, groupings=GROUPINGS, activations=ACTIVATIONS,
+              label_kernels=("cosine",), groups=4, **kwargs):
+    """:func:`check_rule` over every variant (kernel × {plain, grp, grp+div} × activation)."""
+    backends = _backend_names() if backends is None else tuple(backends)
+    out = []
+    for name, rule in variants(kernels, groupings, activations, label_kernels, groups):
+        out += check_rule(rule, backends=backends, name=name, **kwargs)
+    return out
+
+# --------------------------------------------------------------------------- command line
+
+
+def configure_parser(parser):
+    """Arguments of ``threefactor check``."""
+    parser.add_argument("--backend", nargs="+", default=None, choices=BACKENDS,
+                        help="backends to check (default: every one available here)")
+    parser.add_argument("--kernel", nargs="+", default=None, choices=KERNELS,
+                        help="kernels (default: all, or none when --kernel-module is given)")
+    parser.add_argument("--kernel-module", action="append", default=[], metavar="MODULE:NAME",
+                        help="a user kernel: class (built with no arguments) or object, e.g. "
+                             "my_module:MyKernel or path/to/file.py:MyKernel; repeatable")
+    parser.add_argument("--activation", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS)
+    parser.add_argument("--grouping", nargs="+", default=list(GROUPINGS), choices=GROUPINGS)
+    parser.add_argument("--label-kernel", nargs="+", default=["cosine"], choices=LABEL_KERNELS)
+    parser.add_argument("--method", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--dtype", default="float64", choices=tuple(TOLERANCES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--m", type=int, default=6, help="batch size")
+    parser.add_argument("--n-in", type=int, default=5)
+    parser.add_argument("--n-out", type=int, default=8)
+    parser.add_argument("--groups", type=int, default=4, help="number of groups of grp, grp+div")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    return parser
+
+
+def load_kernel(spec):
+    """The kernel named by ``module:Name`` or ``path/file.py:Name`` (a class is instantiated)."""
+    import importlib
+    import importlib.util
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--kernel-module must be MODULE:NAME, got {spec!r}")
+    if module_name.endswith(".py"):
+        mspec = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
+        if mspec is None:
+            raise ValueError(f"--kernel-module: cannot load {module_name!r}")
+        module = importlib.util.module_from_spec(mspec)
+        mspec.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(module_name)
+    obj = getattr(module, attr)
+    return obj() if isinstance(obj, type) else obj
+
+
+def _fmt(v):
+    return "-" if v != v else f"{v: .6e}"
+
+
+def format_table(results):
+    """The results as an aligned text table, one line per (variant, backend, method)."""
+    head = ("variant", "backend", "method", "max rel error", "worst (n, k)", "explicit",
+            "reference", "status")
+    rows = [(r.variant, r.backend, r.method, _fmt(r.max_rel_error),
+             "-" if r.worst[0] < 0 else f"({r.worst[0]}, {r.worst[1]})", _fmt(r.explicit),
+             _fmt(r.reference), r.status + (f" ({r.note})" if r.note else "")) for r in results]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    widths[-1] = len(head[-1])
+    line = lambda cells: "  ".join(str(c).ljust(wd) for c, wd in zip(cells, widths)).rstrip()
+    return "\n".join([line(head), line(["-" * wd for wd in widths])] + [line(r) for r in rows])
+
+
+def _json_number(v):
+    return v if np.isfinite(v) else None
+
+
+def write_json(path, results, meta=None):
+    """Write ``{"meta", "passed", "n_failed", "results": [...]}`` atomically (temp file + os.replace)."""
+    items = []
+    for r in results:
+        d = asdict(r)
+        d.update(worst=list(r.worst), status=r.status, max_rel_error=_json_number(r.max_rel_error),
+                 explicit=_json_number(r.explicit), reference=_json_number(r.reference))
+        items.append(d)
+    doc = {"meta": meta or {}, "passed": all(r.ok for r in results),
+           "n_failed": sum(not r.ok for r in results), "results": items}
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".check-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args) -> int:
+    """``threefactor check``: print the table; exit 0 when all pass, 1 on a failure, 2 on bad use."""
+    try:
+        kernels = list(args.kernel or ([] if args.kernel_module else KERNELS))
+        kernels += [load_kernel(spec) for spec in args.kernel_module]
+        available = _backend_names()
+        backends = list(args.backend) if args.backend else list(available)
+        missing = [b for b in backends if b not in available]
+        if missing:
+            for b in missing:
+                try:
+                    get_backend(b)
+                except (BackendUnavailable, ImportError) as exc:
+                    print(f"threefactor check: backend {b} is unavailable: {exc}", file=sys.stderr)
+            return 2
+        results = check_all(backends=backends, kernels=kernels, groupings=args.grouping,
+                            activations=args.activation, label_kernels=args.label_kernel,
+                            groups=args.groups, dtype=args.dtype, m=args.m, n_in=args.n_in,
+                            n_out=args.n_out, seed=args.seed, methods=tuple(args.method))
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        print(f"threefactor check: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    failed = sum(not r.ok for r in results)
+    skipped = sum(r.passed is None for r in results)
+    print(f"\n{len(results)} comparisons, {failed} failed, {skipped} skipped "
+          f"(relative error = max|dW - ref| / max|ref|; {args.dtype}; seed {args.seed})")
+    if args.json:
+        from . import __version__
+        meta = {"version": __version__, "dtype": args.dtype, "seed": args.seed, "m": args.m,
+                "n_in": args.n_in, "n_out": args.n_out, "groups": args.groups,
+                "backends": backends, "tolerances": TOLERANCES[args.dtype],
+                "relative_error": "max|dW - ref| / max|ref|"}
+        write_json(args.json, results, meta)
+    return 1 if failed else 0
