@@ -1,0 +1,136 @@
+"""What machine a benchmark ran on: CPU, cores, BLAS and its threads, GPU, library versions, date.
+
+:func:`machine_info` returns a JSON-ready dict that :mod:`threefactor.bench`
+stores next to every measurement, so that numbers are never quoted without
+the hardware that produced them.  Everything here is best effort: a field
+that cannot be found is ``None``, never an exception.
+"""
+from __future__ import annotations
+
+import ctypes
+import datetime
+import importlib
+import os
+import platform
+import socket
+
+_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+_OPENBLAS_GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_",
+                     "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads")
+
+
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo``, else :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def usable_cores():
+    """Number of cores this process may run on (its CPU affinity), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def _openblas_threads():
+    """Threads of the OpenBLAS loaded in this process, asked through its own C API."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _OPENBLAS_GETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_int
+                return int(fn())
+    return None
+
+
+def blas_info():
+    """BLAS library, version and thread count numpy uses.
+
+    Uses threadpoolctl when installed; otherwise ``numpy.show_config`` for the
+    name and OpenBLAS's own ``openblas_get_num_threads`` (or the usual
+    environment variables, or the usable cores) for the threads.
+    """
+    import numpy as np
+
+    try:
+        import threadpoolctl
+
+        pools = [p for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]
+        if pools:
+            p = pools[0]
+            return {"name": p.get("internal_api"), "version": p.get("version"),
+                    "threads": p.get("num_threads"), "source": "threadpoolctl"}
+    except ImportError:
+        pass
+    name = version = None
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        name, version = blas.get("name"), blas.get("version")
+    except (TypeError, ValueError, AttributeError):  # numpy < 1.26 has no mode="dicts"
+        pass
+    threads, source = _openblas_threads(), "openblas_get_num_threads"
+    if threads is None:
+        env = [os.environ[k] for k in _THREAD_ENV if os.environ.get(k, "").isdigit()]
+        threads, source = (int(env[0]), "environment") if env else (usable_cores(), "usable cores")
+    return {"name": name, "version": version, "threads": threads, "source": source}
+
+
+def blas_threads():
+    """Number of threads numpy's BLAS uses (see :func:`blas_info`)."""
+    return blas_info()["threads"] or usable_cores() or 1
+
+
+def gpu_info():
+    """Name, memory and CUDA versions of GPU 0 through CuPy, or ``None`` without one."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"]
+        return {"name": name.decode() if isinstance(name, bytes) else str(name),
+                "memory_gib": round(props["totalGlobalMem"] / 2 ** 30, 1),
+                "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+                "cuda_driver": cupy.cuda.runtime.driverGetVersion()}
+    except Exception:  # no cupy, no driver, no device: all mean "no GPU here"
+        return None
+
+
+def _version(module):
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:
+        return None
+
+
+def machine_info():
+    """A JSON-ready description of this machine and of the libraries the benchmarks use."""
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cores": usable_cores(),
+        "blas": blas_info(),
+        "gpu": gpu_info(),
+        "versions": {m: _version(m) for m in ("numpy", "numba", "torch", "cupy", "threefactor")},
+    }
