@@ -1,0 +1,165 @@
+"""The layers of the paper's networks (App. D.1), forward passes only.
+
+A hidden layer is::
+
+    a = x Wᵀ  (no bias)  ->  z = f(a)  ->  local objective (reads z, does not change it)
+      ->  r = ẑ / u^p  (divisive normalisation, Eq. 21, if grp+div)  ->  dropout
+
+and the output layer is ``logits = x Wᵀ + b`` trained with softmax
+cross-entropy, whose gradient is written out in :func:`softmax_cross_entropy`.
+The local rule's update comes from :func:`threefactor.engine.local_step`;
+backprop's backward pass lives in :mod:`threefactor.backprop`.
+
+Shapes: x (m, n_in), W (n_out, n_in), b (n_out,), labels (m,) integers.
+Arrays belong to a backend (numpy or cupy); ``backend.xp`` is their module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from . import engine
+from .rules import Rule
+
+
+def uniform_init(rng, n_out, n_in, dtype=np.float32):
+    """W ~ U(-1/√n_in, 1/√n_in), shape (n_out, n_in), drawn from the numpy Generator ``rng``."""
+    bound = 1.0 / np.sqrt(n_in)
+    return rng.uniform(-bound, bound, size=(n_out, n_in)).astype(dtype)
+
+
+def dropout_mask(rng, shape, p, dtype=np.float32):
+    """Inverted-dropout mask (host array): 0 with probability p, else 1/(1-p).
+
+    Multiplying by it keeps the expected activity unchanged, as PyTorch's
+    ``nn.Dropout`` does; at test time no mask is applied.  Returns None for p = 0.
+    """
+    if p <= 0:
+        return None
+    keep = rng.random(shape, dtype=np.float32) >= np.float32(p)
+    mask = keep.astype(dtype)
+    mask *= np.dtype(dtype).type(1.0 / (1.0 - p))
+    return mask
+
+
+@dataclass
+class HiddenCache:
+    """What a hidden layer keeps from its forward pass for the backward pass.
+
+    x : (m, n_in) input;  fp : (m, n_out) f'(a);  zhat : (m, n_out), u : (m, c)
+    group statistics (grp+div only);  mask : (m, n_out) dropout mask or None.
+    """
+
+    x: Any
+    fp: Any
+    zhat: Optional[Any]
+    u: Optional[Any]
+    mask: Optional[Any]
+
+
+class HiddenLayer:
+    """A bias-free hidden layer with a layer-local rule (App. D.1).
+
+    Parameters
+    ----------
+    w : array (n_out, n_in)
+        Weights, on the backend.
+    rule : Rule
+        Kernel, σ, γ, activation and grouping (groups c, p, δ) of the layer.
+    divisive : bool
+        Pass r = ẑ/u^p (Eq. 21) on instead of z (grp+div).
+    """
+
+    def __init__(self, w, rule: Rule, divisive: bool = False):
+        n_out = w.shape[0]
+        rule.check_width(n_out)
+        if divisive and not rule.grouped:
+            raise ValueError("divisive=True needs a grouped rule (groups=c)")
+        self.w, self.rule, self.divisive = w, rule, bool(divisive)
+
+    @property
+    def shape(self):
+        return tuple(self.w.shape)
+
+    def local_forward(self, x, labels, n_classes, backend, mask=None):
+        """Forward pass that also computes the local update (Eq. 10, 40).
+
+        Returns
+        -------
+        out : (m, n_out) what the next layer sees (dropout applied)
+        dw : (n_out, n_in) ΔW = -dL/dW, a descent direction on the layer's L
+        lp : engine.LayerPass, with lp.K, lp.Ky for the objective
+        """
+        out, dw, lp = engine.local_step(self.rule, x, self.w, labels, n_classes, backend,
+                                        divisive=self.divisive)
+        if mask is not None:
+            out = out * mask
+        return out, dw, lp
+
+    def forward(self, x, backend, mask=None, keep=False):
+        """Forward pass without the local objective (inference, frozen layers, backprop).
+
+        With ``keep=True`` returns ``(out, HiddenCache)`` for the backward pass.
+        """
+        rule = self.rule
+        _, z, fp = backend.forward(x, self.w, rule.activation, rule.slope)
+        zhat = u = None
+        if self.divisive:
+            zhat, u, _ = backend.group_stats(z, rule.groups, rule.p, rule.delta)
+            out = backend.divisive_norm(zhat, u, rule.p)
+        else:
+            out = z
+        if mask is not None:
+            out = out * mask
+        if keep:
+            return out, HiddenCache(x, fp, zhat, u, mask)
+        return out
+
+
+class OutputLayer:
+    """Linear read-out with bias, ``logits = x Wᵀ + b``; weights (n_classes, n_in), b (n_classes,)."""
+
+    def __init__(self, w, b):
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"bias of shape {tuple(b.shape)} for weights {tuple(w.shape)}")
+        self.w, self.b = w, b
+
+    def forward(self, x, backend):
+        """logits (m, n_classes)."""
+        logits = backend.matmul(x, self.w.T)
+        logits += self.b
+        return logits
+
+    def gradients(self, dlogits, x, backend):
+        """dL/dW = dlogitsᵀ x (n_classes, n_in) and dL/db = Σ_i dlogits_i (n_classes,)."""
+        return backend.matmul(dlogits.T, x), dlogits.sum(axis=0)
+
+
+def softmax_cross_entropy(logits, labels, xp=np):
+    """Mean softmax cross-entropy and its gradient, written out.
+
+    Parameters
+    ----------
+    logits : (m, k)
+    labels : (m,) integers in [0, k)
+
+    Returns
+    -------
+    loss : 0-d array, ``-mean_i log softmax(logits_i)[y_i]``
+    dlogits : (m, k), ``(softmax(logits) - onehot(y)) / m``
+    correct : 0-d integer array, the number of argmax hits
+    """
+    m = logits.shape[0]
+    rows = xp.arange(m)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = xp.exp(shifted)
+    s = e.sum(axis=1, keepdims=True)
+    logp_true = shifted[rows, labels] - xp.log(s[:, 0])
+    loss = -logp_true.mean()
+    dlogits = e / s
+    correct = (dlogits.argmax(axis=1) == labels).sum()
+    dlogits[rows, labels] -= 1
+    dlogits *= logits.dtype.type(1.0 / m)
+    return loss, dlogits, correct

@@ -1,0 +1,178 @@
+"""Hyperparameters of the paper's fully connected experiments (App. D.4-D.5, Table 3).
+
+A *column* of Table 1 / Table 4 is a learning rule and a grouping:
+
+===============  ==========  ============================================
+rule             grouping    meaning
+===============  ==========  ============================================
+backprop         plain       cross-entropy backpropagated through the net
+backprop         grp+div     same, with divisive normalisation in the net
+last-layer       plain       hidden weights frozen at init; output learns
+last-layer       grp+div     same, with divisive normalisation in the net
+cossim           plain/grp/grp+div   local pHSIC, cosine kernel (Eq. 25)
+gaussian         plain/grp/grp+div   local pHSIC, Gaussian kernel (Eq. 26, 19)
+===============  ==========  ============================================
+
+Groupings (App. D.2, D.4): ``plain`` (no groups), ``grp`` (c groups, p = 0.5,
+the next layer sees z), ``grp+div`` (c groups, p = 0.2, the next layer sees
+r = ẑ/u^p, Eq. 21); δ = 1, σ = 5, γ = 2 throughout.
+
+A *preset* is one cell of Table 3: ``<dataset>-<rule>[-grp|-grpdiv]`` such as
+``fmnist-gaussian-grpdiv`` or ``mnist-lastlayer``, with η_f (output /
+backprop learning rate), η_l (local learning rate) and c (groups).
+The numbers below were read from Table 3 and cross-checked against the
+authors' published run script (``experiments_scripts/run_mlp_experiments_grid.sh``):
+they agree everywhere except Fashion-MNIST Gaussian grp+div (see its note).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from .rules import Rule, choice_error
+
+DATASETS = ("mnist", "fmnist", "kmnist", "cifar10")
+RULES = ("backprop", "last-layer", "cossim", "gaussian")
+GROUPINGS = ("plain", "grp", "grp+div")
+
+#: Table 1/4 column order: (rule, grouping).
+COLUMNS = (
+    ("backprop", "plain"), ("backprop", "grp+div"),
+    ("last-layer", "plain"), ("last-layer", "grp+div"),
+    ("cossim", "plain"), ("cossim", "grp"), ("cossim", "grp+div"),
+    ("gaussian", "plain"), ("gaussian", "grp"), ("gaussian", "grp+div"),
+)
+
+#: Shared hyperparameters (Sec. 4.2, App. D.4-D.5).
+SHARED = dict(
+    hidden=(1024, 1024, 1024), epochs=100, milestones=(50, 75, 90), lr_factor=0.25,
+    batch_size=256, dropout=0.01, activation="lrelu", slope=0.01, momentum=0.95,
+    weight_decay_local=1e-7, weight_decay_out=1e-6, sigma=5.0, gamma=2.0, delta=1.0,
+    label_kernel="cosine", optimizer="sgd",
+)
+
+#: p of the group normalisation per grouping (App. D.4).
+GROUPING_P = {"plain": None, "grp": 0.5, "grp+div": 0.2}
+
+_KERNEL = {"cossim": "cosine", "gaussian": "gaussian"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One cell of Table 3.
+
+    lr_out : η_f, the output layer's (or, for backprop, every layer's) learning rate
+    lr_local : η_l, the hidden layers' local learning rate (None: no local rule)
+    groups : c, the number of groups per hidden layer (None: plain)
+    """
+
+    name: str
+    dataset: str
+    rule: str
+    grouping: str
+    lr_out: float
+    lr_local: Optional[float]
+    groups: Optional[int]
+    note: str = ""
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def preset_name(dataset, rule, grouping):
+    """``fmnist``, ``gaussian``, ``grp+div`` -> ``fmnist-gaussian-grpdiv``."""
+    suffix = {"plain": "", "grp": "-grp", "grp+div": "-grpdiv"}[grouping]
+    return f"{dataset}-{rule.replace('-', '')}{suffix}"
+
+
+def column_name(rule, grouping):
+    """Table header of a column: ``gaussian grp+div``, ``backprop``, ..."""
+    return rule if grouping == "plain" else f"{rule} {grouping}"
+
+
+# η_f, η_l, c per column in COLUMNS order (Table 3; None = blank cell).
+_TABLE3 = {
+    "mnist": (
+        (5e-2, 5e-3, 5e-2, 5e-2, 5e-3, 5e-3, 5e-3, 5e-4, 5e-4, 1e-3),
+        (None, None, None, None, 0.5, 0.6, 0.4, 0.6, 1.0, 1.0),
+        (None, 16, None, 16, None, 16, 16, None, 32, 32),
+    ),
+    "fmnist": (
+        (5e-3, 5e-3, 5e-2, 5e-2, 5e-3, 1e-3, 5e-4, 5e-4, 5e-4, 5e-4),
+        (None, None, None, None, 1.0, 0.6, 1.0, 0.5, 1.0, 1.0),
+        (None, 32, None, 32, None, 32, 32, None, 32, 32),
+    ),
+    "kmnist": (
+        (5e-2, 5e-2, 5e-2, 5e-2, 5e-3, 5e-3, 5e-4, 1e-3, 1e-3, 1e-3),
+        (None, None, None, None, 0.6, 0.4, 0.4, 0.6, 1.0, 1.0),
+        (None, 32, None, 16, None, 16, 16, None, 32, 32),
+    ),
+    "cifar10": (
+        (5e-3, 5e-3, 5e-2, 1e-2, 1e-3, 5e-3, 5e-3, 5e-3, 5e-4, 1e-3),
+        (None, None, None, None, 1.0, 0.4, 0.1, 0.1, 0.6, 1.0),
+        (None, 32, None, 32, None, 32, 32, None, 32, 32),
+    ),
+}
+
+#: Where we knowingly depart from Table 3: (dataset, rule, grouping) -> (field, value, note).
+_OVERRIDES = {
+    ("fmnist", "gaussian", "grp+div"): (
+        "lr_out", 5e-3,
+        "eta_f = 5e-3 as in the authors' run script (run_mlp_experiments_grid.sh); Table 3 prints 5e-4. "
+        "The authors' code with 5e-3 reached 88.2% test accuracy at epoch 75 "
+        "(72.2% after epoch 1, 85.3% at 20, 86.7% at 50).",
+    ),
+}
+
+
+def _build():
+    presets = {}
+    for dataset, (etas_f, etas_l, cs) in _TABLE3.items():
+        for (rule, grouping), eta_f, eta_l, c in zip(COLUMNS, etas_f, etas_l, cs):
+            fields = dict(lr_out=eta_f, lr_local=eta_l, groups=c, note="Table 3")
+            override = _OVERRIDES.get((dataset, rule, grouping))
+            if override:
+                key, value, note = override
+                fields[key], fields["note"] = value, note
+            name = preset_name(dataset, rule, grouping)
+            presets[name] = Preset(name, dataset, rule, grouping, **fields)
+    return presets
+
+
+PRESETS = _build()
+
+
+def get_preset(name):
+    """The :class:`Preset` called ``name`` (ValueError listing every name otherwise)."""
+    if name not in PRESETS:
+        raise choice_error("preset", name, sorted(PRESETS))
+    return PRESETS[name]
+
+
+def check_column(rule, grouping):
+    """Validate a (rule, grouping) pair; ValueError naming the choices."""
+    if rule not in RULES:
+        raise choice_error("rule", rule, RULES)
+    if grouping not in GROUPINGS:
+        raise choice_error("grouping", grouping, GROUPINGS)
+    if (rule, grouping) not in COLUMNS:
+        raise ValueError(
+            f"grouping={grouping!r} is not a column for rule={rule!r}: 'grp' only changes the local "
+            f"objective, which {rule} does not have; use one of: plain, grp+div")
+
+
+def make_rule(rule, grouping, groups, *, sigma=5.0, gamma=2.0, delta=1.0, activation="lrelu",
+              slope=0.01, label_kernel="cosine"):
+    """The hidden layers' :class:`Rule` for a column (App. D.2, D.4).
+
+    For backprop and last-layer the Rule only describes the forward pass
+    (activation, groups, p, δ); its kernel is never used.
+    """
+    check_column(rule, grouping)
+    p = GROUPING_P[grouping]
+    if grouping != "plain" and groups is None:
+        raise ValueError(f"grouping={grouping!r} needs groups (the number of groups c)")
+    return Rule(kernel=_KERNEL.get(rule, "gaussian"), sigma=sigma, gamma=gamma,
+                activation=activation, slope=slope,
+                groups=None if grouping == "plain" else int(groups),
+                p=0.2 if p is None else p, delta=delta, label_kernel=label_kernel)
