@@ -1,0 +1,198 @@
+"""The Numba backend against the numpy reference: every primitive, then the public API.
+
+Tolerances (max |numba - numpy| / max |numpy|): float64 1e-12, float32 1e-4.
+Through the public API a float32 result may instead be at most twice as far from
+the float64 reference as numpy's own float32 result is: some rules are
+ill-conditioned in float32 (the cosine kernel on grouped v loses ~1e-4 in
+numpy itself), and then the two float32 paths differ by that much too.
+The first run compiles the kernels for both dtypes (cached on disk afterwards).
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import threefactor as tf  # noqa: E402
+from threefactor.backends import get_backend  # noqa: E402
+
+TOL = {np.float64: 1e-12, np.float32: 1e-4}
+DTYPES = (np.float64, np.float32)
+ACTIVATIONS = ("linear", "relu", "lrelu", "selu")
+KERNELS = ("gaussian", "cosine", "linear")
+#: (groups, p): plain, grouped with p = 0.5, grouped with p = 0.2
+GROUPINGS = ((None, 0.2), (4, 0.5), (4, 0.2))
+#: (m, n_in, n_out, groups): typical, m = 2, n_out = 2 · groups, m > n
+SHAPES = ((24, 20, 16, 4), (2, 5, 8, 4), (40, 6, 8, 4))
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return get_backend("numba")
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return get_backend("numpy")
+
+
+def rel_err(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    scale = np.max(np.abs(want)) if want.size else 0.0
+    return float(np.max(np.abs(got.astype(np.float64) - want)) / max(scale, 1e-300))
+
+
+def assert_close(got, want, dtype, what=""):
+    err = rel_err(got, want)
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:g}"
+
+
+def assert_api_close(fn, x, w, y, dtype, what, **kw):
+    """``fn`` with backend numba vs numpy (see the module docstring for float32)."""
+    args = (x, w) if y is None else (x, w, y)
+    got, want = fn(*args, backend="numba", **kw), fn(*args, backend="numpy", **kw)
+    err = rel_err(got, want)
+    if err <= TOL[dtype]:
+        return
+    args64 = tuple(a.astype(np.float64) for a in (x, w)) + args[2:]
+    truth = fn(*args64, backend="numpy", **kw)
+    own = rel_err(want.astype(np.float64), truth)
+    assert dtype == np.float32 and rel_err(got.astype(np.float64), truth) <= 2 * own, \
+        f"{what}: relative error {err:.3g} > {TOL[dtype]:g} (numpy float32 vs float64: {own:.3g})"
+
+
+def data(m, n_in, n_out, dtype, seed=0, n_classes=3):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, n_in)).astype(dtype)
+    w = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
+    y = rng.integers(0, n_classes, m)
+    y[:2] = [0, 1]                       # both classes present even for m = 2
+    return x, w, y
+
+
+# -- primitives ------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_forward(nb, ref, dtype, shape, activation):
+    m, n_in, n_out, _ = shape
+    x, w, _ = data(m, n_in, n_out, dtype)
+    for got, want, name in zip(nb.forward(x, w, activation, 0.1), ref.forward(x, w, activation, 0.1),
+                               ("a", "z", "fp")):
+        assert_close(got, want, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("p", (0.0, 0.2, 0.5))
+def test_group_stats_and_divisive_norm(nb, ref, dtype, shape, p):
+    m, n_in, n_out, groups = shape
+    x, w, _ = data(m, n_in, n_out, dtype)
+    _, z, _ = ref.forward(x, w, "lrelu", 0.1)
+    got, want = nb.group_stats(z, groups, p, 1.0), ref.group_stats(z, groups, p, 1.0)
+    for g, r, name in zip(got, want, ("zhat", "u", "v")):
+        assert_close(g, r, dtype, name)
+    zhat, u, _ = want
+    assert_close(nb.divisive_norm(zhat, u, p), ref.divisive_norm(zhat, u, p), dtype, "r")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("grouped", (False, True))
+def test_gaussian_chain(nb, ref, dtype, shape, grouped):
+    """gaussian_kernel, gaussian_weights, laplacian and post_* each on the reference's inputs."""
+    m, n_in, n_out, groups = shape
+    x, w, y = data(m, n_in, n_out, dtype)
+    _, z, fp = ref.forward(x, w, "lrelu", 0.1)
+    zhat, u, v = ref.group_stats(z, groups, 0.2, 1.0) if grouped else (None, None, z)
+    sigma = 0.5 if grouped else 3.0
+    K = ref.gaussian_kernel(v, sigma)
+    assert_close(nb.gaussian_kernel(v, sigma), K, dtype, "K")
+    for kind in ("cosine", "linear"):
+        Ky = ref.label_kernel(y, 3, kind, dtype)
+        assert_close(nb.label_kernel(y, 3, kind, dtype), Ky, dtype, "Ky")
+        A = ref.gaussian_weights(K, Ky, 2.0)
+        assert_close(nb.gaussian_weights(K, Ky, 2.0), A, dtype, "A")
+    neg_dv = ref.laplacian(A, v)
+    assert_close(nb.laplacian(A, v), neg_dv, dtype, "L_A v")
+    if grouped:
+        got = nb.post_grouped(neg_dv, zhat, u, fp, 0.2, 0.7)
+        want = ref.post_grouped(neg_dv, zhat, u, fp, 0.2, 0.7)
+    else:
+        got, want = nb.post_plain(neg_dv, fp, 0.7), ref.post_plain(neg_dv, fp, 0.7)
+    assert_close(got, want, dtype, "post")
+    assert_close(nb.hebbian(want, x), ref.hebbian(want, x), dtype, "dW")
+
+
+def test_kernel_matrix_properties(nb):
+    v = np.random.default_rng(1).standard_normal((30, 7))
+    v[3] = v[5]                                  # a duplicated sample: distance exactly 0
+    K = nb.gaussian_kernel(v, 2.0)
+    assert np.all(np.diag(K) == 1.0) and K[3, 5] == 1.0
+    assert np.all((K > 0) & (K <= 1.0))
+    np.testing.assert_allclose(K, K.T, rtol=1e-14)
+
+
+def test_primitives_do_not_modify_inputs(nb):
+    x, w, y = data(12, 9, 8, np.float64)
+    _, z, fp = nb.forward(x, w, "selu", 0.1)
+    zhat, u, v = nb.group_stats(z, 4, 0.2, 1.0)
+    K = nb.gaussian_kernel(v, 1.0)
+    Ky = nb.label_kernel(y, 3, "cosine", np.float64)
+    A = nb.gaussian_weights(K, Ky, 2.0)
+    copies = [a.copy() for a in (z, fp, zhat, u, v, K, Ky, A)]
+    neg_dv = nb.laplacian(A, v)
+    nb.post_grouped(neg_dv, zhat, u, fp, 0.2, 1.0)
+    nb.post_plain(z, fp, 1.0)
+    nb.divisive_norm(zhat, u, 0.2)
+    nb.gaussian_weights(K, Ky, 2.0)
+    for a, b in zip((z, fp, zhat, u, v, K, Ky, A), copies):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_activation_names_the_argument(nb):
+    x, w, _ = data(4, 3, 2, np.float64)
+    with pytest.raises(ValueError, match="activation"):
+        nb.forward(x, w, "tanh", 0.1)
+
+
+# -- the public API --------------------------------------------------------
+
+CASES = list(itertools.product(KERNELS, GROUPINGS, ACTIVATIONS, DTYPES))
+
+
+@pytest.mark.parametrize("kernel, grouping, activation, dtype", CASES)
+def test_public_api_matches_numpy(kernel, grouping, activation, dtype):
+    groups, p = grouping
+    sigma = 1.0 if groups else 3.0
+    for m, n_in, n_out, _ in SHAPES:
+        x, w, y = data(m, n_in, n_out, dtype, seed=m)
+        rule = dict(kernel=kernel, sigma=sigma, gamma=2.0, activation=activation, slope=0.05,
+                    groups=groups, p=p, n_classes=3)
+        assert_api_close(tf.local_update, x, w, y, dtype, f"local_update m={m}", **rule)
+        lo_got = tf.local_objective(x, w, y, backend="numba", **rule)
+        lo_want = tf.local_objective(x, w, y, backend="numpy", **rule)
+        assert abs(lo_got - lo_want) <= TOL[dtype] * max(abs(lo_want), 1e-3), (lo_got, lo_want)
+        out = dict(activation=activation, slope=0.05, groups=groups, p=p)
+        for divisive in ((False, True) if groups else (False,)):
+            assert_api_close(tf.layer_output, x, w, None, dtype, f"layer_output divisive={divisive}",
+                             divisive=divisive, **out)
+        if kernel == "gaussian":
+            assert_api_close(tf.third_factor, x, w, y, dtype, "third_factor", **rule)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_label_kernel_and_non_contiguous_inputs(dtype):
+    x, w, y = data(20, 12, 8, dtype, seed=5)
+    xf, wf = np.asfortranarray(x), w.T.copy().T          # Fortran-ordered inputs
+    rule = dict(groups=2, p=0.3, label_kernel="linear", sigma=1.0, n_classes=3)
+    got = tf.local_update(xf, wf, y, backend="numba", **rule)
+    assert_close(got, tf.local_update(x, w, y, backend="numpy", **rule), dtype, "local_update")
+
+
+def test_available():
+    assert "numba" in tf.available_backends()
