@@ -1,0 +1,300 @@
+"""The CuPy backend: the same primitives as :mod:`threefactor.backends.numpy`, on an NVIDIA GPU.
+
+GEMMs go to cuBLAS through ``cupy.matmul``; everything between two GEMMs is
+one fused kernel (an ``ElementwiseKernel`` or a ``RawModule`` function),
+declared as a module-level constant next to the method that launches it.
+The kernels are built lazily (on first use), so this module imports without
+CuPy or a GPU; :class:`CupyBackend` itself raises
+:class:`~threefactor.backends.BackendUnavailable` then.
+
+A whole update stays on the device: no host round trip and no
+synchronisation (means are 0-d device arrays, never Python floats).  Arrays
+keep their dtype (float32 or float64); float32 is what training uses
+(``CupyBackend.default_dtype``).  GEMMs are strict IEEE float32 unless the
+user sets ``CUPY_TF32=1``.
+
+Shapes: x (m, n_in), w (n_out, n_in), z / a / fp (m, n_out), u / v (m, c),
+K / A / Ky (m, m).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..activations import SELU_ALPHA, SELU_SCALE
+from ..rules import ACTIVATIONS, choice_error
+
+try:  # the module must import without CuPy; CupyBackend() reports why it cannot run
+    import cupy
+except ImportError:  # pragma: no cover - exercised only where cupy is missing
+    cupy = None
+
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+#: threads per block of the row kernels (a power of two; tests patch it smaller
+#: so that the strided loops and the tree reduction run on small inputs).
+ROW_THREADS = 128
+#: warps per block of the group-statistics kernel (one warp per sample and group).
+GROUP_WARPS = 8
+
+
+class _Lazy:
+    """A kernel built on first use (so importing needs no CuPy, compiling no import)."""
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._obj = None
+
+    def get(self):
+        if self._obj is None:
+            self._obj = self._factory()
+        return self._obj
+
+    def __call__(self, *args, **kwargs):
+        return self.get()(*args, **kwargs)
+
+
+def _function(module, name, dtype):
+    """The ``name<T>`` instantiation of a templated RawModule kernel for ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype not in _CTYPE:
+        raise TypeError(f"the cupy backend computes in float32 or float64, got dtype {dtype}")
+    return module.get().get_function(f"{name}<{_CTYPE[dtype]}>")
+
+
+# -- forward: z = f(a) and f'(a) in one pass (Eq. 1) ------------------------
+_ACTIVATION_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # linear, relu, lrelu, selu
+_ACTIVATE = _Lazy(lambda: cupy.ElementwiseKernel(
+    "T a, T slope, int32 kind", "T z, T fp",
+    f"""
+    if (kind == 0) {{ z = a; fp = 1; }}
+    else if (kind == 1) {{ z = a > 0 ? a : (T)0; fp = a > 0 ? (T)1 : (T)0; }}
+    else if (kind == 2) {{ z = a > 0 ? a : slope * a; fp = a > 0 ? (T)1 : slope; }}
+    else {{
+        if (a > 0) {{ z = (T){SELU_SCALE!r} * a; fp = (T){SELU_SCALE!r}; }}
+        else {{
+            T e = (T){SELU_SCALE * SELU_ALPHA!r} * exp(a);
+            z = e - (T){SELU_SCALE * SELU_ALPHA!r}; fp = e;
+        }}
+    }}
+    """,
+    "threefactor_activate"))
+
+# -- group statistics (Eq. 17-18), centred rows and the group pull-back (Eq. 43-44) --
+_ROW_SOURCE = r"""
+template<typename T>
+__device__ T warp_sum(T x) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        x += __shfl_down_sync(0xffffffffu, x, offset);
+    return x;
+}
+
+// One warp per row of g contiguous values (a sample's group):
+// zhat = z - mean(z), u = (delta + sum zhat^2) / g        (Eq. 17)
+template<typename T>
+__global__ void group_stats(const T* z, T* zhat, T* u, const long long n_rows,
+                            const int g, const T delta) {
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= n_rows) return;            // the whole warp leaves together
+    const T* zr = z + row * g;
+    T* hr = zhat + row * g;
+    T s = 0;
+    for (int k = lane; k < g; k += 32) s += zr[k];
+    s = warp_sum(s);
+    const T mean = __shfl_sync(0xffffffffu, s, 0) / (T)g;
+    T q = 0;
+    for (int k = lane; k < g; k += 32) {
+        const T d = zr[k] - mean;
+        hr[k] = d;
+        q += d * d;
+    }
+    q = warp_sum(q);
+    if (lane == 0) u[row] = (delta + q) / (T)g;
+}
+
+// One block per sample row of c values (blockDim.x a power of two).
+// mode 0: out = a^q - mean_c a^q                               (Eq. 18, q = 1 - p)
+// mode 1: out = scale * (a - mean_c a) / b^q                   (Eq. 43-44, q = p)
+template<typename T>
+__global__ void row_centre(const T* a, const T* b, T* out, const int c, const T q,
+                           const T scale, const int mode) {
+    extern __shared__ __align__(8) unsigned char shared_raw[];
+    T* part = reinterpret_cast<T*>(shared_raw);
+    const long long base = (long long)blockIdx.x * c;
+    T s = 0;
+    for (int k = threadIdx.x; k < c; k += blockDim.x)
+        s += mode == 0 ? pow(a[base + k], q) : a[base + k];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    const T mean = part[0] / (T)c;
+    for (int k = threadIdx.x; k < c; k += blockDim.x) {
+        if (mode == 0) out[base + k] = pow(a[base + k], q) - mean;
+        else out[base + k] = scale * (a[base + k] - mean) / pow(b[base + k], q);
+    }
+}
+"""
+_ROWS = _Lazy(lambda: cupy.RawModule(
+    code=_ROW_SOURCE, options=("-std=c++14",),
+    name_expressions=[f"{k}<{t}>" for k in ("group_stats", "row_centre") for t in ("float", "double")]))
+
+_DIVISIVE = _Lazy(lambda: cupy.ElementwiseKernel(
+    "T zhat, T u, T p", "T r", "r = zhat / pow(u, p)", "threefactor_divisive_norm"))
+
+# -- Gaussian kernel from the Gram matrix G = v vᵀ (Eq. 26) ----------------
+_GAUSSIAN = _Lazy(lambda: cupy.ElementwiseKernel(
+    "raw T G, int64 m, T neg_half_inv_s2", "T K",
+    """
+    const long long r = i / m, c = i % m;
+    T d = G[r * m + r] + G[c * m + c] - 2 * G[i];
+    K = r == c ? (T)1 : exp((d > 0 ? d : (T)0) * neg_half_inv_s2);
+    """,
+    "threefactor_gaussian_kernel"))
+
+# -- A = (2 k̊z - γ k̊y) ⊙ K / m² (Eq. 12b, 40) --------------------------------
+_GAUSSIAN_WEIGHTS = _Lazy(lambda: cupy.ElementwiseKernel(
+    "T K, T Ky, T mean_K, T mean_Ky, T gamma, T inv_m2", "T A",
+    "A = ((T)2 * (K - mean_K) - gamma * (Ky - mean_Ky)) * K * inv_m2",
+    "threefactor_gaussian_weights"))
+
+# -- L_A v = diag(A·1) v - A v --------------------------------------------------
+_LAPLACIAN = _Lazy(lambda: cupy.ElementwiseKernel(
+    "T rowsum, T v, T Av", "T out", "out = rowsum * v - Av", "threefactor_laplacian"))
+
+# -- post-synaptic terms (Eq. 41, 47-48) -----------------------------------------
+_POST_PLAIN = _Lazy(lambda: cupy.ElementwiseKernel(
+    "T neg_dz, T fp, T scale", "T post", "post = scale * neg_dz * fp", "threefactor_post_plain"))
+_POST_GROUPED = _Lazy(lambda: cupy.ElementwiseKernel(
+    "T zhat, T coef, T fp", "T post", "post = zhat * coef * fp", "threefactor_post_grouped"))
+
+# -- centred cosine label kernel (Eq. 35) ------------------------------------------
+_LABEL_COSINE = _Lazy(lambda: cupy.ElementwiseKernel(
+    "raw int64 labels, int64 m, T off", "T Ky",
+    "Ky = labels[i / m] == labels[i % m] ? (T)1 : off", "threefactor_label_cosine"))
+
+
+class CupyBackend:
+    """The primitives of :class:`~threefactor.backends.numpy.NumpyBackend` on the GPU."""
+
+    name = "cupy"
+    default_dtype = np.float32
+
+    def __init__(self):
+        if cupy is None:
+            from . import BackendUnavailable
+            raise BackendUnavailable("cupy is not installed: pip install threefactor[gpu]")
+        self.xp = cupy
+
+    # -- arrays ---------------------------------------------------------
+    def asarray(self, a, dtype=None):
+        """A device array; a host array is cast on the host and copied to the device once."""
+        if isinstance(a, cupy.ndarray):
+            return a if dtype is None else a.astype(dtype, copy=False)
+        return cupy.asarray(np.asarray(a, dtype=dtype))
+
+    def to_numpy(self, a):
+        return cupy.asnumpy(a)
+
+    def is_native(self, a):
+        """Whether ``a`` is already a CuPy array."""
+        return isinstance(a, cupy.ndarray)
+
+    def synchronize(self):
+        """Wait for the work queued on the current stream."""
+        cupy.cuda.get_current_stream().synchronize()
+
+    # -- primitives -----------------------------------------------------
+    def matmul(self, a, b):
+        """Matrix product (cuBLAS GEMM)."""
+        return cupy.matmul(a, b)
+
+    def forward(self, x, w, activation, slope):
+        """a = x wᵀ (cuBLAS), then z = f(a) and f'(a) in one kernel.  Returns (a, z, fp)."""
+        if activation not in _ACTIVATION_CODE:
+            raise choice_error("activation", activation, ACTIVATIONS)
+        a = self.matmul(x, w.T)
+        z, fp = _ACTIVATE(a, slope, _ACTIVATION_CODE[activation])
+        return a, z, fp
+
+    def group_stats(self, z, groups, p, delta):
+        """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18 in two kernels (one warp per group)."""
+        z = cupy.ascontiguousarray(z)
+        m, n = z.shape
+        g = n // groups
+        t = z.dtype.type
+        zhat = cupy.empty_like(z)
+        u = cupy.empty((m, groups), dtype=z.dtype)
+        rows = m * groups
+        _function(_ROWS, "group_stats", z.dtype)(
+            ((rows + GROUP_WARPS - 1) // GROUP_WARPS,), (32 * GROUP_WARPS,),
+            (z, zhat, u, np.int64(rows), np.int32(g), t(delta)))
+        v = self._row_centre(u, u, 1.0 - p, 1.0, 0)
+        return zhat, u, v
+
+    def _row_centre(self, a, b, q, scale, mode):
+        """Launch ``row_centre`` (see its CUDA comment) on (m, c) arrays; one block per row."""
+        m, c = a.shape
+        out = cupy.empty_like(a)
+        t = a.dtype.type
+        _function(_ROWS, "row_centre", a.dtype)(
+            (m,), (ROW_THREADS,), (a, b, out, np.int32(c), t(q), t(scale), np.int32(mode)),
+            shared_mem=ROW_THREADS * a.dtype.itemsize)
+        return out
+
+    def divisive_norm(self, zhat, u, p):
+        """r = ẑ / u^p (Eq. 21), one kernel."""
+        m, n = zhat.shape
+        c = u.shape[1]
+        return _DIVISIVE(zhat.reshape(m, c, n // c), u[:, :, None], p).reshape(m, n)
+
+    def gaussian_kernel(self, v, sigma):
+        """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26): one GEMM G = v vᵀ, one kernel."""
+        m = v.shape[0]
+        G = self.matmul(v, v.T)
+        K = cupy.empty((m, m), dtype=v.dtype)
+        return _GAUSSIAN(G, m, -0.5 / sigma ** 2, K)
+
+    def gaussian_weights(self, K, Ky, gamma):
+        """A = (2 k̊z - γ k̊y) ⊙ K / m² (Eq. 12b times σ²); the means stay on the device."""
+        m2 = K.shape[0] * K.shape[1]
+        return _GAUSSIAN_WEIGHTS(K, Ky, K.mean(), Ky.mean(), gamma, 1.0 / m2)
+
+    def laplacian(self, A, v):
+        """L_A v = diag(A·1) v - A v: a row sum, one GEMM (m, m) × (m, d), one kernel."""
+        return _LAPLACIAN(A.sum(axis=1)[:, None], v, self.matmul(A, v))
+
+    def post_plain(self, neg_dz, fp, scale):
+        """Post-synaptic term scale · (-dL/dz) ⊙ f'(a) (Eq. 41), one kernel."""
+        return _POST_PLAIN(neg_dz, fp, scale)
+
+    def post_grouped(self, neg_dv, zhat, u, fp, p, scale):
+        """Post-synaptic term of the grouped rule (Eq. 47-48) in two kernels:
+        coef = scale · 2(1-p)/g · (-dv_α + mean_α dv) / u_α^p, then ẑ ⊙ coef ⊙ f'."""
+        m, n = zhat.shape
+        c = u.shape[1]
+        g = n // c
+        coef = self._row_centre(cupy.ascontiguousarray(neg_dv), cupy.ascontiguousarray(u),
+                                p, scale * 2.0 * (1 - p) / g, 1)
+        post = _POST_GROUPED(zhat.reshape(m, c, g), coef[:, :, None], fp.reshape(m, c, g))
+        return post.reshape(m, n)
+
+    def hebbian(self, post, x):
+        """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one cuBLAS GEMM."""
+        return self.matmul(post.T, x)
+
+    def label_kernel(self, labels, n_classes, kind, dtype):
+        """Centred label kernel (Eq. 35 / 36) from integer labels (m,), without a host sync."""
+        labels = cupy.ascontiguousarray(labels, dtype=cupy.int64)
+        m = labels.shape[0]
+        if kind == "cosine":
+            Ky = cupy.empty((m, m), dtype=dtype)
+            return _LABEL_COSINE(labels, m, -1.0 / (n_classes - 1), Ky)
+        # Eq. 36 with class frequencies from a one-hot matrix (cupy.bincount would sync).
+        onehot = (labels[:, None] == cupy.arange(n_classes)[None, :]).astype(dtype)
+        freq = onehot.mean(axis=0)
+        pl = onehot @ freq
+        same = (labels[:, None] == labels[None, :]).astype(dtype)
+        return same + (freq * freq).sum() - pl[:, None] - pl[None, :]
