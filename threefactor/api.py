@@ -7,6 +7,10 @@ These five functions are a fixed contract (names and keywords)::
     third_factor(x, w, y, **rule)    -> (m, m) | (c, m, m)   M of Eq. 12b / 22 (Gaussian)
     layer_output(x, w, **rule)       -> (m, n_out)       z, or r = ẑ/u^p if divisive (Eq. 21)
     available_backends()             -> names usable here
+
+A 4-D x (m, C_in, H, W) with w (C_out, C_in, kh, kw) is a conv layer (keywords
+``padding``, ``pool``): the same rule on pool(f(conv(x, w))) flattened per sample,
+delegated to :mod:`threefactor.conv_rule`.
 """
 from __future__ import annotations
 
@@ -113,6 +117,21 @@ def _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kerne
                 groups=groups, p=p, delta=delta, label_kernel=label_kernel)
 
 
+def _conv_layer(x, w, pool):
+    """Whether (x, w) is a conv layer (4-D); ``pool`` only makes sense there."""
+    if np.ndim(x) == 4 or np.ndim(w) == 4:
+        return True
+    if pool is not None:
+        raise ValueError(f"pool={pool!r} needs a conv layer: x (m, C_in, H, W) and w (C_out, C_in, kh, kw)")
+    return False
+
+
+def _conv(name, x, w, y, rule, padding, pool, backend, n_classes):
+    """Call the conv layer's version of public function ``name`` (threefactor.conv_rule)."""
+    from . import conv_rule
+    return getattr(conv_rule, name)(x, w, y, rule, padding, pool, backend, n_classes)
+
+
 def _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta, backend,
           n_classes, label_kernel):
     rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
@@ -123,7 +142,7 @@ def _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta, ba
 
 def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
                     slope=0.01, groups=None, p=0.2, delta=1.0, backend="numpy",
-                    n_classes=None, label_kernel="cosine"):
+                    n_classes=None, label_kernel="cosine", padding=1, pool=None):
     """Layer objective L = pHSIC(Z, Z) - γ pHSIC(Y, Z) on one batch (Eq. 9, 34).
 
     Parameters
@@ -142,7 +161,14 @@ def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activat
     Returns
     -------
     float
+
+    For a conv layer x is (m, C_in, H, W) and w (C_out, C_in, kh, kw); ``padding``
+    (zero padding of the stride-1 convolution) and ``pool`` (None or "max", 2×2)
+    apply, and ``groups`` must divide C_out (groups are blocks of whole channels).
     """
+    if _conv_layer(x, w, pool):
+        rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
+        return _conv("local_objective", x, w, y, rule, padding, pool, backend, n_classes)
     _, _, _, lp, _ = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta,
                            backend, n_classes, label_kernel)
     return lp.objective()
@@ -150,15 +176,18 @@ def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activat
 
 def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
                  slope=0.01, groups=None, p=0.2, delta=1.0, backend="numpy",
-                 n_classes=None, label_kernel="cosine"):
+                 n_classes=None, label_kernel="cosine", padding=1, pool=None):
     """Explicit 3-factor update ΔW = -dL/dW, exactly (Eq. 10, 12, 22, 40-48).
 
     Same parameters as :func:`local_objective`.  Returns an array (n_out, n_in)
     of the inputs' dtype (float32 in, float32 out; float64 in, float64 out).
     Computed as ΔW = postᵀ x with post = -dL/da, the third factor folded in
     through the graph Laplacian of A = (2 k̊z - γ k̊y) ⊙ K / m²: one update GEMM
-    plus one kernel GEMM, never a pair loop.
+    plus one kernel GEMM, never a pair loop.  A conv layer returns (C_out, C_in, kh, kw).
     """
+    if _conv_layer(x, w, pool):
+        rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
+        return _conv("local_update", x, w, y, rule, padding, pool, backend, n_classes)
     _, be, x, lp, to_user = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
                                   delta, backend, n_classes, label_kernel)
     return to_user(be.hebbian(lp.post(), x))
@@ -166,7 +195,7 @@ def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
 
 def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
                  slope=0.01, groups=None, p=0.2, delta=1.0, backend="numpy",
-                 n_classes=None, label_kernel="cosine"):
+                 n_classes=None, label_kernel="cosine", padding=1, pool=None):
     """The third factor M of the Gaussian rules (Eq. 12b; Eq. 22, 47 with groups).
 
     Returns (m, m) for the plain rule, (groups, m, m) for the grouped one, scaled
@@ -177,6 +206,9 @@ def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
     if kernel != "gaussian":
         raise ValueError(f"third_factor is defined for kernel='gaussian' only (the 3-factor form of "
                          f"Eq. 12 / 22), got kernel={kernel!r}")
+    if _conv_layer(x, w, pool):
+        rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
+        return _conv("third_factor", x, w, y, rule, padding, pool, backend, n_classes)
     rule, be, x, lp, to_user = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
                                      delta, backend, n_classes, label_kernel)
     if rule.grouped:
@@ -188,14 +220,17 @@ def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
 
 
 def layer_output(x, w, *, activation="lrelu", slope=0.01, groups=None, p=0.2, delta=1.0,
-                 divisive=False, backend="numpy"):
+                 divisive=False, backend="numpy", padding=1, pool=None):
     """The layer's activity passed on: z = f(x wᵀ), or r = ẑ/u^p when ``divisive`` (Eq. 1, 21).
 
-    Returns an array (m, n_out) of the inputs' dtype.
+    Returns an array (m, n_out) of the inputs' dtype; (m, C_out, H', W') for a conv layer.
     """
     rule = Rule(activation=activation, slope=slope, groups=groups, p=p, delta=delta)
     if divisive and groups is None:
         raise ValueError("divisive=True needs groups (divisive normalisation is per group, Eq. 21)")
+    if _conv_layer(x, w, pool):
+        from . import conv_rule
+        return conv_rule.layer_output(x, w, rule, divisive, padding, pool, backend)
     be, x, w, _, _, to_user = prepare(x, w, None, backend)
     rule.check_width(w.shape[0])
     _, z, _ = be.forward(x, w, rule.activation, rule.slope)
