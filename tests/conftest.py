@@ -1,0 +1,39 @@
+"""Shared fixtures: the CPU backends usable here and small seeded problems."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from threefactor.backends import BackendUnavailable, get_backend
+
+
+def backend_usable(name):
+    """Whether backend ``name`` loads here (a module still being written counts as missing)."""
+    try:
+        get_backend(name)
+    except (BackendUnavailable, ImportError):
+        return False
+    return True
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def backend(request):
+    """Each CPU backend; numba skips cleanly where it does not load."""
+    if not backend_usable(request.param):
+        pytest.skip(f"backend {request.param} is unavailable here")
+    return request.param
+
+
+def _make_problem(m=6, n_in=5, n_out=8, n_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(m, n_in))
+    w = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
+    labels = rng.permutation(np.arange(m) % n_classes)
+    return x, w, labels
+
+
+@pytest.fixture
+def make_problem():
+    """Factory ``make_problem(m=6, n_in=5, n_out=8, n_classes=3, seed=0) -> (x, w, labels)``:
+    x (m, n_in), w (n_out, n_in), integer labels (m,), every class present when m >= n_classes."""
+    return _make_problem
