@@ -1,0 +1,68 @@
+"""Numba kernel of the online (two-point) rule: the per-step weight update in one pass over W.
+
+A step of B streams changes every synapse by a sum of rank-one terms
+(:mod:`threefactor.online`, Eq. 57 / 63a)::
+
+    W[n, k] += Σ_r ut[n, r] · pre[r, k],      r < R = 2B
+
+with ``ut`` (n_out, R) the post-synaptic terms already multiplied by the third
+factor, the sign of the pair and the learning rate, and ``pre`` (R, n_in) the
+pre-synaptic activities [x_t; x_{t-Δt}].  ΔW itself is never formed: each row of
+W is read and written once (``prange`` over rows n), and its R terms are added
+four at a time while the row is in the L1 cache.  For small R this is a
+memory-bound pass whose floor is one read and one write of W; for large R it is
+a GEMM written by hand, and :func:`threefactor.online.apply_update` hands it to
+BLAS instead (see ``BLAS_FROM``).
+
+All arrays share one dtype (float32 or float64); fastmath is off, so each
+row's terms are added in order r = 0, 1, 2, ... (four per pass).
+"""
+from __future__ import annotations
+
+from numba import njit, prange
+
+#: From this many rank-one terms (R = 2B) on, the update is compute-bound and
+#: in-place BLAS GEMM (``W ← W + ut · pre``) beats the hand-written loop here.
+BLAS_FROM = 24
+
+
+@njit(cache=True, parallel=True, fastmath=False, nogil=True)
+def accumulate(w, ut, pre):
+    """W += ut · pre in place, one pass over W.
+
+    Parameters
+    ----------
+    w : (n_out, n_in) C-contiguous, updated in place
+    ut : (n_out, R) post-synaptic terms × third factor × sign × learning rate
+    pre : (R, n_in) pre-synaptic activities
+    """
+    n_out, n_in = w.shape
+    r_all = pre.shape[0]
+    for n in prange(n_out):
+        row = w[n]
+        r = 0
+        while r + 4 <= r_all:
+            c0 = ut[n, r]
+            c1 = ut[n, r + 1]
+            c2 = ut[n, r + 2]
+            c3 = ut[n, r + 3]
+            p0 = pre[r]
+            p1 = pre[r + 1]
+            p2 = pre[r + 2]
+            p3 = pre[r + 3]
+            for k in range(n_in):
+                row[k] += c0 * p0[k] + c1 * p1[k] + c2 * p2[k] + c3 * p3[k]
+            r += 4
+        while r + 2 <= r_all:
+            c0 = ut[n, r]
+            c1 = ut[n, r + 1]
+            p0 = pre[r]
+            p1 = pre[r + 1]
+            for k in range(n_in):
+                row[k] += c0 * p0[k] + c1 * p1[k]
+            r += 2
+        if r < r_all:
+            c0 = ut[n, r]
+            p0 = pre[r]
+            for k in range(n_in):
+                row[k] += c0 * p0[k]

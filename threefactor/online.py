@@ -1,0 +1,268 @@
+"""The two-point rule in time and its third-factor circuit (Eq. 13, 57-66; App. C.1-C.2).
+
+A hidden layer learns from a stream: at time t it pairs its activity with that of
+the previous sample, t - Δt, and changes its weights by
+
+    plain (Eq. 57, App. B.2)   ΔW_nk = M_t · Δz_n · Δ(f'_n x_k)
+    grouped (Eq. 63a, 66)      ΔW_nk = s · M_t · Δv_α(n) · Δ(h_n x_k),   h = f' ⊙ ẑ/u^p,  s = 2(1-p)/g
+
+where Δq = q_t - q_{t-Δt}.  The third factor comes from a small circuit (App. C)::
+
+    b1 = ‖Δz‖²   (plain, Eq. 59)      or  ‖Δv‖² = Σ_α b̃_α², b̃_α = Δv_α   (grouped, Eq. 64-65)
+    b2 = γ k(y_t, y_{t-Δt}) - 2 exp(-b1 / 2σ²)                               (Eq. 60)
+    b3 ← β b2 + (1 - β) b3           running average of b2                  (Eq. 61)
+    M  = -(b2 - b3) exp(-b1 / 2σ²) / σ²                                      (Eq. 62)
+
+The label signal is only "same class or not": k(y_t, y_{t-Δt}) = 1 or -1/(n-1) (Eq. 35).
+
+Normalisation.  With b3 replaced by the mean of b2 over all m² ordered pairs of a
+batch (i = j included), b2 - b̄2 = γ k̊y - 2 k̊z, so M = (2 k̊z - γ k̊y) k / σ², and
+the mean over those pairs of the updates above *is* the batch update
+``threefactor.local_update`` (= -dL/dW, Eq. 40-48); the sum over the pairs is m²
+times it (and without the constant s, m² g / 2(1-p) times it).  That is proven in
+tests/test_online.py to float64 round-off.  Every update here is the *mean* over
+the B streams of a step, so its expectation over random pairs is the gradient
+and learning rates are those of the batch rule.
+
+Order of Eq. 61-62.  M is centred with the running average of the *previous*
+pairs (b3_{t-1}), then b3 is updated with b2_t: the current pair is then
+independent of its own centring and the estimate is unbiased.  Updating first, as
+the order of the equations suggests, multiplies M by the constant (1 - β).  A
+stream's first pair has no average yet and starts b3 at its own b2 (M = 0),
+unless ``b3_init`` is given.
+
+Shapes: B streams, x (B, n_in), W (n_out, n_in), z / h (B, n_out), v (B, d)
+with d = n_out (plain) or c groups; circuit variables (B,), per-group factors (B, c).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+from .backends import get_backend
+from .rules import Rule
+
+
+@dataclass(frozen=True)
+class TwoPointRule:
+    """The online rule: a Gaussian :class:`~threefactor.rules.Rule` plus its circuit.
+
+    Parameters
+    ----------
+    rule : Rule
+        Kernel (Gaussian only: the two-point form exists for it alone), σ, γ,
+        activation, groups c, p, δ.  ``label_kernel`` must be "cosine" (Eq. 35):
+        the circuit only learns whether two labels are equal.
+    n_classes : int
+        Number of classes n of Eq. 35.
+    beta : float in (0, 1]
+        Rate of the running average b3 (Eq. 61).
+    divisive : bool
+        Pass r = ẑ/u^p on (Eq. 21) instead of z; needs groups.
+    shared_b3 : bool
+        One b3 for all streams, updated with the streams' mean b2, instead of
+        one b3 per stream (each stream its own circuit, the default).
+    b3_init : float or None
+        Initial b3; None starts a stream at its first b2.
+    """
+
+    rule: Rule = field(default_factory=Rule)
+    n_classes: int = 10
+    beta: float = 0.01
+    divisive: bool = False
+    shared_b3: bool = False
+    b3_init: Optional[float] = None
+
+    def __post_init__(self):
+        if not isinstance(self.rule, Rule):
+            raise TypeError(f"rule must be a threefactor.Rule, got {type(self.rule).__name__}")
+        if self.rule.kernel != "gaussian":
+            raise ValueError(f"the two-point rule needs kernel='gaussian' (Eq. 13, 57; other kernels have "
+                             f"no two-point 3-factor form), got kernel={self.rule.kernel_name!r}")
+        if self.rule.label_kernel != "cosine":
+            raise ValueError("the two-point rule needs label_kernel='cosine' (Eq. 35: the circuit only "
+                             f"knows whether two labels are equal), got {self.rule.label_kernel!r}")
+        beta = check_beta(self.beta)
+        n = self.n_classes
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"n_classes must be an integer >= 2 (Eq. 35), got {n!r}")
+        if self.divisive and not self.rule.grouped:
+            raise ValueError("divisive=True needs a grouped rule (groups=c): divisive normalisation is per group")
+        if self.b3_init is not None and not np.isfinite(float(self.b3_init)):
+            raise ValueError(f"b3_init must be a finite number or None, got {self.b3_init!r}")
+        object.__setattr__(self, "beta", beta)
+        object.__setattr__(self, "n_classes", int(n))
+
+    def label_signal(self, same, dtype=np.float64, xp=np):
+        """k(y_t, y_{t-Δt}) of Eq. 35 from a boolean array ``same`` (B,): 1 or -1/(n-1)."""
+        return xp.where(same, 1.0, -1.0 / (self.n_classes - 1)).astype(dtype)
+
+    def update_scale(self, n_out: int) -> float:
+        """s: 1 (plain) or 2(1-p)/g (grouped, Eq. 47), the constant of the batch normalisation."""
+        g = self.rule.check_width(n_out)
+        return 2.0 * (1.0 - self.rule.p) / g if self.rule.grouped else 1.0
+
+
+def check_beta(beta) -> float:
+    """β as a float in (0, 1], else a ValueError naming ``beta``."""
+    try:
+        b = float(beta)
+    except (TypeError, ValueError):
+        raise TypeError(f"beta must be a number in (0, 1], got {type(beta).__name__}") from None
+    if not (0.0 < b <= 1.0):
+        raise ValueError(f"beta must be in (0, 1] (rate of the running average b3, Eq. 61), got {beta!r}")
+    return b
+
+
+class Activity(NamedTuple):
+    """A layer's activity at one time, for B streams (backend arrays).
+
+    x : (B, n_in) pre-synaptic input;  z : (B, n_out) activity f(x Wᵀ)
+    h : (B, n_out) post-synaptic factor of the Hebbian term: f'(a) (plain), f' ⊙ ẑ/u^p (grouped)
+    v : (B, d) what the kernel compares: z (plain) or v of Eq. 18 (grouped)
+    out : (B, n_out) what the layer passes on: z, or r = ẑ/u^p if divisive (Eq. 21)
+    """
+
+    x: Any
+    z: Any
+    h: Any
+    v: Any
+    out: Any
+
+
+def layer_activity(trule: TwoPointRule, x, w, backend) -> Activity:
+    """The forward pass of one time step (Eq. 1, 17-18, 21): one GEMM plus elementwise work."""
+    rule = trule.rule
+    _, z, fp = backend.forward(x, w, rule.activation, rule.slope)
+    if not rule.grouped:
+        return Activity(x, z, fp, z, z)
+    zhat, u, v = backend.group_stats(z, rule.groups, rule.p, rule.delta)
+    r = backend.divisive_norm(zhat, u, rule.p)
+    return Activity(x, z, fp * r, v, r if trule.divisive else z)
+
+
+class Circuit(NamedTuple):
+    """The circuit variables of one step (App. C), each (B,) unless said.
+
+    b1 : ‖Δz‖² or ‖Δv‖² (Eq. 59, 65);  b2 : Eq. 60;  b3 : the centring used (Eq. 61)
+    M : the third factor shared by the layer (Eq. 62)
+    group : (B, c) per-group signals b̃_α = Δv_α (Eq. 64), or None for the plain rule;
+            the factor of group α is M · b̃_α (Eq. 66)
+    """
+
+    b1: Any
+    b2: Any
+    b3: Any
+    M: Any
+    group: Optional[Any]
+
+
+def circuit_b2(trule: TwoPointRule, now: Activity, prev: Activity, same, xp=np):
+    """(Δv (B, d), b1 (B,), k = exp(-b1/2σ²) (B,), b2 (B,)) of Eq. 59-60 / 64-65."""
+    dv = now.v - prev.v
+    b1 = (dv * dv).sum(axis=1)
+    sigma2 = trule.rule.sigma ** 2
+    k = xp.exp(b1 * (-0.5 / sigma2))
+    b2 = trule.rule.gamma * trule.label_signal(same, dv.dtype, xp) - 2.0 * k
+    return dv, b1, k, b2
+
+
+def centred_factor(trule: TwoPointRule, dv, b1, k, b2, b3) -> Circuit:
+    """The third factor given the centring b3 (scalar or (B,)) (Eq. 62, 66)."""
+    b3 = b3 + 0 * b2                                   # broadcast to (B,)
+    M = -(b2 - b3) * k / trule.rule.sigma ** 2
+    return Circuit(b1, b2, b3, M, dv if trule.rule.grouped else None)
+
+
+def circuit(trule: TwoPointRule, now: Activity, prev: Activity, same, b3, xp=np) -> Circuit:
+    """The circuit of a step given the centring b3 (scalar or (B,)) (Eq. 59-62, 64-66)."""
+    return centred_factor(trule, *circuit_b2(trule, now, prev, same, xp), b3)
+
+
+class TwoPointUpdate(NamedTuple):
+    """ΔW of a step as R = 2B rank-one terms: ΔW = postᵀ pre, never formed unless asked.
+
+    post : (R, n_out) [post_t; -post_{t-Δt}] × third factor × s / B
+    pre : (R, n_in) [x_t; x_{t-Δt}]
+    """
+
+    post: Any
+    pre: Any
+
+    def dense(self):
+        """ΔW (n_out, n_in) = postᵀ pre (one GEMM)."""
+        return self.post.T @ self.pre
+
+
+def two_point_post(trule: TwoPointRule, circ: Circuit, now: Activity, prev: Activity, scale, xp=np):
+    """The post-synaptic terms of Eq. 57 / 63a with their third factor: (R, n_out), R = 2B.
+
+    plain: c = s M Δz, post_t = c ⊙ f'_t, post_{t-Δt} = c ⊙ f'_{t-Δt}
+    grouped: c = s M b̃_α(n) (Eq. 66), post = c ⊙ h (h = f' ⊙ ẑ/u^p)
+    """
+    if circ.group is None:
+        c = (scale * circ.M)[:, None] * (now.z - prev.z)
+    else:
+        g = now.z.shape[1] // circ.group.shape[1]
+        c = xp.repeat((scale * circ.M)[:, None] * circ.group, g, axis=1)
+    return xp.concatenate([c * now.h, -(c * prev.h)], axis=0)
+
+
+def two_point_update(x_now, x_prev, w, labels_now, labels_prev, trule: TwoPointRule, b3=None,
+                     backend="numpy"):
+    """The mean over B pairs (t, t-Δt) of the two-point update, as a dense ΔW (n_out, n_in).
+
+    Parameters
+    ----------
+    x_now, x_prev : (B, n_in)
+        Inputs at t and t - Δt of each pair.
+    w : (n_out, n_in)
+    labels_now, labels_prev : (B,) integer labels
+    trule : TwoPointRule
+    b3 : float, array (B,) or None
+        Centring of b2.  None: exact centring, the mean of b2 over the B pairs
+        given; with all m² ordered pairs of a batch the result is ``local_update``.
+    """
+    be = get_backend(backend)
+    xp = be.xp
+    now = layer_activity(trule, x_now, w, be)
+    prev = layer_activity(trule, x_prev, w, be)
+    same = xp.asarray(labels_now) == xp.asarray(labels_prev)
+    if b3 is None:
+        b3 = circuit_b2(trule, now, prev, same, xp)[3].mean()
+    circ = circuit(trule, now, prev, same, b3, xp)
+    post = two_point_post(trule, circ, now, prev, trule.update_scale(w.shape[0]) / x_now.shape[0], xp)
+    return TwoPointUpdate(post, xp.concatenate([now.x, prev.x], axis=0)).dense()
+
+
+def apply_update(w, update: TwoPointUpdate, lr, fused=True):
+    """W += lr · ΔW in place, without forming ΔW (one pass over W; BLAS GEMM for large R).
+
+    numpy arrays use the Numba kernel (:mod:`threefactor.backends._online_kernels`)
+    or in-place BLAS; cupy arrays the CUDA kernel of ``_online_cupy``;
+    ``fused=False`` is the reference ``w += lr * postᵀ pre``.
+    """
+    if update.post.shape[0] == 0 or lr == 0:
+        return w
+    if not isinstance(w, np.ndarray):
+        from .backends import _online_cupy
+        return _online_cupy.accumulate(w, update.post, update.pre, lr)
+    if not fused:
+        w += w.dtype.type(lr) * update.dense()
+        return w
+    if not w.flags.c_contiguous:
+        raise ValueError("w must be C-contiguous for the in-place update")
+    ut = np.ascontiguousarray((lr * update.post).T, dtype=w.dtype)
+    pre = np.ascontiguousarray(update.pre, dtype=w.dtype)
+    from .backends import _online_kernels as kern
+    if ut.shape[1] >= kern.BLAS_FROM:
+        from scipy.linalg import blas
+        gemm = blas.sgemm if w.dtype == np.float32 else blas.dgemm
+        out = gemm(1.0, pre.T, ut.T, beta=1.0, c=w.T, overwrite_c=True)
+        if not np.shares_memory(out, w):      # pragma: no cover - BLAS copied after all
+            w[...] = out.T
+        return w
+    kern.accumulate(w, ut, pre)
+    return w

@@ -1,0 +1,237 @@
+"""A hidden layer that learns online: B streams stepped together, each pairing t with t - Δt.
+
+:class:`OnlineLayer` keeps each stream's previous activity and its circuit state
+(b3, Eq. 61) and runs the two-point rule of :mod:`threefactor.online` one step
+at a time.  A step of B streams is one forward GEMM, O(B n_out) circuit work and
+one pass over W for the update; B = 1 is the strictly sequential case::
+
+    layer = OnlineLayer(w, Rule(sigma=5, gamma=2), beta=0.01, streams=16, n_classes=10)
+    for x_t, y_t in stream:                 # x_t (16, n_in), y_t (16,)
+        out, update = layer.step(x_t, y_t)  # update.dense() is ΔW (n_out, n_in)
+        layer.apply(update, lr=1e-2)        # W += lr ΔW in one fused pass
+
+or ``out = layer.learn(x_t, y_t, lr)``.  With ``record=True`` the circuit
+variables of every step are kept in a :class:`CircuitRecord`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .backends import get_backend
+from .online import (TwoPointRule, TwoPointUpdate, apply_update, centred_factor, circuit_b2,
+                     layer_activity, two_point_post)
+from .rules import Rule
+
+
+class CircuitRecord:
+    """The circuit variables of every step with a pair, on the host (App. C, Fig. 1).
+
+    Attributes after ``to_dict()``: t (T,) step index; b1, b2, b3, M (T, B);
+    group (T, B, c) per-group signals b̃_α = Δv_α (grouped rules; the factor of
+    group α is M · b̃_α, Eq. 66); factor (T, B, c) that product.
+    """
+
+    FIELDS = ("b1", "b2", "b3", "M")
+
+    def __init__(self):
+        self._rows = {name: [] for name in ("t",) + self.FIELDS + ("group",)}
+
+    def __len__(self):
+        return len(self._rows["t"])
+
+    def append(self, t, circ, to_numpy):
+        """Store the :class:`~threefactor.online.Circuit` of step ``t``."""
+        self._rows["t"].append(t)
+        for name in self.FIELDS:
+            self._rows[name].append(np.array(to_numpy(getattr(circ, name))))
+        if circ.group is not None:
+            self._rows["group"].append(np.array(to_numpy(circ.group)))
+
+    def to_dict(self):
+        """Arrays by name: t (T,), b1 / b2 / b3 / M (T, B), group / factor (T, B, c) if grouped."""
+        out = {"t": np.asarray(self._rows["t"], dtype=np.int64)}
+        for name in self.FIELDS:
+            rows = self._rows[name]
+            out[name] = np.stack(rows) if rows else np.zeros((0, 0))
+        if self._rows["group"]:
+            out["group"] = np.stack(self._rows["group"])
+            out["factor"] = out["M"][:, :, None] * out["group"]
+        return out
+
+    def plot(self, stream=0, axes=None, path=None):
+        """Plot b1, b2 with b3, M and the per-group factors of one stream against t (matplotlib).
+
+        Returns the figure; saves it to ``path`` if given.
+        """
+        import matplotlib
+        if axes is None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        d = self.to_dict()
+        n = 4 if "factor" in d else 3
+        if axes is None:
+            fig, axes = plt.subplots(n, 1, sharex=True, figsize=(8, 2 * n))
+        else:
+            fig = axes[0].figure
+        t = d["t"]
+        axes[0].plot(t, d["b1"][:, stream], label="b1 = ‖Δz‖² (Eq. 59)")
+        axes[1].plot(t, d["b2"][:, stream], label="b2 (Eq. 60)")
+        axes[1].plot(t, d["b3"][:, stream], label="b3 running mean (Eq. 61)")
+        axes[2].plot(t, d["M"][:, stream], label="M (Eq. 62)")
+        if "factor" in d:
+            axes[3].plot(t, d["factor"][:, stream, :])
+            axes[3].set_ylabel("M b̃_α (Eq. 66)")
+        for ax in axes[:3]:
+            ax.legend(loc="upper right", fontsize=8)
+        axes[-1].set_xlabel("step t")
+        if path is not None:
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+        return fig
+
+
+class OnlineLayer:
+    """A hidden layer trained by the two-point rule on B streams at once.
+
+    Parameters
+    ----------
+    w : array (n_out, n_in)
+        Weights (float32 or float64; kept, updated in place by :meth:`apply`).
+    rule : Rule or TwoPointRule
+        The layer's rule; a plain :class:`~threefactor.rules.Rule` is wrapped in a
+        :class:`~threefactor.online.TwoPointRule` with the keywords below.
+    beta, n_classes, divisive, shared_b3, b3_init
+        See :class:`~threefactor.online.TwoPointRule` (ignored if ``rule`` is one).
+    streams : int
+        B, the number of independent streams stepped together.
+    backend : str or backend object
+        "numpy", "numba" or "cupy" for the forward pass and the circuit.
+    record : bool
+        Keep the circuit variables of every step in ``self.record``.
+    """
+
+    def __init__(self, w, rule=None, *, beta=0.01, streams=1, n_classes=10, divisive=False,
+                 shared_b3=False, b3_init=None, backend="numpy", record=False):
+        if isinstance(rule, TwoPointRule):
+            self.trule = rule
+        else:
+            self.trule = TwoPointRule(Rule() if rule is None else rule, n_classes=n_classes, beta=beta,
+                                      divisive=divisive, shared_b3=shared_b3, b3_init=b3_init)
+        self.backend = be = get_backend(backend)
+        if isinstance(streams, bool) or not isinstance(streams, (int, np.integer)) or streams < 1:
+            raise ValueError(f"streams must be an integer >= 1 (B, the number of streams), got {streams!r}")
+        self.streams = int(streams)
+        if not be.is_native(w):
+            w = np.asarray(w)
+        if w.ndim != 2:
+            raise ValueError(f"w must be 2-D (n_out, n_in), got shape {tuple(w.shape)}")
+        if w.dtype not in (np.float32, np.float64):
+            w = w.astype(np.float64)
+        self.w = be.asarray(w)
+        self.scale = self.trule.update_scale(w.shape[0])
+        self.record: Optional[CircuitRecord] = CircuitRecord() if record else None
+        self.reset()
+
+    @property
+    def shape(self):
+        return tuple(self.w.shape)
+
+    def reset(self):
+        """Forget every stream's previous sample and its running average b3."""
+        self._prev = None
+        self._prev_labels = None
+        self.b3 = None
+        self.t = 0
+
+    # -- input checks ---------------------------------------------------
+    def _input(self, x):
+        be, (n_out, n_in) = self.backend, self.w.shape
+        if not be.is_native(x):
+            x = np.asarray(x)
+        if x.ndim != 2 or x.shape != (self.streams, n_in):
+            raise ValueError(f"x must have shape (streams, n_in) = ({self.streams}, {n_in}): one sample "
+                             f"per stream, got shape {tuple(x.shape)}")
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"x must hold real numbers, got dtype {x.dtype}")
+        return be.asarray(x, dtype=self.w.dtype)
+
+    def _labels(self, labels):
+        if labels is None:
+            raise ValueError(f"labels are missing for step {self.t}: step(x, labels) needs one integer "
+                             f"label per stream, shape ({self.streams},)")
+        be = self.backend
+        if not be.is_native(labels):
+            labels = np.asarray(labels)
+        if labels.shape != (self.streams,):
+            raise ValueError(f"labels must have shape (streams,) = ({self.streams},), got {tuple(labels.shape)}")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+        n = self.trule.n_classes
+        if self.streams and (int(labels.min()) < 0 or int(labels.max()) >= n):
+            raise ValueError(f"labels must be in [0, n_classes) = [0, {n}), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        return be.asarray(labels, dtype=np.int64)
+
+    # -- the step -------------------------------------------------------
+    def _centre(self, b2):
+        """b3_{t-1} to centre b2_t with, then b3 ← β b2 + (1 - β) b3 (Eq. 61)."""
+        trule = self.trule
+        sample = b2.mean() if trule.shared_b3 else b2
+        if self.b3 is None:
+            self.b3 = sample + 0 if trule.b3_init is None else sample * 0 + trule.b3_init
+        centre = self.b3
+        self.b3 = trule.beta * sample + (1.0 - trule.beta) * centre
+        return centre
+
+    def step(self, x, labels):
+        """One time step of all streams: forward pass, circuit and update (not applied).
+
+        Parameters
+        ----------
+        x : (streams, n_in)
+            Each stream's sample at time t.
+        labels : (streams,) integers in [0, n_classes)
+
+        Returns
+        -------
+        out : (streams, n_out)
+            What the layer passes on (z, or r if divisive).
+        update : TwoPointUpdate
+            ΔW = update.dense() (n_out, n_in), the mean over streams of Eq. 57 / 63a;
+            zero (no terms) at a stream's first step.
+        """
+        x = self._input(x)
+        labels = self._labels(labels)
+        be, xp, trule = self.backend, self.backend.xp, self.trule
+        now = layer_activity(trule, x, self.w, be)
+        if self._prev is None:
+            update = TwoPointUpdate(xp.zeros((0, self.w.shape[0]), self.w.dtype),
+                                    xp.zeros((0, self.w.shape[1]), self.w.dtype))
+        else:
+            prev = self._prev
+            dv, b1, k, b2 = circuit_b2(trule, now, prev, labels == self._prev_labels, xp)
+            circ = centred_factor(trule, dv, b1, k, b2, self._centre(b2))
+            post = two_point_post(trule, circ, now, prev, self.scale / self.streams, xp)
+            update = TwoPointUpdate(post, xp.concatenate([now.x, prev.x], axis=0))
+            if self.record is not None:
+                self.record.append(self.t, circ, be.to_numpy)
+        self._prev, self._prev_labels = now, labels
+        self.t += 1
+        return now.out, update
+
+    def apply(self, update: TwoPointUpdate, lr, fused=True):
+        """W += lr · ΔW in place, one pass over W (:func:`threefactor.online.apply_update`)."""
+        apply_update(self.w, update, lr, fused=fused)
+
+    def learn(self, x, labels, lr, fused=True):
+        """:meth:`step` then :meth:`apply`; returns the layer's output (streams, n_out)."""
+        out, update = self.step(x, labels)
+        self.apply(update, lr, fused=fused)
+        return out
+
+    def forward(self, x):
+        """Output for any number of samples (m, n_in) -> (m, n_out), no learning, no state change."""
+        be = self.backend
+        x = be.asarray(x if be.is_native(x) else np.asarray(x), dtype=self.w.dtype)
+        return layer_activity(self.trule, x, self.w, be).out
