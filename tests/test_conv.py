@@ -1,0 +1,287 @@
+"""Conv layers against their definitions: every kernel × grouping × pooling × backend × dtype.
+
+References, all float64: complex-step derivatives of the literal objective
+(explicit conv loops, window-by-window max pool, pair sums of pHSIC:
+``conv_rule.naive_objective``), the literal pair sums of Eq. 12 / 22 summed over
+positions (``conv_rule.naive_update``), and the numpy GEMM path.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from threefactor import conv, conv_rule, layer_output, local_objective, local_update, pairwise, third_factor
+from threefactor.backends import BackendUnavailable, get_backend
+from threefactor.check import complex_step_gradient, relative_error
+from threefactor.rules import ACTIVATIONS, KERNELS, Rule
+
+N_CLASSES = 3
+LABELS = np.array([0, 1, 2, 0])
+#: grouping name -> (groups, p, divisive, activation)
+GROUPINGS = {"plain": (None, 0.2, False, "selu"), "grp": (3, 0.5, False, "lrelu"),
+             "grp+div": (3, 0.2, True, "selu")}
+POOLS = (None, "max")
+TOL = {np.float64: 1e-12, np.float32: 1e-3}
+
+
+def backends():
+    names = ["numpy", "numba"]
+    out = []
+    for name in names:
+        try:
+            get_backend(name)
+        except (BackendUnavailable, ImportError):
+            out.append(pytest.param(name, marks=pytest.mark.skip(reason=f"{name} unavailable")))
+            continue
+        out.append(name)
+    return out
+
+
+def problem(m=4, c_in=2, hw=4, c_out=6, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(m, c_in, hw, hw))
+    w = rng.normal(size=(c_out, c_in, k, k)) / np.sqrt(c_in * k * k)
+    return x, w
+
+
+def rule_of(kernel, grouping):
+    groups, p, _, act = GROUPINGS[grouping]
+    return Rule(kernel=kernel, groups=groups, p=p, activation=act)
+
+
+def kwargs_of(rule, pool):
+    return dict(kernel=rule.kernel, sigma=rule.sigma, gamma=rule.gamma, activation=rule.activation,
+                slope=rule.slope, groups=rule.groups, p=rule.p, delta=rule.delta,
+                label_kernel=rule.label_kernel, n_classes=N_CLASSES, pool=pool)
+
+
+# -- array operations against the naive loops ----------------------------------------
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 4, 4, 3, 3, 1), (2, 3, 6, 6, 5, 3, 3, 0),
+                                   (2, 1, 4, 7, 2, 1, 1, 0), (1, 2, 3, 3, 3, 2, 3, 2)], ids=str)
+def test_conv2d_is_the_loop(shape):
+    m, c, h, wd, o, kh, kw, pad = shape
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(m, c, h, wd)), rng.normal(size=(o, c, kh, kw))
+    a = conv.conv2d(x, w, pad)
+    assert a.shape == (m, o) + conv.conv_out_size(h, wd, kh, kw, pad)
+    np.testing.assert_allclose(a, conv.naive_conv2d(x, w, pad), rtol=1e-12, atol=1e-12)
+    # col2im is the adjoint of im2col: <im2col(x), C> = <x, col2im(C)>
+    cols = conv.im2col(x, kh, kw, pad)
+    C = rng.normal(size=cols.shape)
+    assert np.isclose((cols * C).sum(), (x * conv.col2im(C, x.shape, kh, kw, pad)).sum(), rtol=1e-12)
+    assert np.array_equal(conv.cols_to_weights(conv.weights_to_cols(w), w.shape), w)
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (5, 7), (2, 3)])
+def test_max_pool_is_the_loop(hw):
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(2, 3) + hw)
+    pooled, idx = conv.max_pool2x2(z)
+    ref, (wy, wx) = conv.naive_max_pool2x2(z)
+    np.testing.assert_array_equal(pooled, ref)
+    h2, w2 = hw[0] // 2, hw[1] // 2
+    py, px = np.meshgrid(np.arange(h2), np.arange(w2), indexing="ij")
+    np.testing.assert_array_equal(2 * py + idx // 2, wy)
+    np.testing.assert_array_equal(2 * px + idx % 2, wx)
+    # routing is the adjoint of gathering, and puts g only at the winners
+    g = rng.normal(size=pooled.shape)
+    routed = conv.pool_route(g, idx, z.shape)
+    assert np.isclose((routed * z).sum(), (g * conv.pool_gather(z, idx)).sum(), rtol=1e-12)
+    assert np.count_nonzero(routed) == g.size
+    np.testing.assert_array_equal(conv.pool_gather(z, idx), pooled)
+
+
+def test_max_pool_ties_pick_the_first():
+    z = np.zeros((1, 1, 2, 2))
+    _, idx = conv.max_pool2x2(z)
+    assert idx[0, 0, 0, 0] == 0
+
+
+# -- the rule against complex-step derivatives and the literal pair sums -------------
+
+@functools.lru_cache(maxsize=None)
+def references(kernel, grouping, pool):
+    """float64 (x, w, {complex, naive?, numpy64}) on the tiny problem."""
+    rule = rule_of(kernel, grouping)
+    x, w = problem()
+    refs = {"complex": complex_step_gradient(
+        lambda v: conv_rule.naive_objective(x, v, LABELS, N_CLASSES, rule, 1, pool), w)}
+    if kernel == "gaussian":
+        refs["naive"] = conv_rule.naive_update(x, w, LABELS, N_CLASSES, rule, 1, pool)
+    refs["numpy64"] = local_update(x, w, LABELS, **kwargs_of(rule, pool))
+    return x, w, refs
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("grouping", list(GROUPINGS))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_update_is_minus_gradient(kernel, grouping, pool):
+    x, w, refs = references(kernel, grouping, pool)
+    dw = refs["numpy64"]
+    assert dw.shape == w.shape and dw.dtype == np.float64
+    assert np.abs(refs["complex"]).max() > 1e-8, "the test point has a vanishing gradient"
+    for method in ("complex", "naive"):
+        if method in refs:
+            err, worst = relative_error(dw.reshape(len(dw), -1), refs[method].reshape(len(dw), -1))
+            assert err <= 1e-10, f"{kernel}/{grouping}/pool={pool} vs {method}: {err:.2e} at {worst}"
+    rule = rule_of(kernel, grouping)
+    L = local_objective(x, w, LABELS, **kwargs_of(rule, pool))
+    assert abs(L - conv_rule.naive_objective(x, w, LABELS, N_CLASSES, rule, 1, pool)) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("grouping", list(GROUPINGS))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_backends_match_reference(kernel, grouping, pool, backend, dtype):
+    """Each backend in each dtype against the float64 numpy update at the same point."""
+    rule = rule_of(kernel, grouping)
+    x, w = problem(m=5, hw=6, c_out=6, seed=3)
+    labels = np.array([0, 1, 2, 0, 1])
+    x, w = x.astype(dtype), w.astype(dtype)
+    ref = local_update(x.astype(np.float64), w.astype(np.float64), labels, **kwargs_of(rule, pool))
+    dw = local_update(x, w, labels, backend=backend, **kwargs_of(rule, pool))
+    assert isinstance(dw, np.ndarray) and dw.dtype == dtype and dw.shape == w.shape
+    err, worst = relative_error(dw.reshape(len(dw), -1), ref.reshape(len(dw), -1))
+    assert err <= TOL[dtype], f"{backend} {np.dtype(dtype).name}: {err:.2e} at {worst}"
+    r = layer_output(x, w, activation=rule.activation, groups=rule.groups, p=rule.p,
+                     divisive=GROUPINGS[grouping][2], backend=backend, pool=pool)
+    r64 = layer_output(x.astype(np.float64), w.astype(np.float64), activation=rule.activation,
+                       groups=rule.groups, p=rule.p, divisive=GROUPINGS[grouping][2], pool=pool)
+    assert r.dtype == dtype
+    np.testing.assert_allclose(r, r64, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activations_and_padding(activation):
+    """Every activation, padding 0 and 2, a 2×2 kernel: the pair sums and complex step agree."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(4, 2, 5, 5))
+    w = rng.normal(size=(4, 2, 2, 2)) / 3
+    for padding, groups, pool in ((0, 2, "max"), (2, None, None)):
+        rule = Rule(activation=activation, groups=groups, sigma=3.0)
+        kw = dict(activation=activation, groups=groups, sigma=3.0, padding=padding, pool=pool,
+                  n_classes=N_CLASSES)
+        dw = local_update(x, w, LABELS, **kw)
+        naive = conv_rule.naive_update(x, w, LABELS, N_CLASSES, rule, padding, pool)
+        assert relative_error(dw.reshape(4, -1), naive.reshape(4, -1))[0] <= 1e-10
+        v = rng.normal(size=w.shape)      # a random direction: d/dt L(w + t v) by the complex step
+        t = 1e-30
+        dL = conv_rule.naive_objective(x, w + 1j * t * v, LABELS, N_CLASSES, rule, padding, pool).imag / t
+        assert np.isclose(-(dw * v).sum(), dL, rtol=1e-9, atol=1e-14)
+
+
+def test_outputs_and_third_factor():
+    """layer_output and third_factor of a conv layer are the dense ones on the flattened activity."""
+    x, w = problem(hw=5, c_out=6)
+    for pool in POOLS:
+        rule = Rule(groups=3, activation="selu")
+        z, _, _ = conv_rule.naive_activity(x, w, rule, 1, pool)
+        zf = z.reshape(len(z), -1)
+        eye = np.eye(zf.shape[1])
+        lin = rule.with_(activation="linear")
+        out = layer_output(x, w, activation="selu", pool=pool)
+        np.testing.assert_allclose(out, z, rtol=1e-12, atol=1e-12)
+        _, _, zhat, u, _ = pairwise.representation(zf, eye, lin)
+        r = zhat / np.repeat(u ** rule.p, zf.shape[1] // 3, axis=1)
+        out = layer_output(x, w, activation="selu", groups=3, divisive=True, pool=pool)
+        assert out.shape == z.shape
+        np.testing.assert_allclose(out.reshape(len(z), -1), r, rtol=1e-12, atol=1e-12)
+        for groups in (None, 3):
+            M = third_factor(x, w, LABELS, activation="selu", groups=groups, pool=pool, n_classes=3)
+            ref = pairwise.third_factor(zf, eye, LABELS, N_CLASSES, lin.with_(groups=groups))
+            np.testing.assert_allclose(M, ref, rtol=1e-10, atol=1e-14)
+
+
+def test_float32_in_float32_out_and_no_input_change():
+    x, w = problem()
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    x0, w0 = x32.copy(), w32.copy()
+    dw = local_update(x32, w32, LABELS, groups=3, pool="max")
+    assert dw.dtype == np.float32
+    assert np.array_equal(x32, x0) and np.array_equal(w32, w0)
+
+
+# -- bad input ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, err, match", [
+    (dict(x=np.zeros((4, 2, 4))), ValueError, "must be 4-D"),
+    (dict(w=np.zeros((6, 3, 3, 3))), ValueError, "C_in=2"),
+    (dict(groups=4), ValueError, "does not divide the number of output channels C_out=6"),
+    (dict(pool="avg"), ValueError, "pool='avg' is not one of"),
+    (dict(padding=-1), ValueError, "padding must be >= 0"),
+    (dict(padding=True), TypeError, "padding must be an int"),
+    (dict(padding=1.0), TypeError, "padding must be an int"),
+    (dict(w=np.zeros((6, 2, 7, 7))), ValueError, "does not fit"),
+    (dict(x=np.zeros((4, 2, 1, 1)), pool="max"), ValueError, "at least 2x2"),
+    (dict(x=np.zeros((1, 2, 4, 4)), y=np.array([0])), ValueError, "at least m=2"),
+    (dict(y=np.array([0, 1, 2])), ValueError, "3 rows"),
+    (dict(x=np.full((4, 2, 4, 4), np.nan)), ValueError, "x contains NaN"),
+])
+def test_bad_input(bad, err, match):
+    x, w = problem()
+    kw = dict(x=x, w=w, y=LABELS)
+    kw.update({k: v for k, v in bad.items() if k in kw})
+    opts = {k: v for k, v in bad.items() if k not in kw}
+    with pytest.raises(err, match=match):
+        local_update(kw["x"], kw["w"], kw["y"], **opts)
+
+
+def test_pool_needs_a_conv_layer():
+    with pytest.raises(ValueError, match="needs a conv layer"):
+        local_update(np.zeros((4, 3)), np.zeros((2, 3)), LABELS, pool="max")
+
+
+# -- GPU (CuPy) --------------------------------------------------------------------
+
+def _cupy():
+    try:
+        get_backend("cupy")
+    except (BackendUnavailable, ImportError) as exc:
+        pytest.skip(f"cupy backend unavailable: {exc}")
+    import cupy
+    return cupy
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cupy_kernels_match_numpy(dtype):
+    cp = _cupy()
+    rng = np.random.default_rng(5)
+    for (m, c, h, wd, kh, kw, pad) in ((3, 2, 5, 6, 3, 3, 1), (2, 5, 8, 8, 3, 3, 0), (2, 3, 7, 5, 2, 1, 2)):
+        x = rng.normal(size=(m, c, h, wd)).astype(dtype)
+        cols = conv.im2col(x, kh, kw, pad)
+        np.testing.assert_array_equal(cp.asnumpy(conv.im2col(cp.asarray(x), kh, kw, pad, cp)), cols)
+        C = rng.normal(size=cols.shape).astype(dtype)
+        np.testing.assert_allclose(cp.asnumpy(conv.col2im(cp.asarray(C), x.shape, kh, kw, pad, cp)),
+                                   conv.col2im(C, x.shape, kh, kw, pad), rtol=1e-5, atol=1e-5)
+        pooled, idx = conv.max_pool2x2(x)
+        gp, gi = conv.max_pool2x2(cp.asarray(x), cp)
+        np.testing.assert_array_equal(cp.asnumpy(gp), pooled)
+        np.testing.assert_array_equal(cp.asnumpy(gi), idx)
+        g = rng.normal(size=pooled.shape).astype(dtype)
+        np.testing.assert_array_equal(cp.asnumpy(conv.pool_route(cp.asarray(g), gi, x.shape, cp)),
+                                      conv.pool_route(g, idx, x.shape))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("grouping", list(GROUPINGS))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_cupy_update_matches_reference(kernel, grouping, pool):
+    cp = _cupy()
+    x, w, refs = references(kernel, grouping, pool)
+    rule = rule_of(kernel, grouping)
+    for dtype in (np.float64, np.float32):
+        dw = local_update(cp.asarray(x, dtype=dtype), cp.asarray(w, dtype=dtype), LABELS,
+                          backend="cupy", **kwargs_of(rule, pool))
+        assert isinstance(dw, cp.ndarray) and dw.dtype == dtype
+        ref = refs["numpy64"] if dtype == np.float64 else local_update(
+            x.astype(dtype).astype(np.float64), w.astype(dtype).astype(np.float64), LABELS,
+            **kwargs_of(rule, pool))
+        err, worst = relative_error(cp.asnumpy(dw).reshape(len(w), -1), ref.reshape(len(w), -1))
+        assert err <= (1e-10 if dtype == np.float64 else 1e-3), f"cupy {dtype}: {err:.2e} at {worst}"
