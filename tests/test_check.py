@@ -1,0 +1,204 @@
+"""threefactor.check: passes on the real rules, fails on a wrong one, takes user kernels; the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from threefactor import cli
+from threefactor.backends.numpy import NumpyBackend
+from threefactor.check import (GradcheckError, assert_update_matches, check_all, check_rule,
+                               relative_error, write_json)
+from threefactor.rules import Rule
+from threefactor.torch_ref import torch_available
+
+
+class Polynomial:
+    """k(a, b) = (aᵀb / s + 1)^d: smooth, complex-safe, torch-safe (the module docstring's example)."""
+
+    def __init__(self, s=4.0, d=3):
+        self.s, self.d = s, d
+
+    def matrix(self, v, xp):
+        return (v @ v.T / self.s + 1.0) ** self.d
+
+    def pullback(self, v, K, C, xp):
+        B = C * self.d * (v @ v.T / self.s + 1.0) ** (self.d - 1) / self.s
+        return (B + B.T) @ v
+
+
+class AbsCauchy:
+    """k(a, b) = 1 / (1 + ‖a - b‖²/s) with ‖·‖² written through abs(): right in real
+    arithmetic, but abs() kills the complex step, so only fd and torch can check it."""
+
+    def __init__(self, s=2.0):
+        self.s = s
+
+    def matrix(self, v, xp):
+        d = (xp.abs(v[:, None, :] - v[None, :, :]) ** 2).sum(-1)
+        return 1.0 / (1.0 + d / self.s)
+
+    def pullback(self, v, K, C, xp):
+        A = C * K * K * (2.0 / self.s)          # dL/dd_ij = -C_ij K_ij² / s, d_ij = ‖v_i - v_j‖²
+        return -2.0 * (A.sum(axis=1)[:, None] * v - A @ v)
+
+
+class WrongPolynomial(Polynomial):
+    def pullback(self, v, K, C, xp):
+        return 1.01 * super().pullback(v, K, C, xp)
+
+
+def test_check_all_passes_on_numpy():
+    results = check_all(backends=["numpy"])
+    assert len(results) == 3 * 3 * 4 * 3          # kernels × groupings × activations × methods
+    bad = [r for r in results if not r.ok]
+    assert not bad, bad
+    for r in results:
+        if r.method == "torch" and not torch_available():
+            assert r.status == "SKIP"
+            continue
+        assert r.status == "PASS" and r.max_rel_error <= r.tolerance
+        assert r.max_rel_error < (1e-8 if r.method == "fd" else 1e-13)
+
+
+def test_check_float32():
+    results = check_all(backends=["numpy"], dtype=np.float32, kernels=["gaussian", "cosine"],
+                        activations=["lrelu"])
+    assert all(r.passed for r in results if r.method != "torch" or torch_available())
+    assert {r.dtype for r in results} == {"float32"}
+
+
+@pytest.mark.parametrize("factor", [1.01, 1 + 1e-8])
+def test_check_fails_on_a_wrong_update(monkeypatch, factor):
+    """Scale the Hebbian product: the complex step catches even 1e-8, fd a 1 % error."""
+    hebbian = NumpyBackend.hebbian
+    monkeypatch.setattr(NumpyBackend, "hebbian", lambda self, post, x: factor * hebbian(self, post, x))
+    results = check_rule(Rule(groups=4, p=0.5), backends=["numpy"])
+    by_method = {r.method: r for r in results}
+    assert by_method["complex"].status == "FAIL"
+    assert by_method["fd"].status == ("FAIL" if factor == 1.01 else "PASS")
+    assert by_method["complex"].max_rel_error == pytest.approx(factor - 1, rel=1e-3)
+    with pytest.raises(GradcheckError, match=r"complex -dL/dW"):
+        check_rule(Rule(kernel="cosine"), backends=["numpy"], methods=("complex",),
+                   raise_on_failure=True)
+
+
+def test_check_fails_on_a_wrong_primitive(monkeypatch):
+    laplacian = NumpyBackend.laplacian
+    monkeypatch.setattr(NumpyBackend, "laplacian", lambda self, A, v: 1.01 * laplacian(self, A, v))
+    results = check_rule(Rule(), backends=["numpy"], methods=("fd", "complex"))
+    assert [r.status for r in results] == ["FAIL", "FAIL"]
+
+
+def test_gradcheck_error_shows_both_values():
+    ref = np.array([[1.0, -2.0], [0.5, 4.0]])
+    explicit = ref.copy()
+    explicit[1, 0] = 0.75
+    assert relative_error(explicit, ref) == (pytest.approx(0.25 / 4.0), (1, 0))
+    with pytest.raises(GradcheckError) as info:
+        assert_update_matches(explicit, ref, tolerance=1e-10, method="complex")
+    msg = str(info.value)
+    assert "7.500000000000000e-01" in msg and "5.000000000000000e-01" in msg
+    assert "(n=1, k=0)" in msg and "6.250e-02" in msg and "tolerance 1e-10" in msg
+    assert assert_update_matches(ref, ref) == 0.0
+
+
+@pytest.mark.parametrize("groups", [None, 4])
+def test_user_kernel_passes(groups):
+    results = check_rule(Rule(kernel=Polynomial(), groups=groups, p=0.5), backends=["numpy"])
+    assert results and all(r.ok for r in results), results
+    assert {r.method for r in results if r.status == "PASS"} >= {"fd", "complex"}
+    assert results[0].variant.startswith("Polynomial/")
+
+
+def test_complex_unsafe_user_kernel_falls_back_to_fd_and_torch():
+    results = {r.method: r for r in check_rule(Rule(kernel=AbsCauchy()), backends=["numpy"])}
+    assert results["complex"].status == "SKIP"
+    assert "not complex-safe" in results["complex"].note
+    assert results["fd"].status == "PASS"
+    if torch_available():
+        assert results["torch"].status == "PASS" and results["torch"].max_rel_error < 1e-12
+
+
+def test_wrong_user_kernel_fails():
+    results = check_rule(Rule(kernel=WrongPolynomial()), backends=["numpy"])
+    assert all(r.status == "FAIL" for r in results if r.passed is not None)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_full_matrix_exits_zero(tmp_path):
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, "-m", "threefactor", "check", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["variant", "backend", "method"]
+    assert "max rel error" in lines[0] and "worst (n, k)" in lines[0]
+    assert any(line.startswith("gaussian/grp+div/selu") and "PASS" in line for line in lines)
+    assert "0 failed" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["passed"] is True and doc["n_failed"] == 0
+    assert len(doc["results"]) >= 3 * 3 * 4 * 2
+    first = doc["results"][0]
+    assert set(first) >= {"variant", "backend", "method", "max_rel_error", "worst", "explicit",
+                          "reference", "passed", "tolerance", "status"}
+    assert doc["meta"]["dtype"] == "float64"
+    assert [p.name for p in tmp_path.iterdir()] == ["check.json"]       # no temp file left
+
+
+def test_cli_subset_and_failure(monkeypatch, capsys):
+    argv = ["check", "--backend", "numpy", "--kernel", "cosine", "--grouping", "grp",
+            "--activation", "selu", "--method", "complex"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cosine/grp/selu" in out and "PASS" in out and "1 comparisons" in out
+    hebbian = NumpyBackend.hebbian
+    monkeypatch.setattr(NumpyBackend, "hebbian", lambda self, post, x: 1.01 * hebbian(self, post, x))
+    assert cli.main(argv) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_cli_user_kernel_module(tmp_path, monkeypatch, capsys):
+    src = ("class Poly:\n"
+           "    def matrix(self, v, xp):\n        return (v @ v.T / 4.0 + 1.0) ** 2\n"
+           "    def pullback(self, v, K, C, xp):\n"
+           "        B = C * 2 * (v @ v.T / 4.0 + 1.0) / 4.0\n        return (B + B.T) @ v\n")
+    (tmp_path / "my_kernels.py").write_text(src)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for spec in ["my_kernels:Poly", str(tmp_path / "my_kernels.py") + ":Poly"]:
+        assert cli.main(["check", "--backend", "numpy", "--kernel-module", spec,
+                         "--activation", "lrelu"]) == 0
+        out = capsys.readouterr().out
+        assert "Poly/plain/lrelu" in out and "Poly/grp+div/lrelu" in out and "gaussian" not in out
+
+
+def test_cli_bad_use(capsys):
+    assert cli.main(["check", "--kernel-module", "no_such_module_xyz:K"]) == 2
+    assert "no_such_module_xyz" in capsys.readouterr().err
+    if "cupy" not in sys.modules:
+        try:
+            import cupy  # noqa: F401
+        except ImportError:
+            assert cli.main(["check", "--backend", "cupy"]) == 2
+            assert "cupy is not installed" in capsys.readouterr().err
+
+
+def test_write_json_is_atomic(tmp_path, monkeypatch):
+    results = check_rule(Rule(), backends=["numpy"], methods=("complex",))
+    path = tmp_path / "r.json"
+    path.write_text("old")
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        write_json(str(path), results)
+    assert path.read_text() == "old"                      # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]   # and no temp file is left
+    monkeypatch.undo()
+    write_json(str(path), results, {"seed": 0})
+    assert json.loads(path.read_text())["results"][0]["method"] == "complex"
