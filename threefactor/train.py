@@ -1,0 +1,365 @@
+"""``threefactor train``: train the paper's MLP (Sec. 4.2, Table 1) with explicit rules.
+
+Python use::
+
+    from threefactor.train import resolve_config, train
+    config = resolve_config(dataset="fmnist", rule="gaussian", grouping="grp+div", epochs=3)
+    run = train(config, out="runs/demo")          # -> RunDir; run.read_metrics()
+
+The command line maps onto :func:`resolve_config` (see ``threefactor train --help``).
+Everything random (initial weights, shuffling, dropout) comes from one
+``numpy.random.Generator`` seeded with ``seed``; its state is checkpointed
+every epoch, so ``--resume`` finishes with the same weights, bit for bit, as
+an uninterrupted run on the same backend.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import presets
+from .backends import BackendUnavailable, get_backend
+from .networks import MLP
+from .optim import OPTIMIZERS, multistep_lr
+from .rules import choice_error
+from .runs import RunDir
+
+#: Defaults of every option (App. D.4-D.5 unless said otherwise).
+DEFAULTS = dict(
+    dataset="fmnist", rule="gaussian", grouping="grp+div", preset=None,
+    epochs=2,                       # a short demo; the paper trains for 100
+    seed=0, lr_local=None, lr_out=None, groups=None, data_root=None, validation=False,
+    subset=None, backend=None, dtype="float32", eval_batch_size=2000,
+    **{k: v for k, v in presets.SHARED.items() if k != "epochs"},
+)
+DTYPES = ("float32", "float64")
+_RESUMABLE = {"epochs"}     # options that may change on --resume
+
+
+def default_backend():
+    """``numba`` where it runs, else ``numpy``."""
+    try:
+        get_backend("numba")
+        return "numba"
+    except (BackendUnavailable, ImportError):
+        return "numpy"
+
+
+def resolve_config(**options):
+    """Fill in every hyperparameter of a run from ``options``, the preset and the defaults.
+
+    The preset is ``options["preset"]`` or ``<dataset>-<rule>[-grp|-grpdiv]``;
+    ``lr_out``, ``lr_local`` and ``groups`` not given come from it.  Returns a
+    JSON-able dict (saved as ``config.json``).  Raises ValueError/TypeError
+    naming the bad option.
+    """
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    given = {k: v for k, v in options.items() if v is not None}
+    preset = None
+    if given.get("preset") is not None:
+        preset = presets.get_preset(given["preset"])
+        for key in ("dataset", "rule", "grouping"):
+            if key in given and given[key] != getattr(preset, key):
+                raise ValueError(f"{key}={given[key]!r} contradicts preset {preset.name!r} "
+                                 f"({key}={getattr(preset, key)!r}); drop one of them")
+    cfg = dict(DEFAULTS)
+    if preset is not None:
+        cfg.update(dataset=preset.dataset, rule=preset.rule, grouping=preset.grouping)
+    cfg.update(given)
+    if cfg["dataset"] not in presets.DATASETS:
+        raise choice_error("dataset", cfg["dataset"], presets.DATASETS)
+    presets.check_column(cfg["rule"], cfg["grouping"])
+    if preset is None:
+        preset = presets.get_preset(presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]))
+    cfg["preset"], cfg["preset_note"] = preset.name, preset.note
+    cfg["column"] = presets.column_name(cfg["rule"], cfg["grouping"])
+    local = cfg["rule"] in ("cossim", "gaussian")
+    for key in ("lr_out", "lr_local", "groups"):
+        if cfg[key] is None:
+            cfg[key] = getattr(preset, key)
+    if not local:
+        if "lr_local" in given:
+            raise ValueError(f"lr_local: rule={cfg['rule']!r} has no local learning rate")
+        cfg["lr_local"] = None
+    if cfg["grouping"] == "plain":
+        if "groups" in given:
+            raise ValueError("groups needs grouping 'grp' or 'grp+div' (plain has no groups)")
+        cfg["groups"] = None
+    _validate(cfg)
+    if cfg["backend"] is None:
+        cfg["backend"] = default_backend()
+    cfg["p"] = presets.GROUPING_P[cfg["grouping"]]
+    cfg["hidden"] = [int(h) for h in cfg["hidden"]]
+    cfg["milestones"] = [int(m) for m in cfg["milestones"]]
+    from . import __version__
+    cfg["version"] = __version__
+    return cfg
+
+
+def _validate(cfg):
+    def positive_int(key):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{key} must be a positive integer, got {v!r}")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        positive_int(key)
+    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], (int, np.integer)) or cfg["seed"] < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {cfg['seed']!r}")
+    if cfg["subset"] is not None:
+        positive_int("subset")
+    if not cfg["hidden"] or any(int(h) < 1 for h in cfg["hidden"]):
+        raise ValueError(f"hidden must list positive widths, got {cfg['hidden']!r}")
+    for key in ("lr_out", "lr_local", "dropout", "momentum", "weight_decay_local", "weight_decay_out"):
+        v = cfg[key]
+        if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+            raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
+    if not cfg["dropout"] < 1:
+        raise ValueError(f"dropout must be < 1, got {cfg['dropout']}")
+    if cfg["dtype"] not in DTYPES:
+        raise choice_error("dtype", cfg["dtype"], DTYPES)
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise choice_error("optimizer", cfg["optimizer"], OPTIMIZERS)
+    if list(cfg["milestones"]) != sorted(cfg["milestones"]):
+        raise ValueError(f"milestones must be increasing, got {cfg['milestones']!r}")
+    if cfg["groups"] is not None:
+        for h in cfg["hidden"]:
+            make_rule(cfg).check_width(int(h))
+
+
+def make_rule(cfg):
+    """The hidden layers' Rule of a resolved config."""
+    return presets.make_rule(cfg["rule"], cfg["grouping"], cfg["groups"], sigma=cfg["sigma"],
+                             gamma=cfg["gamma"], delta=cfg["delta"], activation=cfg["activation"],
+                             slope=cfg["slope"], label_kernel=cfg["label_kernel"])
+
+
+def build_network(cfg, n_in, n_classes, backend, rng):
+    """The MLP of a resolved config (draws the initial weights from ``rng``)."""
+    learning = {"backprop": "backprop", "last-layer": "last-layer"}.get(cfg["rule"], "local")
+    return MLP(n_in, cfg["hidden"], n_classes, make_rule(cfg), divisive=cfg["grouping"] == "grp+div",
+               learning=learning, dropout=cfg["dropout"], backend=backend,
+               dtype=np.dtype(cfg["dtype"]), rng=rng)
+
+
+def load_data(cfg, progress=True):
+    """(x_train, y_train, x_test, y_test, n_classes) as numpy arrays of the config's dtype."""
+    from .data import load_dataset
+    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], flatten=True, validation=cfg["validation"],
+                      seed=0, progress=progress)
+    x_tr, y_tr = ds.x_train, ds.y_train
+    if cfg["subset"] is not None and cfg["subset"] < len(y_tr):
+        keep = np.sort(np.random.default_rng(0).permutation(len(y_tr))[:cfg["subset"]])
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+    dt = np.dtype(cfg["dtype"])
+    return (np.ascontiguousarray(x_tr, dtype=dt), y_tr.astype(np.int64),
+            np.ascontiguousarray(ds.x_test, dtype=dt), ds.y_test.astype(np.int64), ds.n_classes)
+
+
+def default_out(cfg):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg['preset']}-s{cfg['seed']}-{stamp}"
+
+
+def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
+    """Train (or, with ``resume=True``, continue) a run; returns its :class:`RunDir`.
+
+    ``cfg`` is a dict from :func:`resolve_config`; ``out`` the run directory;
+    ``data`` optionally the tuple of :func:`load_data` (to share it between runs).
+    """
+    rd = RunDir(out if out is not None else default_out(cfg))
+    if not resume and (rd.has_checkpoint() or rd.metrics_path.exists()):
+        raise ValueError(f"out={str(rd.path)!r} already holds a run; resume it with --resume "
+                         f"{rd.path} or choose another --out")
+    backend = get_backend(cfg["backend"])
+    x_tr, y_tr, x_te, y_te, n_classes = data if data is not None else load_data(cfg, progress)
+    rng = np.random.default_rng(cfg["seed"])
+    net = build_network(cfg, x_tr.shape[1], n_classes, backend, rng)
+    opts = net.make_optimizers(cfg["lr_local"], cfg["lr_out"], weight_decay_local=cfg["weight_decay_local"],
+                               weight_decay_out=cfg["weight_decay_out"], momentum=cfg["momentum"],
+                               optimizer=cfg["optimizer"])
+    start = 0
+    if resume:
+        params, states, meta = rd.load_checkpoint()
+        net.load_parameters(params)
+        if set(states) != set(opts):
+            raise ValueError(f"{rd.path}: checkpoint optimisers {sorted(states)} != {sorted(opts)}")
+        for name, opt in opts.items():
+            opt.load_state(states[name])
+        rng.bit_generator.state = meta["rng_state"]
+        start = int(meta["epoch"])
+        rd.keep_metrics_upto(start)
+        log(f"resuming {rd.path} after epoch {start}")
+    rd.write_config(cfg)
+    run_epochs(cfg, rd, net, opts, rng, backend, (x_tr, y_tr, x_te, y_te), start,
+               progress=progress, log=log)
+    return rd
+
+
+def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True, log=print):
+    """Epochs ``start+1 .. cfg["epochs"]``: train, test, checkpoint, log, plot."""
+    from tqdm.auto import tqdm
+    x_tr, y_tr, x_te, y_te = data
+    X, Y = backend.asarray(x_tr), backend.asarray(y_tr)
+    Xt, Yt = backend.asarray(x_te), backend.asarray(y_te)
+    n, bs = len(y_tr), cfg["batch_size"]
+    host_index = backend.xp is np
+    for epoch in range(start + 1, cfg["epochs"] + 1):
+        lr_out = multistep_lr(cfg["lr_out"], epoch, cfg["milestones"], cfg["lr_factor"])
+        lr_local = None if cfg["lr_local"] is None else \
+            multistep_lr(cfg["lr_local"], epoch, cfg["milestones"], cfg["lr_factor"])
+        for name, opt in opts.items():
+            opt.lr = lr_out if name == "output" or net.learning == "backprop" else lr_local
+        perm = rng.permutation(n)
+        loss_sum = correct = 0
+        obj_sums = [0.0] * len(net.hidden)
+        bar = tqdm(total=n, unit="sample", unit_scale=True, leave=False, disable=not progress,
+                   desc=f"epoch {epoch}/{cfg['epochs']}")
+        backend.synchronize()
+        t0 = time.perf_counter()
+        for b, s in enumerate(range(0, n, bs)):
+            idx = perm[s:s + bs]
+            if not host_index:
+                idx = backend.asarray(idx)
+            stats = net.train_step(X[idx], Y[idx], opts, rng)
+            m = len(idx)
+            loss_sum = loss_sum + stats.loss * m
+            correct = correct + stats.correct
+            for k, obj in enumerate(stats.objectives):
+                obj_sums[k] = obj_sums[k] + obj * m
+            bar.update(m)
+            if progress and b % 20 == 0:
+                bar.set_postfix(loss=f"{float(stats.loss):.4f}", refresh=False)
+        backend.synchronize()
+        seconds = time.perf_counter() - t0
+        bar.close()
+        test_correct, _ = net.evaluate(Xt, Yt, cfg["eval_batch_size"])
+        record = dict(epoch=epoch, train_loss=float(loss_sum) / n, train_accuracy=100.0 * int(correct) / n,
+                      test_accuracy=100.0 * test_correct / len(y_te), seconds=seconds,
+                      samples_per_s=n / seconds, lr_out=lr_out, lr_local=lr_local)
+        if net.learning == "local":
+            objs = [float(o) / n for o in obj_sums]
+            record["local_objective"] = objs
+            record.update({f"local_objective_{k + 1}": o for k, o in enumerate(objs)})
+        params = {k: backend.to_numpy(v) for k, v in net.parameters().items()}
+        states = {}
+        for name, opt in opts.items():
+            st = opt.state()
+            states[name] = dict(st, buffers=[backend.to_numpy(a) for a in st["buffers"]])
+        rd.save_checkpoint(params, states, dict(epoch=epoch, rng_state=rng.bit_generator.state, config=cfg))
+        rd.append_metrics(record)
+        rd.plot(title=f"{cfg['dataset']} {cfg['column']} (seed {cfg['seed']})")
+        objs = record.get("local_objective")
+        log(f"epoch {epoch:3d}/{cfg['epochs']}  loss {record['train_loss']:.4f}  "
+            f"train {record['train_accuracy']:.2f}%  {'val' if cfg['validation'] else 'test'} "
+            f"{record['test_accuracy']:.2f}%  {seconds:.1f}s  {record['samples_per_s']:.0f} samples/s"
+            + (f"  L = {', '.join(f'{o:.3g}' for o in objs)}" if objs else ""))
+
+
+# -- command line ------------------------------------------------------------
+
+DESCRIPTION = """\
+Train the paper's fully connected network (3 hidden layers of 1024 LReLU units;
+Pogodin & Latham 2020, Sec. 4.2, Table 1) with explicit learning rules.
+
+Rules (--rule), one per Table 1 column:
+  gaussian    each hidden layer minimises its own L = pHSIC(Z,Z) - gamma pHSIC(Y,Z)
+              (Eq. 9) with a Gaussian kernel (Eq. 26; on grouped variances, Eq. 17-19);
+              dW = third factor x post x pre (Eq. 10-12, 22), no error is sent back
+  cossim      the same with the cosine-similarity kernel (Eq. 25)
+  backprop    cross-entropy backpropagated through the net (hand-written backward pass)
+  last-layer  hidden weights frozen at their random values; only the output learns
+Grouping (--grouping): plain; grp (c groups, p = 0.5, next layer sees z);
+  grp+div (c groups, p = 0.2, next layer sees r = zhat/u^p: divisive normalisation, Eq. 21).
+Only the output layer (linear + bias, softmax cross-entropy) ever sees the labels'
+error; each hidden layer has its own SGD and updates during the forward pass.
+Learning rates and groups come from App. D Table 3 (--preset; see
+threefactor.presets); --lr-local, --lr-out, --groups override them.
+"""
+
+EPILOG = """\
+examples:
+  threefactor train                      # Fashion-MNIST, Gaussian grp+div, 2 epochs
+  threefactor train --dataset fmnist --rule gaussian --grouping grp+div --epochs 100 --seed 0
+  threefactor train --rule backprop --subset 5000 --epochs 1 --hidden 256 256
+  threefactor train --resume runs/fmnist-gaussian-grpdiv-s0-20240101-120000 --epochs 100
+  threefactor table runs/*               # Table 1-style summary of finished runs
+
+Each run directory holds config.json, metrics.jsonl / metrics.csv (one row per
+epoch), checkpoint.npz (written atomically every epoch) and curves.png.
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def configure_parser(parser):
+    """Add ``threefactor train`` options (defaults are resolved in :func:`resolve_config`)."""
+    parser.formatter_class = _Formatter
+    parser.description, parser.epilog = DESCRIPTION, EPILOG
+    S = argparse.SUPPRESS
+    d = DEFAULTS
+    g = parser.add_argument_group("what to train")
+    g.add_argument("--dataset", default=S, metavar="NAME",
+                   help=f"one of {', '.join(presets.DATASETS)} (default {d['dataset']})")
+    g.add_argument("--rule", default=S, metavar="RULE",
+                   help=f"one of {', '.join(presets.RULES)} (default {d['rule']})")
+    g.add_argument("--grouping", default=S, metavar="G",
+                   help=f"one of {', '.join(presets.GROUPINGS)} (default {d['grouping']})")
+    g.add_argument("--preset", default=S, metavar="NAME",
+                   help="Table 3 cell, e.g. fmnist-gaussian-grpdiv, mnist-cossim-grp, kmnist-lastlayer "
+                        "(default: <dataset>-<rule>[-grp|-grpdiv])")
+    g.add_argument("--hidden", type=int, nargs="+", default=S, metavar="N",
+                   help="hidden widths (default 1024 1024 1024)")
+    g.add_argument("--groups", type=int, default=S, metavar="C", help="number of groups c per layer (preset)")
+    h = parser.add_argument_group("optimisation (App. D.4-D.5)")
+    h.add_argument("--epochs", type=int, default=S, help="epochs (default 2; the paper: 100)")
+    h.add_argument("--lr-local", dest="lr_local", type=float, default=S, help="eta_l of the hidden layers (preset)")
+    h.add_argument("--lr-out", dest="lr_out", type=float, default=S, help="eta_f of the output / backprop (preset)")
+    h.add_argument("--milestones", type=int, nargs="*", default=S, metavar="EPOCH",
+                   help="epochs after which the learning rates are multiplied by 0.25 (default 50 75 90)")
+    h.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="default 256")
+    h.add_argument("--dropout", type=float, default=S, help="dropout after each hidden layer (default 0.01)")
+    h.add_argument("--optimizer", default=S, help="sgd (the paper's, momentum 0.95) or adamw")
+    h.add_argument("--seed", type=int, default=S, help="seeds weights, shuffling and dropout (default 0)")
+    r = parser.add_argument_group("data, hardware and output")
+    r.add_argument("--data-root", dest="data_root", default=S, metavar="DIR",
+                   help="where datasets live (default: $THREEFACTOR_DATA, system dirs, ~/.cache/threefactor)")
+    r.add_argument("--validation", action="store_true", default=S,
+                   help="hold out 10%% of the training set and report accuracy on it instead of the test set")
+    r.add_argument("--subset", type=int, default=S, metavar="N", help="train on N training samples (quick runs)")
+    r.add_argument("--backend", default=S, help="numpy, numba or cupy (default numba if available)")
+    r.add_argument("--dtype", default=S, help="float32 (default) or float64")
+    r.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/<preset>-s<seed>-<time>)")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return parser
+
+
+def run(args):
+    """Entry point of ``threefactor train``; returns the exit status."""
+    options = {k: v for k, v in vars(args).items() if k in DEFAULTS}
+    try:
+        if args.resume is not None:
+            if args.out is not None:
+                raise ValueError("give either --out or --resume, not both")
+            rd = RunDir(args.resume)
+            cfg = rd.read_config()
+            changed = sorted(k for k in options if k not in _RESUMABLE and options[k] != cfg.get(k))
+            if changed:
+                raise ValueError(f"cannot change {', '.join(changed)} when resuming (only --epochs)")
+            cfg.update({k: v for k, v in options.items() if k in _RESUMABLE})
+            _validate(cfg)
+            train(cfg, rd.path, resume=True, progress=args.progress)
+        else:
+            cfg = resolve_config(**options)
+            train(cfg, args.out, progress=args.progress)
+    except (ValueError, TypeError, BackendUnavailable) as exc:
+        raise SystemExit(f"threefactor train: error: {exc}")
+    return 0
