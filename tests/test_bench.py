@@ -1,0 +1,98 @@
+"""The benchmark machinery runs end to end on a tiny shape; no timing is asserted."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from threefactor import bench, cli
+from threefactor.machine import blas_threads, machine_info
+
+RECORD_KEYS = {"backend", "dtype", "rule", "m", "n_in", "n_out", "update_s", "update_iqr_s", "repeats",
+               "public_s", "synapses_per_s", "peak_mem_bytes", "mem_method", "gemm", "ratio_floor",
+               "ratio_floor_with_kernel", "autograd_s", "autograd_peak_mem_bytes",
+               "speedup_vs_autograd"}
+GEMM_KEYS = {"forward_s", "update_s", "kernel_s", "floor_s", "floor_with_kernel_s"}
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_machine_info_is_json_ready():
+    info = machine_info()
+    json.dumps(info)
+    assert {"date", "host", "cpu", "cores", "blas", "gpu", "versions"} <= set(info)
+    assert blas_threads() >= 1
+
+
+def test_time_call_and_interleaved_summaries():
+    calls = []
+    t = bench.time_call(lambda: calls.append(1), budget=0.0, min_repeats=4, warmup=2)
+    assert t["repeats"] == 4 and len(calls) == 6 and t["median_s"] >= 0
+    out = bench.time_interleaved({"a": lambda: None, "b": lambda: None}, budget=0.0, min_repeats=3,
+                                 warmup=1)
+    assert set(out) == {"a", "b"} and out["a"]["repeats"] == 3
+
+
+def test_peak_memory_sees_numpy_buffers():
+    peak, method = bench.peak_memory(lambda: np.ones(1 << 20))
+    assert peak >= 8 * (1 << 20) and "tracemalloc" in method
+
+
+def test_cli_quick_run_writes_documented_json(tmp_path, capsys):
+    path = tmp_path / "out" / "bench.json"
+    argv = ["bench", "--quick", "--backend", "numpy", "--m", "16", "--shapes", "32x64",
+            "--budget", "0", "--json", str(path)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "gauss-grp+div" in printed and "wrote" in printed
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == bench.SCHEMA and doc["kind"] == "update"
+    assert {"machine", "settings", "results", "command", "skipped"} <= set(doc)
+    assert {r["rule"] for r in doc["results"]} == set(bench.DEFAULT_RULES)
+    for r in doc["results"]:
+        assert set(r) == RECORD_KEYS and set(r["gemm"]) == GEMM_KEYS
+        assert (r["backend"], r["m"], r["n_in"], r["n_out"], r["dtype"]) == ("numpy", 16, 32, 64, "float32")
+        g = r["gemm"]
+        assert r["ratio_floor"] == pytest.approx(r["update_s"] / g["floor_s"])
+        assert g["floor_s"] == pytest.approx(g["forward_s"] + g["update_s"])
+        assert r["synapses_per_s"] == pytest.approx(64 * 32 / r["update_s"])
+        if _has_torch():
+            assert r["speedup_vs_autograd"] == pytest.approx(r["autograd_s"] / r["update_s"])
+        else:
+            assert r["autograd_s"] is None and r["speedup_vs_autograd"] is None
+
+
+def test_bench_case_float64_without_autograd():
+    timing = {"budget": 0.0, "min_repeats": 1, "warmup": 1}
+    r = bench.bench_case("numpy", 8, 16, 64, "cossim-grp+div", np.float64, timing, autograd=False)
+    assert r["dtype"] == "float64" and r["autograd_s"] is None and r["ratio_floor"] > 0
+
+
+def test_unavailable_backend_is_skipped_with_reason():
+    timing = {"budget": 0.0, "min_repeats": 1, "warmup": 0}
+    records, skipped = bench.run_suite(["cupy"], [8], [(16, 64)], ["gauss"], timing=timing)
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        assert records == [] and "cupy" in skipped["cupy"]
+
+
+def test_shape_argument_is_checked():
+    assert bench._shape("784x1024") == (784, 1024)
+    with pytest.raises(argparse.ArgumentTypeError, match="N_INxN_OUT"):
+        bench._shape("784")
+
+
+def test_write_json_is_atomic_and_strict(tmp_path):
+    path = tmp_path / "a.json"
+    bench.write_json(str(path), {"x": 1})
+    with pytest.raises(ValueError):
+        bench.write_json(str(path), {"x": float("nan")})
+    assert json.loads(path.read_text()) == {"x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

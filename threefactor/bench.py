@@ -1,0 +1,382 @@
+"""Update throughput: the explicit rule against the GEMM floor and PyTorch autograd (``threefactor bench``).
+
+For each backend, dtype, batch size m, layer shape (n_in, n_out) and rule
+variant, one run measures, on the same arrays:
+
+``update_s``
+    one layer's update through the engine, as training runs it:
+    :func:`threefactor.engine.local_step` (forward, kernels, post-synaptic
+    term, ΔW = postᵀ x, and the layer output, divisively normalised for grp+div).
+``public_s``
+    :func:`threefactor.local_update` on backend arrays (adds input validation).
+``gemm``
+    the matrix products no implementation of the update can avoid: forward
+    x wᵀ (m·n_in·n_out), update postᵀ x (n_out·m·n_in) and kernel v vᵀ
+    (m·m·d, d = n_out plain, c grouped).  ``floor_s`` = forward + update;
+    ``floor_with_kernel_s`` adds one kernel GEMM.  ``ratio_floor`` = update_s / floor_s.
+``autograd_s``
+    PyTorch autograd of the same objective on the same device and dtype
+    (:func:`threefactor.torch_ref.objective_torch`, then ``backward()``), with
+    ``torch.set_num_threads`` = the BLAS thread count; ``speedup_vs_autograd``
+    = autograd_s / update_s.
+``synapses_per_s``
+    n_out·n_in / update_s: weight changes ΔW_nm delivered per second (each one
+    a sum over the m samples of the batch).
+``peak_mem_bytes``
+    extra memory of one update: tracemalloc peak on the CPU (numpy buffers;
+    not BLAS or Numba-internal scratch), memory-pool growth on the GPU.
+
+Times are medians over repeats after warm-up, bounded by ``--budget``
+seconds per measurement, device-synchronised on the GPU (CUDA events through
+``cupyx.profiler.benchmark`` / ``torch.cuda.Event``).  Results print as a
+table and are written as JSON with :func:`threefactor.machine.machine_info`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+
+import numpy as np
+
+from . import engine
+from .api import local_update
+from .backends import BACKENDS, BackendUnavailable, get_backend
+from .machine import blas_threads, machine_info
+from .rules import Rule
+
+SCHEMA = "threefactor-bench/1"
+BATCHES = (64, 256, 1024)
+SHAPES = ((784, 1024), (1024, 1024), (4096, 4096))
+#: rule variants: name -> (Rule, divisive output)
+VARIANTS = {
+    "gauss": (Rule(kernel="gaussian"), False),
+    "gauss-grp+div": (Rule(kernel="gaussian", groups=32, p=0.2), True),
+    "cossim": (Rule(kernel="cosine"), False),
+    "cossim-grp+div": (Rule(kernel="cosine", groups=32, p=0.2), True),
+}
+DEFAULT_RULES = ("gauss", "gauss-grp+div")
+N_CLASSES = 10
+
+
+# -- timing -------------------------------------------------------------------
+def _summary(times):
+    q = np.percentile(times, [25, 50, 75])
+    return {"median_s": float(q[1]), "iqr_s": float(q[2] - q[0]), "repeats": len(times)}
+
+
+def time_call(fn, device="cpu", budget=1.0, min_repeats=5, warmup=2, max_repeats=10000):
+    """Median time of ``fn()`` after ``warmup`` calls; repeats until ``budget`` s and ``min_repeats``.
+
+    ``device``: "cpu" (perf_counter), "cupy" (cupyx.profiler.benchmark, GPU
+    times from CUDA events) or "cuda" (torch, CUDA events around each call).
+    Returns ``{"median_s", "iqr_s", "repeats"}``.
+    """
+    if device == "cupy":
+        from cupyx.profiler import benchmark
+
+        res = benchmark(fn, n_repeat=max_repeats, n_warmup=warmup, max_duration=budget)
+        times = list(np.asarray(res.gpu_times)[0])
+        return _summary(times if len(times) >= 1 else list(res.cpu_times))
+    for _ in range(warmup):
+        fn()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    times, start = [], time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget):
+        if device == "cuda":
+            t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0.record()
+            fn()
+            t1.record()
+            t1.synchronize()
+            times.append(t0.elapsed_time(t1) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return _summary(times)
+
+
+def time_interleaved(fns, budget=1.0, min_repeats=5, warmup=2, max_repeats=10000):
+    """CPU times of several callables measured in rounds (each called once per round).
+
+    On a shared, noisy machine a load change then hits all of them alike, so
+    their ratios stay meaningful.  Returns ``{name: time_call-style summary}``.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    start, rounds = time.perf_counter(), 0
+    while rounds < max_repeats and (rounds < min_repeats
+                                    or time.perf_counter() - start < budget * len(fns)):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+        rounds += 1
+    return {k: _summary(v) for k, v in times.items()}
+
+
+def peak_memory(fn, device="cpu"):
+    """(extra bytes at the peak of one ``fn()`` call, method) — see the module docstring."""
+    if device == "cupy":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        cupy.cuda.get_current_stream().synchronize()
+        pool.free_all_blocks()
+        before = pool.total_bytes()
+        fn()
+        cupy.cuda.get_current_stream().synchronize()
+        return int(pool.total_bytes() - before), "cupy memory pool growth"
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - before), "torch.cuda.max_memory_allocated"
+    tracemalloc.start()
+    try:
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return int(peak), "tracemalloc peak (numpy buffers)"
+
+
+# -- the three things measured ---------------------------------------------------------
+def _device(be):
+    return "cupy" if be.name == "cupy" else "cpu"
+
+
+def gemm_calls(be, m, n_in, n_out, d, dtype):
+    """Callables for the forward, update and kernel GEMMs of one layer on backend ``be``."""
+    rng = np.random.default_rng(1)
+    x, w, post, v = (be.asarray(rng.standard_normal(s).astype(dtype))
+                     for s in ((m, n_in), (n_out, n_in), (m, n_out), (m, d)))
+    return {"gemm_forward": lambda: be.matmul(x, w.T), "gemm_update": lambda: be.matmul(post.T, x),
+            "gemm_kernel": lambda: be.matmul(v, v.T)}
+
+
+def set_torch_threads(torch):
+    """Give torch the thread count numpy's BLAS uses; returns it."""
+    n = blas_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def autograd_call(x, w, labels, rule, dtype, device):
+    """Callable: forward + loss + backward of objective_torch on ``device``; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if device == "cuda" and not torch.cuda.is_available():
+        return None
+    from .torch_ref import objective_torch
+
+    tdt = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    xt = torch.as_tensor(np.asarray(x), device=device, dtype=tdt)
+    wt = torch.as_tensor(np.asarray(w), device=device, dtype=tdt).requires_grad_(True)
+    lt = torch.as_tensor(np.asarray(labels), device=device).long()
+
+    def step():
+        wt.grad = None
+        objective_torch(xt, wt, lt, N_CLASSES, rule).backward()
+
+    return step
+
+
+def time_all(fns, device, timing):
+    """Medians of every callable: interleaved rounds on the CPU, one by one on the GPU."""
+    if device == "cpu":
+        return time_interleaved(fns, **timing)
+    return {k: time_call(fn, "cuda" if k == "autograd" else device, **timing) for k, fn in fns.items()}
+
+
+def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None, autograd=True):
+    """One record of the suite (the keys are documented in the module docstring)."""
+    timing = timing or {}
+    be = get_backend(backend)
+    rule, divisive = VARIANTS[rule_name]
+    rule.check_width(n_out)
+    rng = np.random.default_rng(0)
+    x_h = rng.standard_normal((m, n_in)).astype(dtype)
+    w_h = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
+    y_h = rng.integers(0, N_CLASSES, m)
+    x, w, y = be.asarray(x_h), be.asarray(w_h), be.asarray(y_h, dtype=np.int64)
+    dev = _device(be)
+    kw = dict(kernel=rule.kernel, sigma=rule.sigma, gamma=rule.gamma, activation=rule.activation,
+              slope=rule.slope, groups=rule.groups, p=rule.p, delta=rule.delta, backend=be,
+              n_classes=N_CLASSES)
+
+    def ours():
+        return engine.local_step(rule, x, w, y, N_CLASSES, be, divisive=divisive)[1]
+
+    fns = {"ours": ours, "public": lambda: local_update(x, w, y, **kw),
+           **gemm_calls(be, m, n_in, n_out, rule.groups or n_out, dtype)}
+    ag = autograd_call(x_h, w_h, y_h, rule, dtype, "cuda" if dev == "cupy" else "cpu") if autograd else None
+    if ag is not None:
+        fns["autograd"] = ag
+    t = time_all(fns, dev, timing)
+    med = {k: v["median_s"] for k, v in t.items()}
+    mem, mem_method = peak_memory(ours, dev)
+    gemm = {"forward_s": med["gemm_forward"], "update_s": med["gemm_update"],
+            "kernel_s": med["gemm_kernel"], "floor_s": med["gemm_forward"] + med["gemm_update"]}
+    gemm["floor_with_kernel_s"] = gemm["floor_s"] + gemm["kernel_s"]
+    rec = {"backend": be.name, "dtype": np.dtype(dtype).name, "rule": rule_name, "m": m,
+           "n_in": n_in, "n_out": n_out, "update_s": med["ours"], "update_iqr_s": t["ours"]["iqr_s"],
+           "repeats": t["ours"]["repeats"], "public_s": med["public"],
+           "synapses_per_s": n_out * n_in / med["ours"], "peak_mem_bytes": mem,
+           "mem_method": mem_method, "gemm": gemm,
+           "ratio_floor": med["ours"] / gemm["floor_s"],
+           "ratio_floor_with_kernel": med["ours"] / gemm["floor_with_kernel_s"],
+           "autograd_s": med.get("autograd"), "autograd_peak_mem_bytes": None,
+           "speedup_vs_autograd": med["autograd"] / med["ours"] if "autograd" in med else None}
+    if ag is not None and dev == "cupy":
+        rec["autograd_peak_mem_bytes"] = peak_memory(ag, "cuda")[0]
+    return rec
+
+
+def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, autograd=True,
+              log=None):
+    """Every (backend, m, shape, rule) case; returns (records, skipped {backend: reason})."""
+    records, skipped = [], {}
+    for name in backends:
+        try:
+            get_backend(name)
+        except BackendUnavailable as exc:
+            skipped[name] = str(exc)
+            continue
+        for (n_in, n_out) in shapes:
+            for m in batches:
+                for rule in rules:
+                    rec = bench_case(name, m, n_in, n_out, rule, dtype, timing, autograd)
+                    records.append(rec)
+                    if log:
+                        log(format_row(rec))
+    return records, skipped
+
+
+# -- output -------------------------------------------------------------------------
+HEADER = (f"{'backend':7} {'dtype':7} {'rule':14} {'m':>5} {'n_in x n_out':>12} {'ours ms':>9} "
+          f"{'public':>9} {'floor':>9} {'/floor':>6} {'autograd':>9} {'speedup':>7} {'Gsyn/s':>7} "
+          f"{'MiB':>7}")
+
+
+def _ms(s):
+    return f"{s * 1e3:9.3f}" if s is not None else f"{'-':>9}"
+
+
+def format_row(r):
+    """One line of the table (times in ms; speedup = autograd / ours)."""
+    sp = f"{r['speedup_vs_autograd']:7.2f}" if r["speedup_vs_autograd"] else f"{'-':>7}"
+    mem = f"{r['peak_mem_bytes'] / 2 ** 20:7.1f}" if r["peak_mem_bytes"] is not None else f"{'-':>7}"
+    return (f"{r['backend']:7} {r['dtype']:7} {r['rule']:14} {r['m']:5d} "
+            f"{str(r['n_in']) + 'x' + str(r['n_out']):>12} {_ms(r['update_s'])} {_ms(r['public_s'])} "
+            f"{_ms(r['gemm']['floor_s'])} {r['ratio_floor']:6.2f} {_ms(r['autograd_s'])} {sp} "
+            f"{r['synapses_per_s'] / 1e9:7.2f} {mem}")
+
+
+def default_json_path(kind="update"):
+    """benchmarks/results/<date>-<host>[-kind].json under the current directory."""
+    day = datetime.date.today().isoformat()
+    suffix = "" if kind == "update" else f"-{kind}"
+    return os.path.join("benchmarks", "results", f"{day}-{socket.gethostname()}{suffix}.json")
+
+
+def write_json(path, doc):
+    """Write ``doc`` as JSON atomically (temp file in the same folder, then os.replace)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def document(kind, records, settings, skipped=None):
+    """The JSON document: schema, command, machine, settings and the records."""
+    return {"schema": SCHEMA, "kind": kind, "command": " ".join(sys.argv), "machine": machine_info(),
+            "settings": settings, "skipped": skipped or {}, "results": records}
+
+
+# -- command line ------------------------------------------------------------------
+def _shape(text):
+    try:
+        n_in, n_out = (int(s) for s in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is N_INxN_OUT, e.g. 1024x1024; got {text!r}")
+    return n_in, n_out
+
+
+def timing_settings(quick, budget=None):
+    """Timing keywords for :func:`time_call`: --quick is a smoke test, not a measurement."""
+    if quick:
+        return {"budget": 0.05 if budget is None else budget, "min_repeats": 3, "warmup": 1}
+    return {"budget": 1.0 if budget is None else budget, "min_repeats": 5, "warmup": 2}
+
+
+def configure_parser(parser):
+    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                        help="backends to time (unavailable ones are skipped with the reason)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--m", nargs="+", type=int, default=None, metavar="M",
+                        help=f"batch sizes (default {' '.join(map(str, BATCHES))}; --quick: 256)")
+    parser.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="NINxNOUT",
+                        help="layer shapes (default 784x1024 1024x1024 4096x4096; --quick: 1024x1024)")
+    parser.add_argument("--rules", nargs="+", choices=tuple(VARIANTS), default=list(DEFAULT_RULES))
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke test: short time budget, one batch size and shape by default")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of repeats per measurement (default 1.0; --quick 0.05)")
+    parser.add_argument("--no-autograd", action="store_true", help="skip the PyTorch autograd baseline")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="where to write the JSON (default benchmarks/results/<date>-<host>.json)")
+
+
+def run(args):
+    batches = args.m or ([256] if args.quick else list(BATCHES))
+    shapes = args.shapes or ([(1024, 1024)] if args.quick else list(SHAPES))
+    timing = timing_settings(args.quick, args.budget)
+    dtype = np.dtype(args.dtype)
+    settings = {"backends": args.backend, "dtype": dtype.name, "m": batches,
+                "shapes": [list(s) for s in shapes], "rules": args.rules, "timing": timing,
+                "blas_threads": blas_threads(), "torch_threads": None}
+    if not args.no_autograd:
+        try:
+            import torch
+
+            settings["torch_threads"] = set_torch_threads(torch)
+        except ImportError:
+            settings["torch_threads"] = "torch not installed"
+    print(f"threefactor bench: {dtype.name}, BLAS threads {settings['blas_threads']}, torch threads "
+          f"{settings['torch_threads']}; times are medians, speedup = autograd / ours")
+    print(HEADER)
+    records, skipped = run_suite(args.backend, batches, shapes, args.rules, dtype, timing,
+                                 not args.no_autograd, log=lambda s: print(s, flush=True))
+    for name, why in skipped.items():
+        print(f"skipped backend {name}: {why}")
+    path = args.json or default_json_path()
+    write_json(path, document("update", records, settings, skipped))
+    print(f"wrote {path}")
+    return 0
