@@ -1,0 +1,304 @@
+"""The two-point rule in time (Eq. 57-66): exact identity with the batch rule, the circuit by
+its definitions, the running average's statistics, the fused update kernels and bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import threefactor as tf
+from threefactor.backends import BackendUnavailable, get_backend
+from threefactor.online import (TwoPointRule, TwoPointUpdate, apply_update, circuit_b2, layer_activity,
+                                two_point_update)
+from threefactor.online_layer import OnlineLayer
+
+RULE = dict(sigma=1.3, gamma=1.7)
+
+
+def _problem(seed=0, m=7, n_in=5, n_out=6, n_classes=3, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, n_in)).astype(dtype)
+    w = (0.6 * rng.standard_normal((n_out, n_in))).astype(dtype)
+    y = rng.integers(0, n_classes, m)
+    return x, w, y
+
+
+def _all_pairs(m):
+    i, j = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+    return i.ravel(), j.ravel()
+
+
+# -- the identity: exact centring over all m² ordered pairs = the batch rule -------------
+@pytest.mark.parametrize("activation", ["linear", "relu", "lrelu", "selu"])
+@pytest.mark.parametrize("groups,divisive", [(None, False), (3, False), (2, True)])
+def test_all_pairs_with_exact_centring_equal_local_update(activation, groups, divisive):
+    x, w, y = _problem()
+    rule = tf.Rule(activation=activation, groups=groups, **RULE)
+    trule = TwoPointRule(rule, n_classes=3, divisive=divisive)
+    i, j = _all_pairs(len(x))
+    got = two_point_update(x[i], x[j], w, y[i], y[j], trule)          # mean over pairs, b3 = mean b2
+    ref = tf.local_update(x, w, y, activation=activation, groups=groups, n_classes=3, **RULE)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_all_pairs_sum_is_m2_times_batch_update_up_to_group_constant():
+    """Σ over pairs of the paper's M_α Δ(h x) (Eq. 63a, 66; no 2(1-p)/g) = m² g / 2(1-p) · ΔW_batch."""
+    x, w, y = _problem(1, m=6, n_out=8)
+    rule = tf.Rule(groups=2, p=0.3, **RULE)
+    trule = TwoPointRule(rule, n_classes=3)
+    i, j = _all_pairs(len(x))
+    be = get_backend("numpy")
+    now, prev = layer_activity(trule, x[i], w, be), layer_activity(trule, x[j], w, be)
+    _, b1, k, b2 = circuit_b2(trule, now, prev, y[i] == y[j])
+    M = -(b2 - b2.mean()) * k / rule.sigma ** 2                          # Eq. 62, exact b3
+    factor = np.repeat(M[:, None] * (now.v - prev.v), 4, axis=1)       # Eq. 66, g = 4
+    total = sum(np.outer(factor[q] * now.h[q], x[i[q]]) - np.outer(factor[q] * prev.h[q], x[j[q]])
+                for q in range(len(i)))
+    ref = tf.local_update(x, w, y, groups=2, p=0.3, n_classes=3, **RULE)
+    np.testing.assert_allclose(total, len(x) ** 2 * 4 / (2 * 0.7) * ref, rtol=1e-12,
+                               atol=1e-12 * np.abs(total).max())
+
+
+def test_b2_centring_is_gamma_ky_minus_two_kz():
+    """b2 - mean(b2) = γ k̊y - 2 k̊z over all ordered pairs (Eq. 11, 60)."""
+    x, w, y = _problem(2)
+    trule = TwoPointRule(tf.Rule(**RULE), n_classes=3)
+    i, j = _all_pairs(len(x))
+    be = get_backend("numpy")
+    _, _, k, b2 = circuit_b2(trule, layer_activity(trule, x[i], w, be), layer_activity(trule, x[j], w, be),
+                             y[i] == y[j])
+    ky = np.where(y[i] == y[j], 1.0, -0.5)
+    np.testing.assert_allclose(b2 - b2.mean(), 1.7 * (ky - ky.mean()) - 2 * (k - k.mean()), atol=1e-14)
+
+
+# -- the sequential circuit, literally -------------------------------------------------------
+def _literal_sequence(xs, ys, w, rule, beta, n_classes):
+    """Eq. 57-62 for one stream (B = 1), loop by loop: ΔW_t and (b1, b2, b3, M) per step."""
+    s2 = rule.sigma ** 2
+    b3 = None
+    out = []
+    for t in range(1, len(xs)):
+        a_now, a_prev = w @ xs[t], w @ xs[t - 1]
+        z_now = np.where(a_now > 0, a_now, rule.slope * a_now)
+        z_prev = np.where(a_prev > 0, a_prev, rule.slope * a_prev)
+        f_now = np.where(a_now > 0, 1.0, rule.slope)
+        f_prev = np.where(a_prev > 0, 1.0, rule.slope)
+        b1 = sum((z_now[n] - z_prev[n]) ** 2 for n in range(len(z_now)))                  # Eq. 59
+        ky = 1.0 if ys[t] == ys[t - 1] else -1.0 / (n_classes - 1)
+        b2 = rule.gamma * ky - 2 * np.exp(-b1 / (2 * s2))                                  # Eq. 60
+        centre = b2 if b3 is None else b3
+        b3 = beta * b2 + (1 - beta) * centre                                               # Eq. 61
+        M = -(b2 - centre) * np.exp(-b1 / (2 * s2)) / s2                                   # Eq. 62
+        dw = np.empty_like(w)
+        for n in range(w.shape[0]):
+            for k in range(w.shape[1]):                                                    # Eq. 57, B.2
+                dw[n, k] = M * (z_now[n] - z_prev[n]) * (f_now[n] * xs[t][k] - f_prev[n] * xs[t - 1][k])
+        out.append((dw, b1, b2, centre, M))
+    return out
+
+
+def test_single_stream_matches_literal_circuit_and_record():
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((9, 4))
+    ys = rng.integers(0, 3, 9)
+    w = rng.standard_normal((5, 4))
+    rule = tf.Rule(activation="lrelu", slope=0.1, **RULE)
+    layer = OnlineLayer(w, rule, beta=0.3, streams=1, n_classes=3, record=True)
+    got = [layer.step(xs[t:t + 1], ys[t:t + 1])[1].dense() for t in range(len(xs))]
+    assert not got[0].any()                                        # no pair at the first step
+    ref = _literal_sequence(xs, ys, w, rule, 0.3, 3)
+    rec = layer.record.to_dict()
+    assert rec["b1"].shape == (8, 1) and list(rec["t"]) == list(range(1, 9))
+    for t, (dw, b1, b2, b3, M) in enumerate(ref):
+        np.testing.assert_allclose(got[t + 1], dw, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose([rec[k][t, 0] for k in ("b1", "b2", "b3", "M")], [b1, b2, b3, M],
+                                   rtol=1e-12, atol=1e-15)
+
+
+def test_streams_are_independent_pairs():
+    """B streams stepped together = the mean of the B single pairs with each stream's b3."""
+    x, w, y = _problem(4, m=12)
+    trule = TwoPointRule(tf.Rule(groups=3, **RULE), n_classes=3, beta=0.2, b3_init=-1.0)
+    layer = OnlineLayer(w, trule, streams=4)
+    layer.step(x[:4], y[:4])
+    _, upd = layer.step(x[4:8], y[4:8])
+    ref = two_point_update(x[4:8], x[:4], w, y[4:8], y[:4], trule, b3=-1.0)
+    np.testing.assert_allclose(upd.dense(), ref, rtol=1e-12, atol=1e-15)
+    _, upd = layer.step(x[8:], y[8:])
+    ref = two_point_update(x[8:], x[4:8], w, y[8:], y[4:8], trule, b3=_b3(trule, x, w, y))
+    np.testing.assert_allclose(upd.dense(), ref, rtol=1e-12, atol=1e-15)
+
+
+def _b3(trule, x, w, y):
+    """b3 of each stream after the second step of the test above (Eq. 61 from b3_init)."""
+    be = get_backend("numpy")
+    b2 = circuit_b2(trule, layer_activity(trule, x[4:8], w, be), layer_activity(trule, x[:4], w, be),
+                    y[4:8] == y[:4])[3]
+    return trule.beta * b2 + (1 - trule.beta) * (-1.0)
+
+
+def test_shared_b3_averages_over_streams():
+    x, w, y = _problem(5, m=8)
+    layer = OnlineLayer(w, tf.Rule(**RULE), streams=4, n_classes=3, beta=0.5, shared_b3=True, record=True)
+    layer.step(x[:4], y[:4])
+    layer.step(x[4:], y[4:])
+    rec = layer.record.to_dict()
+    assert np.ndim(layer.b3) == 0
+    np.testing.assert_allclose(rec["b3"][0], rec["b2"][0].mean())          # first pair starts b3 at mean b2
+    np.testing.assert_allclose(layer.b3, rec["b2"][0].mean())
+
+
+# -- statistics: the running average gives the batch gradient in expectation --------------------
+@pytest.mark.parametrize("groups", [None, 4])
+def test_running_average_update_is_the_batch_gradient_in_expectation(groups):
+    """Streams of i.i.d. samples from m points make (t, t-1) uniform ordered pairs, so the mean
+    update estimates the batch update.  Stated tolerance: within 3.5 standard errors of the mean
+    (SE from the per-step updates, ~5% of ‖ΔW‖ here), and the running average's own effect,
+    compared with exact centring (b3 = mean b2) on the very same pairs, below 3% of ‖ΔW‖ at β = 0.01."""
+    rng = np.random.default_rng(11)
+    m, n_classes, beta, B, T = 30, 3, 0.01, 500, 200
+    x = rng.standard_normal((m, 6))
+    w = 0.7 * rng.standard_normal((8, 6))
+    y = rng.integers(0, n_classes, m)
+    rule = tf.Rule(sigma=1.5, gamma=2.0, groups=groups)
+    trule = TwoPointRule(rule, n_classes=n_classes, beta=beta)
+    ref = tf.local_update(x, w, y, sigma=1.5, gamma=2.0, groups=groups, n_classes=n_classes)
+    i, j = _all_pairs(m)
+    be = get_backend("numpy")
+    b2_mean = circuit_b2(trule, layer_activity(trule, x[i], w, be), layer_activity(trule, x[j], w, be),
+                         y[i] == y[j])[3].mean()
+    layer = OnlineLayer(w, trule, streams=B)
+    running, exact, prev = [], [], None
+    for t in range(int(5 / beta) + T):
+        idx = rng.integers(0, m, B)
+        _, upd = layer.step(x[idx], y[idx])
+        if t >= int(5 / beta):                                 # burn-in: b3 forgets its start
+            running.append(upd.dense())
+            exact.append(two_point_update(x[idx], x[prev], w, y[idx], y[prev], trule, b3=b2_mean))
+        prev = idx
+    running, exact = np.array(running), np.array(exact)
+    norm = np.linalg.norm(ref)
+    se = np.sqrt(running.var(axis=0, ddof=1).sum() / T)
+    assert np.linalg.norm(running.mean(0) - ref) < 3.5 * se, (np.linalg.norm(running.mean(0) - ref), se)
+    assert np.linalg.norm(exact.mean(0) - ref) < 3.5 * se
+    assert np.linalg.norm(running.mean(0) - exact.mean(0)) < 0.03 * norm
+    assert se < 0.08 * norm
+
+
+# -- learning ----------------------------------------------------------------------------------
+def test_online_learning_lowers_the_layer_objective():
+    rng = np.random.default_rng(6)
+    n_classes, m = 3, 296
+    centres = 1.5 * rng.standard_normal((n_classes, 10))
+    y = rng.integers(0, n_classes, m)
+    x = centres[y] + rng.standard_normal((m, 10))
+    w0 = 0.3 * rng.standard_normal((16, 10))
+    kw = dict(sigma=2.0, gamma=2.0, n_classes=n_classes)
+    before = tf.local_objective(x, w0, y, **kw)
+    layer = OnlineLayer(w0.copy(), tf.Rule(sigma=2.0, gamma=2.0), beta=0.05, streams=8, n_classes=n_classes)
+    for _ in range(4):
+        for t in range(0, m, 8):
+            layer.learn(x[t:t + 8], y[t:t + 8], lr=0.5)
+    after = tf.local_objective(x, layer.w, y, **kw)
+    assert np.abs(layer.w - w0).max() > 1e-3
+    assert after < before - 0.01, (before, after)
+
+
+# -- the fused update -------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+@pytest.mark.parametrize("R", [1, 2, 3, 5, 8, 32])
+def test_fused_update_matches_reference(dtype, tol, R):
+    rng = np.random.default_rng(R)
+    w = rng.standard_normal((37, 29)).astype(dtype)
+    upd = TwoPointUpdate(rng.standard_normal((R, 37)).astype(dtype), rng.standard_normal((R, 29)).astype(dtype))
+    ref = w.astype(np.float64) + 0.3 * upd.post.astype(np.float64).T @ upd.pre.astype(np.float64)
+    got = apply_update(w, upd, 0.3)
+    assert got is w and w.dtype == dtype
+    np.testing.assert_allclose(w, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_fused_update_needs_c_contiguous_w():
+    w = np.zeros((6, 4)).T
+    upd = TwoPointUpdate(np.ones((2, 4)), np.ones((2, 6)))
+    with pytest.raises(ValueError, match="w must be C-contiguous"):
+        apply_update(w, upd, 0.1)
+
+
+def test_float32_stays_float32_and_numba_backend_agrees():
+    x, w, y = _problem(7, m=8, dtype=np.float32)
+    outs = {}
+    for name in ("numpy", "numba"):
+        try:
+            get_backend(name)
+        except BackendUnavailable:  # pragma: no cover
+            continue
+        layer = OnlineLayer(w.copy(), tf.Rule(groups=3, **RULE), streams=4, n_classes=3, backend=name)
+        layer.learn(x[:4], y[:4], 0.1)
+        out = layer.learn(x[4:], y[4:], 0.1)
+        assert out.dtype == np.float32 and layer.w.dtype == np.float32
+        outs[name] = layer.w
+    for w_other in outs.values():
+        np.testing.assert_allclose(w_other, outs["numpy"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cupy_update_matches_numpy():
+    try:
+        be = get_backend("cupy")
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    import cupy
+    rng = np.random.default_rng(0)
+    for dtype, tol in ((np.float32, 2e-6), (np.float64, 1e-12)):
+        for R in (2, 32, 512):
+            w = rng.standard_normal((300, 130)).astype(dtype)
+            post = rng.standard_normal((R, 300)).astype(dtype)
+            pre = rng.standard_normal((R, 130)).astype(dtype)
+            ref = w + 0.5 * post.T @ pre
+            wg = cupy.asarray(w)
+            apply_update(wg, TwoPointUpdate(cupy.asarray(post), cupy.asarray(pre)), 0.5)
+            np.testing.assert_allclose(be.to_numpy(wg), ref, rtol=tol, atol=tol * np.abs(ref).max())
+    x, w, y = _problem(8, m=8)
+    layers = [OnlineLayer(w.copy(), tf.Rule(groups=3, **RULE), streams=4, n_classes=3, backend=b)
+              for b in ("numpy", "cupy")]
+    for layer in layers:
+        layer.learn(x[:4], y[:4], 0.1)
+        layer.learn(x[4:], y[4:], 0.1)
+    np.testing.assert_allclose(be.to_numpy(layers[1].w), layers[0].w, rtol=1e-10, atol=1e-12)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("beta", [0, -0.1, 1.5, float("nan")])
+def test_beta_outside_unit_interval(beta):
+    with pytest.raises(ValueError, match="beta"):
+        TwoPointRule(tf.Rule(), beta=beta)
+    with pytest.raises(ValueError, match="beta"):
+        OnlineLayer(np.zeros((4, 3)), tf.Rule(), beta=beta)
+
+
+def test_bad_streams_and_labels():
+    layer = OnlineLayer(np.ones((4, 3)), tf.Rule(), streams=2, n_classes=3)
+    with pytest.raises(ValueError, match=r"x must have shape \(streams, n_in\) = \(2, 3\)"):
+        layer.step(np.ones((3, 3)), np.zeros(3, int))
+    with pytest.raises(ValueError, match="x must have shape"):
+        layer.step(np.ones(3), np.zeros(2, int))
+    with pytest.raises(ValueError, match="labels are missing"):
+        layer.step(np.ones((2, 3)), None)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        layer.step(np.ones((2, 3)), np.zeros(3, int))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, n_classes\)"):
+        layer.step(np.ones((2, 3)), np.array([0, 3]))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        layer.step(np.ones((2, 3)), np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="streams"):
+        OnlineLayer(np.ones((4, 3)), tf.Rule(), streams=0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(rule=tf.Rule(kernel="cosine")), "kernel='gaussian'"),
+    (dict(rule=tf.Rule(label_kernel="linear")), "label_kernel='cosine'"),
+    (dict(rule=tf.Rule(), divisive=True), "divisive=True needs a grouped rule"),
+    (dict(rule=tf.Rule(), n_classes=1), "n_classes"),
+])
+def test_rule_checks(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TwoPointRule(**kwargs)
