@@ -202,3 +202,8 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_json(str(path), results, {"seed": 0})
     assert json.loads(path.read_text())["results"][0]["method"] == "complex"
+
+
+def test_degenerate_cosine_with_two_groups_is_refused():
+    with pytest.raises(ValueError, match=r"groups=2 with the cosine kernel is degenerate"):
+        check_rule(Rule(kernel="cosine", groups=2), backends=["numpy"])
