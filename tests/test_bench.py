@@ -96,3 +96,23 @@ def test_write_json_is_atomic_and_strict(tmp_path):
         bench.write_json(str(path), {"x": float("nan")})
     assert json.loads(path.read_text()) == {"x": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_bench_step_script_runs_tiny(tmp_path, capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
+    spec = importlib.util.spec_from_file_location("bench_step", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "step.json"
+    assert mod.main(["--backend", "numpy", "--batch", "16", "--hidden", "64", "64", "--groups", "8",
+                     "--quick", "--budget", "0", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "step" and len(doc["results"]) == 1
+    r = doc["results"][0]
+    assert r["samples_per_s"] == pytest.approx(16 / r["step_s"])
+    assert r["ratio_floor"] == pytest.approx(r["step_s"] / r["floor_s"])
+    if _has_torch():
+        assert r["speedup_vs_autograd"] == pytest.approx(r["autograd_s"] / r["step_s"])
