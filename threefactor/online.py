@@ -162,11 +162,18 @@ class Circuit(NamedTuple):
 def circuit_b2(trule: TwoPointRule, now: Activity, prev: Activity, same, xp=np):
     """(Δv (B, d), b1 (B,), k = exp(-b1/2σ²) (B,), b2 (B,)) of Eq. 59-60 / 64-65."""
     dv = now.v - prev.v
+    return (dv,) + change_b2(trule, dv, same, xp)
+
+
+def change_b2(trule: TwoPointRule, dv, same, xp=np):
+    """(b1, k, b2), each (B,), from the change Δz or Δv (B, d) and ``same`` (B,) (Eq. 59-60, 65).
+
+    Also what the continuous-time read-outs feed (:mod:`threefactor.continuous`).
+    """
     b1 = (dv * dv).sum(axis=1)
-    sigma2 = trule.rule.sigma ** 2
-    k = xp.exp(b1 * (-0.5 / sigma2))
+    k = xp.exp(b1 * (-0.5 / trule.rule.sigma ** 2))
     b2 = trule.rule.gamma * trule.label_signal(same, dv.dtype, xp) - 2.0 * k
-    return dv, b1, k, b2
+    return b1, k, b2
 
 
 def centred_factor(trule: TwoPointRule, dv, b1, k, b2, b3) -> Circuit:
