@@ -1,0 +1,186 @@
+"""CupyBackend against the numpy reference: every primitive and the public API, float32 and float64.
+
+Skipped as a whole (with the reason) where CuPy or an NVIDIA GPU is missing.
+Block sizes are patched small in some tests so that the strided loops and the
+multi-block paths of the raw kernels run on small inputs.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install threefactor[gpu])")
+try:
+    _N_GPUS = cupy.cuda.runtime.getDeviceCount()
+except Exception as exc:  # no driver / no device
+    pytest.skip(f"CuPy is installed but no GPU is usable: {exc}", allow_module_level=True)
+if _N_GPUS < 1:
+    pytest.skip("CuPy is installed but no GPU is visible", allow_module_level=True)
+
+import threefactor as tf  # noqa: E402
+from threefactor import engine  # noqa: E402
+from threefactor.backends import cupy as cupy_backend  # noqa: E402
+from threefactor.backends import get_backend  # noqa: E402
+from threefactor.backends.numpy import NumpyBackend  # noqa: E402
+from threefactor.rules import Rule  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+DTYPES = (np.float32, np.float64)
+NP, CP = NumpyBackend(), get_backend("cupy")
+
+
+def close(got, ref, dtype, rtol=None):
+    """assert_allclose with a per-dtype tolerance scaled to the reference's magnitude."""
+    got = cupy.asnumpy(got) if isinstance(got, cupy.ndarray) else np.asarray(got)
+    ref = np.asarray(ref)
+    assert got.shape == ref.shape and got.dtype == ref.dtype, (got.shape, got.dtype, ref.shape, ref.dtype)
+    rtol = rtol or (2e-4 if dtype == np.float32 else 1e-10)
+    scale = float(np.max(np.abs(ref))) if ref.size else 1.0
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * scale)
+
+
+def data(m, n_in, n_out, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, n_in)).astype(dtype)
+    w = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
+    y = rng.integers(0, 10, m)
+    return x, w, y
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(cupy_backend, "ROW_THREADS", 32)
+    monkeypatch.setattr(cupy_backend, "GROUP_WARPS", 1)
+
+
+def test_backend_is_registered_and_converts():
+    assert "cupy" in tf.available_backends()
+    a = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    d = CP.asarray(a)
+    assert CP.is_native(d) and not CP.is_native(a) and d.dtype == np.float32
+    assert CP.asarray(d) is d
+    np.testing.assert_array_equal(CP.to_numpy(d), a)
+    CP.synchronize()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["linear", "relu", "lrelu", "selu"])
+def test_forward(dtype, activation):
+    x, w, _ = data(9, 17, 40, dtype)
+    ref = NP.forward(x, w, activation, 0.01)
+    got = CP.forward(CP.asarray(x), CP.asarray(w), activation, 0.01)
+    for g, r in zip(got, ref):
+        close(g, r, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,groups", [(8, 64, 32), (5, 120, 3), (7, 200, 100), (3, 2048, 16)])
+@pytest.mark.parametrize("blocks", ["default", "small"])
+def test_group_stats_and_divisive_norm(dtype, m, n, groups, blocks, request):
+    if blocks == "small":
+        request.getfixturevalue("small_blocks")
+    z = np.random.default_rng(1).standard_normal((m, n)).astype(dtype)
+    ref = NP.group_stats(z, groups, 0.2, 1.0)
+    got = CP.group_stats(CP.asarray(z), groups, 0.2, 1.0)
+    for g, r in zip(got, ref):
+        close(g, r, dtype)
+    close(CP.divisive_norm(got[0], got[1], 0.2), NP.divisive_norm(ref[0], ref[1], 0.2), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_matrices_weights_and_laplacian(dtype):
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal((33, 12)).astype(dtype)
+    labels = rng.integers(0, 10, 33)
+    K = NP.gaussian_kernel(v, 3.0)
+    Kc = CP.gaussian_kernel(CP.asarray(v), 3.0)
+    close(Kc, K, dtype)
+    assert np.all(cupy.asnumpy(cupy.diag(Kc)) == 1)
+    for kind in ("cosine", "linear"):
+        close(CP.label_kernel(CP.asarray(labels), 10, kind, dtype),
+              NP.label_kernel(labels, 10, kind, dtype), dtype)
+    Ky = NP.label_kernel(labels, 10, "cosine", dtype)
+    A = NP.gaussian_weights(K, Ky, 2.0)
+    Ac = CP.gaussian_weights(CP.asarray(K), CP.asarray(Ky), 2.0)
+    close(Ac, A, dtype)
+    close(CP.laplacian(Ac, CP.asarray(v)), NP.laplacian(A, v), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocks", ["default", "small"])
+def test_post_terms_and_hebbian(dtype, blocks, request):
+    if blocks == "small":
+        request.getfixturevalue("small_blocks")
+    rng = np.random.default_rng(3)
+    m, n, c = 11, 96, 48
+    z, fp = (rng.standard_normal((m, n)).astype(dtype) for _ in range(2))
+    neg_dz = rng.standard_normal((m, n)).astype(dtype)
+    close(CP.post_plain(CP.asarray(neg_dz), CP.asarray(fp), 0.08), NP.post_plain(neg_dz, fp, 0.08), dtype)
+    zhat, u, _ = NP.group_stats(z, c, 0.2, 1.0)
+    neg_dv = rng.standard_normal((m, c)).astype(dtype)
+    ref = NP.post_grouped(neg_dv, zhat, u, fp, 0.2, 0.08)
+    got = CP.post_grouped(*(CP.asarray(a) for a in (neg_dv, zhat, u, fp)), 0.2, 0.08)
+    close(got, ref, dtype)
+    x = rng.standard_normal((m, 30)).astype(dtype)
+    close(CP.hebbian(CP.asarray(ref), CP.asarray(x)), NP.hebbian(ref, x), dtype)
+
+
+RULES = [Rule(), Rule(groups=8), Rule(kernel="cosine"), Rule(kernel="cosine", groups=8),
+         Rule(kernel="linear"), Rule(activation="selu", groups=4, p=0.5),
+         Rule(label_kernel="linear", groups=8)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.kernel_name}-{r.groups}-{r.activation}-{r.label_kernel}")
+def test_engine_local_step_matches_numpy(dtype, rule):
+    x, w, y = data(24, 20, 32, dtype)
+    divisive = rule.grouped
+    out, dw, lp = engine.local_step(rule, x, w, y, 10, NP, divisive=divisive)
+    outc, dwc, lpc = engine.local_step(rule, CP.asarray(x), CP.asarray(w), CP.asarray(y), 10, CP,
+                                       divisive=divisive)
+    close(dwc, dw, dtype, rtol=1e-3 if dtype == np.float32 else None)
+    close(outc, out, dtype)
+    assert lpc.objective() == pytest.approx(lp.objective(), rel=1e-3 if dtype == np.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups", [None, 8])
+def test_public_api_matches_numpy(dtype, groups):
+    x, w, y = data(16, 12, 32, dtype)
+    kw = dict(groups=groups, n_classes=10)
+    rtol = 1e-3 if dtype == np.float32 else None
+    ref = tf.local_update(x, w, y, **kw)
+    got = tf.local_update(x, w, y, backend="cupy", **kw)            # host in, host out
+    assert isinstance(got, np.ndarray)
+    close(got, ref, dtype, rtol)
+    dev = tf.local_update(cupy.asarray(x), cupy.asarray(w), cupy.asarray(y), backend="cupy", **kw)
+    assert isinstance(dev, cupy.ndarray)                             # device in, device out
+    close(dev, ref, dtype, rtol)
+    assert tf.local_objective(x, w, y, backend="cupy", **kw) == pytest.approx(
+        tf.local_objective(x, w, y, **kw), rel=1e-3 if dtype == np.float32 else 1e-9)
+    close(tf.third_factor(x, w, y, backend="cupy", **kw), tf.third_factor(x, w, y, **kw), dtype, rtol)
+    close(tf.layer_output(x, w, groups=groups, divisive=groups is not None, backend="cupy"),
+          tf.layer_output(x, w, groups=groups, divisive=groups is not None), dtype)
+
+
+def test_an_update_never_synchronises():
+    import cupyx
+
+    if not hasattr(cupyx, "allow_synchronize"):
+        pytest.skip("this CuPy has no cupyx.allow_synchronize")
+    x, w, y = (CP.asarray(a) for a in data(64, 32, 64, np.float32))
+    for rule in (Rule(), Rule(groups=8)):
+        engine.local_step(rule, x, w, y, 10, CP, divisive=rule.grouped)  # compile outside the check
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with cupyx.allow_synchronize(False):
+                engine.local_step(rule, x, w, y, 10, CP, divisive=rule.grouped)
+    CP.synchronize()
+
+
+def test_bench_case_runs_on_the_gpu():
+    from threefactor import bench
+
+    r = bench.bench_case("cupy", 16, 32, 64, "gauss-grp+div", np.float32,
+                         {"budget": 0.01, "min_repeats": 2, "warmup": 1})
+    assert r["backend"] == "cupy" and r["update_s"] > 0 and r["peak_mem_bytes"] >= 0
