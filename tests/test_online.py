@@ -241,15 +241,19 @@ def test_float32_stays_float32_and_numba_backend_agrees():
 
 
 @pytest.mark.gpu
-def test_cupy_update_matches_numpy():
+@pytest.mark.parametrize("threads,grid_y", [(256, 65535), (32, 7)])     # small: strided loops run
+def test_cupy_update_matches_numpy(monkeypatch, threads, grid_y):
     try:
         be = get_backend("cupy")
     except BackendUnavailable as exc:
         pytest.skip(str(exc))
     import cupy
+    from threefactor.backends import _online_cupy
+    monkeypatch.setattr(_online_cupy, "_THREADS", threads)
+    monkeypatch.setattr(_online_cupy, "_MAX_GRID_Y", grid_y)
     rng = np.random.default_rng(0)
     for dtype, tol in ((np.float32, 2e-6), (np.float64, 1e-12)):
-        for R in (2, 32, 512):
+        for R in (1, 3, 32, 512):
             w = rng.standard_normal((300, 130)).astype(dtype)
             post = rng.standard_normal((R, 300)).astype(dtype)
             pre = rng.standard_normal((R, 130)).astype(dtype)

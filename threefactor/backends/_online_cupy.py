@@ -1,0 +1,87 @@
+"""CUDA kernel of the online (two-point) rule's update, for weights on the GPU (CuPy).
+
+Same contract as :func:`threefactor.backends._online_kernels.accumulate`::
+
+    W[n, k] += Σ_r ut[n, r] · pre[r, k],      r < R = 2B
+
+One thread per synapse (n, k): it reads its row's R coefficients (the same for
+the whole block, so they are broadcast from cache) and R pre-synaptic values
+(coalesced along k), and reads and writes W[n, k] once; ΔW is never formed.  For
+R ≥ ``BLAS_FROM`` the update is compute-bound and cuBLAS does it
+(``w += ut @ pre``, one W-sized temporary).
+
+CuPy is imported and the kernels compiled on first use, so this module imports
+without CuPy.  It is tested by ``tests/test_online.py::test_cupy_update_matches_numpy``
+(``@pytest.mark.gpu``), with small blocks and a small grid so that the strided
+loops run on small inputs.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+#: From this many rank-one terms on, use cuBLAS instead of the kernel.
+BLAS_FROM = 64
+
+_THREADS = 256
+_MAX_GRID_Y = 65535
+
+_SOURCE = r"""
+extern "C" __global__
+void online_accumulate_{name}({T}* __restrict__ w, const {T}* __restrict__ ut,
+                              const {T}* __restrict__ pre, const int n_out, const int n_in,
+                              const int r_all)
+{{
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= n_in) return;
+    for (int n = blockIdx.y; n < n_out; n += gridDim.y) {{
+        const {T}* u = ut + (size_t)n * r_all;
+        {T} acc = 0;
+        for (int r = 0; r < r_all; ++r) {{
+            acc += u[r] * pre[(size_t)r * n_in + k];
+        }}
+        w[(size_t)n * n_in + k] += acc;
+    }}
+}}
+"""
+
+_CTYPE = {np.dtype(np.float32): ("f32", "float"), np.dtype(np.float64): ("f64", "double")}
+
+
+@functools.lru_cache(maxsize=None)
+def accumulate_kernel(dtype):
+    """The RawKernel for ``dtype`` (float32 or float64), built on first use."""
+    import cupy
+    name, ctype = _CTYPE[np.dtype(dtype)]
+    return cupy.RawKernel(_SOURCE.format(name=name, T=ctype), f"online_accumulate_{name}")
+
+
+def accumulate(w, post, pre, lr):
+    """W += lr · postᵀ pre in place on the GPU; returns w.
+
+    Parameters
+    ----------
+    w : cupy array (n_out, n_in), float32 or float64, C-contiguous
+    post : cupy array (R, n_out) post-synaptic terms × third factor × sign
+    pre : cupy array (R, n_in) pre-synaptic activities
+    lr : float
+    """
+    import cupy
+    dtype = np.dtype(w.dtype)
+    if dtype not in _CTYPE:
+        raise TypeError(f"w must be float32 or float64 on the GPU, got dtype {dtype}")
+    if not w.flags.c_contiguous:
+        raise ValueError("w must be C-contiguous for the in-place update")
+    n_out, n_in = w.shape
+    r_all = post.shape[0]
+    if post.shape != (r_all, n_out) or pre.shape != (r_all, n_in):
+        raise ValueError(f"post {tuple(post.shape)} and pre {tuple(pre.shape)} do not match w {tuple(w.shape)}")
+    ut = cupy.ascontiguousarray((post * lr).T, dtype=dtype)           # (n_out, R)
+    pre = cupy.ascontiguousarray(pre, dtype=dtype)
+    if r_all >= BLAS_FROM:
+        w += ut @ pre
+        return w
+    grid = ((n_in + _THREADS - 1) // _THREADS, min(n_out, _MAX_GRID_Y))
+    accumulate_kernel(dtype)(grid, (_THREADS,), (w, ut, pre, np.int32(n_out), np.int32(n_in), np.int32(r_all)))
+    return w
