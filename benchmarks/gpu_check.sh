@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One prepared GPU check, for a machine with an NVIDIA GPU, CuPy and PyTorch (about 8 minutes at most):
+#   1. environment (nvidia-smi, versions)                           -> env.txt
+#   2. every @pytest.mark.gpu test (CuPy backend vs numpy, ...)     -> test_gpu.log
+#   3. layer-update benchmark on cupy: ours vs cuBLAS floor vs torch autograd on the GPU
+#                                                                   -> bench_update_gpu.{log,json}
+#   4. Table 1 MLP training step on cupy vs torch autograd on the GPU
+#                                                                   -> bench_step_gpu.{log,json}
+# Writes at most these 6 files to $OUT (default benchmarks/results/gpu-<date>).  Needs no install:
+# the repository root goes on PYTHONPATH.  Usage:  bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results/gpu-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+status=0
+
+{
+  date -Is; nvidia-smi || true
+  "$PY" - <<'PYEOF'
+import numpy, sys
+print("python", sys.version.split()[0], "numpy", numpy.__version__)
+for name in ("cupy", "torch", "numba"):
+    try:
+        mod = __import__(name)
+        print(name, mod.__version__)
+    except Exception as exc:
+        print(name, "MISSING:", exc)
+import torch
+print("torch.cuda", torch.cuda.is_available(), torch.version.cuda,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+from threefactor.machine import machine_info
+print(machine_info())
+PYEOF
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+echo "== GPU tests"
+timeout 240 "$PY" -m pytest -q -m gpu -rs tests/ 2>&1 | tee "$OUT/test_gpu.log" || status=1
+
+echo "== layer update (cupy, float32)"
+timeout 210 "$PY" -m threefactor bench --backend cupy --budget 0.4 \
+  --json "$OUT/bench_update_gpu.json" 2>&1 | tee "$OUT/bench_update_gpu.log" || status=1
+
+echo "== MLP training step (cupy, float32)"
+timeout 60 "$PY" benchmarks/bench_step.py --backend cupy --budget 1 \
+  --json "$OUT/bench_step_gpu.json" 2>&1 | tee "$OUT/bench_step_gpu.log" || status=1
+
+echo "gpu_check: results in $OUT (status $status)"
+exit $status
