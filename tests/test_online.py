@@ -306,3 +306,35 @@ def test_bad_streams_and_labels():
 def test_rule_checks(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TwoPointRule(**kwargs)
+
+
+# -- the trainer's hook: an MLP whose hidden layers learn online --------------------------------
+def test_make_online_mlp_learns():
+    from threefactor.networks import MLP
+    from threefactor.online_layer import OnlineHiddenLayer, make_online
+    rng = np.random.default_rng(0)
+    n_classes, m, B = 4, 1024, 32
+    centres = rng.standard_normal((n_classes, 20))
+    y = rng.integers(0, n_classes, m)
+    x = (centres[y] + rng.standard_normal((m, 20))).astype(np.float32)
+    net = MLP(20, [32, 32], n_classes, tf.Rule(sigma=2.0, gamma=2.0, groups=8), divisive=True, dropout=0.0,
+              backend=get_backend("numpy"), rng=rng)
+    make_online(net, streams=B, beta=0.05)
+    assert all(isinstance(layer, OnlineHiddenLayer) for layer in net.hidden)
+    opts = net.make_optimizers(0.5, 0.05)
+    w0 = [layer.w.copy() for layer in net.hidden]
+    before = net.evaluate(x, y)[0] / m
+    for _ in range(2):
+        perm = rng.permutation(m)
+        for s in range(0, m, B):
+            stats = net.train_step(x[perm[s:s + B]], y[perm[s:s + B]], opts, rng)
+    after = net.evaluate(x, y)[0] / m
+    assert all(np.abs(layer.w - w).max() > 1e-2 for layer, w in zip(net.hidden, w0))
+    assert net.hidden[0].w is net.hidden[0].online.w and net.hidden[0].w.dtype == np.float32
+    assert len(stats.objectives) == 2 and np.isfinite(float(stats.objectives[0]))
+    assert after > before + 0.3 and after > 0.85, (before, after)
+    # a batch of another size passes through without learning and keeps the streams' state
+    layer = net.hidden[0]
+    prev = layer.online.activity
+    out, dw, _ = layer.local_forward(x[:5], y[:5], n_classes, get_backend("numpy"))
+    assert out.shape == (5, 32) and not dw.any() and layer.online.activity is prev

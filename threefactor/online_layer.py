@@ -15,11 +15,12 @@ variables of every step are kept in a :class:`CircuitRecord`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from .backends import get_backend
+from .layers import HiddenLayer
 from .online import (TwoPointRule, TwoPointUpdate, apply_update, centred_factor, circuit_b2,
                      layer_activity, two_point_post)
 from .rules import Rule
@@ -137,6 +138,11 @@ class OnlineLayer:
     def shape(self):
         return tuple(self.w.shape)
 
+    @property
+    def activity(self):
+        """The last step's :class:`~threefactor.online.Activity` (None before the first step)."""
+        return self._prev
+
     def reset(self):
         """Forget every stream's previous sample and its running average b3."""
         self._prev = None
@@ -235,3 +241,66 @@ class OnlineLayer:
         be = self.backend
         x = be.asarray(x if be.is_native(x) else np.asarray(x), dtype=self.w.dtype)
         return layer_activity(self.trule, x, self.w, be).out
+
+
+class BatchKernels(NamedTuple):
+    """K and Ky (B, B) of one step's samples, for logging the layer objective (Eq. 9)."""
+
+    K: object
+    Ky: object
+
+
+class OnlineHiddenLayer(HiddenLayer):
+    """A :class:`~threefactor.layers.HiddenLayer` that learns by the two-point rule.
+
+    Drop-in for ``MLP.hidden[k]`` (see :func:`make_online`): each mini-batch of
+    B = ``streams`` samples is one step of B streams, so row b of a batch is paired
+    with row b of the previous batch (random pairs under shuffling).
+    :meth:`local_forward` returns ΔW = the mean two-point update over the B pairs
+    (Eq. 57 / 63a), which estimates -dL/dW: the batch rule's learning rates apply.
+    A batch of another size (the epoch's short last one) is passed through
+    without learning and leaves the streams' state alone.
+    """
+
+    def __init__(self, w, rule: Rule, divisive=False, *, streams, n_classes, beta=0.01, shared_b3=False,
+                 backend="numpy", record=False):
+        super().__init__(w, rule, divisive)
+        self.online = OnlineLayer(w, rule, beta=beta, streams=streams, n_classes=n_classes,
+                                  divisive=divisive, shared_b3=shared_b3, backend=backend, record=record)
+        self.w = self.online.w                       # the same array: optimisers update it in place
+
+    def local_forward(self, x, labels, n_classes, backend, mask=None):
+        """(out (B, n_out), ΔW (n_out, n_in), BatchKernels) of one online step."""
+        online = self.online
+        if n_classes != online.trule.n_classes:
+            raise ValueError(f"n_classes={n_classes} but the online rule was built for "
+                             f"{online.trule.n_classes} classes")
+        online.w = self.w
+        if x.shape[0] == online.streams:
+            out, update = online.step(x, labels)
+            dw = update.dense()
+            act = online.activity
+        else:
+            act = layer_activity(online.trule, x, self.w, backend)
+            out, dw = act.out, backend.xp.zeros_like(self.w)
+        rule = self.rule
+        kern = BatchKernels(backend.gaussian_kernel(act.v, rule.sigma),
+                            backend.label_kernel(labels, n_classes, rule.label_kernel, act.z.dtype))
+        if mask is not None:
+            out = out * mask
+        return out, dw, kern
+
+
+def make_online(net, *, streams, beta=0.01, shared_b3=False):
+    """Turn the hidden layers of a local-learning ``threefactor.networks.MLP`` online, in place.
+
+    Each ``net.hidden[k]`` becomes an :class:`OnlineHiddenLayer` on the same weight
+    array, so optimisers made before or after keep working.  ``streams`` must be the
+    training batch size.  Returns ``net``.
+    """
+    if getattr(net, "learning", "local") != "local":
+        raise ValueError(f"online learning needs a local-learning network, got learning={net.learning!r}")
+    net.hidden = [OnlineHiddenLayer(layer.w, layer.rule, layer.divisive, streams=streams,
+                                    n_classes=net.n_classes, beta=beta, shared_b3=shared_b3,
+                                    backend=net.backend) for layer in net.hidden]
+    return net
