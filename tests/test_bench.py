@@ -74,6 +74,12 @@ def test_bench_case_float64_without_autograd():
     assert r["dtype"] == "float64" and r["autograd_s"] is None and r["ratio_floor"] > 0
 
 
+def test_profile_attributes_time_to_primitives():
+    timing = {"budget": 0.0, "min_repeats": 1, "warmup": 0}
+    r = bench.bench_case("numpy", 8, 16, 64, "gauss-grp+div", timing=timing, autograd=False, profile=True)
+    assert {"forward", "group_stats", "gaussian_kernel", "hebbian", "divisive_norm", "other"} <= set(r["profile_s"])
+
+
 def test_unavailable_backend_is_skipped_with_reason():
     timing = {"budget": 0.0, "min_repeats": 1, "warmup": 0}
     records, skipped = bench.run_suite(["cupy"], [8], [(16, 64)], ["gauss"], timing=timing)

@@ -201,6 +201,41 @@ def autograd_call(x, w, labels, rule, dtype, device):
     return step
 
 
+class _TimedBackend:
+    """A backend proxy that adds the (synchronised) time of every primitive call to ``spent``."""
+
+    def __init__(self, be):
+        self._be, self.spent = be, {}
+
+    def __getattr__(self, name):
+        attr = getattr(self._be, name)
+        if not callable(attr) or name in ("asarray", "is_native", "to_numpy", "synchronize"):
+            return attr
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            out = attr(*args, **kwargs)
+            self._be.synchronize()
+            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t
+            return out
+
+        return timed
+
+
+def profile_update(be, rule, x, w, y, divisive, repeats=5):
+    """Mean seconds per update spent in each primitive (plus ``other``: engine glue), one layer."""
+    proxy = _TimedBackend(be)
+    engine.local_step(rule, x, w, y, N_CLASSES, proxy, divisive=divisive)
+    proxy.spent.clear()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        engine.local_step(rule, x, w, y, N_CLASSES, proxy, divisive=divisive)
+    total = (time.perf_counter() - t) / repeats
+    out = {k: v / repeats for k, v in sorted(proxy.spent.items(), key=lambda kv: -kv[1])}
+    out["other"] = total - sum(out.values())
+    return out
+
+
 def time_all(fns, device, timing):
     """Medians of every callable: interleaved rounds on the CPU, one by one on the GPU."""
     if device == "cpu":
@@ -208,7 +243,8 @@ def time_all(fns, device, timing):
     return {k: time_call(fn, "cuda" if k == "autograd" else device, **timing) for k, fn in fns.items()}
 
 
-def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None, autograd=True):
+def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None, autograd=True,
+               profile=False):
     """One record of the suite (the keys are documented in the module docstring)."""
     timing = timing or {}
     be = get_backend(backend)
@@ -249,11 +285,13 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
            "speedup_vs_autograd": med["autograd"] / med["ours"] if "autograd" in med else None}
     if ag is not None and dev == "cupy":
         rec["autograd_peak_mem_bytes"] = peak_memory(ag, "cuda")[0]
+    if profile:
+        rec["profile_s"] = profile_update(be, rule, x, w, y, divisive)
     return rec
 
 
 def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, autograd=True,
-              log=None):
+              log=None, profile=False):
     """Every (backend, m, shape, rule) case; returns (records, skipped {backend: reason})."""
     records, skipped = [], {}
     for name in backends:
@@ -265,10 +303,13 @@ def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, a
         for (n_in, n_out) in shapes:
             for m in batches:
                 for rule in rules:
-                    rec = bench_case(name, m, n_in, n_out, rule, dtype, timing, autograd)
+                    rec = bench_case(name, m, n_in, n_out, rule, dtype, timing, autograd, profile)
                     records.append(rec)
                     if log:
                         log(format_row(rec))
+                        if profile:
+                            log("    profile ms: " + ", ".join(f"{k} {v * 1e3:.3f}"
+                                                           for k, v in rec["profile_s"].items()))
     return records, skipped
 
 
@@ -350,6 +391,8 @@ def configure_parser(parser):
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of repeats per measurement (default 1.0; --quick 0.05)")
     parser.add_argument("--no-autograd", action="store_true", help="skip the PyTorch autograd baseline")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each primitive of the update (synchronised), as profile_s")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="where to write the JSON (default benchmarks/results/<date>-<host>.json)")
 
@@ -373,7 +416,8 @@ def run(args):
           f"{settings['torch_threads']}; times are medians, speedup = autograd / ours")
     print(HEADER)
     records, skipped = run_suite(args.backend, batches, shapes, args.rules, dtype, timing,
-                                 not args.no_autograd, log=lambda s: print(s, flush=True))
+                                 not args.no_autograd, log=lambda s: print(s, flush=True),
+                                 profile=args.profile)
     for name, why in skipped.items():
         print(f"skipped backend {name}: {why}")
     path = args.json or default_json_path()
