@@ -47,6 +47,13 @@ cannot be differentiated by the complex step: this is detected (the complex
 derivative then disagrees with finite differences, or raises) and the complex
 method is reported as SKIP with the reason; fd and torch still decide.
 For torch, ``matrix`` is called with ``xp=torch``.
+
+Command line: ``threefactor check [--backend ...] [--kernel ...] [--activation ...]
+[--grouping plain grp grp+div] [--dtype float64] [--seed 0] [--json PATH]
+[--kernel-module MODULE:NAME]`` prints one table row per (variant, backend,
+method) and exits 0 (all pass), 1 (a failure) or 2 (bad use, unavailable
+backend).  ``--json`` writes ``{"meta", "passed", "n_failed", "results": [CheckResult
+fields + "status"]}`` atomically (temp file + os.replace).
 """
 from __future__ import annotations
 
