@@ -209,6 +209,7 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
     Xt, Yt = backend.asarray(x_te), backend.asarray(y_te)
     n, bs = len(y_tr), cfg["batch_size"]
     host_index = backend.xp is np
+    last_plot = time.perf_counter()
     for epoch in range(start + 1, cfg["epochs"] + 1):
         lr_out = multistep_lr(cfg["lr_out"], epoch, cfg["milestones"], cfg["lr_factor"])
         lr_local = None if cfg["lr_local"] is None else \
@@ -253,7 +254,9 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
             states[name] = dict(st, buffers=[backend.to_numpy(a) for a in st["buffers"]])
         rd.save_checkpoint(params, states, dict(epoch=epoch, rng_state=rng.bit_generator.state, config=cfg))
         rd.append_metrics(record)
-        rd.plot(title=f"{cfg['dataset']} {cfg['column']} (seed {cfg['seed']})")
+        if epoch == cfg["epochs"] or time.perf_counter() - last_plot > 60:   # plotting costs ~0.5 s
+            rd.plot(title=f"{cfg['dataset']} {cfg['column']} (seed {cfg['seed']})")
+            last_plot = time.perf_counter()
         objs = record.get("local_objective")
         log(f"epoch {epoch:3d}/{cfg['epochs']}  loss {record['train_loss']:.4f}  "
             f"train {record['train_accuracy']:.2f}%  {'val' if cfg['validation'] else 'test'} "

@@ -1,0 +1,189 @@
+"""End-to-end training: every Table 1 column learns, resume is bit-for-bit, the CLI explains itself."""
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from threefactor import cli
+from threefactor.presets import COLUMNS, PRESETS, get_preset
+from threefactor.runs import METRIC_KEYS, RunDir
+from threefactor.train import build_network, resolve_config, train
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _write_idx(path, arr):
+    magic = 0x803 if arr.ndim == 3 else 0x801
+    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(gzip.compress(head + arr.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """Synthetic, separable 10-class 'mnist' in IDX files: a noisy binary prototype per class."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    protos = rng.random((10, 28, 28)) < 0.3
+    d = root / "mnist"
+    d.mkdir()
+    for split, n in (("train", 320), ("t10k", 100)):
+        y = np.arange(n) % 10
+        rng.shuffle(y)
+        flip = rng.random((n, 28, 28)) < 0.15
+        x = (protos[y] ^ flip) * 200 + rng.integers(0, 50, (n, 28, 28))
+        _write_idx(d / f"{split}-images-idx3-ubyte.gz", x)
+        _write_idx(d / f"{split}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+def _config(data_root, rule, grouping, **kw):
+    opts = dict(dataset="mnist", rule=rule, grouping=grouping, hidden=[32, 32], epochs=4,
+                batch_size=32, lr_out=0.05, data_root=str(data_root), backend="numpy")
+    if grouping != "plain":
+        opts["groups"] = 8
+    opts.update(kw)
+    return resolve_config(**opts)
+
+
+def _quiet(_):
+    pass
+
+
+@pytest.mark.parametrize("rule,grouping", COLUMNS, ids=[f"{r}-{g}" for r, g in COLUMNS])
+def test_every_column_learns(data_root, tmp_path, rule, grouping):
+    cfg = _config(data_root, rule, grouping)
+    rd = train(cfg, tmp_path / "run", progress=False, log=_quiet)
+    records = rd.read_metrics()
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[-1]["test_accuracy"] >= 50.0, records          # chance is 10%
+    assert records[-1]["test_accuracy"] > records[0]["test_accuracy"] or records[0]["test_accuracy"] == 100
+    # weights moved (hidden ones only where the rule trains them)
+    init = build_network(cfg, 784, 10, __import__("threefactor").get_backend("numpy"),
+                         np.random.default_rng(cfg["seed"])).parameters()
+    params, _, _ = rd.load_checkpoint()
+    assert not np.array_equal(params["output.w"], init["output.w"])
+    for k in range(2):
+        moved = not np.array_equal(params[f"hidden.{k}.w"], init[f"hidden.{k}.w"])
+        assert moved == (rule != "last-layer"), f"hidden.{k}.w moved={moved}"
+    if rule in ("cossim", "gaussian"):
+        obj = records[-1]["local_objective"]
+        assert len(obj) == 2 and obj[0] == records[-1]["local_objective_1"]
+        assert records[-1]["local_objective_1"] < records[0]["local_objective_1"]   # L decreased
+
+
+@pytest.mark.parametrize("rule,grouping", [("gaussian", "grp+div"), ("backprop", "plain")])
+def test_resume_is_bit_for_bit(data_root, tmp_path, rule, grouping):
+    cfg = _config(data_root, rule, grouping, epochs=3, dropout=0.1)
+    full = train(cfg, tmp_path / "full", progress=False, log=_quiet)
+    part = train(dict(cfg, epochs=1), tmp_path / "part", progress=False, log=_quiet)
+    # an interrupted epoch 2 left metrics behind but no checkpoint: resume must drop them
+    with open(part.metrics_path, "a") as f:
+        f.write(json.dumps(dict(part.read_metrics()[0], epoch=2)) + "\n")
+    train(dict(cfg, epochs=3), part.path, resume=True, progress=False, log=_quiet)
+    a, oa, ma = full.load_checkpoint()
+    b, ob, mb = part.load_checkpoint()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    for layer in oa:
+        for x, y in zip(oa[layer]["buffers"], ob[layer]["buffers"]):
+            assert np.array_equal(x, y)
+    assert ma["rng_state"] == mb["rng_state"] and mb["epoch"] == 3
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rs]
+    assert strip(full.read_metrics()) == strip(part.read_metrics())
+
+
+def test_same_seed_same_numbers_other_seed_differs(data_root, tmp_path):
+    cfg = _config(data_root, "cossim", "plain", epochs=1)
+    r1 = train(cfg, tmp_path / "a", progress=False, log=_quiet).load_checkpoint()[0]
+    r2 = train(cfg, tmp_path / "b", progress=False, log=_quiet).load_checkpoint()[0]
+    r3 = train(dict(cfg, seed=1), tmp_path / "c", progress=False, log=_quiet).load_checkpoint()[0]
+    assert all(np.array_equal(r1[k], r2[k]) for k in r1)
+    assert not np.array_equal(r1["hidden.0.w"], r3["hidden.0.w"])
+
+
+def test_cli_writes_the_contract(data_root, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = cli.main(["train", "--dataset", "mnist", "--rule", "gaussian", "--grouping", "grp+div",
+                   "--hidden", "32", "32", "--groups", "8", "--epochs", "2", "--batch-size", "64",
+                   "--subset", "200", "--data-root", str(data_root), "--backend", "numpy",
+                   "--out", str(out), "--no-progress", "--milestones", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "epoch   1/2" in printed and "samples/s" in printed
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "checkpoint.npz", "curves.png"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preset"] == "mnist-gaussian-grpdiv" and cfg["lr_local"] == 1.0 and cfg["groups"] == 8
+    assert cfg["subset"] == 200 and cfg["p"] == 0.2 and cfg["milestones"] == [1]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    for i, line in enumerate(lines, 1):
+        rec = json.loads(line)
+        assert set(METRIC_KEYS) <= set(rec)
+        assert rec["epoch"] == i and isinstance(rec["epoch"], int)
+        assert 0 <= rec["test_accuracy"] <= 100 and rec["seconds"] > 0 and rec["samples_per_s"] > 0
+        assert len(rec["local_objective"]) == 2 and "local_objective_2" in rec
+    recs = [json.loads(x) for x in lines]
+    assert recs[0]["lr_out"] == cfg["lr_out"] and recs[1]["lr_out"] == pytest.approx(cfg["lr_out"] / 4)
+    assert recs[1]["lr_local"] == pytest.approx(0.25)
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert set(METRIC_KEYS) <= set(header) and "local_objective_1" in header
+    # resume the finished run for one more epoch through the CLI
+    assert cli.main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    assert len(RunDir(out).read_metrics()) == 3
+    with pytest.raises(SystemExit, match="cannot change seed"):
+        cli.main(["train", "--resume", str(out), "--seed", "3", "--no-progress"])
+    with pytest.raises(SystemExit, match="already holds a run"):
+        cli.main(["train", "--dataset", "mnist", "--data-root", str(data_root), "--out", str(out),
+                  "--hidden", "32", "--groups", "8", "--no-progress"])
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--rule", "hebb"], "backprop, last-layer, cossim, gaussian"),
+    (["--grouping", "div"], "plain, grp, grp+div"),
+    (["--dataset", "cifar100"], "mnist, fmnist, kmnist, cifar10"),
+    (["--preset", "fmnist-gauss"], "fmnist-gaussian-grpdiv"),
+    (["--backend", "tpu"], "numpy, numba, cupy"),
+    (["--rule", "backprop", "--grouping", "grp"], "use one of: plain, grp+div"),
+    (["--grouping", "plain", "--groups", "4"], "groups needs grouping"),
+    (["--hidden", "30", "--groups", "32"], "does not divide"),
+    (["--preset", "mnist-cossim", "--rule", "gaussian"], "contradicts preset"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+])
+def test_bad_input_names_the_choices(argv, expected):
+    with pytest.raises(SystemExit, match=expected.replace("+", r"\+")):
+        cli.main(["train", "--no-progress", *argv])
+
+
+def test_help_teaches(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    for word in ("gaussian", "cossim", "backprop", "last-layer", "Eq. 9", "grp+div", "example",
+                 "--lr-local", "--resume", "--subset", "--milestones"):
+        assert word in text, word
+
+
+def test_presets_cover_table3():
+    assert len(PRESETS) == 40
+    p = get_preset("fmnist-gaussian-grpdiv")
+    assert (p.lr_out, p.lr_local, p.groups) == (5e-3, 1.0, 32) and "5e-4" in p.note
+    assert (get_preset("kmnist-lastlayer-grpdiv").groups, get_preset("kmnist-backprop-grpdiv").groups) == (16, 32)
+    assert get_preset("cifar10-cossim-grpdiv").lr_local == 0.1
+    assert get_preset("mnist-backprop").lr_local is None and get_preset("mnist-gaussian").groups is None
+    cfg = resolve_config()   # the no-argument default
+    assert (cfg["dataset"], cfg["rule"], cfg["grouping"], cfg["preset"]) == \
+        ("fmnist", "gaussian", "grp+div", "fmnist-gaussian-grpdiv")
+    assert cfg["hidden"] == [1024, 1024, 1024] and cfg["batch_size"] == 256 and cfg["epochs"] <= 3
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="real Fashion-MNIST not installed")
+def test_real_fashion_mnist_one_epoch(tmp_path):
+    cfg = resolve_config(epochs=1, subset=5000, batch_size=64, hidden=[256, 256], seed=0, backend="numpy")
+    rd = train(cfg, tmp_path / "fmnist", progress=False, log=_quiet)
+    acc = rd.read_metrics()[-1]["test_accuracy"]
+    assert acc > 60.0, acc

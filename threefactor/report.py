@@ -1,0 +1,109 @@
+"""``threefactor table RUN_DIRS...``: a Table 1-style Markdown summary of training runs.
+
+Each run directory (see :mod:`threefactor.runs`) contributes the test accuracy
+of its **final** epoch (the last line of ``metrics.jsonl``; not the best
+epoch, which would select on the test set); ``--metric best`` shows the best
+epoch instead, for diagnosis.  Runs are grouped by dataset (rows) and
+rule/grouping column (columns, in the order of the paper's Table 4); a cell
+reads ``mean (max − min)`` over the runs (seeds) in it, like Tables 1 and 5.
+A directory without ``config.json`` is searched one level down, so
+``threefactor table runs/`` works.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .presets import COLUMNS, DATASETS, column_name
+from .runs import RunDir
+
+DATASET_TITLES = {"mnist": "MNIST", "fmnist": "fashion-MNIST", "kmnist": "Kuzushiji-MNIST",
+                  "cifar10": "CIFAR10"}
+METRICS = ("final", "best")
+
+
+def find_runs(paths):
+    """Run directories among ``paths`` (each a run dir or a folder of run dirs)."""
+    runs = []
+    for p in map(Path, paths):
+        if (p / "config.json").is_file():
+            runs.append(RunDir(p))
+        elif p.is_dir():
+            runs.extend(RunDir(q) for q in sorted(p.iterdir()) if (q / "config.json").is_file())
+        else:
+            raise ValueError(f"{p}: not a run directory (no config.json) nor a folder of run directories")
+    return runs
+
+
+def summarize(runs, metric="final"):
+    """{(dataset, column): {"values": [...], "epochs": [...], "planned": [...], "seeds": [...]}}."""
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r} is not one of: {', '.join(METRICS)}")
+    cells = {}
+    for rd in runs:
+        try:
+            cfg = rd.read_config()
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{rd.path}: unreadable config.json ({exc})") from exc
+        records = rd.read_metrics()
+        if not records:
+            continue
+        accs = [r["test_accuracy"] for r in records]
+        value = accs[-1] if metric == "final" else max(accs)
+        key = (cfg["dataset"], column_name(cfg["rule"], cfg["grouping"]))
+        cell = cells.setdefault(key, {"values": [], "epochs": [], "planned": [], "seeds": []})
+        cell["values"].append(value)
+        cell["epochs"].append(records[-1]["epoch"])
+        cell["planned"].append(cfg["epochs"])
+        cell["seeds"].append(cfg.get("seed"))
+    return cells
+
+
+def markdown_table(cells, metric="final", digits=1):
+    """Rows per dataset, one column per rule/grouping present, ``mean (max−min)`` per cell."""
+    if not cells:
+        return "(no finished epochs in these runs)\n"
+    columns = [column_name(r, g) for r, g in COLUMNS if any(k[1] == column_name(r, g) for k in cells)]
+    datasets = [d for d in DATASETS if any(k[0] == d for k in cells)]
+    lines = ["| dataset | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    unfinished = False
+    for d in datasets:
+        row = []
+        for col in columns:
+            cell = cells.get((d, col))
+            if cell is None:
+                row.append("—")
+                continue
+            v = cell["values"]
+            mean, spread = sum(v) / len(v), max(v) - min(v)
+            mark = ""
+            if any(e < p for e, p in zip(cell["epochs"], cell["planned"])):
+                mark, unfinished = "*", True
+            row.append(f"{mean:.{digits}f} ({spread:.{digits}f}, n={len(v)}){mark}")
+        lines.append(f"| {DATASET_TITLES[d]} | " + " | ".join(row) + " |")
+    epochs = sorted({e for c in cells.values() for e in c["epochs"]})
+    what = "final-epoch" if metric == "final" else "best-epoch"
+    lines.append("")
+    lines.append(f"Mean {what} test accuracy (%) over runs (seeds); in parentheses max − min and the "
+                 f"number of runs. Epochs trained: {', '.join(map(str, epochs))}.")
+    if unfinished:
+        lines.append("* at least one run in this cell stopped before its planned number of epochs.")
+    return "\n".join(lines) + "\n"
+
+
+def configure_parser(parser):
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="run directories (or folders holding them), e.g. runs/*")
+    parser.add_argument("--metric", choices=METRICS, default="final",
+                        help="test accuracy of the final epoch (the paper's) or of the best epoch")
+    parser.add_argument("--digits", type=int, default=1, help="decimals shown")
+    return parser
+
+
+def run(args):
+    try:
+        cells = summarize(find_runs(args.runs), args.metric)
+    except ValueError as exc:
+        raise SystemExit(f"threefactor table: error: {exc}")
+    print(markdown_table(cells, args.metric, args.digits), end="")
+    return 0
