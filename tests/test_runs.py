@@ -1,0 +1,112 @@
+"""Run directories: metrics files, atomic checkpoints, plots and the `threefactor table` command."""
+import json
+
+import numpy as np
+import pytest
+
+from threefactor import cli, runs
+from threefactor.report import markdown_table, summarize, find_runs
+from threefactor.runs import RunDir
+
+
+def _record(epoch, acc, **kw):
+    rec = dict(epoch=epoch, train_loss=1.0 / epoch, train_accuracy=acc - 1, test_accuracy=acc,
+               seconds=2.0, samples_per_s=100.0, lr_out=0.01, lr_local=1.0,
+               local_objective=[-0.1 * epoch, -0.2], local_objective_1=-0.1 * epoch, local_objective_2=-0.2)
+    rec.update(kw)
+    return rec
+
+
+def _state(value):
+    params = {"hidden.0.w": np.full((3, 2), value, np.float32), "output.b": np.arange(4, dtype=np.float32)}
+    opts = {"hidden.0": {"buffers": [np.full((3, 2), -value, np.float32)], "steps": 5, "lr": 0.5}}
+    rng = np.random.default_rng(7)
+    return params, opts, {"epoch": int(value), "rng_state": rng.bit_generator.state, "config": {"a": 1}}
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    params, opts, meta = _state(3)
+    rd.save_checkpoint(params, opts, meta)
+    p, o, m = rd.load_checkpoint()
+    assert np.array_equal(p["hidden.0.w"], params["hidden.0.w"]) and p["hidden.0.w"].dtype == np.float32
+    assert np.array_equal(o["hidden.0"]["buffers"][0], opts["hidden.0"]["buffers"][0])
+    assert o["hidden.0"]["steps"] == 5 and o["hidden.0"]["lr"] == 0.5
+    g = np.random.default_rng()
+    g.bit_generator.state = m["rng_state"]
+    assert g.random() == np.random.default_rng(7).random()
+    assert m["epoch"] == 3 and m["config"] == {"a": 1}
+
+
+def test_crash_during_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
+    rd = RunDir(tmp_path / "run")
+    rd.save_checkpoint(*_state(1))
+
+    def crash(f, arrays):   # write half a file, then die
+        f.write(b"PK\x03\x04 partial zip")
+        raise KeyboardInterrupt("killed during the write")
+
+    monkeypatch.setattr(runs, "_write_npz", crash)
+    with pytest.raises(KeyboardInterrupt):
+        rd.save_checkpoint(*_state(2))
+    p, _, m = rd.load_checkpoint()
+    assert m["epoch"] == 1 and p["hidden.0.w"][0, 0] == 1
+    assert [x.name for x in rd.path.iterdir()] == ["checkpoint.npz"]   # no temp file left behind
+
+
+def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    rd = RunDir(tmp_path)
+    with pytest.raises(ValueError, match="no checkpoint.npz"):
+        rd.load_checkpoint()
+    (tmp_path / "checkpoint.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="unreadable checkpoint"):
+        rd.load_checkpoint()
+
+
+def test_metrics_jsonl_csv_and_plot(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    for e in (1, 2, 3):
+        rd.append_metrics(_record(e, 50 + e))
+    assert [r["epoch"] for r in rd.read_metrics()] == [1, 2, 3]
+    csv_lines = (rd.path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,train_loss") and "local_objective_2" in csv_lines[0]
+    assert "local_objective," not in csv_lines[0] + ","          # lists are not CSV columns
+    assert len(csv_lines) == 4
+    with open(rd.metrics_path, "a") as f:                          # a line cut by a crash
+        f.write('{"epoch": 4, "train_lo')
+    assert len(rd.read_metrics()) == 3
+    rd.keep_metrics_upto(2)
+    assert [r["epoch"] for r in rd.read_metrics()] == [1, 2]
+    assert len((rd.path / "metrics.csv").read_text().splitlines()) == 3
+    png = rd.plot(title="demo")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="lacks"):
+        rd.append_metrics({"epoch": 5})
+
+
+def _fake_run(path, dataset, rule, grouping, seed, accs, epochs=None):
+    rd = RunDir(path)
+    rd.write_config(dict(dataset=dataset, rule=rule, grouping=grouping, seed=seed,
+                         epochs=epochs or len(accs)))
+    for e, a in enumerate(accs, 1):
+        rd.append_metrics(_record(e, a))
+    return rd
+
+
+def test_table(tmp_path, capsys):
+    _fake_run(tmp_path / "runs" / "a", "fmnist", "gaussian", "grp+div", 0, [80.0, 88.5])
+    _fake_run(tmp_path / "runs" / "b", "fmnist", "gaussian", "grp+div", 1, [81.0, 89.1])
+    _fake_run(tmp_path / "runs" / "c", "fmnist", "backprop", "plain", 0, [85.0, 90.2])
+    _fake_run(tmp_path / "runs" / "d", "mnist", "backprop", "plain", 0, [97.0], epochs=100)
+    assert cli.main(["table", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "| dataset | backprop | gaussian grp+div |"
+    assert lines[2] == "| MNIST | 97.0 (0.0, n=1)* | — |"
+    assert lines[3] == "| fashion-MNIST | 90.2 (0.0, n=1) | 88.8 (0.6, n=2) |"
+    assert "final-epoch" in out and "stopped before" in out
+    cells = summarize(find_runs([tmp_path / "runs" / "a", tmp_path / "runs" / "b"]), "best")
+    assert cells[("fmnist", "gaussian grp+div")]["values"] == [88.5, 89.1]
+    assert "best-epoch" in markdown_table(cells, "best")
+    with pytest.raises(SystemExit, match="not a run directory"):
+        cli.main(["table", str(tmp_path / "nowhere")])
