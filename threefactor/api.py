@@ -53,6 +53,14 @@ def _check_finite(be, arr, name):
 def _labels(be, y, m, n_classes):
     """Integer labels (m,) and the number of classes from one-hot or integer ``y``."""
     xp = be.xp
+    if y is None:
+        raise TypeError("y is required: one-hot labels (m, n_classes) or integer labels (m,)")
+    if n_classes is not None:
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)):
+            raise TypeError(f"n_classes must be an int, got {type(n_classes).__name__} {n_classes!r}")
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2 (the label kernel of Eq. 35 needs two classes), "
+                             f"got n_classes={n_classes}")
     y = _array(be, y, "y")
     if y.dtype.kind not in "biuf":
         raise TypeError(f"y must hold labels (integers or one-hot rows), got dtype {y.dtype}")
@@ -86,9 +94,11 @@ def _labels(be, y, m, n_classes):
     return be.asarray(labels, dtype=np.int64), n
 
 
-def prepare(x, w, y, backend, n_classes=None):
+def prepare(x, w, y, backend, n_classes=None, *, need_labels=True):
     """Validate and convert (x, w, y) for ``backend``; returns (be, x, w, labels, n, to_user)."""
     be = get_backend(backend)
+    if need_labels and y is None:
+        raise TypeError("y is required: one-hot labels (m, n_classes) or integer labels (m,)")
     x = _array(be, x, "x")
     w = _array(be, w, "w")
     native = be.is_native(x)
@@ -98,6 +108,10 @@ def prepare(x, w, y, backend, n_classes=None):
         raise ValueError(f"w must be 2-D (n_out, n_in), got shape {tuple(w.shape)}")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"x has n_in={x.shape[1]} columns but w expects n_in={w.shape[1]} (w shape {tuple(w.shape)})")
+    if w.shape[0] < 1:
+        raise ValueError(f"w has no output neurons (n_out=0, w shape {tuple(w.shape)})")
+    if x.shape[1] < 1:
+        raise ValueError(f"x has no input features (n_in=0, x shape {tuple(x.shape)})")
     if x.shape[0] < 2:
         raise ValueError(f"x needs at least m=2 samples (a kernel compares pairs), got m={x.shape[0]}")
     dt = _float_dtype([x, w], ["x", "w"])
@@ -106,7 +120,7 @@ def prepare(x, w, y, backend, n_classes=None):
     _check_finite(be, x, "x")
     _check_finite(be, w, "w")
     labels = n = None
-    if y is not None:
+    if need_labels:
         labels, n = _labels(be, y, x.shape[0], n_classes)
     to_user = (lambda a: a) if native else be.to_numpy
     return be, x, w, labels, n, to_user
@@ -231,7 +245,7 @@ def layer_output(x, w, *, activation="lrelu", slope=0.01, groups=None, p=0.2, de
     if _conv_layer(x, w, pool):
         from . import conv_rule
         return conv_rule.layer_output(x, w, rule, divisive, padding, pool, backend)
-    be, x, w, _, _, to_user = prepare(x, w, None, backend)
+    be, x, w, _, _, to_user = prepare(x, w, None, backend, need_labels=False)
     rule.check_width(w.shape[0])
     _, z, _ = be.forward(x, w, rule.activation, rule.slope)
     if not divisive:
