@@ -1,8 +1,4 @@
-"""Bad input gets a clear ValueError/TypeError naming the argument and what was expected.
-
-Cases the API does not validate yet are marked xfail(strict=True, reason="not validated
-yet"), so they flip to failures (and get un-marked) once api.py / rules.py catch them.
-"""
+"""Bad input gets a clear ValueError/TypeError naming the argument and what was expected."""
 from __future__ import annotations
 
 import importlib.util
