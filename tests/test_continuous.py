@@ -115,3 +115,16 @@ def test_memory_trace_steady_state_and_exact_integration():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_streaming_readouts_equal_the_trace_functions():
+    from threefactor.continuous import KappaReadout, MemoryVariable
+    rng = np.random.default_rng(2)
+    dt, c1, c2, c = 0.1, 2.0, 1.5, 1e-3
+    z = np.repeat(rng.normal(0, 3, (12, 3)), 40, axis=0)
+    ro, mem = KappaReadout(3, dt, c1, c2), MemoryVariable(3, dt, c=c, tau=0.5, scale=0.7)
+    got = np.array([ro.step(zt) for zt in z])
+    np.testing.assert_allclose(got, smoothed_derivative(z, dt, c1, c2), atol=1e-12)
+    held = np.array([mem.step(zt, 0.2) for zt in z])
+    omega = memory_trace(z, 0.2, dt, c=c, tau=0.5, scale=0.7)
+    np.testing.assert_allclose(held, 0.7 * (1 + c) ** (1 / 3) * np.cbrt(omega), atol=1e-12)

@@ -118,19 +118,65 @@ def memory_trace(z, mu, dt, c=1e-3, tau=1.0, scale=1.0, omega0=0.0):
         raise ValueError(f"c must be a finite number >= 0 (the leak of Eq. 15), got {c!r}")
     z = np.asarray(z, dtype=np.float64)
     d = (z - np.asarray(mu, dtype=np.float64)) / scale
-    lam = np.tanh(np.abs(d) ** 3) + c
-    decay = np.exp(-lam * dt / tau)
-    gain = np.where(lam > 0, -np.expm1(-lam * dt / tau) / np.where(lam > 0, lam, 1.0), dt / tau)
-    drive = d ** 3 * gain                                   # F (1 - e^{-λ dt/τ}) / λ
     omega = np.empty_like(d)
     w = np.broadcast_to(np.asarray(omega0, dtype=np.float64), d.shape[1:]).copy()
     for t in range(d.shape[0]):
-        w = w * decay[t] + drive[t]
+        w = omega_step(w, d[t], dt / tau, c)
         omega[t] = w
     return omega
+
+
+def omega_step(omega, d, h, c):
+    """ω after a step of length h (in units of τ_ω) with d = (z - μ)/s held (Eq. 15, exact)."""
+    lam = np.tanh(np.abs(d) ** 3) + c
+    safe = np.where(lam > 0, lam, 1.0)
+    gain = np.where(lam > 0, -np.expm1(-lam * h) / safe, h)     # (1 - e^{-λh}) / λ
+    return omega * np.exp(-lam * h) + d ** 3 * gain
 
 
 def memory_readout(omega, dt, c1, c2, c=1e-3, scale=1.0):
     """Δz(t) = s (1 + c)^{1/3} (κ * ω^{1/3})(t) of Eq. 16 (real cube root). (T, n) -> (T, n)."""
     scale = _positive("scale", scale)
     return scale * (1.0 + float(c)) ** (1.0 / 3.0) * convolve_kappa(np.cbrt(omega), dt, c1, c2)
+
+
+class KappaReadout:
+    """(κ * s)(t) computed online: one sample in per ``dt``, the read-out out (Eq. 14 / 16).
+
+    Parameters
+    ----------
+    n : int
+        Number of signals (neurons).
+    dt, c1, c2 : float
+        As in :func:`kappa_taps`.
+    """
+
+    def __init__(self, n, dt, c1, c2):
+        self.taps = kappa_taps(dt, c1, c2)
+        self._past = np.zeros((len(self.taps), n))            # newest first
+
+    def step(self, s):
+        """Push s(t) (n,) and return (κ * s)(t) (n,)."""
+        self._past = np.roll(self._past, 1, axis=0)
+        self._past[0] = s
+        return self.taps @ self._past
+
+
+class MemoryVariable:
+    """The memory variable ω of Eq. 15 stepped online; :meth:`step` returns s (1+c)^{1/3} ω^{1/3}.
+
+    Feed that to a :class:`KappaReadout` for the read-out of Eq. 16.
+    """
+
+    def __init__(self, n, dt, c=1e-3, tau=1.0, scale=1.0):
+        self.h = _positive("dt", dt) / _positive("tau", tau)
+        self.scale = _positive("scale", scale)
+        self.c = float(c)
+        if not (np.isfinite(self.c) and self.c >= 0):
+            raise ValueError(f"c must be a finite number >= 0 (the leak of Eq. 15), got {c!r}")
+        self.omega = np.zeros(n)
+
+    def step(self, z, mu):
+        """Advance ω by dt with activity z (n,) and background μ; return the memorised deviation (n,)."""
+        self.omega = omega_step(self.omega, (np.asarray(z) - mu) / self.scale, self.h, self.c)
+        return self.scale * (1.0 + self.c) ** (1.0 / 3.0) * np.cbrt(self.omega)
