@@ -34,7 +34,9 @@ table and are written as JSON with :func:`threefactor.machine.machine_info`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import gc
 import json
 import os
 import socket
@@ -92,6 +94,15 @@ def time_call(fn, device="cpu", budget=1.0, min_repeats=5, warmup=2, max_repeats
 
         torch.cuda.synchronize()
     times, start = [], time.perf_counter()
+    with _gc_paused():
+        _repeat(fn, device, times, start, budget, min_repeats, max_repeats)
+    return _summary(times)
+
+
+def _repeat(fn, device, times, start, budget, min_repeats, max_repeats):
+    """Append the time of each call of ``fn`` to ``times`` until the budget and min_repeats are met."""
+    if device == "cuda":
+        import torch
     while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget):
         if device == "cuda":
             t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -104,7 +115,6 @@ def time_call(fn, device="cpu", budget=1.0, min_repeats=5, warmup=2, max_repeats
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-    return _summary(times)
 
 
 def time_interleaved(fns, budget=1.0, min_repeats=5, warmup=2, max_repeats=10000):
@@ -117,15 +127,30 @@ def time_interleaved(fns, budget=1.0, min_repeats=5, warmup=2, max_repeats=10000
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
+    names = list(fns)
     start, rounds = time.perf_counter(), 0
-    while rounds < max_repeats and (rounds < min_repeats
-                                    or time.perf_counter() - start < budget * len(fns)):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-        rounds += 1
+    with _gc_paused():
+        while rounds < max_repeats and (rounds < min_repeats
+                                        or time.perf_counter() - start < budget * len(fns)):
+            for i in range(len(names)):                  # rotate who goes first each round
+                k = names[(rounds + i) % len(names)]
+                t = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t)
+            rounds += 1
     return {k: _summary(v) for k, v in times.items()}
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Keep the cyclic garbage collector out of the timed loop (as timeit does)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def peak_memory(fn, device="cpu"):
