@@ -4,8 +4,6 @@ Skipped as a whole (with the reason) where CuPy or an NVIDIA GPU is missing.
 Block sizes are patched small in some tests so that the strided loops and the
 multi-block paths of the raw kernels run on small inputs.
 """
-import warnings
-
 import numpy as np
 import pytest
 
@@ -163,19 +161,31 @@ def test_public_api_matches_numpy(dtype, groups):
           tf.layer_output(x, w, groups=groups, divisive=groups is not None), dtype)
 
 
-def test_an_update_never_synchronises():
-    import cupyx
+_SPIN = r"""
+extern "C" __global__ void spin(const long long cycles) {
+    const long long start = clock64();
+    while (clock64() - start < cycles) { }
+}
+"""
 
-    if not hasattr(cupyx, "allow_synchronize"):
-        pytest.skip("this CuPy has no cupyx.allow_synchronize")
+
+@pytest.mark.parametrize("rule", [Rule(), Rule(groups=8)], ids=["plain", "grp+div"])
+def test_an_update_never_synchronises(rule):
+    """Queue ~0.5 s of GPU spinning, then run an update: any host sync inside would wait for it."""
+    import time
+
+    spin = cupy.RawKernel(_SPIN, "spin")
     x, w, y = (CP.asarray(a) for a in data(64, 32, 64, np.float32))
-    for rule in (Rule(), Rule(groups=8)):
-        engine.local_step(rule, x, w, y, 10, CP, divisive=rule.grouped)  # compile outside the check
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            with cupyx.allow_synchronize(False):
-                engine.local_step(rule, x, w, y, 10, CP, divisive=rule.grouped)
+    engine.local_step(rule, x, w, y, 10, CP, divisive=rule.grouped)   # compile and warm the pool
+    spin((1,), (1,), (np.int64(1),))
     CP.synchronize()
+    spin((1,), (1,), (np.int64(10 ** 9),))                            # 0.5 s at 2 GHz, 1 s at 1 GHz
+    t = time.perf_counter()
+    out, dw, _ = engine.local_step(rule, x, w, y, 10, CP, divisive=rule.grouped)
+    elapsed = time.perf_counter() - t
+    busy = not cupy.cuda.get_current_stream().done
+    CP.synchronize()
+    assert busy and elapsed < 0.25, f"the update waited for the device ({elapsed:.3f} s): it synchronised"
 
 
 def test_bench_case_runs_on_the_gpu():
