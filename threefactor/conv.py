@@ -17,7 +17,10 @@ copy im2col makes is a contiguous run of channels; :func:`weights_to_cols` and
 Max pooling takes non-overlapping 2×2 windows (stride 2; an odd last row or
 column is dropped, as PyTorch's MaxPool2d does) and records the winner of each
 window (0..3, row-major in the window; the first one on ties).  The winner
-routes the post-synaptic term back to one position (:func:`pool_route`).
+routes the post-synaptic term back to one position (:func:`route_rows`).  The
+rule pools channel-last arrays (m, Ho, Wo, C), the layout the forward GEMM
+writes; :func:`max_pool2x2`, :func:`pool_gather`, :func:`pool_route` are the
+same operations on channel-major (m, C, H, W) arrays.
 
 The naive loops at the end (:func:`naive_conv2d`, :func:`naive_max_pool2x2`)
 define the meaning; tests compare the GEMM forms against them.  Everything is
@@ -98,7 +101,7 @@ def col2im(cols, x_shape, kh: int, kw: int, padding: int, xp=np):
 
 
 def rows_to_nchw(t, m: int, ho: int, wo: int, xp=np):
-    """(m·Ho·Wo, C) in im2col row order -> (m, C, Ho, Wo) contiguous."""
+    """(m·Ho·Wo, C) in im2col row order, or (m, Ho, Wo, C) -> (m, C, Ho, Wo) contiguous."""
     return xp.ascontiguousarray(t.reshape(m, ho, wo, -1).transpose(0, 3, 1, 2))
 
 
@@ -120,60 +123,97 @@ def conv2d(x, w, padding: int, xp=np, matmul=None):
 
 
 # -- 2×2 max pooling ----------------------------------------------------------
+# The rule pools the GEMM's output where it lies, channel-last (m, Ho, Wo, C):
+# the winner's quarter j = dy·2 + dx of each window is read through the strided
+# view t[:, dy::2, dx::2, :], so no window array is ever copied out.
 
-def _windows(t, xp):
-    """(m, C, H, W) -> (m, C, H//2, W//2, 4): the 2×2 windows, row-major inside each."""
-    m, c, h, w = t.shape
-    h2, w2 = h // 2, w // 2
-    t = t[:, :, :2 * h2, :2 * w2].reshape(m, c, h2, 2, w2, 2)
-    return t.transpose(0, 1, 2, 4, 3, 5).reshape(m, c, h2, w2, 4)
+def _quarters(t):
+    """The four views t[:, dy::2, dx::2, :] of (m, H, W, C), cropped to even H, W, in winner order."""
+    h2, w2 = t.shape[1] // 2, t.shape[2] // 2
+    return [t[:, dy:2 * h2:2, dx:2 * w2:2, :] for dy in (0, 1) for dx in (0, 1)]
 
 
-def max_pool2x2(z, xp=np):
-    """2×2 max pooling with the winner of each window.
+def max_pool_rows(z, xp=np, *extra):
+    """2×2 max pooling of channel-last z (m, H, W, C), with the winner of each window.
 
-    Parameters
-    ----------
-    z : array (m, C, H, W)
-
-    Returns
-    -------
-    pooled : array (m, C, H//2, W//2)
-        Maximum of each window (by the real part, so complex steps pass through).
-    idx : int array (m, C, H//2, W//2)
-        Position of the winner inside its window, 0..3 (dy·2 + dx).
+    Returns (pooled (m, H//2, W//2, C), winner int8 (same shape), [each array of
+    ``extra`` (m, H, W, C) read at the winners]).  The winner is the first
+    maximum (by the real part) in the order dy·2 + dx: a tournament of the two
+    rows' pairs, then of the two pair winners, each won only by a strictly larger value.
     """
     if _is_cupy(xp) and not xp.iscomplexobj(z):
-        from .backends._conv_cupy import max_pool2x2 as _pool_cupy
-        return _pool_cupy(z)
-    win = _windows(z, xp)
-    idx = win.real.argmax(axis=-1) if xp.iscomplexobj(win) else win.argmax(axis=-1)
-    return pool_gather(z, idx, xp), idx
+        from .backends._conv_cupy import max_pool_rows as _pool_cupy
+        pooled, idx = _pool_cupy(z)
+        return pooled, idx, [gather_rows(t, idx, xp) for t in extra]
+    real = (lambda t: t.real) if xp.iscomplexobj(z) else (lambda t: t)
+    q0, q1, q2, q3 = _quarters(z)
+    top = real(q1) > real(q0)                 # winner of the top pair is 1, else 0
+    bottom = real(q3) > real(q2)              # winner of the bottom pair is 3, else 2
+    t01, t23 = xp.where(top, q1, q0), xp.where(bottom, q3, q2)
+    low = real(t23) > real(t01)               # the bottom pair wins
+    pick = lambda t: xp.where(low, xp.where(bottom, t[3], t[2]), xp.where(top, t[1], t[0]))
+    pooled = xp.where(low, t23, t01)
+    idx = xp.where(low, bottom.astype(xp.int8) + xp.int8(2), top.astype(xp.int8))
+    return pooled, idx, [pick(_quarters(t)) for t in extra]
 
 
-def pool_gather(t, idx, xp=np):
-    """t (m, C, H, W) at each window's winner -> (m, C, H//2, W//2) (e.g. f'(a) at the winners)."""
-    win = _windows(t, xp)
-    return xp.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
+def gather_rows(t, idx, xp=np):
+    """t (m, H, W, C) at each window's winner -> (m, H//2, W//2, C) (e.g. f'(a) at the winners)."""
+    q = _quarters(t)
+    return xp.where(idx == 0, q[0], xp.where(idx == 1, q[1], xp.where(idx == 2, q[2], q[3])))
 
 
-def pool_route(g, idx, shape, xp=np):
-    """Adjoint of :func:`pool_gather`: g (m, C, H//2, W//2) to the winners of (m, C, H, W), 0 elsewhere.
+def route_rows(g, idx, shape, xp=np):
+    """Adjoint of :func:`gather_rows`: g (m, H//2, W//2, C) to the winners of (m, H, W, C), 0 elsewhere.
 
     This is how the post-synaptic term of a pooled unit reaches the one
     position that won its window: -dL/da is zero at the three losers.
     """
-    if _is_cupy(xp):
-        from .backends._conv_cupy import pool_route as _route_cupy
+    if _is_cupy(xp) and not xp.iscomplexobj(g):
+        from .backends._conv_cupy import route_rows as _route_cupy
         return _route_cupy(g, idx, shape)
-    m, c, h, w = shape
-    h2, w2 = g.shape[2:]
-    onehot = idx[..., None] == xp.arange(4)
-    win = xp.where(onehot, g[..., None], xp.zeros((), dtype=g.dtype))       # (m, C, h2, w2, 4)
     out = xp.zeros(shape, dtype=g.dtype)
-    out[:, :, :2 * h2, :2 * w2] = win.reshape(m, c, h2, w2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(
-        m, c, 2 * h2, 2 * w2)
+    for j, view in enumerate(_quarters(out)):
+        view[...] = xp.where(idx == j, g, xp.zeros((), dtype=g.dtype))
     return out
+
+
+def post_rows(post, idx, conv_shape, xp=np):
+    """Post-synaptic term at the layer's units (m, C, H', W') -> (m·Ho·Wo, C) at the conv positions.
+
+    Without pooling (``idx`` None) a change of layout; with 2×2 max pooling
+    each unit's term goes to its window's winner (zero at the losers).
+    ``conv_shape`` is (m, C, Ho, Wo).  The rows multiply the im2col patches in
+    the update GEMM ΔW = postᵀ cols.
+    """
+    m, c, ho, wo = conv_shape
+    rows = post.transpose(0, 2, 3, 1)
+    if idx is not None:
+        rows = route_rows(rows, idx, (m, ho, wo, c), xp)
+    return xp.ascontiguousarray(rows).reshape(m * ho * wo, c)
+
+
+def max_pool2x2(z, xp=np):
+    """2×2 max pooling (stride 2, floor) of z (m, C, H, W) with the winner of each window.
+
+    Returns pooled (m, C, H//2, W//2), maximum of each window (by the real part,
+    so complex steps pass through), and idx (m, C, H//2, W//2), the winner's
+    position dy·2 + dx inside its window (the first one on ties).
+    """
+    pooled, idx, _ = max_pool_rows(z.transpose(0, 2, 3, 1), xp)
+    return pooled.transpose(0, 3, 1, 2), idx.transpose(0, 3, 1, 2)
+
+
+def pool_gather(t, idx, xp=np):
+    """t (m, C, H, W) at each window's winner -> (m, C, H//2, W//2)."""
+    return gather_rows(t.transpose(0, 2, 3, 1), idx.transpose(0, 2, 3, 1), xp).transpose(0, 3, 1, 2)
+
+
+def pool_route(g, idx, shape, xp=np):
+    """Adjoint of :func:`pool_gather`: g (m, C, H//2, W//2) to the winners of ``shape`` (m, C, H, W)."""
+    m, c, h, w = shape
+    out = route_rows(g.transpose(0, 2, 3, 1), idx.transpose(0, 2, 3, 1), (m, h, w, c), xp)
+    return out.transpose(0, 3, 1, 2)
 
 
 # -- the naive definitions (tests, tiny shapes) -----------------------------------

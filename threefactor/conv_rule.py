@@ -40,7 +40,7 @@ class ConvPass:
 
     lp : LayerPass of the dense engine on the flattened pooled activity (m, C_out·H'·W')
     cols : (m·Ho·Wo, kh·kw·C_in) the pre-synaptic patches
-    idx : (m, C_out, Ho//2, Wo//2) winners of the max pool, or None
+    idx : (m, Ho//2, Wo//2, C_out) winners of the max pool (channel-last), or None
     conv_shape : (m, C_out, Ho, Wo);  out_shape : (m, C_out, H', W');  w_shape
     """
 
@@ -57,11 +57,8 @@ class ConvPass:
 
     def post(self):
         """-dL/da (m·Ho·Wo, C_out) in im2col row order: the post-synaptic term per position."""
-        xp = self.lp.backend.xp
-        post = self.lp.post().reshape(self.out_shape)            # -dL/da at the pooled units
-        if self.idx is not None:
-            post = conv.pool_route(post, self.idx, self.conv_shape, xp)
-        return conv.nchw_to_rows(post, xp)
+        post = self.lp.post().reshape(self.out_shape)            # -dL/da at the layer's units
+        return conv.post_rows(post, self.idx, self.conv_shape, self.lp.backend.xp)
 
     def update(self):
         """ΔW = -dL/dW (C_out, C_in, kh, kw): postᵀ cols, one GEMM."""
@@ -76,20 +73,21 @@ class ConvPass:
 def activity(rule: Rule, x, w, padding: int, pool, backend):
     """Forward half: (cols, a_win, z, f'(a_win), idx, conv_shape) with z = pool(f(conv(x, w))).
 
-    a_win, z, fp : (m, C_out, H', W'); idx : pool winners or None.
+    a_win, z, fp : (m, C_out, H', W'); idx : (m, H', W', C_out) pool winners or None;
+    conv_shape : (m, C_out, Ho, Wo).  Pooling happens channel-last, where the GEMM wrote.
     """
     xp = backend.xp
     m, _, h, wd = x.shape
-    kh, kw = w.shape[2:]
+    c_out, _, kh, kw = w.shape
     ho, wo = conv.conv_out_size(h, wd, kh, kw, padding)
     cols = conv.im2col(x, kh, kw, padding, xp)
     a, z, fp = backend.forward(cols, conv.weights_to_cols(w, xp), rule.activation, rule.slope)
-    a, z, fp = (conv.rows_to_nchw(t, m, ho, wo, xp) for t in (a, z, fp))
+    a, z, fp = (t.reshape(m, ho, wo, c_out) for t in (a, z, fp))
     idx = None
     if pool == "max":
-        z, idx = conv.max_pool2x2(z, xp)
-        a, fp = conv.pool_gather(a, idx, xp), conv.pool_gather(fp, idx, xp)
-    return cols, a, z, fp, idx, (m, w.shape[0], ho, wo)
+        z, idx, (a, fp) = conv.max_pool_rows(z, xp, a, fp)
+    a, z, fp = (conv.rows_to_nchw(t, m, *t.shape[1:3], xp) for t in (a, z, fp))
+    return cols, a, z, fp, idx, (m, c_out, ho, wo)
 
 
 def conv_layer_pass(rule: Rule, x, w, labels, n_classes: int, backend, padding: int = 1,

@@ -7,8 +7,10 @@ numpy reference):
 
 ``im2col``       cols (m·Ho·Wo, kh·kw·C_in)   from x (m, C_in, H, W)
 ``col2im``       x (m, C_in, H, W)             summing the kh·kw rows that saw each pixel
-``max_pool2x2``  pooled, winner (m, C, H//2, W//2)   first maximum of each 2×2 window
-``pool_route``   (m, C, H, W)                  g at the winners, 0 elsewhere
+``max_pool_rows``  pooled, winner (m, H//2, W//2, C)  first maximum of each 2×2 window
+``route_rows``     (m, H, W, C)                   g at the winners, 0 elsewhere
+
+(pooling is channel-last, the layout the forward GEMM writes).
 
 The column order is (dy, dx, c) with c fastest, exactly as in
 :func:`threefactor.conv.im2col`.  Kernels are built lazily, so this module
@@ -79,42 +81,46 @@ _COL2IM = _Lazy(lambda: cupy.ElementwiseKernel(
     """,
     "threefactor_col2im"))
 
-# pooled[n, c, py, px] = max of the 2x2 window, winner = dy*2 + dx of its first maximum
+# Pooling works channel-last, on z (m, H, W, C) contiguous:
+# pooled[n, py, px, c] = max of the 2x2 window, winner = dy*2 + dx of its first maximum
 _MAXPOOL = _Lazy(lambda: cupy.ElementwiseKernel(
-    "raw T z, int32 H, int32 W, int32 H2, int32 W2", "T pooled, int64 winner",
+    "raw T z, int32 H, int32 W, int32 H2, int32 W2, int32 C", "T pooled, int8 winner",
     """
     long long e = i;
+    const int c = e % C;   e /= C;
     const int px = e % W2; e /= W2;
     const int py = e % H2;
-    const long long plane = e / H2;            // n * C + c
-    const T* base = &z[(plane * H + 2 * py) * (long long)W + 2 * px];
-    T best = base[0];
-    long long k = 0;
-    if (base[1] > best) { best = base[1]; k = 1; }
-    if (base[W] > best) { best = base[W]; k = 2; }
-    if (base[W + 1] > best) { best = base[W + 1]; k = 3; }
+    const long long n = e / H2;
+    const long long row = (long long)W * C;
+    const long long b = ((n * H + 2 * py) * (long long)W + 2 * px) * C + c;
+    T best = z[b];
+    signed char k = 0;
+    if (z[b + C] > best) { best = z[b + C]; k = 1; }
+    if (z[b + row] > best) { best = z[b + row]; k = 2; }
+    if (z[b + row + C] > best) { best = z[b + row + C]; k = 3; }
     pooled = best;
     winner = k;
     """,
-    "threefactor_maxpool2x2"))
+    "threefactor_maxpool2x2_rows"))
 
-# out[n, c, y, x] = g[n, c, y/2, x/2] if (y, x) won its window, else 0
+# out[n, y, x, c] = g[n, y/2, x/2, c] if (y, x) won its window, else 0
 _ROUTE = _Lazy(lambda: cupy.ElementwiseKernel(
-    "raw T g, raw int64 winner, int32 H, int32 W, int32 H2, int32 W2", "T out",
+    "raw T g, raw int8 winner, int32 H, int32 W, int32 H2, int32 W2, int32 C", "T out",
     """
     long long e = i;
-    const int x = e % W; e /= W;
+    const int c = e % C;  e /= C;
+    const int x = e % W;  e /= W;
     const int y = e % H;
-    const long long plane = e / H;
+    const long long n = e / H;
     const int py = y / 2, px = x / 2;
     T v = 0;
     if (py < H2 && px < W2) {
-        const long long j = (plane * H2 + py) * W2 + px;
-        if (winner[j] == (long long)((y % 2) * 2 + x % 2)) v = g[j];
+        const long long j = ((n * H2 + py) * (long long)W2 + px) * C + c;
+        if ((int)winner[j] == (y % 2) * 2 + x % 2) v = g[j];
     }
     out = v;
     """,
-    "threefactor_pool_route"))
+    "threefactor_pool_route_rows"))
 
 
 def im2col(x, kh, kw, padding):
@@ -137,22 +143,22 @@ def col2im(cols, x_shape, kh, kw, padding):
     return out
 
 
-def max_pool2x2(z):
-    """(pooled, winner) of 2×2 max pooling of z (m, C, H, W); winner is int64 in 0..3."""
+def max_pool_rows(z):
+    """(pooled, winner) of 2×2 max pooling of channel-last z (m, H, W, C); winner int8 in 0..3."""
     z = cupy.ascontiguousarray(z)
-    m, c, h, w = z.shape
+    m, h, w, c = z.shape
     h2, w2 = h // 2, w // 2
-    pooled = cupy.empty((m, c, h2, w2), dtype=z.dtype)
-    winner = cupy.empty((m, c, h2, w2), dtype=cupy.int64)
-    _MAXPOOL(z, h, w, h2, w2, pooled, winner)
+    pooled = cupy.empty((m, h2, w2, c), dtype=z.dtype)
+    winner = cupy.empty((m, h2, w2, c), dtype=cupy.int8)
+    _MAXPOOL(z, h, w, h2, w2, c, pooled, winner)
     return pooled, winner
 
 
-def pool_route(g, winner, shape):
-    """g (m, C, H//2, W//2) at the winners of (m, C, H, W), zero elsewhere."""
+def route_rows(g, winner, shape):
+    """g (m, H//2, W//2, C) at the winners of channel-last ``shape`` (m, H, W, C), zero elsewhere."""
     g = cupy.ascontiguousarray(g)
-    winner = cupy.ascontiguousarray(winner, dtype=cupy.int64)
-    m, c, h, w = shape
+    winner = cupy.ascontiguousarray(winner, dtype=cupy.int8)
+    m, h, w, c = shape
     out = cupy.empty(tuple(shape), dtype=g.dtype)
-    _ROUTE(g, winner, h, w, g.shape[2], g.shape[3], out)
+    _ROUTE(g, winner, h, w, g.shape[1], g.shape[2], c, out)
     return out

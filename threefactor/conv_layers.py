@@ -1,0 +1,370 @@
+"""Convolutional networks of the paper (Sec. 4.3, App. D.1, D.6), trained by local rules or backprop.
+
+Each hidden layer (App. D.1)::
+
+    conv (3×3, padding 1, stride 1, no bias)  ->  f (SELU for SGD, LReLU for AdamW)
+      ->  2×2 max pool (if any)  ->  local objective (reads the activity, does not change it)
+      ->  r = ẑ/u^p over channel groups (grp+div, Eq. 21)  ->  dropout (alpha dropout with SELU)
+
+followed by fully connected hidden layers (:class:`threefactor.layers.HiddenLayer`)
+and the linear output layer.  Architectures are strings of blocks, e.g. the
+paper's ``vgg``: ``conv128-conv256-pool-conv512-pool-conv512-pool-fc1024``
+(``pool`` belongs to the conv layer before it; ``width`` multiplies conv channels
+only, as in the paper's 2x net).  :class:`ConvNet` has the methods of
+:class:`threefactor.networks.MLP` (parameters, make_optimizers, train_step,
+evaluate, ...), so the trainer runs it unchanged.
+
+Shapes: x (m, C, H, W); conv weights (C_out, C_in, 3, 3); dense weights (n_out, n_in).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from . import backprop, conv, conv_rule
+from .activations import SELU_ALPHA, SELU_SCALE
+from .layers import HiddenLayer, OutputLayer, dropout_mask, softmax_cross_entropy, uniform_init
+from .networks import LEARNING, MLP, StepStats
+from .objective import layer_objective
+from .rules import Rule, choice_error
+
+#: Named architectures (Sec. 4.3); ``small`` is the CPU benchmark net for 28×28 images.
+ARCHS = {
+    "vgg": "conv128-conv256-pool-conv512-pool-conv512-pool-fc1024",
+    "small": "conv32-pool-conv64-pool-fc256",
+}
+
+#: Table 6 (App. D.6) and Sec. 4.3: CIFAR-10 with SGD, shared by every rule below.
+TABLE6_SHARED = dict(
+    dataset="cifar10", arch="vgg", epochs=500, milestones=(300, 350, 450, 475),
+    milestones_backprop=(100, 200, 250, 275), lr_factor=0.25, batch_size=128, dropout=0.05,
+    activation="selu", optimizer="sgd", momentum=0.95, weight_decay_local=1e-7,
+    weight_decay_out=1e-6, sigma=5.0, gamma=2.0, delta=1.0, label_kernel="cosine",
+)
+#: Table 6, SGD rows: η_f (lr_out), η_l (lr_local), c (groups); p = 0.5 for grp, 0.2 for grp+div.
+TABLE6 = {
+    "cifar10-vgg-backprop": dict(rule="backprop", grouping="plain", width=1, lr_out=5e-3, lr_local=None, groups=None),
+    "cifar10-vgg-backprop-grpdiv": dict(rule="backprop", grouping="grp+div", width=1, lr_out=6e-3, lr_local=None,
+                                        groups=64),
+    "cifar10-vgg-cossim-grp": dict(rule="cossim", grouping="grp", width=1, lr_out=5e-5, lr_local=3e-2, groups=32),
+    "cifar10-vgg-cossim-grpdiv": dict(rule="cossim", grouping="grp+div", width=1, lr_out=5e-4, lr_local=0.5,
+                                      groups=64),
+    "cifar10-vgg-gaussian-grpdiv": dict(rule="gaussian", grouping="grp+div", width=1, lr_out=1e-4, lr_local=0.4,
+                                        groups=64),
+    "cifar10-vgg2x-backprop": dict(rule="backprop", grouping="plain", width=2, lr_out=6e-3, lr_local=None,
+                                   groups=None),
+    "cifar10-vgg2x-backprop-grpdiv": dict(rule="backprop", grouping="grp+div", width=2, lr_out=6e-3, lr_local=None,
+                                          groups=64),
+    "cifar10-vgg2x-cossim-grp": dict(rule="cossim", grouping="grp", width=2, lr_out=5e-5, lr_local=3e-2, groups=32),
+    "cifar10-vgg2x-cossim-grpdiv": dict(rule="cossim", grouping="grp+div", width=2, lr_out=5e-4, lr_local=0.5,
+                                        groups=64),
+    "cifar10-vgg2x-gaussian-grpdiv": dict(rule="gaussian", grouping="grp+div", width=2, lr_out=1e-4,
+                                          lr_local=0.4, groups=64),
+}
+
+
+def table6_preset(name):
+    """Full settings of a Table 6 cell: TABLE6_SHARED + the cell (backprop gets its own milestones)."""
+    if name not in TABLE6:
+        raise choice_error("preset", name, sorted(TABLE6))
+    cfg = dict(TABLE6_SHARED, **TABLE6[name])
+    backprop_ms = cfg.pop("milestones_backprop")
+    if cfg["rule"] == "backprop":
+        cfg["milestones"] = backprop_ms
+    cfg["p"] = {"plain": None, "grp": 0.5, "grp+div": 0.2}[cfg["grouping"]]
+    return cfg
+
+
+def parse_arch(spec, width=1):
+    """``"conv128-conv256-pool-fc1024"`` (or a name in :data:`ARCHS`) -> blocks.
+
+    Returns a list of ``("conv", C_out, pool)`` and ``("fc", n_out)`` tuples;
+    ``pool`` is None or "max" (a ``pool`` token pools the conv layer before it).
+    Conv channels are multiplied by ``width``.
+    """
+    spec = ARCHS.get(spec, spec)
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
+    blocks = []
+    for token in str(spec).split("-"):
+        if token == "pool":
+            if not blocks or blocks[-1][0] != "conv" or blocks[-1][2] is not None:
+                raise ValueError(f"arch {spec!r}: 'pool' must follow a conv layer (at most once)")
+            blocks[-1] = ("conv", blocks[-1][1], "max")
+        elif token.startswith("conv") and token[4:].isdigit() and int(token[4:]) > 0:
+            if blocks and blocks[-1][0] == "fc":
+                raise ValueError(f"arch {spec!r}: conv layers must come before fc layers")
+            blocks.append(("conv", int(token[4:]) * int(width), None))
+        elif token.startswith("fc") and token[2:].isdigit() and int(token[2:]) > 0:
+            blocks.append(("fc", int(token[2:])))
+        else:
+            raise ValueError(f"arch {spec!r}: bad block {token!r} (expected convN, pool or fcN; "
+                             f"names: {', '.join(ARCHS)})")
+    if not blocks:
+        raise ValueError("arch must list at least one layer")
+    return blocks
+
+
+def alpha_dropout(rng, shape, p, dtype=np.float32):
+    """Alpha dropout for SELU (Klambauer et al. 2017): ``out = r · mult + add`` (host arrays).
+
+    Dropped units are set to SELU's saturation -λα, then the affine map a(·) + b
+    restores zero mean and unit variance: a = ((1-p)(1 + p λ²α²))^(-1/2),
+    mult = a · keep, add = a λα (p - 1 + keep).  Returns (None, None) for p = 0.
+    """
+    if p <= 0:
+        return None, None
+    sat, t = SELU_SCALE * SELU_ALPHA, np.dtype(dtype).type
+    keep = (rng.random(shape, dtype=np.float32) >= np.float32(p)).astype(dtype)
+    a = ((1.0 - p) * (1.0 + p * sat * sat)) ** -0.5
+    return keep * t(a), (keep - t(1.0 - p)) * t(a * sat)
+
+
+@dataclass
+class ConvCache:
+    """A conv layer's forward pass, kept for backprop.
+
+    cols : (m·Ho·Wo, kh·kw·C_in) patches;  fp : (m, C_out, H', W') f'(a) at the (winning) units;
+    idx : pool winners or None;  conv_shape : (m, C_out, Ho, Wo);  zhat, u : group statistics
+    (grp+div) on the flattened activity;  mask : multiplicative dropout factor or None.
+    """
+
+    cols: Any
+    fp: Any
+    idx: Optional[Any]
+    conv_shape: tuple
+    zhat: Optional[Any]
+    u: Optional[Any]
+    mask: Optional[Any]
+
+
+class ConvLayer:
+    """A bias-free conv layer with a layer-local rule (App. D.1); mirrors :class:`HiddenLayer`.
+
+    Parameters
+    ----------
+    w : array (C_out, C_in, kh, kw), on the backend
+    rule : Rule   (groups must divide C_out: groups are blocks of whole channels)
+    divisive : bool   pass r = ẑ/u^p (Eq. 21) on instead of z
+    padding : int   zero padding of the stride-1 convolution (1 keeps 3×3 "same")
+    pool : None or "max"   2×2 max pooling after the nonlinearity
+    in_hw : (H, W) of the input, to validate the grouping against the output size
+    """
+
+    def __init__(self, w, rule: Rule, divisive=False, padding=1, pool=None, in_hw=None):
+        if divisive and not rule.grouped:
+            raise ValueError("divisive=True needs a grouped rule (groups=c)")
+        self.w, self.rule, self.divisive = w, rule, bool(divisive)
+        self.padding, self.pool = int(padding), pool
+        if in_hw is not None:
+            c_out, h2, w2 = conv_rule.check_geometry((2, w.shape[1]) + tuple(in_hw), w.shape, padding,
+                                                     pool, rule.groups)
+            rule.check_width(c_out * h2 * w2)
+            self.out_chw = (c_out, h2, w2)
+
+    @property
+    def shape(self):
+        return tuple(self.w.shape)
+
+    def local_forward(self, x, labels, n_classes, backend, mask=None):
+        """Forward pass with the local update: (out (m, C_out, H', W'), ΔW = -dL/dW, LayerPass)."""
+        out, dw, cp = conv_rule.conv_local_step(self.rule, x, self.w, labels, n_classes, backend,
+                                                self.padding, self.pool, self.divisive)
+        if mask is not None:
+            out = out * mask
+        return out, dw, cp.lp
+
+    def forward(self, x, backend, mask=None, keep=False):
+        """Forward pass without the objective; ``keep=True`` also returns a :class:`ConvCache`."""
+        rule = self.rule
+        cols, _, z, fp, idx, conv_shape = conv_rule.activity(rule, x, self.w, self.padding, self.pool,
+                                                             backend)
+        zhat = u = None
+        out = z
+        if self.divisive:
+            m = z.shape[0]
+            zhat, u, _ = backend.group_stats(z.reshape(m, -1), rule.groups, rule.p, rule.delta)
+            out = backend.divisive_norm(zhat, u, rule.p).reshape(z.shape)
+        if mask is not None:
+            out = out * mask
+        if keep:
+            return out, ConvCache(cols, fp, idx, conv_shape, zhat, u, mask)
+        return out
+
+
+def conv_vjp(layer, cache, g_out, backend, need_input_grad=True):
+    """Backward pass of a conv layer: (dL/dW (C_out, C_in, kh, kw), dL/dx (m, C_in, H, W) or None).
+
+    g_out : (m, C_out, H', W') = dL/d(output).  Dropout, divisive normalisation
+    (:func:`threefactor.backprop.divisive_norm_vjp`), f', routing through the max
+    pool, then dL/dW = postᵀ cols (one GEMM) and dL/dx = col2im(post · w_cols).
+    """
+    xp = backend.xp
+    g = backprop.dropout_vjp(g_out, cache.mask)
+    if layer.divisive:
+        m = g.shape[0]
+        g = backprop.divisive_norm_vjp(g.reshape(m, -1), cache.zhat, cache.u, layer.rule.p).reshape(g.shape)
+    rows = conv.post_rows(g * cache.fp, cache.idx, cache.conv_shape, xp)
+    wc = conv.weights_to_cols(layer.w, xp)
+    dw = conv.cols_to_weights(backend.hebbian(rows, cache.cols), layer.w.shape, xp)
+    if not need_input_grad:
+        return dw, None
+    m, c_in = g.shape[0], layer.w.shape[1]
+    h = cache.conv_shape[2] - 2 * layer.padding + layer.w.shape[2] - 1
+    wd = cache.conv_shape[3] - 2 * layer.padding + layer.w.shape[3] - 1
+    g_in = conv.col2im(backend.matmul(rows, wc), (m, c_in, h, wd), layer.w.shape[2], layer.w.shape[3],
+                       layer.padding, xp)
+    return dw, g_in
+
+
+class ConvNet:
+    """Conv layers, then fc hidden layers, then a linear output layer (Sec. 4.3).
+
+    Parameters
+    ----------
+    in_shape : (C, H, W) of the images
+    arch : str   a name in :data:`ARCHS` or a block string (see :func:`parse_arch`)
+    n_classes : int
+    rule : Rule   every hidden layer's rule (activation, grouping c, p, δ, kernel)
+    divisive, learning, dropout, backend, dtype, rng : as for :class:`threefactor.networks.MLP`
+        (``dropout`` is alpha dropout when the activation is SELU, App. D.4)
+    width : int   multiplies the conv channels (the paper's 2x net: width=2)
+    kernel_size, padding : conv geometry (3, 1 in the paper)
+    """
+
+    def __init__(self, in_shape, arch, n_classes, rule: Rule, *, divisive=False, learning="local",
+                 dropout=0.05, backend, dtype=np.float32, rng, width=1, kernel_size=3, padding=1):
+        if learning not in LEARNING:
+            raise choice_error("learning", learning, LEARNING)
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (C, H, W), got {tuple(in_shape)}")
+        self.rule, self.learning, self.dropout = rule, learning, float(dropout)
+        self.backend, self.dtype, self.n_classes = backend, np.dtype(dtype), int(n_classes)
+        self.alpha_dropout = rule.activation == "selu"
+        self.blocks = parse_arch(arch, width)
+        self.hidden, self.out_shapes = [], []
+        shape = tuple(int(s) for s in in_shape)
+        for block in self.blocks:
+            if block[0] == "conv":
+                c_out, pool = block[1], block[2]
+                w = uniform_init(rng, c_out, shape[0] * kernel_size ** 2, self.dtype)
+                w = backend.asarray(w.reshape(c_out, shape[0], kernel_size, kernel_size))
+                layer = ConvLayer(w, rule, divisive, padding, pool, shape[1:])
+                shape = layer.out_chw
+            else:
+                n_in = int(np.prod(shape))
+                layer = HiddenLayer(backend.asarray(uniform_init(rng, block[1], n_in, self.dtype)), rule,
+                                    divisive)
+                shape = (block[1],)
+            self.hidden.append(layer)
+            self.out_shapes.append(shape)
+        n_last = int(np.prod(shape))
+        w = uniform_init(rng, n_classes, n_last, self.dtype)
+        b = rng.uniform(-1 / np.sqrt(n_last), 1 / np.sqrt(n_last), n_classes).astype(self.dtype)
+        self.output = OutputLayer(backend.asarray(w), backend.asarray(b))
+
+    # the parameter bookkeeping, optimisers and evaluation are the MLP's (same attributes)
+    parameters = MLP.parameters
+    load_parameters = MLP.load_parameters
+    make_optimizers = MLP.make_optimizers
+    logits = MLP.logits
+    evaluate = MLP.evaluate
+
+    def _drops(self, rng, m):
+        """One (mult, add) dropout pair per hidden layer (device arrays or None)."""
+        be, out = self.backend, []
+        for shape in self.out_shapes:
+            if self.alpha_dropout:
+                mult, add = alpha_dropout(rng, (m,) + shape, self.dropout, self.dtype)
+            else:
+                mult, add = dropout_mask(rng, (m,) + shape, self.dropout, self.dtype), None
+            out.append(tuple(None if a is None else be.asarray(a) for a in (mult, add)))
+        return out
+
+    @staticmethod
+    def _input_of(layer, h):
+        """Flatten conv activity (m, C, H, W) before a dense layer."""
+        return h.reshape(h.shape[0], -1) if isinstance(layer, HiddenLayer) and h.ndim != 2 else h
+
+    def features(self, x, drops=None):
+        """Output of the last hidden layer (m, n), no learning, no dropout unless ``drops``."""
+        h = x
+        for k, layer in enumerate(self.hidden):
+            mult, add = (None, None) if drops is None else drops[k]
+            h = layer.forward(self._input_of(layer, h), self.backend, mult)
+            if add is not None:
+                h = h + add
+        return h.reshape(h.shape[0], -1)
+
+    def train_step(self, x, labels, optimizers, rng):
+        """One mini-batch of learning (local rules step during the forward pass); :class:`StepStats`."""
+        be = self.backend
+        drops = self._drops(rng, x.shape[0])
+        if self.learning == "backprop":
+            return self._backprop_step(x, labels, optimizers, drops)
+        objectives = []
+        if self.learning == "local":
+            h = x
+            for k, layer in enumerate(self.hidden):
+                out, dw, lp = layer.local_forward(self._input_of(layer, h), labels, self.n_classes, be,
+                                                  drops[k][0])
+                optimizers[f"hidden.{k}"].step([dw], sign=-1.0)
+                objectives.append(layer_objective(lp.K, lp.Ky, layer.rule.gamma))
+                h = out if drops[k][1] is None else out + drops[k][1]
+            h = h.reshape(h.shape[0], -1)
+        else:
+            h = self.features(x, drops)
+        logits = self.output.forward(h, be)
+        loss, dlogits, correct = softmax_cross_entropy(logits, labels, be.xp)
+        optimizers["output"].step(list(self.output.gradients(dlogits, h, be)))
+        return StepStats(loss, correct, objectives)
+
+    def _backprop_step(self, x, labels, optimizers, drops):
+        loss, correct, hidden_grads, out_grads = self.forward_backward(x, labels, drops)
+        for k, dw in enumerate(hidden_grads):
+            optimizers[f"hidden.{k}"].step([dw])
+        optimizers["output"].step(out_grads)
+        return StepStats(loss, correct)
+
+    def forward_backward(self, x, labels, drops):
+        """Mean cross-entropy and the gradient of every parameter, written out (no autograd).
+
+        Returns (loss, correct, [dL/dW_k per hidden layer], [dL/dW_out, dL/db]).
+        """
+        be = self.backend
+        h, caches = x, []
+        for layer, (mult, add) in zip(self.hidden, drops):
+            h, cache = layer.forward(self._input_of(layer, h), be, mult, keep=True)
+            if add is not None:
+                h = h + add
+            caches.append(cache)
+        h = h.reshape(h.shape[0], -1)
+        loss, dlogits, correct = softmax_cross_entropy(self.output.forward(h, be), labels, be.xp)
+        out_grads = list(self.output.gradients(dlogits, h, be))
+        g = be.matmul(dlogits, self.output.w)
+        hidden_grads = [None] * len(self.hidden)
+        for k in range(len(self.hidden) - 1, -1, -1):
+            layer = self.hidden[k]
+            g = g.reshape((g.shape[0],) + self.out_shapes[k])
+            vjp = conv_vjp if isinstance(layer, ConvLayer) else backprop.hidden_vjp
+            hidden_grads[k], g = vjp(layer, caches[k], g, be, need_input_grad=k > 0)
+        return loss, correct, hidden_grads, out_grads
+
+    def loss(self, x, labels, drops=None):
+        """Mean cross-entropy with fixed dropout ``drops`` (what :meth:`forward_backward` differentiates)."""
+        logits = self.output.forward(self.features(x, drops), self.backend)
+        return softmax_cross_entropy(logits, labels, self.backend.xp)[0]
+
+
+def build_convnet(cfg, in_shape, n_classes, backend, rng, rule=None):
+    """The ConvNet of a config dict (keys: arch, width, rule, grouping, dropout, dtype; the
+    rule's fields as for :func:`threefactor.train.make_rule`)."""
+    from .train import make_rule
+    learning = {"backprop": "backprop", "last-layer": "last-layer"}.get(cfg["rule"], "local")
+    return ConvNet(in_shape, cfg.get("arch", "vgg"), n_classes, rule or make_rule(cfg),
+                   divisive=cfg["grouping"] == "grp+div", learning=learning, dropout=cfg["dropout"],
+                   backend=backend, dtype=np.dtype(cfg["dtype"]), rng=rng, width=int(cfg.get("width", 1)))
