@@ -18,7 +18,8 @@ variant, one run measures, on the same arrays:
     PyTorch autograd of the same objective on the same device and dtype
     (:func:`threefactor.torch_ref.objective_torch`, then ``backward()``), with
     ``torch.set_num_threads`` = the BLAS thread count; ``speedup_vs_autograd``
-    = autograd_s / update_s.
+    = autograd_s / update_s.  ``autograd_floor_s``: torch's own forward + update
+    GEMMs (torch's BLAS may differ from numpy's), for context.
 ``synapses_per_s``
     n_out·n_in / update_s: weight changes ΔW_nm delivered per second (each one
     a sum over the m samples of the batch).
@@ -205,7 +206,11 @@ def set_torch_threads(torch):
 
 
 def autograd_call(x, w, labels, rule, dtype, device):
-    """Callable: forward + loss + backward of objective_torch on ``device``; None without torch."""
+    """Callables (autograd step, torch GEMM floor) on ``device``; None without torch.
+
+    The step is forward + loss + backward of objective_torch; the floor is
+    torch's own forward and update GEMMs (its BLAS may differ from numpy's).
+    """
     try:
         import torch
     except ImportError:
@@ -219,11 +224,18 @@ def autograd_call(x, w, labels, rule, dtype, device):
     wt = torch.as_tensor(np.asarray(w), device=device, dtype=tdt).requires_grad_(True)
     lt = torch.as_tensor(np.asarray(labels), device=device).long()
 
+    pt = torch.ones((x.shape[0], w.shape[0]), device=device, dtype=tdt)
+
     def step():
         wt.grad = None
         objective_torch(xt, wt, lt, N_CLASSES, rule).backward()
 
-    return step
+    def floor():                       # torch's own forward + update GEMMs, for context
+        with torch.no_grad():
+            xt @ wt.T
+            pt.T @ xt
+
+    return step, floor
 
 
 class _TimedBackend:
@@ -265,7 +277,8 @@ def time_all(fns, device, timing):
     """Medians of every callable: interleaved rounds on the CPU, one by one on the GPU."""
     if device == "cpu":
         return time_interleaved(fns, **timing)
-    return {k: time_call(fn, "cuda" if k == "autograd" else device, **timing) for k, fn in fns.items()}
+    return {k: time_call(fn, "cuda" if k in ("autograd", "torch_gemm") else device, **timing)
+            for k, fn in fns.items()}
 
 
 def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None, autograd=True,
@@ -292,7 +305,7 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
            **gemm_calls(be, m, n_in, n_out, rule.groups or n_out, dtype)}
     ag = autograd_call(x_h, w_h, y_h, rule, dtype, "cuda" if dev == "cupy" else "cpu") if autograd else None
     if ag is not None:
-        fns["autograd"] = ag
+        fns["autograd"], fns["torch_gemm"] = ag
     t = time_all(fns, dev, timing)
     med = {k: v["median_s"] for k, v in t.items()}
     mem, mem_method = peak_memory(ours, dev)
@@ -306,10 +319,11 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
            "mem_method": mem_method, "gemm": gemm,
            "ratio_floor": med["ours"] / gemm["floor_s"],
            "ratio_floor_with_kernel": med["ours"] / gemm["floor_with_kernel_s"],
-           "autograd_s": med.get("autograd"), "autograd_peak_mem_bytes": None,
+           "autograd_s": med.get("autograd"), "autograd_floor_s": med.get("torch_gemm"),
+           "autograd_peak_mem_bytes": None,
            "speedup_vs_autograd": med["autograd"] / med["ours"] if "autograd" in med else None}
     if ag is not None and dev == "cupy":
-        rec["autograd_peak_mem_bytes"] = peak_memory(ag, "cuda")[0]
+        rec["autograd_peak_mem_bytes"] = peak_memory(ag[0], "cuda")[0]
     if profile:
         rec["profile_s"] = profile_update(be, rule, x, w, y, divisive)
     return rec
