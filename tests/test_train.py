@@ -187,3 +187,40 @@ def test_real_fashion_mnist_one_epoch(tmp_path):
     rd = train(cfg, tmp_path / "fmnist", progress=False, log=_quiet)
     acc = rd.read_metrics()[-1]["test_accuracy"]
     assert acc > 60.0, acc
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_fused_equals_numpy_and_pytorch_convention(dtype):
+    from threefactor.optim import SGD, multistep_lr
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((16, 8)).astype(dtype)
+    grads = [rng.standard_normal((16, 8)).astype(dtype) for _ in range(4)]
+    ws = [w0.copy(), w0.copy()]
+    opts = [SGD([ws[0]], 0.1, momentum=0.95, weight_decay=1e-3, fused=None),
+            SGD([ws[1]], 0.1, momentum=0.95, weight_decay=1e-3, fused=False)]
+    ref, buf = w0.astype(np.float64), np.zeros((16, 8))
+    for g in grads:
+        for opt in opts:
+            opt.step([-g], sign=-1.0)            # a descent direction ΔW = -g
+        buf = 0.95 * buf + (g + 1e-3 * ref)      # PyTorch: buf = μ buf + (g + wd w); w -= lr buf
+        ref = ref - 0.1 * buf
+    assert np.array_equal(ws[0], ws[1]) and ws[0].dtype == dtype
+    np.testing.assert_allclose(ws[0], ref, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert [multistep_lr(1.0, e) for e in (1, 50, 51, 75, 76, 90, 91, 100)] == \
+        [1, 1, 0.25, 0.25, 0.0625, 0.0625, 0.015625, 0.015625]
+
+
+def test_adamw_matches_torch():
+    torch = pytest.importorskip("torch")
+    from threefactor.optim import AdamW
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((5, 3))
+    tw = torch.tensor(w.copy(), requires_grad=True)
+    topt = torch.optim.AdamW([tw], lr=0.01, weight_decay=0.1)
+    opt = AdamW([w], 0.01, weight_decay=0.1)
+    for _ in range(5):
+        g = rng.standard_normal((5, 3))
+        tw.grad = torch.tensor(g)
+        topt.step()
+        opt.step([g])
+    np.testing.assert_allclose(w, tw.detach().numpy(), rtol=1e-10, atol=1e-12)

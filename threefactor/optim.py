@@ -48,6 +48,41 @@ def _check_lr(lr):
     return lr
 
 
+_FUSED = {}
+
+
+def _fused_sgd_kernel():
+    """A one-pass Numba kernel for the SGD step on C-contiguous numpy arrays, or None.
+
+    It performs the same float operations in the same order as the numpy
+    path (no FMA contraction without fastmath), so both give the same bits;
+    it only saves the temporaries and memory passes.
+    """
+    if "sgd" not in _FUSED:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a dependency
+            _FUSED["sgd"] = None
+            return None
+
+        @numba.njit(cache=True, nogil=True)
+        def sgd_step(w, g, buf, sign, wd, mu, lr):   # all flat, same dtype; scalars of that dtype
+            for i in range(w.shape[0]):
+                wi = w[i]
+                d = sign * g[i] + wd * wi
+                b = buf[i] * mu + d
+                buf[i] = b
+                w[i] = wi - lr * b
+
+        _FUSED["sgd"] = sgd_step
+    return _FUSED["sgd"]
+
+
+def _fusable(*arrays):
+    return all(type(a) is np.ndarray and a.flags.c_contiguous and a.dtype == arrays[0].dtype
+               and a.dtype in (np.float32, np.float64) for a in arrays)
+
+
 class SGD:
     """SGD with (heavy-ball) momentum and L2 weight decay, PyTorch's convention.
 
@@ -66,8 +101,9 @@ class SGD:
 
     name = "sgd"
 
-    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0):
+    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0, fused=None):
         self.params = list(params)
+        self.fused = fused
         self.lr = _check_lr(lr)
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
@@ -89,6 +125,12 @@ class SGD:
         for w, g, buf in zip(self.params, grads, self.buffers):
             if g.shape != w.shape:
                 raise ValueError(f"gradient of shape {g.shape} for a parameter of shape {w.shape}")
+            if self.fused is not False and sign in (1.0, -1.0) and _fusable(w, g, buf):
+                kernel = _fused_sgd_kernel()
+                if kernel is not None:
+                    t = w.dtype.type
+                    kernel(w.reshape(-1), g.reshape(-1), buf.reshape(-1), t(sign), t(wd), t(mu), t(lr))
+                    continue
             # d = sign·g + wd·w, then buf = μ buf + d (PyTorch's order of operations)
             if sign == 1.0:
                 d = g + wd * w if wd else g
