@@ -285,3 +285,100 @@ def test_cupy_update_matches_reference(kernel, grouping, pool):
             **kwargs_of(rule, pool))
         err, worst = relative_error(cp.asnumpy(dw).reshape(len(w), -1), ref.reshape(len(w), -1))
         assert err <= (1e-10 if dtype == np.float64 else 1e-3), f"cupy {dtype}: {err:.2e} at {worst}"
+
+
+# -- networks (conv_layers) ----------------------------------------------------------
+
+from threefactor.conv_layers import (ARCHS, TABLE6, ConvNet, alpha_dropout, build_convnet,  # noqa: E402
+                                     parse_arch, table6_preset)
+
+
+def test_parse_arch():
+    assert parse_arch("vgg") == [("conv", 128, None), ("conv", 256, "max"), ("conv", 512, "max"),
+                                 ("conv", 512, "max"), ("fc", 1024)]
+    assert parse_arch("vgg", width=2)[-2:] == [("conv", 1024, "max"), ("fc", 1024)]
+    assert parse_arch(ARCHS["small"]) == parse_arch("small")
+    for bad, match in (("conv8-pool-pool", "must follow a conv"), ("fc8-conv8", "before fc"),
+                       ("conv8-relu", "bad block"), ("", "bad block")):
+        with pytest.raises(ValueError, match=match):
+            parse_arch(bad)
+    with pytest.raises(ValueError, match="width"):
+        parse_arch("vgg", width=0)
+
+
+def test_alpha_dropout_keeps_selu_statistics():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 1000)).astype(np.float32)
+    mult, add = alpha_dropout(rng, x.shape, 0.2, np.float32)
+    y = x * mult + add
+    assert abs(y.mean()) < 0.01 and abs(y.var() - 1) < 0.02
+    assert np.isclose((mult == 0).mean(), 0.2, atol=0.01)
+    assert alpha_dropout(rng, x.shape, 0.0) == (None, None)
+
+
+def test_table6_presets():
+    cfg = table6_preset("cifar10-vgg-gaussian-grpdiv")
+    assert (cfg["lr_out"], cfg["lr_local"], cfg["groups"], cfg["p"]) == (1e-4, 0.4, 64, 0.2)
+    assert cfg["milestones"] == (300, 350, 450, 475) and cfg["epochs"] == 500
+    bp = table6_preset("cifar10-vgg-backprop")
+    assert bp["milestones"] == (100, 200, 250, 275) and bp["lr_out"] == 5e-3
+    assert table6_preset("cifar10-vgg-backprop-grpdiv")["lr_out"] == 6e-3
+    assert table6_preset("cifar10-vgg-cossim-grpdiv")[("lr_local")] == 0.5
+    assert all(table6_preset(n)["batch_size"] == 128 for n in TABLE6)
+    with pytest.raises(ValueError, match="preset"):
+        table6_preset("cifar10-vgg-nope")
+
+
+@pytest.mark.parametrize("activation, divisive", [("selu", True), ("lrelu", False)])
+def test_convnet_backprop_is_the_gradient(activation, divisive):
+    """Hand-written backprop through conv, pool, divisive norm, alpha dropout vs central differences."""
+    be = get_backend("numpy")
+    rng = np.random.default_rng(0)
+    net = ConvNet((2, 6, 6), "conv4-pool-conv4-pool-fc6", 3, Rule(activation=activation, groups=2),
+                  divisive=divisive, learning="backprop", dropout=0.2, backend=be, dtype=np.float64, rng=rng)
+    x, y = rng.normal(size=(5, 2, 6, 6)), np.array([0, 1, 2, 0, 1])
+    drops = net._drops(rng, 5)
+    _, _, hidden, out = net.forward_backward(x, y, drops)
+    grads = dict(zip([f"hidden.{k}.w" for k in range(3)] + ["output.w", "output.b"], hidden + out))
+    for name, p in net.parameters().items():
+        for idx in [np.unravel_index(i, p.shape) for i in rng.choice(p.size, min(6, p.size), replace=False)]:
+            old, eps = p[idx], 1e-6
+            p[idx] = old + eps
+            lp = float(net.loss(x, y, drops))
+            p[idx] = old - eps
+            lm = float(net.loss(x, y, drops))
+            p[idx] = old
+            assert np.isclose(grads[name][idx], (lp - lm) / (2 * eps), rtol=1e-5, atol=1e-9), (name, idx)
+
+
+def _templates(n, rng, n_classes=3):
+    """Images (n, 1, 8, 8) of 3 noisy class templates and their labels."""
+    proto = rng.normal(size=(n_classes, 1, 8, 8))
+    labels = rng.integers(0, n_classes, n)
+    return (proto[labels] + 0.7 * rng.normal(size=(n, 1, 8, 8))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_convnet_local_rule_learns(backend):
+    """The Gaussian grp+div rule on a conv net: weights move, layer 1's L falls, accuracy rises."""
+    be = get_backend(backend)
+    rng = np.random.default_rng(1)
+    x, y = _templates(1024, np.random.default_rng(2))
+    cfg = dict(arch="conv8-pool-conv8-pool-fc16", rule="gaussian", grouping="grp+div", groups=4, sigma=5.0,
+               gamma=2.0, delta=1.0, activation="selu", slope=0.01, label_kernel="cosine", dropout=0.05,
+               dtype="float32")
+    net = build_convnet(cfg, (1, 8, 8), 3, be, rng)
+    w0 = [layer.w.copy() for layer in net.hidden]
+    opts = net.make_optimizers(1.0, 5e-2)
+    first = net.hidden[0]
+    objective = lambda: local_objective(x[:256], first.w, y[:256], groups=4, activation="selu",
+                                        pool="max", n_classes=3)
+    before, L0 = net.evaluate(x, y)[0] / len(y), objective()
+    for epoch in range(3):
+        for s in range(0, len(y), 64):
+            stats = net.train_step(x[s:s + 64], y[s:s + 64], opts, rng)
+    after, L1 = net.evaluate(x, y)[0] / len(y), objective()
+    assert len(stats.objectives) == 3
+    assert all(not np.allclose(layer.w, w) for layer, w in zip(net.hidden, w0))
+    assert after > max(0.85, before + 0.4), (before, after)
+    assert L1 < L0 - 1e-3, (L0, L1)
