@@ -196,3 +196,23 @@ def test_linear_label_kernel_and_non_contiguous_inputs(dtype):
 
 def test_available():
     assert "numba" in tf.available_backends()
+
+
+def test_multithreaded_passes_agree_bitwise(nb):
+    """With parallel_min_size = 0 every pass runs under prange on all threads: same bits."""
+    from threefactor.backends.numba import NumbaBackend
+    par = NumbaBackend()
+    par.parallel_min_size = 0
+    x, w, y = data(33, 10, 12, np.float32, seed=3)
+    for be_a, be_b in ((nb, par),):
+        outs = []
+        for be in (be_a, be_b):
+            _, z, fp = be.forward(x, w, "selu", 0.1)
+            zhat, u, v = be.group_stats(z, 3, 0.2, 1.0)
+            K = be.gaussian_kernel(v, 1.0)
+            A = be.gaussian_weights(K, be.label_kernel(y, 3, "cosine", np.float32), 2.0)
+            post = be.post_grouped(be.laplacian(A, v), zhat, u, fp, 0.2, 1.0)
+            outs.append((z, fp, zhat, u, v, K, A, post, be.divisive_norm(zhat, u, 0.2),
+                         be.post_plain(z, fp, 0.5)))
+        for a, b in zip(*outs):
+            np.testing.assert_array_equal(a, b)

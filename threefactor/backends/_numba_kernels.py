@@ -1,19 +1,20 @@
 """Fused Numba kernels behind :class:`threefactor.backends.numba.NumbaBackend`.
 
-Each kernel is one parallel pass over the rows of its arrays (``prange`` over
-samples i), writing into output arrays the caller allocates; the GEMMs stay
-with BLAS.  Kernels compute in the dtype of their arrays: every scalar they
-are given is already of that dtype (float32 in, float32 work).  Long sums are
-accumulated in float64 with four interleaved partial sums (``fastmath`` is
-off, so the compiler may not reorder them itself); a float64 sum is brought
-back to the array dtype by storing it into a small scratch array of that
-dtype.
+Each kernel is one pass over the rows of its arrays (``prange`` over samples
+i), writing into output arrays that the caller allocates; GEMMs stay with
+BLAS, and transcendental functions over whole arrays (exp, pow) stay with
+numpy's vectorised loops, which are several times faster than scalar libm
+calls from a loop (the kernels then take exp(·) or u^p as inputs).
 
-Shapes: a / z / fp / zhat / post (m, n), u / v / dv (m, c), K / Ky / A / G (m, m).
+Kernels compute in the dtype of their arrays: every scalar they are given is
+already of that dtype (float32 in, float32 work).  ``fastmath`` is off, so the
+compiler may not reorder sums; short sums use eight interleaved partial sums
+in the array dtype, combined as numpy's pairwise summation combines them, and
+row sums of (m, m) matrices are accumulated in float64.
+
+Shapes: a / z / fp / zhat / post / r (m, n), u / up / dv (m, c), K / Ky / A / G (m, m).
 """
 from __future__ import annotations
-
-import math
 
 from numba import njit, prange
 
@@ -25,160 +26,204 @@ LINEAR, RELU, LRELU, SELU = 0, 1, 2, 3
 
 
 @njit(**_SERIAL)
-def _row_sum(a, i, j0, n):
-    """Σ_k a[i, j0 + k], k < n, in float64 with four partial sums."""
+def _sum8(a, j0, n):
+    """Σ_k a[j0 + k], k < n, with eight partial sums in a's dtype (numpy's pairwise block)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = a[j0] - a[j0]
+    k = 0
+    while k + 8 <= n:
+        s0 += a[j0 + k]
+        s1 += a[j0 + k + 1]
+        s2 += a[j0 + k + 2]
+        s3 += a[j0 + k + 3]
+        s4 += a[j0 + k + 4]
+        s5 += a[j0 + k + 5]
+        s6 += a[j0 + k + 6]
+        s7 += a[j0 + k + 7]
+        k += 8
+    t = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    while k < n:
+        t += a[j0 + k]
+        k += 1
+    return t
+
+
+@njit(**_SERIAL)
+def _sumsq8(a, j0, n):
+    """Σ_k a[j0 + k]², k < n, like :func:`_sum8`."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = a[j0] - a[j0]
+    k = 0
+    while k + 8 <= n:
+        s0 += a[j0 + k] * a[j0 + k]
+        s1 += a[j0 + k + 1] * a[j0 + k + 1]
+        s2 += a[j0 + k + 2] * a[j0 + k + 2]
+        s3 += a[j0 + k + 3] * a[j0 + k + 3]
+        s4 += a[j0 + k + 4] * a[j0 + k + 4]
+        s5 += a[j0 + k + 5] * a[j0 + k + 5]
+        s6 += a[j0 + k + 6] * a[j0 + k + 6]
+        s7 += a[j0 + k + 7] * a[j0 + k + 7]
+        k += 8
+    t = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    while k < n:
+        t += a[j0 + k] * a[j0 + k]
+        k += 1
+    return t
+
+
+@njit(**_SERIAL)
+def _row_sum64(a, n):
+    """Σ_k a[k], k < n, in float64 with four partial sums."""
     s0 = s1 = s2 = s3 = 0.0
     k = 0
     while k + 4 <= n:
-        s0 += a[i, j0 + k]
-        s1 += a[i, j0 + k + 1]
-        s2 += a[i, j0 + k + 2]
-        s3 += a[i, j0 + k + 3]
+        s0 += a[k]
+        s1 += a[k + 1]
+        s2 += a[k + 2]
+        s3 += a[k + 3]
         k += 4
     while k < n:
-        s0 += a[i, j0 + k]
+        s0 += a[k]
         k += 1
     return (s0 + s1) + (s2 + s3)
 
 
 @njit(**_JIT)
-def activate(a, code, slope, scale, alpha_scale, z, fp):
-    """z = f(a) and fp = f'(a) in one pass; slope (lrelu), scale and scale·alpha (SELU)."""
+def activate(a, code, slope, scale, alpha_scale, e, z, fp):
+    """z = f(a) and fp = f'(a) in one pass.
+
+    ``slope``: lrelu's negative slope; SELU: ``scale``, ``alpha_scale`` = scale·alpha
+    and ``e`` = exp(min(a, 0)) (unused otherwise).
+    """
     m, n = a.shape
     for i in prange(m):
+        ai, zi, fi = a[i], z[i], fp[i]
         if code == RELU:
             for j in range(n):
-                x = a[i, j]
+                x = ai[j]
                 if x > 0:
-                    z[i, j] = x
-                    fp[i, j] = 1
+                    zi[j] = x
+                    fi[j] = 1
                 else:
-                    z[i, j] = 0
-                    fp[i, j] = 0
+                    zi[j] = 0
+                    fi[j] = 0
         elif code == LRELU:
             for j in range(n):
-                x = a[i, j]
+                x = ai[j]
                 if x > 0:
-                    z[i, j] = x
-                    fp[i, j] = 1
+                    zi[j] = x
+                    fi[j] = 1
                 else:
-                    z[i, j] = slope * x
-                    fp[i, j] = slope
+                    zi[j] = slope * x
+                    fi[j] = slope
         elif code == SELU:
+            ei = e[i]
             for j in range(n):
-                x = a[i, j]
+                x = ai[j]
                 if x > 0:
-                    z[i, j] = scale * x
-                    fp[i, j] = scale
+                    zi[j] = scale * x
+                    fi[j] = scale
                 else:
-                    e = alpha_scale * math.exp(x)
-                    z[i, j] = e - alpha_scale
-                    fp[i, j] = e
+                    t = alpha_scale * ei[j]
+                    zi[j] = t - alpha_scale
+                    fi[j] = t
         else:
             for j in range(n):
-                z[i, j] = a[i, j]
-                fp[i, j] = 1
+                zi[j] = ai[j]
+                fi[j] = 1
 
 
 @njit(**_JIT)
-def group_stats(z, delta, q, zhat, u, v):
-    """Eq. 17-18 per sample: ẑ = z - mean_n z, u = (δ + Σ_n ẑ²)/g, v = u^q - mean_α u^q.
+def group_centre(z, delta, gd, zhat, u):
+    """Eq. 17 per sample and group: ẑ = z - mean_n z and u = (δ + Σ_n ẑ²) / g.
 
-    ``q`` = 1 - p; the number of groups c is ``u.shape[1]``; ``v`` doubles as
-    scratch for u^q before it is centred.
+    The number of groups c is ``u.shape[1]``, g = n / c (``gd``: g in z's dtype).
     """
     m, n = z.shape
     c = u.shape[1]
     g = n // c
     for i in prange(m):
-        tot = 0.0
+        zi, hi = z[i], zhat[i]
         for al in range(c):
             j0 = al * g
-            mu = _row_sum(z, i, j0, g) / g
-            s0 = s1 = 0.0
-            k = 0
-            while k + 2 <= g:
-                d0 = z[i, j0 + k] - mu
-                d1 = z[i, j0 + k + 1] - mu
-                zhat[i, j0 + k] = d0
-                zhat[i, j0 + k + 1] = d1
-                s0 += d0 * d0
-                s1 += d1 * d1
-                k += 2
-            while k < g:
-                d0 = z[i, j0 + k] - mu
-                zhat[i, j0 + k] = d0
-                s0 += d0 * d0
-                k += 1
-            u[i, al] = (delta + (s0 + s1)) / g
-            v[i, al] = u[i, al] ** q
-            tot += v[i, al]
-        mean = tot / c
-        for al in range(c):
-            v[i, al] = v[i, al] - mean
+            mu = _sum8(zi, j0, g) / gd
+            for k in range(g):
+                hi[j0 + k] = zi[j0 + k] - mu
+            u[i, al] = (delta + _sumsq8(hi, j0, g)) / gd
 
 
 @njit(**_JIT)
-def divisive_norm(zhat, u, p, r):
-    """r_αn = ẑ_αn / u_α^p (Eq. 21)."""
+def divide_groups(zhat, up, r):
+    """r_αn = ẑ_αn / up_α with up = u^p: divisive normalisation (Eq. 21)."""
     m, n = zhat.shape
-    c = u.shape[1]
+    c = up.shape[1]
     g = n // c
     for i in prange(m):
+        hi, ri = zhat[i], r[i]
         for al in range(c):
-            d = u[i, al] ** p
+            d = up[i, al]
             j0 = al * g
             for k in range(g):
-                r[i, j0 + k] = zhat[i, j0 + k] / d
+                ri[j0 + k] = hi[j0 + k] / d
 
 
 @njit(**_JIT)
-def gaussian_from_gram(G, coef, K, ksum):
-    """K_ij = exp(coef · max(G_ii + G_jj - 2 G_ij, 0)), K_ii = 1 (Eq. 26), coef = -1/2σ².
-
-    Also writes the row sums of K into ``ksum`` (m,) (float64).
-    """
+def gaussian_exponent(G, coef, E):
+    """E_ij = coef · max(G_ii + G_jj - 2 G_ij, 0), E_ii = 0: the exponent of Eq. 26 from the Gram matrix."""
     m = G.shape[0]
     zero = coef - coef
     for i in prange(m):
         gi = G[i, i]
+        Gi, Ei = G[i], E[i]
         for j in range(m):
-            d = (gi + G[j, j]) - (G[i, j] + G[i, j])
+            d = (gi + G[j, j]) - (Gi[j] + Gi[j])
             if d < zero:
                 d = zero
-            K[i, j] = math.exp(d * coef)
-        K[i, i] = 1
-        ksum[i] = _row_sum(K, i, 0, m)
+            Ei[j] = d * coef
+        Ei[i] = zero
+
+
+@njit(**_JIT)
+def label_kernel_cosine(labels, off, Ky):
+    """Ky_ij = 1 if labels_i = labels_j else ``off`` (Eq. 35)."""
+    m = labels.shape[0]
+    for i in prange(m):
+        li, Ki = labels[i], Ky[i]
+        for j in range(m):
+            if labels[j] == li:
+                Ki[j] = 1
+            else:
+                Ki[j] = off
 
 
 @njit(**_JIT)
 def row_sums2(K, Ky, out):
-    """out[i] = (Σ_j K_ij, Σ_j Ky_ij) in float64, out (m, 2)."""
-    m = K.shape[0]
+    """out[i] = (Σ_j K_ij, Σ_j Ky_ij) in float64; out (m, 2)."""
+    m, n = K.shape
     for i in prange(m):
-        out[i, 0] = _row_sum(K, i, 0, m)
-        out[i, 1] = _row_sum(Ky, i, 0, m)
+        out[i, 0] = _row_sum64(K[i], n)
+        out[i, 1] = _row_sum64(Ky[i], n)
 
 
 @njit(**_JIT)
 def gaussian_weights(K, Ky, kbar, kybar, gamma, m2, A):
     """A_ij = (2 (K_ij - K̄) - γ (Ky_ij - Ky̅)) / m² · K_ij (Eq. 12b times σ²)."""
-    m = K.shape[0]
+    m, n = K.shape
     for i in prange(m):
-        for j in range(m):
-            kc = K[i, j] - kbar
-            A[i, j] = ((kc + kc) - gamma * (Ky[i, j] - kybar)) / m2 * K[i, j]
+        Ki, Yi, Ai = K[i], Ky[i], A[i]
+        for j in range(n):
+            kc = Ki[j] - kbar
+            Ai[j] = ((kc + kc) - gamma * (Yi[j] - kybar)) / m2 * Ki[j]
 
 
 @njit(**_JIT)
 def laplacian_finish(A, v, av, rs):
-    """av <- diag(A·1) v - av in place, with av = A v from BLAS; rs (m,) gets A·1."""
+    """av <- diag(A·1) v - av in place, where av = A v came from BLAS; rs (m,) gets A·1."""
     m, d = v.shape
     for i in prange(m):
-        rs[i] = _row_sum(A, i, 0, A.shape[1])
+        rs[i] = _row_sum64(A[i], A.shape[1])
         r = rs[i]
+        vi, oi = v[i], av[i]
         for k in range(d):
-            av[i, k] = r * v[i, k] - av[i, k]
+            oi[k] = r * vi[k] - oi[k]
 
 
 @njit(**_JIT)
@@ -186,30 +231,31 @@ def post_plain(neg_dz, fp, scale, post):
     """post = (scale · (-dL/dz)) ⊙ f'(a) (Eq. 41)."""
     m, n = neg_dz.shape
     for i in prange(m):
+        di, fi, pi = neg_dz[i], fp[i], post[i]
         for j in range(n):
-            post[i, j] = (scale * neg_dz[i, j]) * fp[i, j]
+            pi[j] = (scale * di[j]) * fi[j]
 
 
 @njit(**_JIT)
-def post_grouped(neg_dv, zhat, u, fp, p, scale, k2, coef, post):
+def post_grouped(neg_dv, zhat, up, fp, scale, k2, cd, coef, post):
     """Grouped post-synaptic term (Eq. 43-44, 47-48) in one pass per sample::
 
         post_αn = k2 · (s dv_α - mean_β s dv_β) / u_α^p · ẑ_αn · f'_αn
 
-    with s = ``scale``, dv = -dL/dv, k2 = 2(1-p)/g; ``coef`` (m, c) is scratch.
+    with s = ``scale``, dv = -dL/dv, up = u^p, k2 = 2(1-p)/g, ``cd`` = c in the dtype;
+    ``coef`` (m, c) is scratch.
     """
     m, n = zhat.shape
-    c = u.shape[1]
+    c = up.shape[1]
     g = n // c
     for i in prange(m):
-        tot = 0.0
+        ci = coef[i]
         for al in range(c):
-            coef[i, al] = scale * neg_dv[i, al]
-            tot += coef[i, al]
-        mean = tot / c
+            ci[al] = scale * neg_dv[i, al]
+        mean = _sum8(ci, 0, c) / cd
+        hi, fi, pi = zhat[i], fp[i], post[i]
         for al in range(c):
-            coef[i, al] = k2 * (coef[i, al] - mean) / u[i, al] ** p
-            cf = coef[i, al]
+            cf = k2 * (ci[al] - mean) / up[i, al]
             j0 = al * g
             for k in range(g):
-                post[i, j0 + k] = zhat[i, j0 + k] * cf * fp[i, j0 + k]
+                pi[j0 + k] = hi[j0 + k] * cf * fi[j0 + k]

@@ -1,18 +1,26 @@
 """The Numba backend: the fast CPU path, tested against the numpy reference.
 
 Same primitives as :class:`~threefactor.backends.numpy.NumpyBackend`; each is
-BLAS GEMMs (numpy ``@``) plus at most one fused, parallel Numba pass over its
-arrays (:mod:`._numba_kernels`), never an (m, m, n) intermediate.  float32 in
-gives float32 work and results, float64 gives float64.
+BLAS GEMMs (numpy ``@``) plus one fused Numba pass over its arrays
+(:mod:`._numba_kernels`), never an (m, m, n) intermediate.  float32 in gives
+float32 work and results, float64 gives float64.
 
-The non-Gaussian kernels (cosine, linear) and the label kernel use the
+The cosine and linear kernels and the centred-linear label kernel use the
 inherited numpy code: their cost is the GEMMs numpy already hands to BLAS.
+
+Threads: the kernels are compiled with ``parallel=True`` (``prange`` over
+samples), but a pass over fewer than :attr:`NumbaBackend.parallel_min_size`
+elements runs on the calling thread only.  At the sizes of a mini-batch the
+passes take tens of microseconds, less than waking a second thread costs, and
+on a machine whose cores are shared (or busy with OpenBLAS's own threads)
+waiting for a worker thread can cost milliseconds.
 
 Shapes: x (m, n_in), w (n_out, n_in), z / a / fp (m, n_out), u / v (m, c),
 K / A / Ky (m, m).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from . import _numba_kernels as _k
@@ -23,17 +31,16 @@ from .numpy import NumpyBackend
 _ACTIVATION_CODE = {"linear": _k.LINEAR, "relu": _k.RELU, "lrelu": _k.LRELU, "selu": _k.SELU}
 
 
-def _float_array(a, name):
-    """``a`` as a C-contiguous float32/float64 array (others become float64)."""
+def _float_array(a):
+    """``a`` as a C-contiguous float32 or float64 array (other numbers become float64)."""
     a = np.asarray(a)
-    if a.dtype not in (np.float32, np.float64):
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if a.dtype != np.float32 and a.dtype != np.float64:
         a = a.astype(np.float64)
     return np.ascontiguousarray(a)
 
 
-def _same_dtype(dtype, *arrays):
+def _like(dtype, *arrays):
+    """The arrays as C-contiguous arrays of ``dtype`` (no copy when they already are)."""
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
 
 
@@ -43,90 +50,120 @@ class NumbaBackend(NumpyBackend):
     name = "numba"
     xp = np
 
+    #: Passes over fewer elements than this run on one thread (see the module docstring).
+    parallel_min_size = 1 << 22
+
+    def _run(self, kernel, size, *args):
+        """Call ``kernel(*args)``, on one thread when its pass covers < parallel_min_size elements."""
+        if size >= self.parallel_min_size:
+            return kernel(*args)
+        threads = numba.get_num_threads()
+        if threads == 1:
+            return kernel(*args)
+        numba.set_num_threads(1)
+        try:
+            return kernel(*args)
+        finally:
+            numba.set_num_threads(threads)
+
     # -- primitives -----------------------------------------------------
     def forward(self, x, w, activation, slope):
         """a = x wᵀ (one GEMM), then z = f(a) and f'(a) in one fused pass.  Returns (a, z, fp)."""
         code = _ACTIVATION_CODE.get(activation)
         if code is None:
             raise choice_error("activation", activation, ACTIVATIONS)
-        a = _float_array(self.matmul(x, w.T), "a")
+        a = _float_array(self.matmul(x, w.T))
         t = a.dtype.type
         z = np.empty_like(a)
         fp = np.empty_like(a)
-        _k.activate(a, code, t(slope), t(SELU_SCALE), t(SELU_SCALE * SELU_ALPHA), z, fp)
+        e = a                                       # exp(min(a, 0)) is read by SELU only
+        if code == _k.SELU:
+            e = np.minimum(a, 0)
+            np.exp(e, out=e)
+        self._run(_k.activate, a.size, a, code, t(slope), t(SELU_SCALE), t(SELU_SCALE * SELU_ALPHA),
+                  e, z, fp)
         return a, z, fp
 
     def group_stats(self, z, groups, p, delta):
-        """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18 in one pass per sample."""
-        z = _float_array(z, "z")
+        """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18: one fused pass for ẑ and u."""
+        z = _float_array(z)
         m, n = z.shape
         if groups < 1 or n % groups:
             raise ValueError(f"groups={groups} does not divide the layer width n_out={n}")
         t = z.dtype.type
         zhat = np.empty_like(z)
         u = np.empty((m, groups), dtype=z.dtype)
-        v = np.empty((m, groups), dtype=z.dtype)
-        _k.group_stats(z, t(delta), t(1 - p), zhat, u, v)
-        return zhat, u, v
+        self._run(_k.group_centre, z.size, z, t(delta), t(n // groups), zhat, u)
+        s = u ** t(1 - p)                           # (m, c): numpy's vectorised pow
+        return zhat, u, s - s.mean(axis=1, keepdims=True)
 
     def divisive_norm(self, zhat, u, p):
         """r = ẑ / u^p (Eq. 21), one fused pass."""
-        zhat = _float_array(zhat, "zhat")
-        (u,) = _same_dtype(zhat.dtype, u)
+        zhat = _float_array(zhat)
+        (u,) = _like(zhat.dtype, u)
         r = np.empty_like(zhat)
-        _k.divisive_norm(zhat, u, zhat.dtype.type(p), r)
+        self._run(_k.divide_groups, zhat.size, zhat, u ** zhat.dtype.type(p), r)
         return r
 
     def gaussian_kernel(self, v, sigma):
-        """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26): the GEMM v vᵀ, then one fused pass."""
-        v = _float_array(v, "v")
+        """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26): the GEMM v vᵀ, one fused pass, one exp."""
+        v = _float_array(v)
         G = v @ v.T
-        m = v.shape[0]
-        K = np.empty((m, m), dtype=v.dtype)
-        ksum = np.empty(m, dtype=np.float64)
-        _k.gaussian_from_gram(G, v.dtype.type(-0.5 / sigma ** 2), K, ksum)
-        return K
+        K = np.empty_like(G)
+        self._run(_k.gaussian_exponent, G.size, G, v.dtype.type(-0.5 / sigma ** 2), K)
+        return np.exp(K, out=K)
+
+    def label_kernel(self, labels, n_classes, kind, dtype):
+        """Centred label kernel (Eq. 35 / 36) from integer labels; Eq. 35 in one pass."""
+        if kind != "cosine":
+            return super().label_kernel(labels, n_classes, kind, dtype)
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        dtype = np.dtype(dtype)
+        m = labels.shape[0]
+        Ky = np.empty((m, m), dtype=dtype)
+        self._run(_k.label_kernel_cosine, Ky.size, labels, dtype.type(-1.0 / (n_classes - 1)), Ky)
+        return Ky
 
     def gaussian_weights(self, K, Ky, gamma):
         """A = (2 k̊z - γ k̊y) ⊙ K / m² (Eq. 12b times σ²): one reduction pass, one fused pass."""
-        K = _float_array(K, "K")
-        (Ky,) = _same_dtype(K.dtype, Ky)
-        m = K.shape[0]
+        K = _float_array(K)
+        (Ky,) = _like(K.dtype, Ky)
         m2 = K.shape[0] * K.shape[1]
-        sums = np.empty((m, 2), dtype=np.float64)
-        _k.row_sums2(K, Ky, sums)
+        sums = np.empty((K.shape[0], 2), dtype=np.float64)
+        self._run(_k.row_sums2, m2, K, Ky, sums)
         kbar, kybar = sums.sum(axis=0) / m2
         t = K.dtype.type
         A = np.empty_like(K)
-        _k.gaussian_weights(K, Ky, t(kbar), t(kybar), t(gamma), t(m2), A)
+        self._run(_k.gaussian_weights, m2, K, Ky, t(kbar), t(kybar), t(gamma), t(m2), A)
         return A
 
     def laplacian(self, A, v):
         """L_A v = diag(A·1) v - A v: one GEMM (m, m) × (m, d), then one fused pass."""
-        v = _float_array(v, "v")
-        (A,) = _same_dtype(v.dtype, A)
+        v = _float_array(v)
+        (A,) = _like(v.dtype, A)
         av = np.ascontiguousarray(self.matmul(A, v))
         rs = np.empty(A.shape[0], dtype=v.dtype)
-        _k.laplacian_finish(A, v, av, rs)
+        self._run(_k.laplacian_finish, av.size, A, v, av, rs)
         return av
 
     def post_plain(self, neg_dz, fp, scale):
         """Post-synaptic term scale · (-dL/dz) ⊙ f'(a) (Eq. 41), one pass."""
-        neg_dz = _float_array(neg_dz, "neg_dz")
-        (fp,) = _same_dtype(neg_dz.dtype, fp)
+        neg_dz = _float_array(neg_dz)
+        (fp,) = _like(neg_dz.dtype, fp)
         post = np.empty_like(neg_dz)
-        _k.post_plain(neg_dz, fp, neg_dz.dtype.type(scale), post)
+        self._run(_k.post_plain, post.size, neg_dz, fp, neg_dz.dtype.type(scale), post)
         return post
 
     def post_grouped(self, neg_dv, zhat, u, fp, p, scale):
         """Post-synaptic term of the grouped rule (Eq. 47-48), one fused pass:
         scale · 2(1-p)/g · (-dv_α + mean_α dv) · ẑ_αn / u_α^p · f'_n."""
-        zhat = _float_array(zhat, "zhat")
-        neg_dv, u, fp = _same_dtype(zhat.dtype, neg_dv, u, fp)
+        zhat = _float_array(zhat)
+        neg_dv, u, fp = _like(zhat.dtype, neg_dv, u, fp)
         m, n = zhat.shape
         c = u.shape[1]
         t = zhat.dtype.type
         coef = np.empty((m, c), dtype=zhat.dtype)
         post = np.empty_like(zhat)
-        _k.post_grouped(neg_dv, zhat, u, fp, t(p), t(scale), t(2.0 * (1 - p) / (n // c)), coef, post)
+        self._run(_k.post_grouped, post.size, neg_dv, zhat, u ** t(p), fp, t(scale),
+                  t(2.0 * (1 - p) / (n // c)), t(c), coef, post)
         return post
