@@ -382,3 +382,9 @@ def test_convnet_local_rule_learns(backend):
     assert all(not np.allclose(layer.w, w) for layer, w in zip(net.hidden, w0))
     assert after > max(0.85, before + 0.4), (before, after)
     assert L1 < L0 - 5e-4, (L0, L1)
+
+
+def test_check_conv_rule_passes_and_names_variants():
+    results = conv_rule.check_conv_rule(Rule(groups=3, p=0.2), "max", backends=("numpy",))
+    assert len(results) == 1 and results[0].passed and results[0].max_rel_error < 1e-12
+    assert results[0].variant == "conv/gaussian/grp(p=0.2)/lrelu/pool=max"

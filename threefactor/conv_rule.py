@@ -255,3 +255,36 @@ def naive_update(x, w, labels, n_classes, rule, padding=1, pool=None):
                 else:
                     dw[o] += M[n // g, i, j] * (h[i, n] * patch[i] - h[j, n] * patch[j])
     return dw
+
+
+# -- gradcheck of conv variants (for threefactor.check) --------------------------------
+
+def check_conv_rule(rule, pool=None, *, backends=("numpy",), dtype=np.float64, m=4, c_in=2, hw=4,
+                    c_out=6, kernel_size=3, padding=1, n_classes=3, seed=0, name=None):
+    """Compare a conv layer's ``local_update`` with complex-step -dL/dW of :func:`naive_objective`.
+
+    Returns a list of :class:`threefactor.check.CheckResult` (method "complex"),
+    one per backend; ΔW is compared as (C_out, C_in·kh·kw), so the worst synapse
+    is (output channel, flattened (c, dy, dx)).  Tolerances are the checker's.
+    """
+    from .check import TOLERANCES, CheckResult, complex_step_gradient, relative_error
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(m) % n_classes)
+    x = rng.normal(size=(m, c_in, hw, hw)).astype(dtype)
+    w = (rng.normal(size=(c_out, c_in, kernel_size, kernel_size)) / np.sqrt(c_in * kernel_size ** 2)).astype(dtype)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ref = complex_step_gradient(
+        lambda v: naive_objective(x64, v, labels, n_classes, rule, padding, pool), w64).reshape(c_out, -1)
+    dt = np.dtype(dtype).name
+    tol = TOLERANCES[dt]["complex"]
+    name = name or f"conv/{rule.kernel_name}/{'plain' if rule.groups is None else f'grp(p={rule.p:g})'}/" \
+                   f"{rule.activation}/pool={pool}"
+    results = []
+    for b in backends:
+        be, xb, wb, lab, n, to_user = prepare_conv(x, w, labels, b, n_classes, padding, pool, rule.groups)
+        dw = np.asarray(to_user(conv_layer_pass(rule, xb, wb, lab, n, be, padding, pool).update()))
+        dw = dw.reshape(c_out, -1)
+        err, (i, k) = relative_error(dw, ref)
+        results.append(CheckResult(name, b, "complex", dt, err, (i, k), float(dw[i, k]), float(ref[i, k]),
+                                   bool(err <= tol), tol))
+    return results
