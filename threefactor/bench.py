@@ -273,6 +273,14 @@ def profile_update(be, rule, x, w, y, divisive, repeats=5):
     return out
 
 
+def _loadavg():
+    """1-minute load average (a noisy, shared machine shows here), or None."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def time_all(fns, device, timing):
     """Medians of every callable: interleaved rounds on the CPU, one by one on the GPU."""
     if device == "cpu":
@@ -285,6 +293,7 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
                profile=False):
     """One record of the suite (the keys are documented in the module docstring)."""
     timing = timing or {}
+    load = _loadavg()
     be = get_backend(backend)
     rule, divisive = VARIANTS[rule_name]
     rule.check_width(n_out)
@@ -320,7 +329,7 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
            "ratio_floor": med["ours"] / gemm["floor_s"],
            "ratio_floor_with_kernel": med["ours"] / gemm["floor_with_kernel_s"],
            "autograd_s": med.get("autograd"), "autograd_floor_s": med.get("torch_gemm"),
-           "autograd_peak_mem_bytes": None,
+           "autograd_peak_mem_bytes": None, "loadavg_before": load, "loadavg_after": _loadavg(),
            "speedup_vs_autograd": med["autograd"] / med["ours"] if "autograd" in med else None}
     if ag is not None and dev == "cupy":
         rec["autograd_peak_mem_bytes"] = peak_memory(ag[0], "cuda")[0]
@@ -355,7 +364,7 @@ def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, a
 # -- output -------------------------------------------------------------------------
 HEADER = (f"{'backend':7} {'dtype':7} {'rule':14} {'m':>5} {'n_in x n_out':>12} {'ours ms':>9} "
           f"{'public':>9} {'floor':>9} {'/floor':>6} {'autograd':>9} {'speedup':>7} {'Gsyn/s':>7} "
-          f"{'MiB':>7}")
+          f"{'MiB':>7} {'load':>5}")
 
 
 def _ms(s):
@@ -369,7 +378,7 @@ def format_row(r):
     return (f"{r['backend']:7} {r['dtype']:7} {r['rule']:14} {r['m']:5d} "
             f"{str(r['n_in']) + 'x' + str(r['n_out']):>12} {_ms(r['update_s'])} {_ms(r['public_s'])} "
             f"{_ms(r['gemm']['floor_s'])} {r['ratio_floor']:6.2f} {_ms(r['autograd_s'])} {sp} "
-            f"{r['synapses_per_s'] / 1e9:7.2f} {mem}")
+            f"{r['synapses_per_s'] / 1e9:7.2f} {mem} {r['loadavg_before'] or 0:5.1f}")
 
 
 def default_json_path(kind="update"):
