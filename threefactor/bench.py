@@ -41,7 +41,6 @@ import gc
 import json
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import time
