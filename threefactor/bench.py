@@ -20,6 +20,9 @@ variant, one run measures, on the same arrays:
     ``torch.set_num_threads`` = the BLAS thread count; ``speedup_vs_autograd``
     = autograd_s / update_s.  ``autograd_floor_s``: torch's own forward + update
     GEMMs (torch's BLAS may differ from numpy's), for context.
+``update_graph_s``
+    GPU only: the same update captured once into a CUDA graph and replayed
+    (no Python launch overhead); a string saying why when capture failed.
 ``synapses_per_s``
     n_out·n_in / update_s: weight changes ΔW_nm delivered per second (each one
     a sum over the m samples of the batch).
@@ -272,6 +275,28 @@ def profile_update(be, rule, x, w, y, divisive, repeats=5):
     return out
 
 
+def cuda_graph_call(fn):
+    """``fn`` captured once into a CUDA graph (CuPy stream capture); a callable replaying it.
+
+    Shows what the update costs without Python's per-kernel launch overhead.
+    Warm-up runs on the capture stream first, so the memory pool needs no new
+    allocation while capturing.
+    """
+    import cupy
+
+    stream = cupy.cuda.Stream(non_blocking=False)
+    with stream:
+        fn()
+        fn()
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            fn()
+        finally:
+            graph = stream.end_capture()
+    return graph.launch
+
+
 def _loadavg():
     """1-minute load average (a noisy, shared machine shows here), or None."""
     try:
@@ -332,6 +357,12 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
            "speedup_vs_autograd": med["autograd"] / med["ours"] if "autograd" in med else None}
     if ag is not None and dev == "cupy":
         rec["autograd_peak_mem_bytes"] = peak_memory(ag[0], "cuda")[0]
+    rec["update_graph_s"] = None
+    if dev == "cupy":
+        try:
+            rec["update_graph_s"] = time_call(cuda_graph_call(ours), dev, **timing)["median_s"]
+        except Exception as exc:  # capture is best effort: record why it failed
+            rec["update_graph_s"] = f"capture failed: {type(exc).__name__}: {exc}"[:200]
     if profile:
         rec["profile_s"] = profile_update(be, rule, x, w, y, divisive)
     return rec
