@@ -345,3 +345,24 @@ def test_make_online_mlp_learns():
     prev = layer.online.activity
     out, dw, _ = layer.local_forward(x[:5], y[:5], 4, get_backend("numpy"))
     assert out.shape == (5, 32) and not dw.any() and layer.online.activity is prev
+
+
+def test_record_plot_and_example_script(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    x, w, y = _problem(9, m=12, n_out=6)
+    layer = OnlineLayer(w, tf.Rule(groups=3, **RULE), streams=2, n_classes=3, record=True)
+    for t in range(0, 12, 2):
+        layer.step(x[t:t + 2], y[t:t + 2])
+    d = layer.record.to_dict()
+    assert d["factor"].shape == (5, 2, 3) and np.allclose(d["factor"], d["M"][:, :, None] * d["group"])
+    layer.record.plot(stream=1, path=tmp_path / "record.png")
+    assert (tmp_path / "record.png").stat().st_size > 1000
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "online_circuit.py"
+    spec = importlib.util.spec_from_file_location("online_circuit", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--stimuli", "2", "--out", str(tmp_path / "circuit.png")]) == 0
+    assert (tmp_path / "circuit.png").stat().st_size > 10000

@@ -66,9 +66,6 @@ class CircuitRecord:
 
         Returns the figure; saves it to ``path`` if given.
         """
-        import matplotlib
-        if axes is None:
-            matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
         d = self.to_dict()
         n = 4 if "factor" in d else 3
