@@ -183,11 +183,6 @@ def centred_factor(trule: TwoPointRule, dv, b1, k, b2, b3) -> Circuit:
     return Circuit(b1, b2, b3, M, dv if trule.rule.grouped else None)
 
 
-def circuit(trule: TwoPointRule, now: Activity, prev: Activity, same, b3, xp=np) -> Circuit:
-    """The circuit of a step given the centring b3 (scalar or (B,)) (Eq. 59-62, 64-66)."""
-    return centred_factor(trule, *circuit_b2(trule, now, prev, same, xp), b3)
-
-
 class TwoPointUpdate(NamedTuple):
     """ΔW of a step as R = 2B rank-one terms: ΔW = postᵀ pre, never formed unless asked.
 
@@ -237,9 +232,8 @@ def two_point_update(x_now, x_prev, w, labels_now, labels_prev, trule: TwoPointR
     now = layer_activity(trule, x_now, w, be)
     prev = layer_activity(trule, x_prev, w, be)
     same = xp.asarray(labels_now) == xp.asarray(labels_prev)
-    if b3 is None:
-        b3 = circuit_b2(trule, now, prev, same, xp)[3].mean()
-    circ = circuit(trule, now, prev, same, b3, xp)
+    parts = circuit_b2(trule, now, prev, same, xp)
+    circ = centred_factor(trule, *parts, parts[3].mean() if b3 is None else b3)
     post = two_point_post(trule, circ, now, prev, trule.update_scale(w.shape[0]) / x_now.shape[0], xp)
     return TwoPointUpdate(post, xp.concatenate([now.x, prev.x], axis=0)).dense()
 
@@ -261,9 +255,12 @@ def apply_update(w, update: TwoPointUpdate, lr, fused=True):
         return w
     if not w.flags.c_contiguous:
         raise ValueError("w must be C-contiguous for the in-place update")
+    try:
+        from .backends import _online_kernels as kern
+    except ImportError:                                # no Numba: the reference
+        return apply_update(w, update, lr, fused=False)
     ut = np.ascontiguousarray((lr * update.post).T, dtype=w.dtype)
     pre = np.ascontiguousarray(update.pre, dtype=w.dtype)
-    from .backends import _online_kernels as kern
     if ut.shape[1] >= kern.BLAS_FROM:
         from scipy.linalg import blas
         gemm = blas.sgemm if w.dtype == np.float32 else blas.dgemm
