@@ -40,7 +40,7 @@ echo "== GPU tests"
 timeout 240 "$PY" -m pytest -q -m gpu -rs tests/ 2>&1 | tee "$OUT/test_gpu.log" || status=1
 
 echo "== layer update (cupy, float32)"
-timeout 210 "$PY" -m threefactor bench --backend cupy --budget 0.4 \
+timeout 210 "$PY" -m threefactor bench --backend cupy --budget 0.4 --profile \
   --json "$OUT/bench_update_gpu.json" 2>&1 | tee "$OUT/bench_update_gpu.log" || status=1
 
 echo "== MLP training step (cupy, float32)"
