@@ -224,3 +224,15 @@ def test_adamw_matches_torch():
         topt.step()
         opt.step([g])
     np.testing.assert_allclose(w, tw.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule,grouping", [("gaussian", "grp+div"), ("cossim", "grp"), ("backprop", "grp+div")])
+def test_numba_backend_trains_like_numpy(data_root, tmp_path, rule, grouping):
+    pytest.importorskip("numba")
+    cfg = _config(data_root, rule, grouping, epochs=2, backend="numba")
+    a = train(cfg, tmp_path / "a", progress=False, log=_quiet).load_checkpoint()[0]
+    b = train(cfg, tmp_path / "b", progress=False, log=_quiet).load_checkpoint()[0]
+    c = train(dict(cfg, backend="numpy"), tmp_path / "c", progress=False, log=_quiet).load_checkpoint()[0]
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k                       # deterministic on its backend
+        np.testing.assert_allclose(a[k], c[k], rtol=1e-3, atol=1e-4 * np.abs(c[k]).max(), err_msg=k)

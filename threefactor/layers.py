@@ -95,7 +95,7 @@ class HiddenLayer:
         out, dw, lp = engine.local_step(self.rule, x, self.w, labels, n_classes, backend,
                                         divisive=self.divisive)
         if mask is not None:
-            out = out * mask
+            out *= mask          # in place: ΔW is already computed (out may be lp.z)
         return out, dw, lp
 
     def forward(self, x, backend, mask=None, keep=False):
@@ -112,7 +112,7 @@ class HiddenLayer:
         else:
             out = z
         if mask is not None:
-            out = out * mask
+            out *= mask          # a fresh array of the backend; the cache does not hold it
         if keep:
             return out, HiddenCache(x, fp, zhat, u, mask)
         return out
