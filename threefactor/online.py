@@ -97,7 +97,8 @@ class TwoPointRule:
 
     def label_signal(self, same, dtype=np.float64, xp=np):
         """k(y_t, y_{t-Δt}) of Eq. 35 from a boolean array ``same`` (B,): 1 or -1/(n-1)."""
-        return xp.where(same, 1.0, -1.0 / (self.n_classes - 1)).astype(dtype)
+        off = -1.0 / (self.n_classes - 1)
+        return off + (1.0 - off) * same.astype(dtype)
 
     def update_scale(self, n_out: int) -> float:
         """s: 1 (plain) or 2(1-p)/g (grouped, Eq. 47), the constant of the batch normalisation."""
