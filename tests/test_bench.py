@@ -123,3 +123,10 @@ def test_bench_step_script_runs_tiny(tmp_path, capsys):
     assert r["ratio_floor"] == pytest.approx(r["step_s"] / r["floor_s"])
     if _has_torch():
         assert r["speedup_vs_autograd"] == pytest.approx(r["autograd_s"] / r["step_s"])
+
+
+def test_bad_suite_arguments_are_named():
+    with pytest.raises(ValueError, match="m \\(batch size\\)"):
+        bench.run_suite(["numpy"], [1], [(16, 64)], ["gauss"])
+    with pytest.raises(ValueError, match="shapes: 16x40 .*groups=32"):
+        bench.run_suite(["numpy"], [8], [(16, 40)], ["gauss-grp+div"])

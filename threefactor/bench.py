@@ -371,6 +371,17 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
 def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, autograd=True,
               log=None, profile=False):
     """Every (backend, m, shape, rule) case; returns (records, skipped {backend: reason})."""
+    for m in batches:
+        if m < 2:
+            raise ValueError(f"m (batch size) must be >= 2 (a kernel compares pairs), got {m}")
+    for rule in rules:
+        if rule not in VARIANTS:
+            raise ValueError(f"rules: {rule!r} is not one of: {', '.join(VARIANTS)}")
+        for n_in, n_out in shapes:
+            try:
+                VARIANTS[rule][0].check_width(n_out)
+            except ValueError as exc:
+                raise ValueError(f"shapes: {n_in}x{n_out} does not suit rule {rule!r}: {exc}") from None
     records, skipped = [], {}
     for name in backends:
         try:
