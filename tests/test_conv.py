@@ -395,3 +395,9 @@ def test_check_conv_rule_passes_and_names_variants():
     results = conv_rule.check_conv_rule(Rule(groups=3, p=0.2), "max", backends=("numpy",))
     assert len(results) == 1 and results[0].passed and results[0].max_rel_error < 1e-12
     assert results[0].variant == "conv/gaussian/grp(p=0.2)/lrelu/pool=max"
+
+
+def test_conv_variants_cover_the_matrix():
+    names = [name for name, _, _ in conv_rule.conv_variants()]
+    assert len(names) == len(set(names)) == 18
+    assert "conv/cosine/grp+div/selu/pool=max" in names

@@ -259,6 +259,25 @@ def naive_update(x, w, labels, n_classes, rule, padding=1, pool=None):
 
 # -- gradcheck of conv variants (for threefactor.check) --------------------------------
 
+def conv_variants(kernels=("gaussian", "cosine", "linear"), groupings=("plain", "grp", "grp+div"),
+                  activations=("selu",), pools=conv.POOLS, groups=3):
+    """(name, Rule, pool) of the conv check matrix: kernel × grouping × activation × pooling.
+
+    grp uses p = 0.5 and grp+div p = 0.2 (App. D.4); ``groups`` must divide the
+    checked layer's C_out (6 by default in :func:`check_conv_rule`).
+    """
+    params = {"plain": (None, 0.2), "grp": (groups, 0.5), "grp+div": (groups, 0.2)}
+    for kern in kernels:
+        for grouping in groupings:
+            if grouping not in params:
+                raise choice_error("grouping", grouping, tuple(params))
+            for act in activations:
+                for pool in pools:
+                    g, p = params[grouping]
+                    rule = Rule(kernel=kern, activation=act, groups=g, p=p)
+                    yield f"conv/{kern}/{grouping}/{act}/pool={pool}", rule, pool
+
+
 def check_conv_rule(rule, pool=None, *, backends=("numpy",), dtype=np.float64, m=4, c_in=2, hw=4,
                     c_out=6, kernel_size=3, padding=1, n_classes=3, seed=0, name=None):
     """Compare a conv layer's ``local_update`` with complex-step -dL/dW of :func:`naive_objective`.
