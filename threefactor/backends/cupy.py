@@ -138,7 +138,7 @@ __global__ void row_centre(const T* a, const T* b, T* out, const int c, const T 
 }
 """
 _ROWS = _Lazy(lambda: cupy.RawModule(
-    code=_ROW_SOURCE, options=("-std=c++14",),
+    code=_ROW_SOURCE,
     name_expressions=[f"{k}<{t}>" for k in ("group_stats", "row_centre") for t in ("float", "double")]))
 
 _DIVISIVE = _Lazy(lambda: cupy.ElementwiseKernel(
