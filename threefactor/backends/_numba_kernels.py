@@ -195,15 +195,6 @@ def label_kernel_cosine(labels, off, Ky):
 
 
 @njit(**_JIT)
-def row_sums2(K, Ky, out):
-    """out[i] = (Σ_j K_ij, Σ_j Ky_ij) in float64; out (m, 2)."""
-    m, n = K.shape
-    for i in prange(m):
-        out[i, 0] = _row_sum64(K[i], n)
-        out[i, 1] = _row_sum64(Ky[i], n)
-
-
-@njit(**_JIT)
 def gaussian_weights(K, Ky, kbar, kybar, gamma, m2, A):
     """A_ij = (2 (K_ij - K̄) - γ (Ky_ij - Ky̅)) / m² · K_ij (Eq. 12b times σ²)."""
     m, n = K.shape
