@@ -366,3 +366,20 @@ def test_record_plot_and_example_script(tmp_path):
     spec.loader.exec_module(module)
     assert module.main(["--stimuli", "2", "--out", str(tmp_path / "circuit.png")]) == 0
     assert (tmp_path / "circuit.png").stat().st_size > 10000
+
+
+def test_state_round_trip_continues_identically():
+    x, w, y = _problem(10, m=12)
+    a = OnlineLayer(w.copy(), tf.Rule(groups=3, **RULE), streams=3, n_classes=3, beta=0.3)
+    assert a.state() == {}
+    a.learn(x[:3], y[:3], 0.1)
+    a.learn(x[3:6], y[3:6], 0.1)
+    b = OnlineLayer(a.w.copy(), tf.Rule(groups=3, **RULE), streams=3, n_classes=3, beta=0.3)
+    b.load_state({k: np.array(v) for k, v in a.state().items()})
+    for layer in (a, b):
+        layer.learn(x[6:9], y[6:9], 0.1)
+        layer.learn(x[9:], y[9:], 0.1)
+    np.testing.assert_array_equal(a.w, b.w)
+    assert b.t == a.t == 4
+    with pytest.raises(ValueError, match="state holds 3 streams"):
+        OnlineLayer(w, tf.Rule(groups=3, **RULE), streams=2, n_classes=3).load_state(a.state())

@@ -21,7 +21,7 @@ import numpy as np
 
 from .backends import get_backend
 from .layers import HiddenLayer
-from .online import (TwoPointRule, TwoPointUpdate, apply_update, centred_factor, circuit_b2,
+from .online import (Activity, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, circuit_b2,
                      layer_activity, two_point_post)
 from .rules import Rule
 
@@ -146,6 +146,35 @@ class OnlineLayer:
         self._prev_labels = None
         self.b3 = None
         self.t = 0
+
+    def state(self):
+        """The streams' state as host arrays (for checkpoints): {} before the first step.
+
+        Keys: t; b3 (scalar or (B,)); labels (B,); and the previous activity
+        ``prev.x`` (B, n_in), ``prev.z``, ``prev.h``, ``prev.out`` (B, n_out), ``prev.v`` (B, d).
+        """
+        if self._prev is None:
+            return {}
+        to_np = self.backend.to_numpy
+        out = {"t": np.asarray(self.t), "b3": np.asarray(to_np(self.b3)), "labels": to_np(self._prev_labels)}
+        out.update({f"prev.{k}": to_np(v) for k, v in self._prev._asdict().items()})
+        return out
+
+    def load_state(self, state):
+        """Restore what :meth:`state` returned (an empty dict resets the streams)."""
+        self.reset()
+        if not state:
+            return
+        be = self.backend
+        self._prev = Activity(**{k: be.asarray(np.asarray(state[f"prev.{k}"]), dtype=self.w.dtype)
+                                 for k in Activity._fields})
+        if self._prev.x.shape != (self.streams, self.w.shape[1]):
+            raise ValueError(f"state holds {self._prev.x.shape[0]} streams of {self._prev.x.shape[1]} inputs, "
+                             f"the layer has {self.streams} of {self.w.shape[1]}")
+        self._prev_labels = be.asarray(np.asarray(state["labels"]), dtype=np.int64)
+        b3 = np.asarray(state["b3"])
+        self.b3 = b3.astype(self.w.dtype)[()] if b3.ndim == 0 else be.asarray(b3, dtype=self.w.dtype)
+        self.t = int(state["t"])
 
     # -- input checks ---------------------------------------------------
     def _input(self, x):
