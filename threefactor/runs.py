@@ -10,7 +10,9 @@ Layout of a run directory::
 
 ``metrics.jsonl`` keys are a contract: ``epoch`` (1-based int), ``train_loss``,
 ``train_accuracy`` and ``test_accuracy`` (percent), ``seconds`` (training time
-of that epoch), ``samples_per_s``, ``lr_out``, ``lr_local`` and, for local
+of that epoch, wall clock), ``samples_per_s``, ``cpu_seconds`` (process CPU time
+of that epoch's training, all threads: on a shared machine it shows how much of
+``seconds`` was ours), ``lr_out``, ``lr_local`` and, for local
 rules, ``local_objective`` (a list, one mean L_k per hidden layer) plus
 ``local_objective_1`` ... ``local_objective_K``.
 

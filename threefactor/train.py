@@ -222,7 +222,7 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
         bar = tqdm(total=n, unit="sample", unit_scale=True, leave=False, disable=not progress,
                    desc=f"epoch {epoch}/{cfg['epochs']}")
         backend.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for b, s in enumerate(range(0, n, bs)):
             idx = perm[s:s + bs]
             if not host_index:
@@ -237,12 +237,12 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
             if progress and b % 20 == 0:
                 bar.set_postfix(loss=f"{float(stats.loss):.4f}", refresh=False)
         backend.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         bar.close()
         test_correct, _ = net.evaluate(Xt, Yt, cfg["eval_batch_size"])
         record = dict(epoch=epoch, train_loss=float(loss_sum) / n, train_accuracy=100.0 * int(correct) / n,
                       test_accuracy=100.0 * test_correct / len(y_te), seconds=seconds,
-                      samples_per_s=n / seconds, lr_out=lr_out, lr_local=lr_local)
+                      samples_per_s=n / seconds, cpu_seconds=cpu_seconds, lr_out=lr_out, lr_local=lr_local)
         if net.learning == "local":
             objs = [float(o) / n for o in obj_sums]
             record["local_objective"] = objs
