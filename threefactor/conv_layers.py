@@ -180,7 +180,7 @@ class ConvLayer:
         """Forward pass without the objective; ``keep=True`` also returns a :class:`ConvCache`."""
         rule = self.rule
         cols, _, z, fp, idx, conv_shape = conv_rule.activity(rule, x, self.w, self.padding, self.pool,
-                                                             backend)
+                                                             backend, derivatives=keep)
         zhat = u = None
         out = z
         if self.divisive:

@@ -70,11 +70,12 @@ class ConvPass:
         return self.lp.output(divisive).reshape(self.out_shape)
 
 
-def activity(rule: Rule, x, w, padding: int, pool, backend):
+def activity(rule: Rule, x, w, padding: int, pool, backend, derivatives=True):
     """Forward half: (cols, a_win, z, f'(a_win), idx, conv_shape) with z = pool(f(conv(x, w))).
 
     a_win, z, fp : (m, C_out, H', W'); idx : (m, H', W', C_out) pool winners or None;
     conv_shape : (m, C_out, Ho, Wo).  Pooling happens channel-last, where the GEMM wrote.
+    With ``derivatives=False`` (inference) a_win and fp are None.
     """
     xp = backend.xp
     m, _, h, wd = x.shape
@@ -84,10 +85,11 @@ def activity(rule: Rule, x, w, padding: int, pool, backend):
     a, z, fp = backend.forward(cols, conv.weights_to_cols(w, xp), rule.activation, rule.slope)
     a, z, fp = (t.reshape(m, ho, wo, c_out) for t in (a, z, fp))
     idx = None
+    extra = (a, fp) if derivatives else ()
     if pool == "max":
-        z, idx, (a, fp) = conv.max_pool_rows(z, xp, a, fp)
-    a, z, fp = (conv.rows_to_nchw(t, m, *t.shape[1:3], xp) for t in (a, z, fp))
-    return cols, a, z, fp, idx, (m, c_out, ho, wo)
+        z, idx, extra = conv.max_pool_rows(z, xp, *extra)
+    a, fp = (conv.rows_to_nchw(t, m, *t.shape[1:3], xp) for t in extra) if derivatives else (None, None)
+    return cols, a, conv.rows_to_nchw(z, m, *z.shape[1:3], xp), fp, idx, (m, c_out, ho, wo)
 
 
 def conv_layer_pass(rule: Rule, x, w, labels, n_classes: int, backend, padding: int = 1,
@@ -194,7 +196,7 @@ def layer_output(x, w, rule, divisive=False, padding=1, pool=None, backend="nump
     be, x, w, _, _, to_user = prepare_conv(x, w, None, backend, None, padding, pool, rule.groups)
     c_out, h2, w2 = check_geometry(x.shape, w.shape, padding, pool)
     rule.check_width(c_out * h2 * w2)
-    _, _, z, _, _, _ = activity(rule, x, w, int(padding), pool, be)
+    _, _, z, _, _, _ = activity(rule, x, w, int(padding), pool, be, derivatives=False)
     if not divisive:
         return to_user(z)
     m = z.shape[0]
