@@ -21,7 +21,7 @@ leaky ReLU 0.01, dropout 0.01, SGD with momentum 0.95 and weight decay.
     the GEMMs the step cannot avoid: per layer the forward x wᵀ and the
     weight-gradient postᵀ x (hidden and output layers), timed alone.
 
-samples/s = batch / median step time.  Usage::
+samples/s = batch / median step time; ``fastest`` holds the same from the fastest repeat.  Usage::
 
     python benchmarks/bench_step.py                       # numpy, numba (+ cupy on a GPU)
     python benchmarks/bench_step.py --backend numba --budget 5 --json out.json
@@ -150,13 +150,19 @@ def bench_step(backend, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.fl
                                              "cuda" if dev == "cupy" else "cpu")
         except ImportError:
             pass
-    t = {k: v["median_s"] for k, v in bench.time_all(fns, dev, timing).items()}
+    res = bench.time_all(fns, dev, timing)
+    t = {k: v["median_s"] for k, v in res.items()}
+    low = {k: v["min_s"] for k, v in res.items()}
     rec = {"backend": be.name, "dtype": np.dtype(dtype).name, "m": m, "hidden": list(hidden),
            "groups": groups, "ours": "threefactor.networks.MLP.train_step (local, grp+div)",
            "step_s": t["ours"], "samples_per_s": m / t["ours"], "floor_s": t["floor"],
            "ratio_floor": t["ours"] / t["floor"], "autograd_s": t.get("autograd"),
            "autograd_samples_per_s": m / t["autograd"] if "autograd" in t else None,
-           "speedup_vs_autograd": t["autograd"] / t["ours"] if "autograd" in t else None}
+           "speedup_vs_autograd": t["autograd"] / t["ours"] if "autograd" in t else None,
+           "fastest": {"step_s": low["ours"], "floor_s": low["floor"],
+                       "ratio_floor": low["ours"] / low["floor"], "autograd_s": low.get("autograd"),
+                       "speedup_vs_autograd": low["autograd"] / low["ours"] if "autograd" in low else None},
+           "loadavg": bench._loadavg()}
     return rec
 
 

@@ -11,7 +11,7 @@ from threefactor.machine import blas_threads, machine_info
 RECORD_KEYS = {"backend", "dtype", "rule", "m", "n_in", "n_out", "update_s", "update_iqr_s", "repeats",
                "public_s", "synapses_per_s", "peak_mem_bytes", "mem_method", "gemm", "ratio_floor",
                "ratio_floor_with_kernel", "autograd_s", "autograd_peak_mem_bytes",
-               "speedup_vs_autograd", "autograd_floor_s", "loadavg_before", "update_graph_s",
+               "speedup_vs_autograd", "autograd_floor_s", "loadavg_before", "update_graph_s", "fastest",
                "loadavg_after"}
 GEMM_KEYS = {"forward_s", "update_s", "kernel_s", "floor_s", "floor_with_kernel_s"}
 
