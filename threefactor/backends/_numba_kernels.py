@@ -2,15 +2,17 @@
 
 Each kernel is one pass over the rows of its arrays (``prange`` over samples
 i), writing into output arrays that the caller allocates; GEMMs stay with
-BLAS, and transcendental functions over whole arrays (exp, pow) stay with
-numpy's vectorised loops, which are several times faster than scalar libm
-calls from a loop (the kernels then take exp(·) or u^p as inputs).
+BLAS, and so do short reductions that numpy or BLAS vectorise and a loop
+without ``fastmath`` cannot (the group sums of Eq. 17: a GEMV and an einsum);
+transcendental functions over whole arrays (exp, pow) stay with numpy's
+vectorised loops, several times faster than scalar libm calls from a loop
+(the kernels then take exp(·) or u^p as inputs).
 
 Kernels compute in the dtype of their arrays: every scalar they are given is
 already of that dtype (float32 in, float32 work).  ``fastmath`` is off, so the
-compiler may not reorder sums; short sums use eight interleaved partial sums
-in the array dtype, combined as numpy's pairwise summation combines them, and
-row sums of (m, m) matrices are accumulated in float64.
+compiler may not reorder sums; a short sum uses eight interleaved partial
+sums in the array dtype, combined as numpy's pairwise summation combines
+them, and row sums of (m, m) matrices are accumulated in float64.
 
 Shapes: a / z / fp / zhat / post / r (m, n), u / up / dv (m, c), K / Ky / A / G (m, m).
 """
@@ -43,28 +45,6 @@ def _sum8(a, j0, n):
     t = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
     while k < n:
         t += a[j0 + k]
-        k += 1
-    return t
-
-
-@njit(**_SERIAL)
-def _sumsq8(a, j0, n):
-    """Σ_k a[j0 + k]², k < n, like :func:`_sum8`."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = a[j0] - a[j0]
-    k = 0
-    while k + 8 <= n:
-        s0 += a[j0 + k] * a[j0 + k]
-        s1 += a[j0 + k + 1] * a[j0 + k + 1]
-        s2 += a[j0 + k + 2] * a[j0 + k + 2]
-        s3 += a[j0 + k + 3] * a[j0 + k + 3]
-        s4 += a[j0 + k + 4] * a[j0 + k + 4]
-        s5 += a[j0 + k + 5] * a[j0 + k + 5]
-        s6 += a[j0 + k + 6] * a[j0 + k + 6]
-        s7 += a[j0 + k + 7] * a[j0 + k + 7]
-        k += 8
-    t = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    while k < n:
-        t += a[j0 + k] * a[j0 + k]
         k += 1
     return t
 
@@ -132,22 +112,18 @@ def activate(a, code, slope, scale, alpha_scale, e, z, fp):
 
 
 @njit(**_JIT)
-def group_centre(z, delta, gd, zhat, u):
-    """Eq. 17 per sample and group: ẑ = z - mean_n z and u = (δ + Σ_n ẑ²) / g.
-
-    The number of groups c is ``u.shape[1]``, g = n / c (``gd``: g in z's dtype).
-    """
+def group_centre(z, mu, zhat):
+    """ẑ_αn = z_αn - mu_α: the group-centred activity of Eq. 17 (mu (m, c): group means)."""
     m, n = z.shape
-    c = u.shape[1]
+    c = mu.shape[1]
     g = n // c
     for i in prange(m):
         zi, hi = z[i], zhat[i]
         for al in range(c):
+            mv = mu[i, al]
             j0 = al * g
-            mu = _sum8(zi, j0, g) / gd
             for k in range(g):
-                hi[j0 + k] = zi[j0 + k] - mu
-            u[i, al] = (delta + _sumsq8(hi, j0, g)) / gd
+                hi[j0 + k] = zi[j0 + k] - mv
 
 
 @njit(**_JIT)
