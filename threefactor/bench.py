@@ -92,8 +92,9 @@ def time_call(fn, device="cpu", budget=1.0, min_repeats=5, warmup=2, max_repeats
         from cupyx.profiler import benchmark
 
         res = benchmark(fn, n_repeat=max_repeats, n_warmup=warmup, max_duration=budget)
-        times = list(np.asarray(res.gpu_times)[0])
-        return _summary(times if len(times) >= 1 else list(res.cpu_times))
+        if np.asarray(res.gpu_times).shape[-1] < min_repeats:   # the budget ran out first
+            res = benchmark(fn, n_repeat=min_repeats, n_warmup=0)
+        return _summary(list(np.asarray(res.gpu_times)[0]))
     for _ in range(warmup):
         fn()
     if device == "cuda":
