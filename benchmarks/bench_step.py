@@ -162,7 +162,7 @@ def bench_step(backend, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.fl
            "fastest": {"step_s": low["ours"], "floor_s": low["floor"],
                        "ratio_floor": low["ours"] / low["floor"], "autograd_s": low.get("autograd"),
                        "speedup_vs_autograd": low["autograd"] / low["ours"] if "autograd" in low else None},
-           "loadavg": bench._loadavg()}
+           "loadavg": bench.loadavg()}
     return rec
 
 
