@@ -37,7 +37,7 @@ def time_call(fn, device="cpu", budget=1.0, min_repeats=5, warmup=2, max_repeats
 
     ``device``: "cpu" (perf_counter), "cupy" (cupyx.profiler.benchmark, GPU
     times from CUDA events) or "cuda" (torch, CUDA events around each call).
-    Returns ``{"median_s", "iqr_s", "repeats"}``.
+    Returns ``{"median_s", "iqr_s", "min_s", "repeats"}``.
     """
     if device == "cupy":
         from cupyx.profiler import benchmark
