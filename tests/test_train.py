@@ -183,7 +183,10 @@ def test_presets_cover_table3():
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="real Fashion-MNIST not installed")
 def test_real_fashion_mnist_one_epoch(tmp_path):
-    cfg = resolve_config(epochs=1, subset=5000, batch_size=64, hidden=[256, 256], seed=0, backend="numpy")
+    # cossim (a local rule) is past its start-up within 80 steps (73-75% over seeds 0-2);
+    # Gaussian grp+div is still taking off there (41-68%), see RESULTS.md for its full epochs.
+    cfg = resolve_config(rule="cossim", grouping="plain", epochs=1, subset=5000, batch_size=64,
+                         hidden=[256, 256], seed=0, backend="numpy")
     rd = train(cfg, tmp_path / "fmnist", progress=False, log=_quiet)
     acc = rd.read_metrics()[-1]["test_accuracy"]
     assert acc > 60.0, acc
