@@ -239,3 +239,57 @@ def test_numba_backend_trains_like_numpy(data_root, tmp_path, rule, grouping):
     for k in a:
         assert np.array_equal(a[k], b[k]), k                       # deterministic on its backend
         np.testing.assert_allclose(a[k], c[k], rtol=1e-3, atol=1e-4 * np.abs(c[k]).max(), err_msg=k)
+
+
+def test_local_training_equals_pytorch_autograd_formulation():
+    """Five MLP.train_step calls (Gaussian grp+div, float64) equal the authors' recipe written with
+    torch autograd: per-layer SGD on the layer's pHSIC loss during the forward pass (App. D.1)."""
+    torch = pytest.importorskip("torch")
+    from threefactor.presets import make_rule
+    from threefactor.backends import get_backend
+    from threefactor.networks import MLP
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    m, c = 32, 4
+    net = MLP(20, [16, 16], 10, make_rule("gaussian", "grp+div", c), divisive=True, dropout=0.0,
+              backend=get_backend("numpy"), dtype=np.float64, rng=rng)
+    opts = net.make_optimizers(1.0, 5e-3)
+    ws = [torch.tensor(layer.w.copy(), requires_grad=True) for layer in net.hidden]
+    wo = torch.tensor(net.output.w.copy(), requires_grad=True)
+    bo = torch.tensor(net.output.b.copy(), requires_grad=True)
+    local = [torch.optim.SGD([w], lr=1.0, momentum=0.95, weight_decay=1e-7) for w in ws]
+    final = torch.optim.SGD([wo, bo], lr=5e-3, momentum=0.95, weight_decay=1e-6)
+
+    def groups(z):
+        zg = z.view(z.shape[0], c, -1)
+        zc = zg - zg.mean(-1, keepdim=True)
+        return zc, ((zc ** 2).sum(-1) + 1.0) / zc.shape[-1]
+
+    def phsic(a, b):
+        return ((a - a.mean()) * b).mean()
+
+    for _ in range(5):
+        x, y = rng.standard_normal((m, 20)), rng.integers(0, 10, m)
+        net.train_step(x, y, opts, rng)
+        h, yt = torch.tensor(x), torch.tensor(y)
+        yc = F.one_hot(yt, 10).double()
+        yc = yc - yc.mean(-1, keepdim=True)
+        yc = yc / yc.norm(dim=-1, keepdim=True)
+        for w, opt in zip(ws, local):
+            opt.zero_grad()
+            z = F.leaky_relu(h @ w.T, 0.01)
+            zc, u = groups(z)
+            v = u ** 0.8
+            v = v - v.mean(-1, keepdim=True)
+            K = torch.exp(-torch.cdist(v, v) ** 2 / 50.0)
+            (phsic(K, K) - 2.0 * phsic(yc @ yc.T, K)).backward()
+            opt.step()
+            zc, u = groups(z.detach())
+            h = (zc / u[..., None] ** 0.2).reshape(z.shape)
+        final.zero_grad()
+        F.cross_entropy(h @ wo.T + bo, yt).backward()
+        final.step()
+    for layer, w in zip(net.hidden, ws):
+        np.testing.assert_allclose(layer.w, w.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(net.output.w, wo.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(net.output.b, bo.detach().numpy(), rtol=0, atol=1e-12)
