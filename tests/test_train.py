@@ -293,3 +293,20 @@ def test_local_training_equals_pytorch_autograd_formulation():
         np.testing.assert_allclose(layer.w, w.detach().numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(net.output.w, wo.detach().numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(net.output.b, bo.detach().numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rule,grouping", [("gaussian", "grp+div"), ("backprop", "grp+div")])
+def test_cupy_backend_trains_like_numpy(data_root, tmp_path, rule, grouping):
+    from threefactor.backends import BackendUnavailable, get_backend
+    try:
+        get_backend("cupy")
+    except (BackendUnavailable, ImportError) as exc:
+        pytest.skip(str(exc))
+    cfg = _config(data_root, rule, grouping, epochs=2, backend="cupy", dtype="float64")
+    a = train(cfg, tmp_path / "a", progress=False, log=_quiet).load_checkpoint()[0]
+    b = train(cfg, tmp_path / "b", progress=False, log=_quiet).load_checkpoint()[0]
+    c = train(dict(cfg, backend="numpy"), tmp_path / "c", progress=False, log=_quiet).load_checkpoint()[0]
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+        np.testing.assert_allclose(a[k], c[k], rtol=1e-6, atol=1e-9, err_msg=k)
