@@ -252,8 +252,10 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
         for name, opt in opts.items():
             st = opt.state()
             states[name] = dict(st, buffers=[backend.to_numpy(a) for a in st["buffers"]])
-        rd.save_checkpoint(params, states, dict(epoch=epoch, rng_state=rng.bit_generator.state, config=cfg))
+        # metrics first: a kill between the two leaves a record newer than the checkpoint,
+        # which --resume drops and recomputes (the other order would lose the record)
         rd.append_metrics(record)
+        rd.save_checkpoint(params, states, dict(epoch=epoch, rng_state=rng.bit_generator.state, config=cfg))
         if epoch == cfg["epochs"] or time.perf_counter() - last_plot > 60:   # plotting costs ~0.5 s
             rd.plot(title=f"{cfg['dataset']} {cfg['column']} (seed {cfg['seed']})")
             last_plot = time.perf_counter()
