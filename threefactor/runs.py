@@ -14,7 +14,10 @@ of that epoch, wall clock), ``samples_per_s``, ``cpu_seconds`` (process CPU time
 of that epoch's training, all threads: on a shared machine it shows how much of
 ``seconds`` was ours), ``lr_out``, ``lr_local`` and, for local
 rules, ``local_objective`` (a list, one mean L_k per hidden layer) plus
-``local_objective_1`` ... ``local_objective_K``.
+``local_objective_1`` ... ``local_objective_K``.  ``train_loss`` and
+``train_accuracy`` are running means over the epoch's mini-batches as they were
+learned (dropout on); ``test_accuracy`` is measured after the epoch without
+dropout, on the test set, or on the held-out 10% with ``--validation``.
 
 Checkpoints are written atomically: to a temporary file in the same
 directory, flushed and fsynced, then renamed over ``checkpoint.npz`` with
