@@ -207,8 +207,10 @@ class RunDir:
                 axes[2].plot(ep, [r["local_objective"][k] for r in records], "o-", label=f"layer {k + 1}")
             axes[2].set(xlabel="epoch", ylabel="L = pHSIC(Z,Z) - γ pHSIC(Y,Z)", title="local objectives")
             axes[2].legend()
+        from matplotlib.ticker import MaxNLocator
         for ax in axes:
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if title:
             fig.suptitle(title)
         fig.tight_layout()
