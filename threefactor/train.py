@@ -196,6 +196,12 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
         rd.keep_metrics_upto(start)
         log(f"resuming {rd.path} after epoch {start}")
     rd.write_config(cfg)
+    if not resume:
+        log(f"{cfg['dataset']} {cfg['column']}: preset {cfg['preset']} (lr_out {cfg['lr_out']}, "
+            f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), hidden {cfg['hidden']}, "
+            f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']} -> {rd.path}")
+        if cfg["preset_note"] and cfg["preset_note"] != "Table 3":
+            log(f"note: {cfg['preset_note']}")
     run_epochs(cfg, rd, net, opts, rng, backend, (x_tr, y_tr, x_te, y_te), start,
                progress=progress, log=log)
     return rd
