@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import presets
-from .backends import BackendUnavailable, get_backend
+from .backends import BACKENDS, BackendUnavailable, get_backend
 from .networks import MLP
 from .optim import OPTIMIZERS, multistep_lr
 from .rules import choice_error
@@ -121,6 +121,8 @@ def _validate(cfg):
             raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
     if not cfg["dropout"] < 1:
         raise ValueError(f"dropout must be < 1, got {cfg['dropout']}")
+    if cfg["backend"] is not None and cfg["backend"] not in BACKENDS:
+        raise choice_error("backend", cfg["backend"], BACKENDS)
     if cfg["dtype"] not in DTYPES:
         raise choice_error("dtype", cfg["dtype"], DTYPES)
     if cfg["optimizer"] not in OPTIMIZERS:
