@@ -216,6 +216,19 @@ def test_fused_update_matches_reference(dtype, tol, R):
     np.testing.assert_allclose(w, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("name", ["accumulate", "accumulate_serial"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_kernels_both_paths(name, dtype):
+    from threefactor.backends import _online_kernels as kern
+    rng = np.random.default_rng(1)
+    for R in (1, 2, 3, 6, 9):
+        w = rng.standard_normal((23, 31)).astype(dtype)
+        ut, pre = rng.standard_normal((23, R)).astype(dtype), rng.standard_normal((R, 31)).astype(dtype)
+        ref = w.astype(np.float64) + ut.astype(np.float64) @ pre.astype(np.float64)
+        getattr(kern, name)(w, ut, pre)
+        np.testing.assert_allclose(w, ref, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
+
+
 def test_fused_update_needs_c_contiguous_w():
     w = np.zeros((6, 4)).T
     upd = TwoPointUpdate(np.ones((2, 4)), np.ones((2, 6)))

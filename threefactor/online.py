@@ -269,5 +269,8 @@ def apply_update(w, update: TwoPointUpdate, lr, fused=True):
         if not np.shares_memory(out, w):      # pragma: no cover - BLAS copied after all
             w[...] = out.T
         return w
-    kern.accumulate(w, ut, pre)
+    if w.size * ut.shape[1] < kern.SERIAL_BELOW:
+        kern.accumulate_serial(w, ut, pre)
+    else:
+        kern.accumulate(w, ut, pre)
     return w

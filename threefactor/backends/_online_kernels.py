@@ -8,11 +8,11 @@ A step of B streams changes every synapse by a sum of rank-one terms
 with ``ut`` (n_out, R) the post-synaptic terms already multiplied by the third
 factor, the sign of the pair and the learning rate, and ``pre`` (R, n_in) the
 pre-synaptic activities [x_t; x_{t-Δt}].  ΔW itself is never formed: each row of
-W is read and written once (``prange`` over rows n), and its R terms are added
-four at a time while the row is in the L1 cache.  For small R this is a
-memory-bound pass whose floor is one read and one write of W; for large R it is
-a GEMM written by hand, and :func:`threefactor.online.apply_update` hands it to
-BLAS instead (see ``BLAS_FROM``).
+W is read and written once (``prange`` over rows n; one thread below
+``SERIAL_BELOW``), and its R terms are added four at a time while the row is in
+the L1 cache.  For small R this is a memory-bound pass whose floor is one read
+and one write of W; for large R it is a GEMM written by hand, and
+:func:`threefactor.online.apply_update` hands it to BLAS instead (``BLAS_FROM``).
 
 All arrays share one dtype (float32 or float64); fastmath is off, so each
 row's terms are added in order r = 0, 1, 2, ... (four per pass).
@@ -26,9 +26,39 @@ from numba import njit, prange
 BLAS_FROM = 24
 
 
+#: Below this many multiply-adds (n_out · n_in · R) the update runs on one thread:
+#: a parallel launch costs more than it saves, and on a busy machine far more.
+SERIAL_BELOW = 1 << 22
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _row(row, coef, pre):
+    """row += Σ_r coef[r] · pre[r], four terms per pass over the row."""
+    n_in = row.shape[0]
+    r_all = pre.shape[0]
+    r = 0
+    while r + 4 <= r_all:
+        c0, c1, c2, c3 = coef[r], coef[r + 1], coef[r + 2], coef[r + 3]
+        p0, p1, p2, p3 = pre[r], pre[r + 1], pre[r + 2], pre[r + 3]
+        for k in range(n_in):
+            row[k] += c0 * p0[k] + c1 * p1[k] + c2 * p2[k] + c3 * p3[k]
+        r += 4
+    while r + 2 <= r_all:
+        c0, c1 = coef[r], coef[r + 1]
+        p0, p1 = pre[r], pre[r + 1]
+        for k in range(n_in):
+            row[k] += c0 * p0[k] + c1 * p1[k]
+        r += 2
+    if r < r_all:
+        c0 = coef[r]
+        p0 = pre[r]
+        for k in range(n_in):
+            row[k] += c0 * p0[k]
+
+
 @njit(cache=True, parallel=True, fastmath=False, nogil=True)
 def accumulate(w, ut, pre):
-    """W += ut · pre in place, one pass over W.
+    """W += ut · pre in place, one pass over W, rows in parallel.
 
     Parameters
     ----------
@@ -36,33 +66,12 @@ def accumulate(w, ut, pre):
     ut : (n_out, R) post-synaptic terms × third factor × sign × learning rate
     pre : (R, n_in) pre-synaptic activities
     """
-    n_out, n_in = w.shape
-    r_all = pre.shape[0]
-    for n in prange(n_out):
-        row = w[n]
-        r = 0
-        while r + 4 <= r_all:
-            c0 = ut[n, r]
-            c1 = ut[n, r + 1]
-            c2 = ut[n, r + 2]
-            c3 = ut[n, r + 3]
-            p0 = pre[r]
-            p1 = pre[r + 1]
-            p2 = pre[r + 2]
-            p3 = pre[r + 3]
-            for k in range(n_in):
-                row[k] += c0 * p0[k] + c1 * p1[k] + c2 * p2[k] + c3 * p3[k]
-            r += 4
-        while r + 2 <= r_all:
-            c0 = ut[n, r]
-            c1 = ut[n, r + 1]
-            p0 = pre[r]
-            p1 = pre[r + 1]
-            for k in range(n_in):
-                row[k] += c0 * p0[k] + c1 * p1[k]
-            r += 2
-        if r < r_all:
-            c0 = ut[n, r]
-            p0 = pre[r]
-            for k in range(n_in):
-                row[k] += c0 * p0[k]
+    for n in prange(w.shape[0]):
+        _row(w[n], ut[n], pre)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def accumulate_serial(w, ut, pre):
+    """:func:`accumulate` on one thread (small updates)."""
+    for n in range(w.shape[0]):
+        _row(w[n], ut[n], pre)
