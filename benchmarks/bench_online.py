@@ -10,7 +10,7 @@ Candidates, timed interleaved (one call of each per round) on the CPU:
 ``fused``   :func:`threefactor.online.apply_update` as training uses it: the Numba
             pass of ``backends/_online_kernels.py`` for R < BLAS_FROM, in-place BLAS
             GEMM (W ← W + ut·pre) from there on
-``numba``   the Numba pass forced for every R
+``numba``   the Numba pass forced for every R (one thread below SERIAL_BELOW, as ``fused``)
 ``blas``    the in-place BLAS GEMM forced for every R
 ``numpy``   the reference ``W += lr * (postᵀ pre)`` (forms ΔW, then a second pass)
 ``step``    a whole :meth:`OnlineLayer.learn` step: forward GEMM, circuit, fused update
@@ -45,8 +45,10 @@ def _numpy_calls(w, upd, lr):
     pre = np.ascontiguousarray(upd.pre, dtype=w.dtype)
     gemm = blas.sgemm if w.dtype == np.float32 else blas.dgemm
 
+    kernel = kern.accumulate_serial if w.size * ut.shape[1] < kern.SERIAL_BELOW else kern.accumulate
+
     def numba_pass():
-        kern.accumulate(w, ut, pre)
+        kernel(w, ut, pre)
 
     def blas_gemm():
         gemm(1.0, pre.T, ut.T, beta=1.0, c=w.T, overwrite_c=True)
