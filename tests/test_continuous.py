@@ -72,7 +72,8 @@ def test_memory_readout_bridges_gaps_of_background_activity():
     """Eq. 15-16, long variable gaps: stimuli of 15 time units (deviations 2-4 units s from μ), gaps
     of 200-300 units at the background μ.  Stated error: the memory read-out at onset + c1 gives
     z_new - z_previous-stimulus within 3% of the largest jump, stays below 2% of it late in the
-    gaps (the return to μ at an offset leaves no read-out), while the plain smoothed derivative (Eq. 14) misses by > 30% (it reads z_new - μ)."""
+    gaps (the return to μ at an offset leaves no read-out), while the plain smoothed derivative
+    (Eq. 14) misses by > 30% (it reads z_new - μ)."""
     rng = np.random.default_rng(1)
     dt, n, S, c, c1, c2 = 0.1, 5, 10, 1e-4, 100.0, 0.1
     mu = rng.uniform(0.5, 1.5, n)
