@@ -183,12 +183,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke test: short budget")
     ap.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 1 x 3)")
     ap.add_argument("--no-autograd", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="threads for BLAS, Numba and torch alike")
     ap.add_argument("--json", default=None, help="default benchmarks/results/<date>-<host>-step.json")
     args = ap.parse_args(argv)
     timing = bench.timing_settings(args.quick, args.budget)
+    threads_set = bench.set_threads(args.threads) if args.threads else None
     settings = {"backends": args.backend, "dtype": args.dtype, "batch": args.batch,
                 "hidden": args.hidden, "groups": args.groups, "timing": timing,
-                "blas_threads": bench.blas_threads(), "torch_threads": None}
+                "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None}
     if not args.no_autograd:
         try:
             import torch

@@ -45,16 +45,26 @@ def test_peak_memory_sees_numpy_buffers():
     assert peak >= 8 * (1 << 20) and "tracemalloc" in method
 
 
-def test_cli_quick_run_writes_documented_json(tmp_path, capsys):
+@pytest.fixture
+def restore_threads():
+    from threefactor.machine import set_threads
+
+    before = blas_threads()
+    yield
+    set_threads(before)
+
+
+def test_cli_quick_run_writes_documented_json(tmp_path, capsys, restore_threads):
     path = tmp_path / "out" / "bench.json"
     argv = ["bench", "--quick", "--backend", "numpy", "--m", "16", "--shapes", "32x64",
-            "--budget", "0", "--json", str(path)]
+            "--budget", "0", "--threads", "1", "--json", str(path)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "gauss-grp+div" in printed and "wrote" in printed
     doc = json.loads(path.read_text())
     assert doc["schema"] == bench.SCHEMA and doc["kind"] == "update"
     assert {"machine", "settings", "results", "command", "skipped"} <= set(doc)
+    assert doc["settings"]["blas_threads"] == 1 and doc["settings"]["threads_set"]["blas"] == 1
     assert {r["rule"] for r in doc["results"]} == set(bench.DEFAULT_RULES)
     for r in doc["results"]:
         assert set(r) == RECORD_KEYS and set(r["gemm"]) == GEMM_KEYS

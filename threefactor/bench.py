@@ -53,7 +53,7 @@ import numpy as np
 from . import engine
 from .api import local_update
 from .backends import BACKENDS, BackendUnavailable, get_backend
-from .machine import blas_threads, machine_info
+from .machine import blas_threads, machine_info, set_threads
 from .rules import Rule
 from .timing import (TimedBackend, cuda_graph_call, loadavg, peak_memory, time_call,
                      time_interleaved)
@@ -322,6 +322,9 @@ def configure_parser(parser):
     parser.add_argument("--no-autograd", action="store_true", help="skip the PyTorch autograd baseline")
     parser.add_argument("--profile", action="store_true",
                         help="also time each primitive of the update (synchronised), as profile_s")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="threads for BLAS, Numba and torch alike (default: BLAS's own; "
+                             "1 gives the steadiest numbers on a shared machine)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="where to write the JSON (default benchmarks/results/<date>-<host>.json)")
 
@@ -330,10 +333,11 @@ def run(args):
     batches = args.m or ([256] if args.quick else list(BATCHES))
     shapes = args.shapes or ([(1024, 1024)] if args.quick else list(SHAPES))
     timing = timing_settings(args.quick, args.budget)
+    threads_set = set_threads(args.threads) if args.threads else None
     dtype = np.dtype(args.dtype)
     settings = {"backends": args.backend, "dtype": dtype.name, "m": batches,
                 "shapes": [list(s) for s in shapes], "rules": args.rules, "timing": timing,
-                "blas_threads": blas_threads(), "torch_threads": None}
+                "blas_threads": blas_threads(), "threads_set": threads_set, "torch_threads": None}
     if not args.no_autograd:
         try:
             import torch

@@ -17,6 +17,7 @@ import socket
 _THREAD_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 _OPENBLAS_GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_",
                      "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads")
+_OPENBLAS_SETTERS = tuple(g.replace("_get_", "_set_") for g in _OPENBLAS_GETTERS)
 
 
 def cpu_model():
@@ -39,14 +40,18 @@ def usable_cores():
         return os.cpu_count()
 
 
-def _openblas_threads():
-    """Threads of the OpenBLAS loaded in this process, asked through its own C API."""
+def _openblas_paths():
+    """Paths of the OpenBLAS shared libraries loaded in this process (Linux)."""
     try:
         with open("/proc/self/maps") as fh:
-            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+            return sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
     except OSError:
-        return None
-    for path in sorted(paths):
+        return []
+
+
+def _openblas_threads():
+    """Threads of the OpenBLAS loaded in this process, asked through its own C API."""
+    for path in _openblas_paths():
         try:
             lib = ctypes.CDLL(path)
         except OSError:
@@ -90,6 +95,45 @@ def blas_info():
         env = [os.environ[k] for k in _THREAD_ENV if os.environ.get(k, "").isdigit()]
         threads, source = (int(env[0]), "environment") if env else (usable_cores(), "usable cores")
     return {"name": name, "version": version, "threads": threads, "source": source}
+
+
+def set_threads(n):
+    """Use ``n`` threads in numpy's BLAS (OpenBLAS's own setter, or threadpoolctl) and in Numba.
+
+    Returns what was set, e.g. ``{"blas": 1, "numba": 1}`` (a library that
+    cannot be set is left out).  torch is set by the benchmarks from
+    :func:`blas_threads` so that all three agree.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    done = {}
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(n, user_api="blas")
+        done["blas"] = n
+    except ImportError:
+        for path in _openblas_paths():
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for name in _OPENBLAS_SETTERS:
+                fn = getattr(lib, name, None)
+                if fn is not None:
+                    fn.argtypes = [ctypes.c_int]
+                    fn(n)
+                    done["blas"] = n
+                    break
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        done["numba"] = numba.get_num_threads()
+    except ImportError:
+        pass
+    return done
 
 
 def blas_threads():
