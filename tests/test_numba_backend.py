@@ -216,3 +216,14 @@ def test_multithreaded_passes_agree_bitwise(nb):
                          be.post_plain(z, fp, 0.5)))
         for a, b in zip(*outs):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, d", ((30, 7), (7, 30), (16, 16)))
+def test_laplacian_both_forms(nb, ref, dtype, m, d):
+    """d > m multiplies L_A = diag(A·1) - A; d <= m subtracts A v from diag(A·1) v."""
+    rng = np.random.default_rng(m * d)
+    v = rng.standard_normal((m, d)).astype(dtype)
+    A = rng.standard_normal((m, m))
+    A = ((A + A.T) / m ** 2).astype(dtype)
+    assert_close(nb.laplacian(A, v), ref.laplacian(A, v), dtype, "L_A v")

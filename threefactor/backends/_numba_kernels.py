@@ -194,6 +194,18 @@ def laplacian_finish(A, v, av, rs):
 
 
 @njit(**_JIT)
+def laplacian_matrix(A, B):
+    """B = diag(A·1) - A: the graph Laplacian L_A itself (row sums in float64)."""
+    m, n = A.shape
+    for i in prange(m):
+        Ai, Bi = A[i], B[i]
+        s = _row_sum64(Ai, n)
+        for j in range(n):
+            Bi[j] = -Ai[j]
+        Bi[i] = s - Ai[i]
+
+
+@njit(**_JIT)
 def post_plain(neg_dz, fp, scale, post):
     """post = (scale · (-dL/dz)) ⊙ f'(a) (Eq. 41)."""
     m, n = neg_dz.shape

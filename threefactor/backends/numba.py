@@ -146,9 +146,19 @@ class NumbaBackend(NumpyBackend):
         return A
 
     def laplacian(self, A, v):
-        """L_A v = diag(A·1) v - A v: one GEMM (m, m) × (m, d), then one fused pass."""
+        """L_A v = diag(A·1) v - A v with one GEMM (m, m) × (m, d).
+
+        For d > m (the plain rule) the GEMM multiplies L_A = diag(A·1) - A itself,
+        an (m, m) pass; otherwise a pass over the (m, d) result subtracts A v from
+        diag(A·1) v.  Either way one pass over the smaller of the two arrays.
+        """
         v = _float_array(v)
         (A,) = _like(v.dtype, A)
+        m, d = v.shape
+        if d > A.shape[1]:
+            L = np.empty_like(A)
+            self._run(_k.laplacian_matrix, L.size, A, L)
+            return np.ascontiguousarray(self.matmul(L, v))
         av = np.ascontiguousarray(self.matmul(A, v))
         rs = np.empty(A.shape[0], dtype=v.dtype)
         self._run(_k.laplacian_finish, av.size, A, v, av, rs)
