@@ -94,8 +94,13 @@ def _labels(be, y, m, n_classes):
     return be.asarray(labels, dtype=np.int64), n
 
 
-def prepare(x, w, y, backend, n_classes=None, *, need_labels=True):
-    """Validate and convert (x, w, y) for ``backend``; returns (be, x, w, labels, n, to_user)."""
+def prepare(x, w, y, backend, n_classes=None, *, need_labels=True, check_finite=True):
+    """Validate and convert (x, w, y) for ``backend``; returns (be, x, w, labels, n, to_user).
+
+    With ``check_finite=False`` the caller promises :func:`check_forward` on a = x wᵀ
+    instead: NaN/Inf anywhere in x or w reaches a (NaN·0 = NaN, Inf·0 = NaN), and a is
+    smaller than w, so the check costs less than scanning the weights.
+    """
     be = get_backend(backend)
     if need_labels and y is None:
         raise TypeError("y is required: one-hot labels (m, n_classes) or integer labels (m,)")
@@ -117,8 +122,9 @@ def prepare(x, w, y, backend, n_classes=None, *, need_labels=True):
     dt = _float_dtype([x, w], ["x", "w"])
     x = be.asarray(x, dtype=dt)
     w = be.asarray(w, dtype=dt)
-    _check_finite(be, x, "x")
-    _check_finite(be, w, "w")
+    if check_finite:
+        _check_finite(be, x, "x")
+        _check_finite(be, w, "w")
     labels = n = None
     if need_labels:
         labels, n = _labels(be, y, x.shape[0], n_classes)
@@ -149,9 +155,22 @@ def _conv(name, x, w, y, rule, padding, pool, backend, n_classes):
 def _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta, backend,
           n_classes, label_kernel):
     rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
-    be, x, w, labels, n, to_user = prepare(x, w, y, backend, n_classes)
+    be, x, w, labels, n, to_user = prepare(x, w, y, backend, n_classes, check_finite=False)
     rule.check_width(w.shape[0])
-    return rule, be, x, engine.layer_pass(rule, x, w, labels, n, be), to_user
+    with np.errstate(over="ignore", invalid="ignore"):   # bad inputs are reported just below
+        lp = engine.layer_pass(rule, x, w, labels, n, be)
+    check_forward(be, lp.a, x, w)
+    return rule, be, x, lp, to_user
+
+
+def check_forward(be, a, x, w):
+    """Raise if the pre-activation a = x wᵀ is not finite, naming x or w when they are the cause."""
+    if bool(be.xp.isfinite(a).all()):
+        return
+    _check_finite(be, x, "x")
+    _check_finite(be, w, "w")
+    raise ValueError("x @ w.T overflows (Inf in the pre-activation a): x and w are finite but too "
+                     f"large for {a.dtype}")
 
 
 def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
