@@ -4,9 +4,11 @@ For each backend, dtype, batch size m, layer shape (n_in, n_out) and rule
 variant, one run measures, on the same arrays:
 
 ``update_s``
-    one layer's update through the engine, as training runs it:
-    :func:`threefactor.engine.local_step` (forward, kernels, post-synaptic
-    term, ΔW = postᵀ x, and the layer output, divisively normalised for grp+div).
+    one layer's update through the engine, what :func:`threefactor.local_update`
+    computes without its input validation: ``engine.layer_pass`` (forward,
+    group statistics, kernels) then ``backend.hebbian(lp.post(), x)`` (third
+    factor folded into the post-synaptic term, ΔW = postᵀ x).  grp+div and grp
+    have the same update (divisive normalisation only changes the layer's output).
 ``public_s``
     :func:`threefactor.local_update` on backend arrays (adds input validation).
 ``gemm``
@@ -61,12 +63,12 @@ from .timing import (TimedBackend, cuda_graph_call, loadavg, peak_memory, time_c
 SCHEMA = "threefactor-bench/1"
 BATCHES = (64, 256, 1024)
 SHAPES = ((784, 1024), (1024, 1024), (4096, 4096))
-#: rule variants: name -> (Rule, divisive output)
+#: rule variants: name -> Rule (grp+div's update is grp's: divisive normalisation acts on the output)
 VARIANTS = {
-    "gauss": (Rule(kernel="gaussian"), False),
-    "gauss-grp+div": (Rule(kernel="gaussian", groups=32, p=0.2), True),
-    "cossim": (Rule(kernel="cosine"), False),
-    "cossim-grp+div": (Rule(kernel="cosine", groups=32, p=0.2), True),
+    "gauss": Rule(kernel="gaussian"),
+    "gauss-grp+div": Rule(kernel="gaussian", groups=32, p=0.2),
+    "cossim": Rule(kernel="cosine"),
+    "cossim-grp+div": Rule(kernel="cosine", groups=32, p=0.2),
 }
 DEFAULT_RULES = ("gauss", "gauss-grp+div")
 N_CLASSES = 10
@@ -126,14 +128,15 @@ def autograd_call(x, w, labels, rule, dtype, device):
     return step, floor
 
 
-def profile_update(be, rule, x, w, y, divisive, repeats=5):
+def profile_update(be, rule, x, w, y, repeats=5):
     """Mean seconds per update spent in each primitive (plus ``other``: engine glue), one layer."""
     proxy = TimedBackend(be)
-    engine.local_step(rule, x, w, y, N_CLASSES, proxy, divisive=divisive)
+    update = lambda: proxy.hebbian(engine.layer_pass(rule, x, w, y, N_CLASSES, proxy).post(), x)
+    update()
     proxy.spent.clear()
     t = time.perf_counter()
     for _ in range(repeats):
-        engine.local_step(rule, x, w, y, N_CLASSES, proxy, divisive=divisive)
+        update()
     total = (time.perf_counter() - t) / repeats
     out = {k: v / repeats for k, v in sorted(proxy.spent.items(), key=lambda kv: -kv[1])}
     out["other"] = total - sum(out.values())
@@ -154,7 +157,7 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
     timing = timing or {}
     load = loadavg()
     be = get_backend(backend)
-    rule, divisive = VARIANTS[rule_name]
+    rule = VARIANTS[rule_name]
     rule.check_width(n_out)
     rng = np.random.default_rng(0)
     x_h = rng.standard_normal((m, n_in)).astype(dtype)
@@ -167,7 +170,7 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
               n_classes=N_CLASSES)
 
     def ours():
-        return engine.local_step(rule, x, w, y, N_CLASSES, be, divisive=divisive)[1]
+        return be.hebbian(engine.layer_pass(rule, x, w, y, N_CLASSES, be).post(), x)
 
     fns = {"ours": ours, "public": lambda: local_update(x, w, y, **kw),
            **gemm_calls(be, m, n_in, n_out, rule.groups or n_out, dtype)}
@@ -204,7 +207,7 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
         except Exception as exc:  # capture is best effort: record why it failed
             rec["update_graph_s"] = f"capture failed: {type(exc).__name__}: {exc}"[:200]
     if profile:
-        rec["profile_s"] = profile_update(be, rule, x, w, y, divisive)
+        rec["profile_s"] = profile_update(be, rule, x, w, y)
     return rec
 
 
@@ -219,7 +222,7 @@ def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, a
             raise ValueError(f"rules: {rule!r} is not one of: {', '.join(VARIANTS)}")
         for n_in, n_out in shapes:
             try:
-                VARIANTS[rule][0].check_width(n_out)
+                VARIANTS[rule].check_width(n_out)
             except ValueError as exc:
                 raise ValueError(f"shapes: {n_in}x{n_out} does not suit rule {rule!r}: {exc}") from None
     records, skipped = [], {}

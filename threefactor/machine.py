@@ -158,6 +158,22 @@ def gpu_info():
         return None
 
 
+#: environment variables that change how the thread pools behave (spin-waiting, counts)
+THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+              "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")
+
+
+def scheduling():
+    """This process's scheduling policy and priority, e.g. ``"SCHED_FIFO 50"`` under ``chrt -f 50``."""
+    try:
+        policy = os.sched_getscheduler(0)
+        names = {getattr(os, n): n for n in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR", "SCHED_BATCH",
+                                             "SCHED_IDLE") if hasattr(os, n)}
+        return f"{names.get(policy, policy)} {os.sched_getparam(0).sched_priority}"
+    except (AttributeError, OSError):
+        return None
+
+
 def _version(module):
     try:
         return importlib.import_module(module).__version__
@@ -176,5 +192,7 @@ def machine_info():
         "cores": usable_cores(),
         "blas": blas_info(),
         "gpu": gpu_info(),
+        "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        "scheduling": scheduling(),
         "versions": {m: _version(m) for m in ("numpy", "numba", "torch", "cupy", "threefactor")},
     }
