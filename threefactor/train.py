@@ -34,9 +34,15 @@ DEFAULTS = dict(
     epochs=2,                       # a short demo; the paper trains for 100
     seed=0, lr_local=None, lr_out=None, groups=None, data_root=None, validation=False,
     subset=None, backend=None, dtype="float32", eval_batch_size=2000,
+    mode="batch", streams=None, beta=0.01, shared_b3=True,
     **{k: v for k, v in presets.SHARED.items() if k != "epochs"},
 )
 DTYPES = ("float32", "float64")
+MODES = ("batch", "online")
+#: Local learning rate of --mode online when none is given: the batch presets' eta_l
+#: (1.0) is unstable for two-point updates; 0.1 with a shared b3 was measured best
+#: (benchmarks/RESULTS.md, "Online rule").
+ONLINE_LR_LOCAL = 0.1
 _RESUMABLE = {"epochs"}     # options that may change on --resume
 
 
@@ -78,6 +84,26 @@ def resolve_config(**options):
     if preset is None:
         preset = presets.get_preset(presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]))
     cfg["preset"], cfg["preset_note"] = preset.name, preset.note
+    if cfg["mode"] not in MODES:
+        raise choice_error("mode", cfg["mode"], MODES)
+    if cfg["mode"] == "online":
+        if cfg["rule"] != "gaussian":
+            raise ValueError(f"mode='online' needs rule='gaussian' (the two-point rule of Eq. 13 is "
+                             f"the Gaussian kernel's), got rule={cfg['rule']!r}")
+        if "streams" in given and "batch_size" in given and given["streams"] != given["batch_size"]:
+            raise ValueError("streams and batch_size disagree: in online mode B streams step together, "
+                             "one sample each, so give only --streams")
+        cfg["batch_size"] = cfg["streams"] = given.get("streams", cfg["batch_size"])
+        if "lr_local" not in given:
+            cfg["lr_local"] = ONLINE_LR_LOCAL
+            cfg["preset_note"] = (f"{preset.note} Online mode: lr_local {ONLINE_LR_LOCAL} "
+                                  "(the batch eta_l is unstable for two-point updates)")
+        if not 0 < cfg["beta"] <= 1:
+            raise ValueError(f"beta must be in (0, 1], got {cfg['beta']!r}")
+    else:
+        if "streams" in given:
+            raise ValueError("streams needs mode='online' (--mode online)")
+        cfg["streams"] = None
     cfg["column"] = presets.column_name(cfg["rule"], cfg["grouping"])
     local = cfg["rule"] in ("cossim", "gaussian")
     for key in ("lr_out", "lr_local", "groups"):
@@ -144,9 +170,28 @@ def make_rule(cfg):
 def build_network(cfg, n_in, n_classes, backend, rng):
     """The MLP of a resolved config (draws the initial weights from ``rng``)."""
     learning = {"backprop": "backprop", "last-layer": "last-layer"}.get(cfg["rule"], "local")
-    return MLP(n_in, cfg["hidden"], n_classes, make_rule(cfg), divisive=cfg["grouping"] == "grp+div",
-               learning=learning, dropout=cfg["dropout"], backend=backend,
-               dtype=np.dtype(cfg["dtype"]), rng=rng)
+    net = MLP(n_in, cfg["hidden"], n_classes, make_rule(cfg), divisive=cfg["grouping"] == "grp+div",
+              learning=learning, dropout=cfg["dropout"], backend=backend,
+              dtype=np.dtype(cfg["dtype"]), rng=rng)
+    if cfg.get("mode") == "online":
+        from .online_layer import make_online
+        make_online(net, streams=cfg["streams"], beta=cfg["beta"], shared_b3=cfg["shared_b3"])
+    return net
+
+
+_ONLINE = "online/"   # checkpoint keys of the online streams' state (previous sample, b3)
+
+
+def _online_state(net):
+    return {f"{_ONLINE}{k}/{key}": v for k, layer in enumerate(net.hidden) if hasattr(layer, "online")
+            for key, v in layer.online.state().items()}
+
+
+def _load_online_state(net, arrays):
+    for k, layer in enumerate(net.hidden):
+        if hasattr(layer, "online"):
+            prefix = f"{_ONLINE}{k}/"
+            layer.online.load_state({key[len(prefix):]: v for key, v in arrays.items() if key.startswith(prefix)})
 
 
 def load_data(cfg, progress=True):
@@ -188,7 +233,8 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
     start = 0
     if resume:
         params, states, meta = rd.load_checkpoint()
-        net.load_parameters(params)
+        _load_online_state(net, params)
+        net.load_parameters({k: v for k, v in params.items() if not k.startswith(_ONLINE)})
         if set(states) != set(opts):
             raise ValueError(f"{rd.path}: checkpoint optimisers {sorted(states)} != {sorted(opts)}")
         for name, opt in opts.items():
@@ -201,7 +247,9 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
     if not resume:
         log(f"{cfg['dataset']} {cfg['column']}: preset {cfg['preset']} (lr_out {cfg['lr_out']}, "
             f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), hidden {cfg['hidden']}, "
-            f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']} -> {rd.path}")
+            f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
+            + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
+            + f" -> {rd.path}")
         if cfg["preset_note"] and cfg["preset_note"] != "Table 3":
             log(f"note: {cfg['preset_note']}")
     run_epochs(cfg, rd, net, opts, rng, backend, (x_tr, y_tr, x_te, y_te), start,
@@ -256,6 +304,7 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
             record["local_objective"] = objs
             record.update({f"local_objective_{k + 1}": o for k, o in enumerate(objs)})
         params = {k: backend.to_numpy(v) for k, v in net.parameters().items()}
+        params.update(_online_state(net))
         states = {}
         for name, opt in opts.items():
             st = opt.state()
@@ -300,6 +349,7 @@ examples:
   threefactor train                      # Fashion-MNIST, Gaussian grp+div, 2 epochs
   threefactor train --dataset fmnist --rule gaussian --grouping grp+div --epochs 100 --seed 0
   threefactor train --rule backprop --subset 5000 --epochs 1 --hidden 256 256
+  threefactor train --mode online --streams 256 --epochs 3   # two-point rule in time
   threefactor train --resume runs/fmnist-gaussian-grpdiv-s0-20240101-120000 --epochs 100
   threefactor table runs/*               # Table 1-style summary of finished runs
 
@@ -341,6 +391,17 @@ def configure_parser(parser):
     h.add_argument("--dropout", type=float, default=S, help="dropout after each hidden layer (default 0.01)")
     h.add_argument("--optimizer", default=S, help="sgd (the paper's, momentum 0.95) or adamw")
     h.add_argument("--seed", type=int, default=S, help="seeds weights, shuffling and dropout (default 0)")
+    o = parser.add_argument_group("biologically explicit mode (Eq. 13, App. C)")
+    o.add_argument("--mode", default=S, metavar="MODE",
+                   help="batch (the paper's batch rule, Eq. 10) or online: B independent streams, each "
+                        "sample paired with its stream's previous one, third factor from the circuit "
+                        "variables b1, b2, b3 (Eq. 59-66); Gaussian rules only (default batch)")
+    o.add_argument("--streams", type=int, default=S, metavar="B",
+                   help="online: streams stepped together, one sample each per step (default: batch size 256)")
+    o.add_argument("--beta", type=float, default=S, help="online: rate of the running average b3 (Eq. 61; default 0.01)")
+    o.add_argument("--per-stream-b3", dest="shared_b3", action="store_false", default=S,
+                   help=f"online: each stream keeps its own b3 (default: one b3 shared by all streams); "
+                        f"online lr_local defaults to {ONLINE_LR_LOCAL}")
     r = parser.add_argument_group("data, hardware and output")
     r.add_argument("--data-root", dest="data_root", default=S, metavar="DIR",
                    help="where datasets live (default: $THREEFACTOR_DATA, system dirs, ~/.cache/threefactor)")
