@@ -47,5 +47,8 @@ echo "== MLP training step (cupy, float32)"
 timeout 60 "$PY" benchmarks/bench_step.py --backend cupy --budget 1 \
   --json "$OUT/bench_step_gpu.json" 2>&1 | tee "$OUT/bench_step_gpu.log" || status=1
 
+for f in bench_update_gpu bench_step_gpu; do   # Markdown tables for RESULTS.md, appended to the logs
+  [ -s "$OUT/$f.json" ] && "$PY" -m threefactor bench --summary "$OUT/$f.json" >>"$OUT/$f.log" 2>&1
+done
 echo "gpu_check: results in $OUT (status $status)"
 exit $status

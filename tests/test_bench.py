@@ -77,6 +77,10 @@ def test_cli_quick_run_writes_documented_json(tmp_path, capsys, restore_threads)
             assert r["speedup_vs_autograd"] == pytest.approx(r["autograd_s"] / r["update_s"])
         else:
             assert r["autograd_s"] is None and r["speedup_vs_autograd"] is None
+    capsys.readouterr()
+    assert cli.main(["bench", "--summary", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "| numpy | gauss-grp+div | 16 | 32×64 |" in table and "ours / floor" in table
 
 
 def test_bench_case_float64_without_autograd():

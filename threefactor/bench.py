@@ -289,8 +289,39 @@ def write_json(path, doc):
 
 def document(kind, records, settings, skipped=None):
     """The JSON document: schema, command, machine, settings and the records."""
-    return {"schema": SCHEMA, "kind": kind, "command": " ".join(sys.argv), "machine": machine_info(),
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):        # python -m threefactor ...
+        argv[0] = "threefactor"
+    return {"schema": SCHEMA, "kind": kind, "command": " ".join(argv), "machine": machine_info(),
             "settings": settings, "skipped": skipped or {}, "results": records}
+
+
+def markdown_summary(doc):
+    """Markdown tables of an update or step JSON document (for benchmarks/RESULTS.md)."""
+    m, rs = doc["machine"], doc["results"]
+    head = (f"{m['date']} on {m['cpu']} ({m['cores']} cores"
+            + (f", GPU {m['gpu']['name']}" if m.get("gpu") else "") + f"), {m.get('scheduling')}, "
+            f"threads env {m.get('thread_env')}; command: `{doc['command']}`")
+    f2 = lambda x: "-" if x is None else f"{x:.2f}"
+    if doc["kind"] == "step":
+        lines = ["| backend | ours ms | samples/s | autograd ms | speedup | floor ms | ours / floor |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['backend']} | {r['step_s'] * 1e3:.2f} | {r['samples_per_s']:.0f} | "
+                  f"{f2(r['autograd_s'] and r['autograd_s'] * 1e3)} | {f2(r['speedup_vs_autograd'])} | "
+                  f"{r['floor_s'] * 1e3:.2f} | {r['ratio_floor']:.2f} |" for r in rs]
+        return "\n".join([head, ""] + lines)
+    lines = ["| backend | rule | m | n_in×n_out | ours ms | public ms | floor ms | ours / floor | "
+             "autograd ms | autograd / ours | autograd / floor | graph ms | Gsyn/s | peak MiB |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rs:
+        ag, fl, gr, mem = r["autograd_s"], r["gemm"]["floor_s"], r.get("update_graph_s"), r["peak_mem_bytes"]
+        lines.append(
+            f"| {r['backend']} | {r['rule']} | {r['m']} | {r['n_in']}×{r['n_out']} | "
+            f"{r['update_s'] * 1e3:.3f} | {r['public_s'] * 1e3:.3f} | {fl * 1e3:.3f} | {r['ratio_floor']:.2f} | "
+            f"{f2(ag and ag * 1e3)} | {f2(r['speedup_vs_autograd'])} | {f2(ag and ag / fl)} | "
+            f"{f2(gr * 1e3) if isinstance(gr, float) else '-'} | {r['synapses_per_s'] / 1e9:.3f} | "
+            f"{'-' if mem is None else f'{mem / 2 ** 20:.1f}'} |")
+    return "\n".join([head, ""] + lines)
 
 
 # -- command line ------------------------------------------------------------------
@@ -330,9 +361,15 @@ def configure_parser(parser):
                              "1 gives the steadiest numbers on a shared machine)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="where to write the JSON (default benchmarks/results/<date>-<host>.json)")
+    parser.add_argument("--summary", default=None, metavar="PATH",
+                        help="measure nothing: print a bench JSON (update or step) as Markdown tables")
 
 
 def run(args):
+    if args.summary:
+        with open(args.summary) as fh:
+            print(markdown_summary(json.load(fh)))
+        return 0
     batches = args.m or ([256] if args.quick else list(BATCHES))
     shapes = args.shapes or ([(1024, 1024)] if args.quick else list(SHAPES))
     timing = timing_settings(args.quick, args.budget)
