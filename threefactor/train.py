@@ -1,10 +1,11 @@
-"""``threefactor train``: train the paper's MLP (Sec. 4.2, Table 1) with explicit rules.
+"""``threefactor train``: train the paper's MLP (Sec. 4.2, Table 1) or conv nets (Sec. 4.3) with explicit rules.
 
 Python use::
 
     from threefactor.train import resolve_config, train
     config = resolve_config(dataset="fmnist", rule="gaussian", grouping="grp+div", epochs=3)
     run = train(config, out="runs/demo")          # -> RunDir; run.read_metrics()
+    conv = resolve_config(preset="cifar10-vgg-gaussian-grpdiv", epochs=2)   # Table 6, App. D.6
 
 The command line maps onto :func:`resolve_config` (see ``threefactor train --help``).
 Everything random (initial weights, shuffling, dropout) comes from one
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import presets
+from . import conv, presets
 from .backends import BACKENDS, BackendUnavailable, get_backend
+from .conv_layers import ARCHS, TABLE6, TABLE6_SHARED, build_convnet, parse_arch, table6_preset
 from .networks import MLP
 from .optim import OPTIMIZERS, multistep_lr
 from .rules import choice_error
@@ -35,8 +37,16 @@ DEFAULTS = dict(
     seed=0, lr_local=None, lr_out=None, groups=None, data_root=None, validation=False,
     subset=None, backend=None, dtype="float32", eval_batch_size=2000,
     mode="batch", streams=None, beta=0.01, shared_b3=True,
+    arch="mlp", width=1, augment=None,     # augment None: on for cifar10 (App. D.3), off otherwise
     **{k: v for k, v in presets.SHARED.items() if k != "epochs"},
 )
+#: Conv nets' defaults where they differ from the MLP's (Table 6 shared settings, App. D.4, D.6);
+#: the epochs (500) only come with an explicit --preset.
+CONV_SHARED = {k: v for k, v in TABLE6_SHARED.items()
+               if k not in ("dataset", "arch", "epochs", "milestones_backprop")}
+#: Memory budget of the largest im2col matrix of one evaluation batch (sets eval_batch_size
+#: of conv nets: vgg 450, vgg2x 200, small on 28x28 2000 in float32).
+EVAL_IM2COL_BYTES = 2 * 2 ** 30
 DTYPES = ("float32", "float64")
 MODES = ("batch", "online")
 #: Local learning rate of --mode online when none is given: the batch presets' eta_l
@@ -58,35 +68,50 @@ def default_backend():
 def resolve_config(**options):
     """Fill in every hyperparameter of a run from ``options``, the preset and the defaults.
 
-    The preset is ``options["preset"]`` or ``<dataset>-<rule>[-grp|-grpdiv]``;
-    ``lr_out``, ``lr_local`` and ``groups`` not given come from it.  Returns a
-    JSON-able dict (saved as ``config.json``).  Raises ValueError/TypeError
-    naming the bad option.
+    The preset is ``options["preset"]`` or, for the MLP, ``<dataset>-<rule>[-grp|-grpdiv]``
+    (Table 3); for conv archs ``cifar10-vgg[2x]-<rule>[-grp|-grpdiv]`` (Table 6, by width).
+    ``lr_out``, ``lr_local`` and ``groups`` not given come from it (conv presets also set
+    the Table 6 optimisation: SELU, alpha dropout 0.05, batch 128, milestones; an explicit
+    conv ``preset`` also sets 500 epochs).  Returns a JSON-able dict (saved as
+    ``config.json``).  Raises ValueError/TypeError naming the bad option.
     """
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     given = {k: v for k, v in options.items() if v is not None}
-    preset = None
-    if given.get("preset") is not None:
-        preset = presets.get_preset(given["preset"])
-        for key in ("dataset", "rule", "grouping"):
-            if key in given and given[key] != getattr(preset, key):
-                raise ValueError(f"{key}={given[key]!r} contradicts preset {preset.name!r} "
-                                 f"({key}={getattr(preset, key)!r}); drop one of them")
+    name = given.get("preset")
+    if name is not None and name not in presets.PRESETS and name not in TABLE6:
+        raise choice_error("preset", name, sorted(presets.PRESETS) + sorted(TABLE6))
+    cell = table6_preset(name) if name in TABLE6 else None
+    preset = presets.get_preset(name) if name is not None and cell is None else None
     cfg = dict(DEFAULTS)
-    if preset is not None:
+    if cell is not None:
+        cfg.update({k: v for k, v in cell.items() if k in DEFAULTS})
+    elif preset is not None:
         cfg.update(dataset=preset.dataset, rule=preset.rule, grouping=preset.grouping)
+    if name is not None:
+        for key in ("dataset", "rule", "grouping", "arch", "width"):
+            if key in given and given[key] != cfg[key]:
+                raise ValueError(f"{key}={given[key]!r} contradicts preset {name!r} "
+                                 f"({key}={cfg[key]!r}); drop one of them")
     cfg.update(given)
     if cfg["dataset"] not in presets.DATASETS:
         raise choice_error("dataset", cfg["dataset"], presets.DATASETS)
     presets.check_column(cfg["rule"], cfg["grouping"])
-    if preset is None:
-        preset = presets.get_preset(presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]))
-    cfg["preset"], cfg["preset_note"] = preset.name, preset.note
+    is_conv = _check_arch(cfg, given)
+    if is_conv:
+        fields, cfg["preset"], cfg["preset_note"] = _conv_preset(cfg, given, cell)
+    else:
+        if preset is None:
+            preset = presets.get_preset(presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]))
+        cfg["preset"], cfg["preset_note"] = preset.name, preset.note
+        fields = dict(lr_out=preset.lr_out, lr_local=preset.lr_local, groups=preset.groups)
     if cfg["mode"] not in MODES:
         raise choice_error("mode", cfg["mode"], MODES)
     if cfg["mode"] == "online":
+        if is_conv:
+            raise ValueError(f"mode='online' needs arch='mlp' (two-point streams drive dense layers), "
+                             f"got arch={cfg['arch']!r}")
         if cfg["rule"] != "gaussian":
             raise ValueError(f"mode='online' needs rule='gaussian' (the two-point rule of Eq. 13 is "
                              f"the Gaussian kernel's), got rule={cfg['rule']!r}")
@@ -106,9 +131,9 @@ def resolve_config(**options):
         cfg["streams"] = None
     cfg["column"] = presets.column_name(cfg["rule"], cfg["grouping"])
     local = cfg["rule"] in ("cossim", "gaussian")
-    for key in ("lr_out", "lr_local", "groups"):
-        if cfg[key] is None:
-            cfg[key] = getattr(preset, key)
+    for key, value in fields.items():
+        if key not in given and not (key == "lr_local" and cfg["mode"] == "online"):
+            cfg[key] = value
     if not local:
         if "lr_local" in given:
             raise ValueError(f"lr_local: rule={cfg['rule']!r} has no local learning rate")
@@ -117,15 +142,99 @@ def resolve_config(**options):
         if "groups" in given:
             raise ValueError("groups needs grouping 'grp' or 'grp+div' (plain has no groups)")
         cfg["groups"] = None
+    if cfg["augment"] is None:
+        cfg["augment"] = cfg["dataset"] == "cifar10"
     _validate(cfg)
+    if is_conv and "eval_batch_size" not in given:
+        cfg["eval_batch_size"] = conv_eval_batch_size(cfg)
     if cfg["backend"] is None:
         cfg["backend"] = default_backend()
     cfg["p"] = presets.GROUPING_P[cfg["grouping"]]
-    cfg["hidden"] = [int(h) for h in cfg["hidden"]]
+    cfg["hidden"] = None if is_conv else [int(h) for h in cfg["hidden"]]
     cfg["milestones"] = [int(m) for m in cfg["milestones"]]
     from . import __version__
     cfg["version"] = __version__
     return cfg
+
+
+def _check_arch(cfg, given):
+    """Validate arch/width/hidden; True for a conv arch."""
+    arch, width = cfg["arch"], cfg["width"]
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
+    if arch == "mlp":
+        if width != 1:
+            raise ValueError(f"width={width} needs a conv arch (--arch {' or '.join(ARCHS)} or a "
+                             "block string); the MLP's widths are --hidden")
+        return False
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a string, got {type(arch).__name__}")
+    try:
+        parse_arch(arch, width)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or arch='mlp'") from None
+    if "hidden" in given:
+        raise ValueError(f"hidden is the MLP's option; arch={arch!r} is a conv net: write its fc "
+                         "layers in the arch string instead (e.g. --arch conv32-pool-conv64-pool-fc256)")
+    return True
+
+
+def _conv_preset(cfg, given, cell):
+    """(fields to fill where not given, preset name, note) of a conv run (Table 6).
+
+    An explicit Table 6 preset (``cell``) is already in ``cfg``.  Otherwise the run takes
+    Table 6's shared settings and, where Table 6 has the column, its cell's learning
+    rates and groups (``cifar10-vgg[2x]-<column>``, by width).
+    """
+    if cell is not None:
+        return {}, cfg["preset"], "Table 6 (App. D.6)"
+    suffix = {"plain": "", "grp": "-grp", "grp+div": "-grpdiv"}[cfg["grouping"]]
+    rule = cfg["rule"].replace("-", "")
+    name = f"cifar10-vgg{'2x' if cfg['width'] == 2 else ''}-{rule}{suffix}"
+    fields = dict(CONV_SHARED)
+    if cfg["rule"] == "backprop":
+        fields["milestones"] = TABLE6_SHARED["milestones_backprop"]
+    if name in TABLE6:
+        fields.update({k: TABLE6[name][k] for k in ("lr_out", "lr_local", "groups")})
+        same = (cfg["dataset"], cfg["arch"]) == ("cifar10", "vgg")
+        return fields, name, f"Table 6 cell {name}" + ("" if same else
+                                                      f" (tuned for vgg on cifar10; used here for "
+                                                      f"{cfg['arch']} on {cfg['dataset']})")
+    need = [k for k, flag in (("lr_out", True), ("lr_local", cfg["rule"] in ("cossim", "gaussian")),
+                              ("groups", cfg["grouping"] != "plain")) if flag and k not in given]
+    if need:
+        raise ValueError(f"Table 6 has no conv cell for {cfg['rule']} {cfg['grouping']} "
+                         f"(cells: {', '.join(sorted(TABLE6))}): give {', '.join(need)}")
+    arch = cfg["arch"] if cfg["arch"] in ARCHS else "conv"
+    return fields, f"{cfg['dataset']}-{arch}-{rule}{suffix}", "no Table 6 cell: learning rates given"
+
+
+def conv_shapes(blocks, in_shape, kernel_size=3, padding=1):
+    """[(block, input shape, output shape)] of a conv net's hidden layers (shapes without m)."""
+    shape, out = tuple(int(s) for s in in_shape), []
+    for block in blocks:
+        if block[0] == "conv":
+            ho, wo = conv.conv_out_size(shape[1], shape[2], kernel_size, kernel_size, padding)
+            h2, w2 = conv.pool_out_size(ho, wo, block[2])
+            if min(ho, wo, h2, w2) < 1:
+                raise ValueError(f"arch: layer {block} does not fit its {shape[1]}x{shape[2]} input "
+                                 "(too many pools for the image size)")
+            new = (block[1], h2, w2)
+        else:
+            new = (block[1],)
+        out.append((block, shape, new))
+        shape = new
+    return out
+
+
+def conv_eval_batch_size(cfg, budget=EVAL_IM2COL_BYTES, cap=2000):
+    """Evaluation batch of a conv net: the largest multiple of 50 (<= cap) whose largest im2col
+    matrix (m·H·W, 9·C_in) fits in ``budget`` bytes."""
+    from .data import IMAGE_SHAPES
+    per_sample = max((shape[1] * shape[2] * shape[0] * 9 for block, shape, _ in
+                      conv_shapes(parse_arch(cfg["arch"], cfg["width"]), IMAGE_SHAPES[cfg["dataset"]])
+                      if block[0] == "conv"), default=1) * np.dtype(cfg["dtype"]).itemsize
+    return int(max(1, min(cap, budget // per_sample // 50 * 50 or budget // per_sample)))
 
 
 def _validate(cfg):
@@ -139,8 +248,11 @@ def _validate(cfg):
         raise ValueError(f"seed must be an integer >= 0, got {cfg['seed']!r}")
     if cfg["subset"] is not None:
         positive_int("subset")
-    if not cfg["hidden"] or any(int(h) < 1 for h in cfg["hidden"]):
+    is_conv = cfg.get("arch", "mlp") != "mlp"
+    if not is_conv and (not cfg["hidden"] or any(int(h) < 1 for h in cfg["hidden"])):
         raise ValueError(f"hidden must list positive widths, got {cfg['hidden']!r}")
+    if not isinstance(cfg.get("augment", False), bool):
+        raise TypeError(f"augment must be True or False, got {cfg['augment']!r}")
     for key in ("lr_out", "lr_local", "dropout", "momentum", "weight_decay_local", "weight_decay_out"):
         v = cfg[key]
         if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
@@ -155,9 +267,18 @@ def _validate(cfg):
         raise choice_error("optimizer", cfg["optimizer"], OPTIMIZERS)
     if list(cfg["milestones"]) != sorted(cfg["milestones"]):
         raise ValueError(f"milestones must be increasing, got {cfg['milestones']!r}")
-    if cfg["groups"] is not None:
+    if cfg["groups"] is not None and not is_conv:
         for h in cfg["hidden"]:
             make_rule(cfg).check_width(int(h))
+    if is_conv:
+        from .data import IMAGE_SHAPES
+        rule = make_rule(cfg) if cfg["groups"] is not None else None
+        for block, _, out in conv_shapes(parse_arch(cfg["arch"], cfg["width"]), IMAGE_SHAPES[cfg["dataset"]]):
+            if rule is not None and block[0] == "conv" and out[0] % rule.groups:
+                raise ValueError(f"groups={rule.groups} does not divide the {out[0]} channels of "
+                                 f"conv layer {block} (a conv group is a block of whole channels)")
+            if rule is not None:
+                rule.check_width(int(np.prod(out)))
 
 
 def make_rule(cfg):
@@ -168,7 +289,13 @@ def make_rule(cfg):
 
 
 def build_network(cfg, n_in, n_classes, backend, rng):
-    """The MLP of a resolved config (draws the initial weights from ``rng``)."""
+    """The network of a resolved config (draws the initial weights from ``rng``).
+
+    ``n_in`` is the input width of the MLP, or the image shape (C, H, W) for a conv arch
+    (:func:`threefactor.conv_layers.build_convnet`).
+    """
+    if cfg.get("arch", "mlp") != "mlp":
+        return build_convnet(cfg, tuple(n_in), n_classes, backend, rng)
     learning = {"backprop": "backprop", "last-layer": "last-layer"}.get(cfg["rule"], "local")
     net = MLP(n_in, cfg["hidden"], n_classes, make_rule(cfg), divisive=cfg["grouping"] == "grp+div",
               learning=learning, dropout=cfg["dropout"], backend=backend,
@@ -195,9 +322,13 @@ def _load_online_state(net, arrays):
 
 
 def load_data(cfg, progress=True):
-    """(x_train, y_train, x_test, y_test, n_classes) as numpy arrays of the config's dtype."""
+    """(x_train, y_train, x_test, y_test, n_classes) as numpy arrays of the config's dtype.
+
+    x is (N, features) for the MLP and (N, C, H, W) for conv archs.
+    """
     from .data import load_dataset
-    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], flatten=True, validation=cfg["validation"],
+    flatten = cfg.get("arch", "mlp") == "mlp"
+    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], flatten=flatten, validation=cfg["validation"],
                       seed=0, progress=progress)
     x_tr, y_tr = ds.x_train, ds.y_train
     if cfg["subset"] is not None and cfg["subset"] < len(y_tr):
@@ -226,7 +357,8 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
     backend = get_backend(cfg["backend"])
     x_tr, y_tr, x_te, y_te, n_classes = data if data is not None else load_data(cfg, progress)
     rng = np.random.default_rng(cfg["seed"])
-    net = build_network(cfg, x_tr.shape[1], n_classes, backend, rng)
+    is_conv = cfg.get("arch", "mlp") != "mlp"
+    net = build_network(cfg, x_tr.shape[1:] if is_conv else x_tr.shape[1], n_classes, backend, rng)
     opts = net.make_optimizers(cfg["lr_local"], cfg["lr_out"], weight_decay_local=cfg["weight_decay_local"],
                                weight_decay_out=cfg["weight_decay_out"], momentum=cfg["momentum"],
                                optimizer=cfg["optimizer"])
@@ -246,7 +378,9 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
     rd.write_config(cfg)
     if not resume:
         log(f"{cfg['dataset']} {cfg['column']}: preset {cfg['preset']} (lr_out {cfg['lr_out']}, "
-            f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), hidden {cfg['hidden']}, "
+            f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), "
+            + (f"arch {cfg['arch']} x{cfg['width']}, " if is_conv else f"hidden {cfg['hidden']}, ")
+            + ("augmented, " if cfg.get("augment") else "") +
             f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
             + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
             + f" -> {rd.path}")
@@ -265,6 +399,7 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
     Xt, Yt = backend.asarray(x_te), backend.asarray(y_te)
     n, bs = len(y_tr), cfg["batch_size"]
     host_index = backend.xp is np
+    augment = _augmenter(cfg, backend) if cfg.get("augment") else None
     last_plot = time.perf_counter()
     for epoch in range(start + 1, cfg["epochs"] + 1):
         lr_out = multistep_lr(cfg["lr_out"], epoch, cfg["milestones"], cfg["lr_factor"])
@@ -283,7 +418,8 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
             idx = perm[s:s + bs]
             if not host_index:
                 idx = backend.asarray(idx)
-            stats = net.train_step(X[idx], Y[idx], opts, rng)
+            xb = X[idx] if augment is None else augment(X[idx], rng)
+            stats = net.train_step(xb, Y[idx], opts, rng)
             m = len(idx)
             loss_sum = loss_sum + stats.loss * m
             correct = correct + stats.correct
@@ -323,11 +459,24 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
             + (f"  L = {', '.join(f'{o:.3g}' for o in objs)}" if objs else ""))
 
 
+def _augmenter(cfg, backend):
+    """``augment(x, rng)``: App. D.3 crop and flip of a training batch (images or flattened images)."""
+    from .augment import pad_fill, random_crop_flip
+    from .data import IMAGE_SHAPES
+    shape, fill, xp = IMAGE_SHAPES[cfg["dataset"]], pad_fill(cfg["dataset"]), backend.xp
+
+    def augment(x, rng):
+        return random_crop_flip(x.reshape((x.shape[0],) + shape), rng, fill=fill, xp=xp).reshape(x.shape)
+    return augment
+
+
 # -- command line ------------------------------------------------------------
 
 DESCRIPTION = """\
 Train the paper's fully connected network (3 hidden layers of 1024 LReLU units;
-Pogodin & Latham 2020, Sec. 4.2, Table 1) with explicit learning rules.
+Pogodin & Latham 2020, Sec. 4.2, Table 1) or its convolutional networks (--arch;
+Sec. 4.3, App. D.1, D.6: 3x3 conv -> SELU -> 2x2 max pool -> local objective ->
+divisive norm -> alpha dropout per layer) with explicit learning rules.
 
 Rules (--rule), one per Table 1 column:
   gaussian    each hidden layer minimises its own L = pHSIC(Z,Z) - gamma pHSIC(Y,Z)
@@ -342,7 +491,14 @@ Only the output layer (linear + bias, softmax cross-entropy) ever sees the label
 error; each hidden layer has its own SGD and updates during the forward pass.
 Learning rates and groups come from App. D Table 3 (--preset; see
 threefactor.presets); --lr-local, --lr-out, --groups override them.
-"""
+Conv nets take theirs from Table 6 (App. D.6; SGD momentum 0.95, batch 128,
+alpha dropout 0.05, SELU, weight decay 1e-7 local / 1e-6 output, delta 1;
+milestones 300 350 450 475, backprop 100 200 250 275; 500 epochs with an
+explicit --preset). Table 6 presets:
+  {table6}
+CIFAR-10 training batches are augmented (App. D.3): zero padding 4, random
+32x32 crop, horizontal flip with p = 0.5, drawn from the run's seeded RNG.
+""".format(table6="\n  ".join(", ".join(sorted(TABLE6)[i:i + 2]) for i in range(0, len(TABLE6), 2)))
 
 EPILOG = """\
 examples:
@@ -350,6 +506,10 @@ examples:
   threefactor train --dataset fmnist --rule gaussian --grouping grp+div --epochs 100 --seed 0
   threefactor train --rule backprop --subset 5000 --epochs 1 --hidden 256 256
   threefactor train --mode online --streams 256 --epochs 3   # two-point rule in time
+  threefactor train --preset cifar10-vgg-gaussian-grpdiv --epochs 500   # Table 6 / Table 7 cell
+  threefactor train --arch small --dataset fmnist --rule gaussian --grouping grp+div --groups 16 \
+                    --lr-local 0.4 --epochs 2 --subset 20000            # a small conv net on the CPU
+  threefactor train --arch conv16-pool-conv32-pool-fc64 --dataset mnist --rule backprop --epochs 1
   threefactor train --resume runs/fmnist-gaussian-grpdiv-s0-20240101-120000 --epochs 100
   threefactor table runs/*               # Table 1-style summary of finished runs
 
@@ -377,9 +537,15 @@ def configure_parser(parser):
                    help=f"one of {', '.join(presets.GROUPINGS)} (default {d['grouping']})")
     g.add_argument("--preset", default=S, metavar="NAME",
                    help="Table 3 cell, e.g. fmnist-gaussian-grpdiv, mnist-cossim-grp, kmnist-lastlayer "
-                        "(default: <dataset>-<rule>[-grp|-grpdiv])")
+                        "(default: <dataset>-<rule>[-grp|-grpdiv]), or a Table 6 conv cell (listed "
+                        "above), e.g. cifar10-vgg-gaussian-grpdiv, cifar10-vgg2x-backprop")
+    g.add_argument("--arch", default=S, metavar="ARCH",
+                   help=f"mlp (default), a conv net: {', '.join(f'{k} ({v})' for k, v in ARCHS.items())}, "
+                        "or blocks convN / pool / fcN joined by '-', e.g. conv16-pool-conv32-pool-fc64")
+    g.add_argument("--width", type=int, default=S, metavar="K",
+                   help="conv channel multiplier (2: the paper's 2x VGG; default 1)")
     g.add_argument("--hidden", type=int, nargs="+", default=S, metavar="N",
-                   help="hidden widths (default 1024 1024 1024)")
+                   help="MLP hidden widths (default 1024 1024 1024; conv archs: write fc layers in --arch)")
     g.add_argument("--groups", type=int, default=S, metavar="C", help="number of groups c per layer (preset)")
     h = parser.add_argument_group("optimisation (App. D.4-D.5)")
     h.add_argument("--epochs", type=int, default=S, help="epochs (default 2; the paper: 100)")
@@ -408,6 +574,11 @@ def configure_parser(parser):
     r.add_argument("--validation", action="store_true", default=S,
                    help="hold out 10%% of the training set and report accuracy on it instead of the test set")
     r.add_argument("--subset", type=int, default=S, metavar="N", help="train on N training samples (quick runs)")
+    r.add_argument("--augment", action=argparse.BooleanOptionalAction, default=S,
+                   help="App. D.3 crop (zero padding 4) and horizontal flip of training batches "
+                        "(default: on for cifar10, off otherwise)")
+    r.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=S, metavar="N",
+                   help="test-set batch (default 2000; conv nets: what keeps im2col under 2 GiB, vgg 450)")
     r.add_argument("--backend", default=S, help="numpy, numba or cupy (default numba if available)")
     r.add_argument("--dtype", default=S, help="float32 (default) or float64")
     r.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/<preset>-s<seed>-<time>)")
