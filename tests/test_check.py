@@ -11,7 +11,7 @@ import pytest
 
 from threefactor import cli
 from threefactor.backends.numpy import NumpyBackend
-from threefactor.check import (GradcheckError, assert_update_matches, check_all, check_rule,
+from threefactor.check import (GradcheckError, assert_update_matches, check_all, check_conv_all, check_rule,
                                relative_error, write_json)
 from threefactor.rules import Rule
 from threefactor.torch_ref import torch_available
@@ -141,6 +141,7 @@ def test_cli_full_matrix_exits_zero(tmp_path):
     assert lines[0].split()[:3] == ["variant", "backend", "method"]
     assert "max rel error" in lines[0] and "worst (n, k)" in lines[0]
     assert any(line.startswith("gaussian/grp+div/selu") and "PASS" in line for line in lines)
+    assert any(line.startswith("conv/gaussian/grp+div/selu/pool=max") and "PASS" in line for line in lines)
     assert "0 failed" in proc.stdout
     doc = json.loads(out.read_text())
     assert doc["passed"] is True and doc["n_failed"] == 0
@@ -154,7 +155,7 @@ def test_cli_full_matrix_exits_zero(tmp_path):
 
 def test_cli_subset_and_failure(monkeypatch, capsys):
     argv = ["check", "--backend", "numpy", "--kernel", "cosine", "--grouping", "grp",
-            "--activation", "selu", "--method", "complex"]
+            "--activation", "selu", "--method", "complex", "--no-conv"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "cosine/grp/selu" in out and "PASS" in out and "1 comparisons" in out
@@ -207,3 +208,49 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
 def test_degenerate_cosine_with_two_groups_is_refused():
     with pytest.raises(ValueError, match=r"groups=2 with the cosine kernel is degenerate"):
         check_rule(Rule(kernel="cosine", groups=2), backends=["numpy"])
+
+
+# --------------------------------------------------------------------------- conv layers
+
+
+def test_check_conv_all_passes_on_numpy():
+    """One activation here; the CLI test runs every activation on every backend."""
+    results = check_conv_all(backends=["numpy"], activations=["selu"])
+    assert len(results) == 3 * 3 * 2          # kernels × groupings × pools
+    assert {r.method for r in results} == {"complex"}
+    assert all(r.status == "PASS" and r.max_rel_error < 1e-12 for r in results), \
+        [r for r in results if not r.max_rel_error < 1e-12]
+    names = {r.variant for r in results}
+    assert "conv/cosine/grp+div/selu/pool=max" in names and "conv/linear/plain/selu/pool=None" in names
+    lin = check_conv_all(backends=["numpy"], kernels=["gaussian"], groupings=["grp"], activations=["selu"],
+                         label_kernels=["linear"], pools=["max"], dtype=np.float32)
+    assert [(r.variant, r.dtype, r.status) for r in lin] == [("conv/gaussian/grp/selu/pool=max/ylinear",
+                                                             "float32", "PASS")]
+
+
+def test_check_conv_fails_on_a_wrong_update(monkeypatch):
+    hebbian = NumpyBackend.hebbian
+    monkeypatch.setattr(NumpyBackend, "hebbian", lambda self, post, x: (1 + 1e-8) * hebbian(self, post, x))
+    results = check_conv_all(backends=["numpy"], kernels=["gaussian"], activations=["selu"])
+    assert results and all(r.status == "FAIL" for r in results)
+    assert results[0].max_rel_error == pytest.approx(1e-8, rel=1e-3)
+
+
+def test_cli_conv_only_and_dense_only(tmp_path, capsys):
+    base = ["check", "--backend", "numpy", "--kernel", "gaussian", "--grouping", "grp+div",
+            "--activation", "selu", "--method", "complex"]
+    out = tmp_path / "conv.json"
+    assert cli.main(base + ["--conv", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if "PASS" in line]
+    assert [line.split()[0] for line in rows] == ["conv/gaussian/grp+div/selu/pool=None",
+                                                  "conv/gaussian/grp+div/selu/pool=max"]
+    doc = json.loads(out.read_text())
+    assert doc["passed"] and doc["meta"]["conv"] == "conv only" and len(doc["results"]) == 2
+    assert cli.main(base + ["--no-conv"]) == 0
+    text = capsys.readouterr().out
+    assert "conv/" not in text and "gaussian/grp+div/selu" in text
+    assert cli.main(base) == 0
+    assert "3 comparisons" in capsys.readouterr().out              # dense + 2 conv
+    assert cli.main(base[:-1] + ["fd", "--conv"]) == 2
+    assert "nothing to check" in capsys.readouterr().err

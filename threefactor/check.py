@@ -48,15 +48,23 @@ derivative then disagrees with finite differences, or raises) and the complex
 method is reported as SKIP with the reason; fd and torch still decide.
 For torch, ``matrix`` is called with ``xp=torch``.
 
+Conv layers (Sec. 4.3, App. D.1) are checked too (:func:`check_conv_all`): a
+3×3 conv layer (C_in 2 -> C_out 6 on 4×4 images, m = 4, groups of 2 channels)
+with and without 2×2 max pooling, against complex-step derivatives of the
+literal conv objective (:func:`threefactor.conv_rule.check_conv_rule`); their
+rows are named ``conv/<kernel>/<grouping>/<activation>/pool=<None|max>``.
+
 Command line: ``threefactor check [--backend ...] [--kernel ...] [--activation ...]
 [--grouping plain grp grp+div] [--dtype float64] [--seed 0] [--json PATH]
-[--kernel-module MODULE:NAME]`` prints one table row per (variant, backend,
-method) and exits 0 (all pass), 1 (a failure) or 2 (bad use, unavailable
-backend).  ``--json`` writes ``{"meta", "passed", "n_failed", "results": [CheckResult
+[--kernel-module MODULE:NAME] [--conv | --no-conv]`` prints one table row per (variant,
+backend, method) and exits 0 (all pass), 1 (a failure) or 2 (bad use, unavailable
+backend).  By default dense and conv variants are checked (about 10 s); ``--conv``
+checks only the conv variants, ``--no-conv`` only the dense ones.  ``--json`` writes ``{"meta", "passed", "n_failed", "results": [CheckResult
 fields + "status"]}`` atomically (temp file + os.replace).
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -338,6 +346,21 @@ def check_all(*, backends=None, kernels=KERNELS, groupings=GROUPINGS, activation
         out += check_rule(rule, backends=backends, name=name, **kwargs)
     return out
 
+def check_conv_all(*, backends=None, kernels=KERNELS, groupings=GROUPINGS, activations=ACTIVATIONS,
+                   label_kernels=("cosine",), pools=(None, "max"), dtype=np.float64, seed=0):
+    """:func:`threefactor.conv_rule.check_conv_rule` over the conv matrix (kernel × grouping ×
+    activation × pooling × label kernel; named kernels only); method "complex"."""
+    from .conv_rule import check_conv_rule, conv_variants
+    backends = _backend_names() if backends is None else tuple(backends)
+    kernels = [k for k in kernels if isinstance(k, str)]
+    out = []
+    for lk in label_kernels:
+        for name, rule, pool in conv_variants(kernels, groupings, activations, pools):
+            suffix = "/ylinear" if lk == "linear" else ""
+            out += check_conv_rule(rule.with_(label_kernel=lk), pool, backends=backends, dtype=dtype,
+                                   seed=seed, name=name + suffix)
+    return out
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -361,6 +384,10 @@ def configure_parser(parser):
     parser.add_argument("--n-out", type=int, default=8)
     parser.add_argument("--groups", type=int, default=4, help="number of groups of grp, grp+div")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--conv", action=argparse.BooleanOptionalAction, default=None,
+                        help="--conv: only the conv-layer variants (3x3 conv, C_in 2 -> C_out 6, 3 groups, "
+                             "with and without max pooling; complex step); --no-conv: only the dense "
+                             "ones (default: both)")
     return parser
 
 
@@ -443,10 +470,17 @@ def run(args) -> int:
                 except (BackendUnavailable, ImportError) as exc:
                     print(f"threefactor check: backend {b} is unavailable: {exc}", file=sys.stderr)
             return 2
-        results = check_all(backends=backends, kernels=kernels, groupings=args.grouping,
-                            activations=args.activation, label_kernels=args.label_kernel,
-                            groups=args.groups, dtype=args.dtype, m=args.m, n_in=args.n_in,
-                            n_out=args.n_out, seed=args.seed, methods=tuple(args.method))
+        conv = getattr(args, "conv", None)
+        results = [] if conv else check_all(
+            backends=backends, kernels=kernels, groupings=args.grouping, activations=args.activation,
+            label_kernels=args.label_kernel, groups=args.groups, dtype=args.dtype, m=args.m,
+            n_in=args.n_in, n_out=args.n_out, seed=args.seed, methods=tuple(args.method))
+        if conv is not False and "complex" in args.method:
+            results += check_conv_all(backends=backends, kernels=kernels, groupings=args.grouping,
+                                      activations=args.activation, label_kernels=args.label_kernel,
+                                      dtype=args.dtype, seed=args.seed)
+        if not results:
+            raise ValueError("nothing to check: --conv needs a named --kernel and --method complex")
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         print(f"threefactor check: {exc}", file=sys.stderr)
         return 2
@@ -459,6 +493,7 @@ def run(args) -> int:
         from . import __version__
         meta = {"version": __version__, "dtype": args.dtype, "seed": args.seed, "m": args.m,
                 "n_in": args.n_in, "n_out": args.n_out, "groups": args.groups,
+                "conv": {None: "dense and conv", True: "conv only", False: "dense only"}[getattr(args, "conv", None)],
                 "backends": backends, "tolerances": TOLERANCES[args.dtype],
                 "relative_error": "max|dW - ref| / max|ref|"}
         write_json(args.json, results, meta)
