@@ -10,7 +10,8 @@ from threefactor.backends import get_backend
 from threefactor.conv_layers import TABLE6, ConvNet
 from threefactor.data import CIFAR_MEAN, CIFAR_STD
 from threefactor.runs import METRIC_KEYS, RunDir
-from threefactor.train import _augmenter, build_network, conv_eval_batch_size, resolve_config, train
+from threefactor.train import (_augmenter, build_network, conv_eval_batch_size, default_out, resolve_config,
+                               train)
 
 from test_train import _quiet, data_root  # noqa: F401  (fixture)
 
@@ -124,6 +125,7 @@ def test_conv_arch_takes_the_table6_cell_of_its_column():
     assert cfg["preset"] == "cifar10-vgg-gaussian-grpdiv" and "small on fmnist" in cfg["preset_note"]
     assert (cfg["lr_local"], cfg["groups"], cfg["epochs"], cfg["activation"]) == (0.4, 16, 2, "selu")
     assert cfg["eval_batch_size"] == 2000 and cfg["augment"] is False
+    assert default_out(cfg).name.startswith("fmnist-small-gaussian-grpdiv-s0-")
     own = resolve_config(arch="conv8-pool-fc16", dataset="mnist", rule="gaussian", grouping="plain",
                          lr_out=0.01, lr_local=0.1, backend="numpy")
     assert own["preset"] == "mnist-conv-gaussian" and own["lr_local"] == 0.1

@@ -187,7 +187,7 @@ def _conv_preset(cfg, given, cell):
     rates and groups (``cifar10-vgg[2x]-<column>``, by width).
     """
     if cell is not None:
-        return {}, cfg["preset"], "Table 6 (App. D.6)"
+        return {}, cfg["preset"], "Table 6"
     suffix = {"plain": "", "grp": "-grp", "grp+div": "-grpdiv"}[cfg["grouping"]]
     rule = cfg["rule"].replace("-", "")
     name = f"cifar10-vgg{'2x' if cfg['width'] == 2 else ''}-{rule}{suffix}"
@@ -340,8 +340,15 @@ def load_data(cfg, progress=True):
 
 
 def default_out(cfg):
+    """runs/<name>-s<seed>-<time>: the preset for the MLP; dataset, arch, width and column for conv nets."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg['preset']}-s{cfg['seed']}-{stamp}"
+    name = cfg["preset"]
+    if cfg.get("arch", "mlp") != "mlp":
+        arch = cfg["arch"] if cfg["arch"] in ARCHS else "conv"
+        width = "" if cfg["width"] == 1 else f"{cfg['width']}x"
+        column = presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]).split("-", 1)[1]
+        name = f"{cfg['dataset']}-{arch}{width}-{column}"
+    return Path("runs") / f"{name}-s{cfg['seed']}-{stamp}"
 
 
 def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
@@ -384,7 +391,7 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
             f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
             + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
             + f" -> {rd.path}")
-        if cfg["preset_note"] and cfg["preset_note"] != "Table 3":
+        if cfg["preset_note"] and cfg["preset_note"] not in ("Table 3", "Table 6"):
             log(f"note: {cfg['preset_note']}")
     run_epochs(cfg, rd, net, opts, rng, backend, (x_tr, y_tr, x_te, y_te), start,
                progress=progress, log=log)
