@@ -58,9 +58,10 @@ Command line: ``threefactor check [--backend ...] [--kernel ...] [--activation .
 [--grouping plain grp grp+div] [--dtype float64] [--seed 0] [--json PATH]
 [--kernel-module MODULE:NAME] [--conv | --no-conv]`` prints one table row per (variant,
 backend, method) and exits 0 (all pass), 1 (a failure) or 2 (bad use, unavailable
-backend).  By default dense and conv variants are checked (about 10 s); ``--conv``
-checks only the conv variants, ``--no-conv`` only the dense ones.  ``--json`` writes ``{"meta", "passed", "n_failed", "results": [CheckResult
-fields + "status"]}`` atomically (temp file + os.replace).
+backend).  By default dense and conv variants are checked (about 13 s of CPU);
+``--conv`` checks only the conv variants, ``--no-conv`` only the dense ones.
+``--json`` writes ``{"meta", "passed", "n_failed", "results": [CheckResult fields +
+"status"]}`` atomically (temp file + os.replace); ``meta["conv"]`` says which were run.
 """
 from __future__ import annotations
 
