@@ -84,10 +84,10 @@ def test_metrics_jsonl_csv_and_plot(tmp_path):
         rd.append_metrics({"epoch": 5})
 
 
-def _fake_run(path, dataset, rule, grouping, seed, accs, epochs=None):
+def _fake_run(path, dataset, rule, grouping, seed, accs, epochs=None, **extra):
     rd = RunDir(path)
     rd.write_config(dict(dataset=dataset, rule=rule, grouping=grouping, seed=seed,
-                         epochs=epochs or len(accs)))
+                         epochs=epochs or len(accs), **extra))
     for e, a in enumerate(accs, 1):
         rd.append_metrics(_record(e, a))
     return rd
@@ -106,7 +106,17 @@ def test_table(tmp_path, capsys):
     assert lines[3] == "| fashion-MNIST | 90.2 (0.0, n=1) | 88.8 (0.6, n=2) |"
     assert "final-epoch" in out and "stopped before" in out
     cells = summarize(find_runs([tmp_path / "runs" / "a", tmp_path / "runs" / "b"]), "best")
-    assert cells[("fmnist", "gaussian grp+div")]["values"] == [88.5, 89.1]
+    assert cells[(("fmnist", ""), "gaussian grp+div")]["values"] == [88.5, 89.1]
     assert "best-epoch" in markdown_table(cells, "best")
     with pytest.raises(SystemExit, match="not a run directory"):
         cli.main(["table", str(tmp_path / "nowhere")])
+
+
+def test_table_keeps_architectures_and_modes_apart(tmp_path, capsys):
+    _fake_run(tmp_path / "runs" / "a", "fmnist", "gaussian", "grp+div", 0, [88.0])
+    _fake_run(tmp_path / "runs" / "b", "fmnist", "gaussian", "grp+div", 0, [80.0], mode="online")
+    _fake_run(tmp_path / "runs" / "c", "fmnist", "gaussian", "grp+div", 0, [70.0], arch="vgg", width=2)
+    assert cli.main(["table", str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:5] == ["| fashion-MNIST | 88.0 (0.0, n=1) |", "| fashion-MNIST (online) | 80.0 (0.0, n=1) |",
+                          "| fashion-MNIST (vgg ×2) | 70.0 (0.0, n=1) |"]

@@ -36,7 +36,7 @@ def find_runs(paths):
 
 
 def summarize(runs, metric="final"):
-    """{(dataset, column): {"values": [...], "epochs": [...], "planned": [...], "seeds": [...]}}."""
+    """{((dataset, network), column): {"values": [...], "epochs": [...], "planned": [...], "seeds": [...]}}."""
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is not one of: {', '.join(METRICS)}")
     cells = {}
@@ -50,7 +50,7 @@ def summarize(runs, metric="final"):
             continue
         accs = [r["test_accuracy"] for r in records]
         value = accs[-1] if metric == "final" else max(accs)
-        key = (cfg["dataset"], column_name(cfg["rule"], cfg["grouping"]))
+        key = ((cfg["dataset"], _network(cfg)), column_name(cfg["rule"], cfg["grouping"]))
         cell = cells.setdefault(key, {"values": [], "epochs": [], "planned": [], "seeds": []})
         cell["values"].append(value)
         cell["epochs"].append(records[-1]["epoch"])
@@ -59,15 +59,27 @@ def summarize(runs, metric="final"):
     return cells
 
 
+def _network(cfg):
+    """What besides the dataset tells runs apart in a row: the architecture and the mode."""
+    parts = []
+    arch = cfg.get("arch", "mlp") or "mlp"
+    if arch != "mlp":
+        width = cfg.get("width", 1) or 1
+        parts.append(arch + (f" ×{width}" if width != 1 else ""))
+    if cfg.get("mode", "batch") == "online":
+        parts.append("online")
+    return ", ".join(parts)
+
+
 def markdown_table(cells, metric="final", digits=1):
     """Rows per dataset, one column per rule/grouping present, ``mean (max−min)`` per cell."""
     if not cells:
         return "(no finished epochs in these runs)\n"
     columns = [column_name(r, g) for r, g in COLUMNS if any(k[1] == column_name(r, g) for k in cells)]
-    datasets = [d for d in DATASETS if any(k[0] == d for k in cells)]
+    rows = sorted({k[0] for k in cells}, key=lambda r: (DATASETS.index(r[0]), r[1]))
     lines = ["| dataset | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     unfinished = False
-    for d in datasets:
+    for d in rows:
         row = []
         for col in columns:
             cell = cells.get((d, col))
@@ -80,7 +92,8 @@ def markdown_table(cells, metric="final", digits=1):
             if any(e < p for e, p in zip(cell["epochs"], cell["planned"])):
                 mark, unfinished = "*", True
             row.append(f"{mean:.{digits}f} ({spread:.{digits}f}, n={len(v)}){mark}")
-        lines.append(f"| {DATASET_TITLES[d]} | " + " | ".join(row) + " |")
+        title = DATASET_TITLES[d[0]] + (f" ({d[1]})" if d[1] else "")
+        lines.append(f"| {title} | " + " | ".join(row) + " |")
     epochs = sorted({e for c in cells.values() for e in c["epochs"]})
     what = "final-epoch" if metric == "final" else "best-epoch"
     lines.append("")
