@@ -12,7 +12,8 @@ import pytest
 from threefactor import cli
 from threefactor.backends.numpy import NumpyBackend
 from threefactor.check import (GradcheckError, assert_update_matches, check_all, check_conv_all, check_rule,
-                               relative_error, write_json)
+                               relative_error)
+from threefactor.check_cli import write_json
 from threefactor.rules import Rule
 from threefactor.torch_ref import torch_available
 

@@ -13,7 +13,7 @@ import sys
 #: subcommand -> (module, one-line help)
 COMMANDS = {
     "train": ("threefactor.train", "train a network with explicit local rules (default: Fashion-MNIST, Gaussian grp+div)"),
-    "check": ("threefactor.check", "prove every rule's update equals -dL/dW (finite differences, complex step, autograd)"),
+    "check": ("threefactor.check_cli", "prove every rule's update equals -dL/dW (finite differences, complex step, autograd)"),
     "bench": ("threefactor.bench", "measure update throughput against the GEMM floor and autograd"),
     "table": ("threefactor.report", "print a Table 1-style Markdown table from run directories"),
 }

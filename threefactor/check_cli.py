@@ -1,0 +1,156 @@
+"""``threefactor check``: the command line, table and JSON report of :mod:`threefactor.check`.
+
+The checks themselves (finite differences, complex step, autograd) live in
+:mod:`threefactor.check`; this module parses options, prints the table (variant,
+backend, method, max relative error, worst synapse, both values, PASS/FAIL) and
+writes the JSON report atomically.  Exit status: 0 all pass, 1 a failure, 2 bad use.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict
+
+import numpy as np
+
+from .backends import BACKENDS, BackendUnavailable, get_backend
+from .check import METHODS, TOLERANCES, _backend_names, check_all, check_conv_all
+from .rules import ACTIVATIONS, GROUPINGS, KERNELS, LABEL_KERNELS
+
+def configure_parser(parser):
+    """Arguments of ``threefactor check``."""
+    parser.add_argument("--backend", nargs="+", default=None, choices=BACKENDS,
+                        help="backends to check (default: every one available here)")
+    parser.add_argument("--kernel", nargs="+", default=None, choices=KERNELS,
+                        help="kernels (default: all, or none when --kernel-module is given)")
+    parser.add_argument("--kernel-module", action="append", default=[], metavar="MODULE:NAME",
+                        help="a user kernel: class (built with no arguments) or object, e.g. "
+                             "my_module:MyKernel or path/to/file.py:MyKernel; repeatable")
+    parser.add_argument("--activation", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS)
+    parser.add_argument("--grouping", nargs="+", default=list(GROUPINGS), choices=GROUPINGS)
+    parser.add_argument("--label-kernel", nargs="+", default=["cosine"], choices=LABEL_KERNELS)
+    parser.add_argument("--method", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--dtype", default="float64", choices=tuple(TOLERANCES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--m", type=int, default=6, help="batch size")
+    parser.add_argument("--n-in", type=int, default=5)
+    parser.add_argument("--n-out", type=int, default=8)
+    parser.add_argument("--groups", type=int, default=4, help="number of groups of grp, grp+div")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--conv", action=argparse.BooleanOptionalAction, default=None,
+                        help="--conv: only the conv-layer variants (3x3 conv, C_in 2 -> C_out 6, 3 groups, "
+                             "with and without max pooling; complex step); --no-conv: only the dense "
+                             "ones (default: both)")
+    return parser
+
+
+def load_kernel(spec):
+    """The kernel named by ``module:Name`` or ``path/file.py:Name`` (a class is instantiated)."""
+    import importlib
+    import importlib.util
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--kernel-module must be MODULE:NAME, got {spec!r}")
+    if module_name.endswith(".py"):
+        mspec = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
+        if mspec is None:
+            raise ValueError(f"--kernel-module: cannot load {module_name!r}")
+        module = importlib.util.module_from_spec(mspec)
+        mspec.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(module_name)
+    obj = getattr(module, attr)
+    return obj() if isinstance(obj, type) else obj
+
+
+def _fmt(v):
+    return "-" if v != v else f"{v: .6e}"
+
+
+def format_table(results):
+    """The results as an aligned text table, one line per (variant, backend, method)."""
+    head = ("variant", "backend", "method", "max rel error", "worst (n, k)", "explicit",
+            "reference", "status")
+    rows = [(r.variant, r.backend, r.method, _fmt(r.max_rel_error),
+             "-" if r.worst[0] < 0 else f"({r.worst[0]}, {r.worst[1]})", _fmt(r.explicit),
+             _fmt(r.reference), r.status + (f" ({r.note})" if r.note else "")) for r in results]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    widths[-1] = len(head[-1])
+    line = lambda cells: "  ".join(str(c).ljust(wd) for c, wd in zip(cells, widths)).rstrip()
+    return "\n".join([line(head), line(["-" * wd for wd in widths])] + [line(r) for r in rows])
+
+
+def _json_number(v):
+    return v if np.isfinite(v) else None
+
+
+def write_json(path, results, meta=None):
+    """Write ``{"meta", "passed", "n_failed", "results": [...]}`` atomically (temp file + os.replace)."""
+    items = []
+    for r in results:
+        d = asdict(r)
+        d.update(worst=list(r.worst), status=r.status, max_rel_error=_json_number(r.max_rel_error),
+                 explicit=_json_number(r.explicit), reference=_json_number(r.reference))
+        items.append(d)
+    doc = {"meta": meta or {}, "passed": all(r.ok for r in results),
+           "n_failed": sum(not r.ok for r in results), "results": items}
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".check-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args) -> int:
+    """``threefactor check``: print the table; exit 0 when all pass, 1 on a failure, 2 on bad use."""
+    try:
+        kernels = list(args.kernel or ([] if args.kernel_module else KERNELS))
+        kernels += [load_kernel(spec) for spec in args.kernel_module]
+        available = _backend_names()
+        backends = list(args.backend) if args.backend else list(available)
+        missing = [b for b in backends if b not in available]
+        if missing:
+            for b in missing:
+                try:
+                    get_backend(b)
+                except (BackendUnavailable, ImportError) as exc:
+                    print(f"threefactor check: backend {b} is unavailable: {exc}", file=sys.stderr)
+            return 2
+        conv = getattr(args, "conv", None)
+        results = [] if conv else check_all(
+            backends=backends, kernels=kernels, groupings=args.grouping, activations=args.activation,
+            label_kernels=args.label_kernel, groups=args.groups, dtype=args.dtype, m=args.m,
+            n_in=args.n_in, n_out=args.n_out, seed=args.seed, methods=tuple(args.method))
+        if conv is not False and "complex" in args.method:
+            results += check_conv_all(backends=backends, kernels=kernels, groupings=args.grouping,
+                                      activations=args.activation, label_kernels=args.label_kernel,
+                                      dtype=args.dtype, seed=args.seed)
+        if not results:
+            raise ValueError("nothing to check: --conv needs a named --kernel and --method complex")
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        print(f"threefactor check: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    failed = sum(not r.ok for r in results)
+    skipped = sum(r.passed is None for r in results)
+    print(f"\n{len(results)} comparisons, {failed} failed, {skipped} skipped "
+          f"(relative error = max|dW - ref| / max|ref|; {args.dtype}; seed {args.seed})")
+    if args.json:
+        from . import __version__
+        meta = {"version": __version__, "dtype": args.dtype, "seed": args.seed, "m": args.m,
+                "n_in": args.n_in, "n_out": args.n_out, "groups": args.groups,
+                "conv": {None: "dense and conv", True: "conv only", False: "dense only"}[getattr(args, "conv", None)],
+                "backends": backends, "tolerances": TOLERANCES[args.dtype],
+                "relative_error": "max|dW - ref| / max|ref|"}
+        write_json(args.json, results, meta)
+    return 1 if failed else 0
