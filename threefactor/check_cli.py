@@ -8,14 +8,13 @@ writes the JSON report atomically.  Exit status: 0 all pass, 1 a failure, 2 bad 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from dataclasses import asdict
 
 import numpy as np
 
+from .atomic import write_json as _write_json
 from .backends import BACKENDS, BackendUnavailable, get_backend
 from .check import METHODS, TOLERANCES, _backend_names, check_all, check_conv_all
 from .rules import ACTIVATIONS, GROUPINGS, KERNELS, LABEL_KERNELS
@@ -99,16 +98,7 @@ def write_json(path, results, meta=None):
         items.append(d)
     doc = {"meta": meta or {}, "passed": all(r.ok for r in results),
            "n_failed": sum(not r.ok for r in results), "results": items}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".check-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _write_json(path, doc)
 
 
 def run(args) -> int:

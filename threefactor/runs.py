@@ -32,31 +32,15 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write as _atomic_write
+
 METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds",
                "samples_per_s", "lr_out", "lr_local")
 CHECKPOINT = "checkpoint.npz"
-
-
-def _atomic_write(path: Path, write):
-    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _write_npz(f, arrays):
