@@ -47,13 +47,13 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from . import engine
 from .api import local_update
+from .atomic import write_json
 from .backends import BACKENDS, BackendUnavailable, get_backend
 from .machine import blas_threads, machine_info, set_threads
 from .rules import Rule
@@ -270,21 +270,6 @@ def default_json_path(kind="update"):
     day = datetime.date.today().isoformat()
     suffix = "" if kind == "update" else f"-{kind}"
     return os.path.join("benchmarks", "results", f"{day}-{socket.gethostname()}{suffix}.json")
-
-
-def write_json(path, doc):
-    """Write ``doc`` as JSON atomically (temp file in the same folder, then os.replace)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def document(kind, records, settings, skipped=None):
