@@ -372,6 +372,10 @@ def run(args):
             settings["torch_threads"] = "torch not installed"
     print(f"threefactor bench: {dtype.name}, BLAS threads {settings['blas_threads']}, torch threads "
           f"{settings['torch_threads']}; times are medians, speedup = autograd / ours")
+    if settings["blas_threads"] > 1 and not os.environ.get("OMP_WAIT_POLICY"):
+        print("note: with several threads, OpenBLAS and torch's OpenMP workers spin after each call and "
+              "slow each other; for steadier ratios set OPENBLAS_THREAD_TIMEOUT=4 OMP_WAIT_POLICY=PASSIVE "
+              "or use --threads 1 (see benchmarks/RESULTS.md)")
     print(HEADER)
     records, skipped = run_suite(args.backend, batches, shapes, args.rules, dtype, timing,
                                  not args.no_autograd, log=lambda s: print(s, flush=True),

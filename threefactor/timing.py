@@ -80,19 +80,22 @@ def time_interleaved(fns, budget=1.0, min_repeats=5, warmup=2, max_repeats=10000
     """CPU times of several callables measured in rounds (each called once per round).
 
     On a shared, noisy machine a load change then hits all of them alike, so
-    their ratios stay meaningful.  Returns ``{name: time_call-style summary}``.
+    their ratios stay meaningful.  The order is shuffled every round (seeded):
+    a thread pool that spin-waits after its library's call (OpenBLAS, GNU
+    OpenMP under torch) slows whatever runs next, and a fixed order would
+    always hand that cost to the same candidate.  Returns ``{name: time_call-style summary}``.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
     names = list(fns)
+    order = np.random.default_rng(0)
     start, rounds = time.perf_counter(), 0
     with _gc_paused():
         while rounds < max_repeats and (rounds < min_repeats
                                         or time.perf_counter() - start < budget * len(fns)):
-            for i in range(len(names)):                  # rotate who goes first each round
-                k = names[(rounds + i) % len(names)]
+            for k in order.permutation(names):
                 t = time.perf_counter()
                 fns[k]()
                 times[k].append(time.perf_counter() - t)
