@@ -6,7 +6,10 @@
 #                                                                   -> bench_update_gpu.{log,json}
 #   4. Table 1 MLP training step on cupy vs torch autograd on the GPU
 #                                                                   -> bench_step_gpu.{log,json}
-# Writes at most these 6 files to $OUT (default benchmarks/results/gpu-<date>).  Needs no install:
+#   5. online two-point rule: per-step fused update vs a copy of W on the GPU
+#                                                                   -> bench_online_gpu.json
+# (The GPU tests of step 2 include the conv, online and training ones.)
+# Writes at most these 7 files to $OUT (default benchmarks/results/gpu-<date>).  Needs no install:
 # the repository root goes on PYTHONPATH.  Usage:  bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +49,10 @@ timeout 210 "$PY" -m threefactor bench --backend cupy --budget 0.4 --profile \
 echo "== MLP training step (cupy, float32)"
 timeout 60 "$PY" benchmarks/bench_step.py --backend cupy --budget 1 \
   --json "$OUT/bench_step_gpu.json" 2>&1 | tee "$OUT/bench_step_gpu.log" || status=1
+
+echo "== online per-step update (cupy, float32)"
+timeout 60 "$PY" benchmarks/bench_online.py --backend cupy --budget 0.3 \
+  --json "$OUT/bench_online_gpu.json" 2>&1 | tee -a "$OUT/bench_step_gpu.log" || status=1
 
 for f in bench_update_gpu bench_step_gpu; do   # Markdown tables for RESULTS.md, appended to the logs
   [ -s "$OUT/$f.json" ] && "$PY" -m threefactor bench --summary "$OUT/$f.json" >>"$OUT/$f.log" 2>&1
