@@ -228,6 +228,7 @@ def test_float32_in_float32_out_and_no_input_change():
     (dict(x=np.zeros((1, 2, 4, 4)), y=np.array([0])), ValueError, "at least m=2"),
     (dict(y=np.array([0, 1, 2])), ValueError, "3 rows"),
     (dict(x=np.full((4, 2, 4, 4), np.nan)), ValueError, "x contains NaN"),
+    (dict(y=None), TypeError, "y is required"),
 ])
 def test_bad_input(bad, err, match):
     x, w = problem()

@@ -164,6 +164,8 @@ def prepare_conv(x, w, y, backend, n_classes=None, padding=1, pool=None, groups=
 
 
 def _pass(x, w, y, rule, padding, pool, backend, n_classes):
+    if y is None:
+        raise TypeError("y is required: one-hot labels (m, n_classes) or integer labels (m,)")
     be, x, w, labels, n, to_user = prepare_conv(x, w, y, backend, n_classes, padding, pool, rule.groups)
     c_out, h2, w2 = check_geometry(x.shape, w.shape, padding, pool)
     rule.check_width(c_out * h2 * w2)
