@@ -178,18 +178,20 @@ def route_rows(g, idx, shape, xp=np):
     return out
 
 
-def post_rows(post, idx, conv_shape, xp=np):
+def post_rows(post, idx, conv_shape, xp=np, route=None):
     """Post-synaptic term at the layer's units (m, C, H', W') -> (m·Ho·Wo, C) at the conv positions.
 
     Without pooling (``idx`` None) a change of layout; with 2×2 max pooling
     each unit's term goes to its window's winner (zero at the losers).
     ``conv_shape`` is (m, C, Ho, Wo).  The rows multiply the im2col patches in
-    the update GEMM ΔW = postᵀ cols.
+    the update GEMM ΔW = postᵀ cols.  ``route`` is a backend's ``route_rows``
+    (default: :func:`route_rows` with ``xp``).
     """
     m, c, ho, wo = conv_shape
     rows = post.transpose(0, 2, 3, 1)
     if idx is not None:
-        rows = route_rows(rows, idx, (m, ho, wo, c), xp)
+        rows = (route_rows(rows, idx, (m, ho, wo, c), xp) if route is None
+                else route(rows, idx, (m, ho, wo, c)))
     return xp.ascontiguousarray(rows).reshape(m * ho * wo, c)
 
 

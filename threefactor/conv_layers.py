@@ -206,7 +206,7 @@ def conv_vjp(layer, cache, g_out, backend, need_input_grad=True):
     if layer.divisive:
         m = g.shape[0]
         g = backprop.divisive_norm_vjp(g.reshape(m, -1), cache.zhat, cache.u, layer.rule.p).reshape(g.shape)
-    rows = conv.post_rows(g * cache.fp, cache.idx, cache.conv_shape, xp)
+    rows = conv.post_rows(g * cache.fp, cache.idx, cache.conv_shape, xp, route=backend.route_rows)
     wc = conv.weights_to_cols(layer.w, xp)
     dw = conv.cols_to_weights(backend.hebbian(rows, cache.cols), layer.w.shape, xp)
     if not need_input_grad:

@@ -58,7 +58,8 @@ class ConvPass:
     def post(self):
         """-dL/da (m·Ho·Wo, C_out) in im2col row order: the post-synaptic term per position."""
         post = self.lp.post().reshape(self.out_shape)            # -dL/da at the layer's units
-        return conv.post_rows(post, self.idx, self.conv_shape, self.lp.backend.xp)
+        be = self.lp.backend
+        return conv.post_rows(post, self.idx, self.conv_shape, be.xp, route=be.route_rows)
 
     def update(self):
         """ΔW = -dL/dW (C_out, C_in, kh, kw): postᵀ cols, one GEMM."""
@@ -87,7 +88,7 @@ def activity(rule: Rule, x, w, padding: int, pool, backend, derivatives=True):
     idx = None
     extra = (a, fp) if derivatives else ()
     if pool == "max":
-        z, idx, extra = conv.max_pool_rows(z, xp, *extra)
+        z, idx, extra = backend.max_pool_rows(z, *extra)
     a, fp = (conv.rows_to_nchw(t, m, *t.shape[1:3], xp) for t in extra) if derivatives else (None, None)
     return cols, a, conv.rows_to_nchw(z, m, *z.shape[1:3], xp), fp, idx, (m, c_out, ho, wo)
 

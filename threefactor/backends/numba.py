@@ -123,6 +123,20 @@ class NumbaBackend(NumpyBackend):
         self._run(_k.gaussian_exponent, G.size, G, v.dtype.type(-0.5 / sigma ** 2), K)
         return np.exp(K, out=K)
 
+    def max_pool_rows(self, z, *extra):
+        """2×2 max pooling with winners (one Numba pass each; same bits as the numpy reference)."""
+        if z.dtype.kind != "f" or any(t.dtype.kind != "f" for t in extra):
+            return super().max_pool_rows(z, *extra)
+        from . import _pool_numba
+        return _pool_numba.max_pool_rows(z, *extra)
+
+    def route_rows(self, g, idx, shape):
+        """Pooled-unit terms back to the winners, one Numba pass."""
+        if g.dtype.kind != "f":
+            return super().route_rows(g, idx, shape)
+        from . import _pool_numba
+        return _pool_numba.route_rows(g, idx, shape)
+
     def label_kernel(self, labels, n_classes, kind, dtype):
         """Centred label kernel (Eq. 35 / 36) from integer labels; Eq. 35 in one pass."""
         if kind != "cosine":

@@ -80,6 +80,16 @@ class NumpyBackend:
         """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one GEMM."""
         return self.matmul(post.T, x)
 
+    def max_pool_rows(self, z, *extra):
+        """2×2 max pooling of channel-last z (m, H, W, C) with winners, and ``extra`` at them."""
+        from .. import conv
+        return conv.max_pool_rows(z, self.xp, *extra)
+
+    def route_rows(self, g, idx, shape):
+        """Pooled-unit terms g back to their windows' winners in (m, H, W, C), 0 elsewhere."""
+        from .. import conv
+        return conv.route_rows(g, idx, shape, self.xp)
+
     def label_kernel(self, labels, n_classes, kind, dtype):
         """Centred label kernel (Eq. 35 / 36) from integer labels."""
         return kernels.label_kernel(labels, n_classes, kind, dtype, np)

@@ -1,0 +1,51 @@
+"""2×2 max pooling primitives: the Numba kernels give the numpy reference's bits (ties, odd sizes, views)."""
+import numpy as np
+import pytest
+
+from threefactor import conv
+from threefactor.backends import get_backend
+
+numba = pytest.importorskip("numba")
+
+
+def _inputs(rng, shape, dtype, ties):
+    z = rng.standard_normal(shape).astype(dtype)
+    if ties:                                   # many exact ties: the first maximum must win
+        z = np.round(z).astype(dtype)
+    return z
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 4, 4, 5), (2, 5, 7, 3), (1, 2, 2, 1), (4, 9, 6, 8)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_numba_pool_equals_numpy(dtype, shape, ties):
+    rng = np.random.default_rng(0)
+    z = _inputs(rng, shape, dtype, ties)
+    a = rng.standard_normal(shape).astype(dtype)
+    nb, ref = get_backend("numba"), get_backend("numpy")
+    p1, i1, (a1,) = nb.max_pool_rows(z, a)
+    p0, i0, (a0,) = ref.max_pool_rows(z, a)
+    assert i1.dtype == i0.dtype == np.int8 and p1.dtype == dtype
+    assert np.array_equal(i1, i0) and np.array_equal(p1, p0) and np.array_equal(a1, a0)
+    g = rng.standard_normal(p0.shape).astype(dtype)
+    r1, r0 = nb.route_rows(g, i1, shape), ref.route_rows(g, i0, shape)
+    assert np.array_equal(r1, r0)
+    assert np.isclose((r0 * a).sum(), (g * a0).sum(), rtol=1e-5)   # route is the adjoint of gather
+
+
+def test_numba_pool_on_transposed_views_and_against_loops():
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((2, 3, 6, 5))              # NCHW
+    rows = z.transpose(0, 2, 3, 1)                      # channel-last view, not contiguous
+    p, idx, _ = get_backend("numba").max_pool_rows(rows)
+    zp, _ = conv.naive_max_pool2x2(z)
+    assert np.array_equal(p.transpose(0, 3, 1, 2), zp)
+    assert np.array_equal(idx, get_backend("numpy").max_pool_rows(rows)[1])
+
+
+def test_complex_falls_back_to_the_reference():
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((2, 4, 4, 3)) + 1j * 1e-30
+    p, idx, _ = get_backend("numba").max_pool_rows(z)
+    p0, i0, _ = get_backend("numpy").max_pool_rows(z)
+    assert np.array_equal(p, p0) and np.array_equal(idx, i0)
