@@ -1,0 +1,66 @@
+"""benchmarks/bench_conv_epoch.py runs end to end on a tiny conv net on the CPU; no timing is asserted."""
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from threefactor import conv_rule
+from threefactor.rules import Rule
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv_epoch.py"
+_spec = importlib.util.spec_from_file_location("bench_conv_epoch", _PATH)
+bce = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bce)
+
+TIMES = {"step_ms", "step_iqr_ms", "step_min_ms", "repeats", "epoch_s", "samples_per_s"}
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("autograd", [True, False])
+def test_tiny_run_writes_the_json(tmp_path, autograd):
+    if autograd and not _has_torch():
+        pytest.skip("torch is not installed")
+    out = tmp_path / "conv.json"
+    argv = ["--arch", "conv8-pool-fc16", "--groups", "4", "--batch", "8", "--steps", "2", "--warmup", "1",
+            "--backend", "numpy", "--device", "cpu", "--json", str(out)]
+    assert bce.main(argv + ([] if autograd else ["--no-autograd"])) == 0
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "conv-epoch" and {"machine", "settings", "command"} <= set(doc)
+    rec = doc["results"][0]
+    assert {"arch", "blocks", "batch", "groups", "backend", "torch_device", "steps", "epoch_steps", "ours",
+            "autograd", "speedup_vs_autograd"} <= set(rec)
+    assert rec["blocks"] == [["conv", 8, "max"], ["fc", 16]] and rec["epoch_steps"] == 50_000 / 8
+    assert set(rec["ours"]) == TIMES and rec["ours"]["repeats"] == 2
+    if autograd:
+        assert set(rec["autograd"]) == TIMES and rec["speedup_vs_autograd"] > 0
+    else:
+        assert rec["autograd"] is None and rec["speedup_vs_autograd"] is None
+
+
+def test_torch_layer_loss_is_the_conv_rule_objective():
+    """The autograd baseline's conv layer loss equals threefactor's conv objective (float64)."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    from threefactor import torch_ref as tr
+
+    rule = Rule(kernel="gaussian", sigma=5.0, gamma=2.0, activation="selu", groups=2, p=0.2, delta=1.0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3)) / 3
+    y = np.array([0, 1, 2, 0, 1, 2])
+    Ky = tr._label_kernel(torch, torch.as_tensor(y), 3, rule.label_kernel, torch.float64)
+    loss, r = bce.torch_layer(torch, F, torch.as_tensor(x), torch.as_tensor(w), True, "max", rule, Ky, 0.0)
+    ref = conv_rule.local_objective(x, w, y, rule, padding=1, pool="max", backend="numpy", n_classes=3)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-10, abs=1e-14)
+    out = conv_rule.layer_output(x, w, rule, divisive=True, padding=1, pool="max", backend="numpy")
+    np.testing.assert_allclose(r.numpy(), np.asarray(out), rtol=1e-10, atol=1e-12)
