@@ -8,8 +8,10 @@
 #                                                                   -> bench_step_gpu.{log,json}
 #   5. online two-point rule: per-step fused update vs a copy of W on the GPU
 #                                                                   -> bench_online_gpu.json
+#   6. vgg conv net training step / CIFAR-10 epoch time on cupy vs torch autograd on the GPU
+#                                                                   -> bench_conv_gpu.json (log: bench_step_gpu.log)
 # (The GPU tests of step 2 include the conv, online and training ones.)
-# Writes at most these 7 files to $OUT (default benchmarks/results/gpu-<date>).  Needs no install:
+# Writes at most these 8 files to $OUT (default benchmarks/results/gpu-<date>).  Needs no install:
 # the repository root goes on PYTHONPATH.  Usage:  bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +55,10 @@ timeout 60 "$PY" benchmarks/bench_step.py --backend cupy --budget 1 \
 echo "== online per-step update (cupy, float32)"
 timeout 60 "$PY" benchmarks/bench_online.py --backend cupy --budget 0.3 \
   --json "$OUT/bench_online_gpu.json" 2>&1 | tee -a "$OUT/bench_step_gpu.log" || status=1
+
+echo "== conv net (vgg) training step and epoch time (cupy, float32)"
+timeout 100 "$PY" benchmarks/bench_conv_epoch.py --arch vgg --backend cupy --device cuda --steps 10 \
+  --json "$OUT/bench_conv_gpu.json" 2>&1 | tee -a "$OUT/bench_step_gpu.log" || status=1
 
 for f in bench_update_gpu bench_step_gpu; do   # Markdown tables for RESULTS.md, appended to the logs
   [ -s "$OUT/$f.json" ] && "$PY" -m threefactor bench --summary "$OUT/$f.json" >>"$OUT/$f.log" 2>&1
