@@ -22,6 +22,7 @@ import numpy as np
 
 from ..activations import SELU_ALPHA, SELU_SCALE
 from ..rules import ACTIVATIONS, choice_error
+from .numpy import NumpyBackend
 
 try:  # the module must import without CuPy; CupyBackend() reports why it cannot run
     import cupy
@@ -285,15 +286,9 @@ class CupyBackend:
         """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one cuBLAS GEMM."""
         return self.matmul(post.T, x)
 
-    def max_pool_rows(self, z, *extra):
-        """2×2 max pooling with winners (CuPy kernels of backends/_conv_cupy.py via conv.py)."""
-        from .. import conv
-        return conv.max_pool_rows(z, self.xp, *extra)
-
-    def route_rows(self, g, idx, shape):
-        """Pooled-unit terms back to the winners (CuPy kernel via conv.py)."""
-        from .. import conv
-        return conv.route_rows(g, idx, shape, self.xp)
+    # 2×2 max pooling: conv.py dispatches to the CuPy kernels of backends/_conv_cupy.py on self.xp
+    max_pool_rows = NumpyBackend.max_pool_rows
+    route_rows = NumpyBackend.route_rows
 
     def label_kernel(self, labels, n_classes, kind, dtype):
         """Centred label kernel (Eq. 35 / 36) from integer labels (m,), without a host sync."""
