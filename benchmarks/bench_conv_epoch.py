@@ -219,12 +219,7 @@ def main(argv=None):
                 "steps": args.steps, "warmup": args.warmup, "backend": args.backend, "device": device,
                 "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None}
     if not args.no_autograd:
-        try:
-            import torch
-
-            settings["torch_threads"] = bench.set_torch_threads(torch)
-        except ImportError:
-            pass
+        settings["torch_threads"] = bench.set_torch_threads()
     rec = bench_conv(args.arch, args.width, args.batch, args.steps, args.backend, device, args.groups,
                      args.warmup, not args.no_autograd)
     print(format_record(rec), flush=True)

@@ -192,12 +192,7 @@ def main(argv=None):
                 "hidden": args.hidden, "groups": args.groups, "timing": timing,
                 "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None}
     if not args.no_autograd:
-        try:
-            import torch
-
-            settings["torch_threads"] = bench.set_torch_threads(torch)
-        except ImportError:
-            pass
+        settings["torch_threads"] = bench.set_torch_threads()
     print(f"MLP step 784-{'-'.join(map(str, args.hidden))}-10, Gaussian grp+div, {args.dtype}; "
           f"BLAS threads {settings['blas_threads']}, torch threads {settings['torch_threads']}")
     print(f"{'backend':7} {'dtype':7} {'m':>5} {'ours ms':>9} {'samples/s':>9} {'autograd':>9} "

@@ -88,8 +88,12 @@ def gemm_calls(be, m, n_in, n_out, d, dtype):
             "gemm_kernel": lambda: be.matmul(v, v.T)}
 
 
-def set_torch_threads(torch):
-    """Give torch the thread count numpy's BLAS uses; returns it."""
+def set_torch_threads():
+    """Give torch the thread count numpy's BLAS uses; returns it, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
     n = blas_threads()
     torch.set_num_threads(n)
     return n
@@ -364,12 +368,7 @@ def run(args):
                 "shapes": [list(s) for s in shapes], "rules": args.rules, "timing": timing,
                 "blas_threads": blas_threads(), "threads_set": threads_set, "torch_threads": None}
     if not args.no_autograd:
-        try:
-            import torch
-
-            settings["torch_threads"] = set_torch_threads(torch)
-        except ImportError:
-            settings["torch_threads"] = "torch not installed"
+        settings["torch_threads"] = set_torch_threads() or "torch not installed"
     print(f"threefactor bench: {dtype.name}, BLAS threads {settings['blas_threads']}, torch threads "
           f"{settings['torch_threads']}; times are medians, speedup = autograd / ours")
     if settings["blas_threads"] > 1 and not os.environ.get("OMP_WAIT_POLICY"):
