@@ -50,8 +50,7 @@ def test_backward_equals_finite_differences(divisive, activation, dropout):
     else:
         assert any((m == 0).any() for m in masks)   # the fixed mask really drops units
     loss, _, hidden, out = backprop.forward_backward(net, x, y, masks, BE)
-    analytic = {f"hidden.{k}.w": g for k, g in enumerate(hidden)}
-    analytic["output.w"], analytic["output.b"] = out
+    analytic = dict(zip(net.parameters(), [g for gs in hidden for g in gs] + out))
     numeric = _finite_differences(net, x, y, masks)
     assert float(loss) == pytest.approx(float(backprop.network_loss(net, x, y, masks, BE)), rel=1e-12)
     for name, g in numeric.items():
@@ -115,6 +114,6 @@ def test_backward_matches_torch_autograd():
     loss = torch.nn.functional.cross_entropy(h @ wo.T + bo, torch.tensor(y))
     loss.backward()
     for k, w in enumerate(ws):
-        np.testing.assert_allclose(hidden[k], w.grad.numpy(), rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(hidden[k][0], w.grad.numpy(), rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(out[0], wo.grad.numpy(), rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(out[1], bo.grad.numpy(), rtol=1e-10, atol=1e-13)

@@ -347,7 +347,7 @@ def test_convnet_backprop_is_the_gradient(activation, divisive):
     x, y = rng.normal(size=(5, 2, 6, 6)), np.array([0, 1, 2, 0, 1])
     drops = net._drops(rng, 5)
     _, _, hidden, out = net.forward_backward(x, y, drops)
-    grads = dict(zip([f"hidden.{k}.w" for k in range(3)] + ["output.w", "output.b"], hidden + out))
+    grads = dict(zip(net.parameters(), [g for gs in hidden for g in gs] + out))
     for name, p in net.parameters().items():
         for idx in [np.unravel_index(i, p.shape) for i in rng.choice(p.size, min(6, p.size), replace=False)]:
             old, eps = p[idx], 1e-6

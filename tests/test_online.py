@@ -356,7 +356,7 @@ def test_make_online_mlp_learns():
     # a batch of another size passes through without learning and keeps the streams' state
     layer = net.hidden[0]
     prev = layer.online.activity
-    out, dw, _ = layer.local_forward(x[:5], y[:5], 4, get_backend("numpy"))
+    out, (dw,), _ = layer.local_forward(x[:5], y[:5], 4, get_backend("numpy"))
     assert out.shape == (5, 32) and not dw.any() and layer.online.activity is prev
 
 

@@ -10,6 +10,7 @@ pass applies the vector-Jacobian product (VJP) of each step in reverse:
 * dropout:     ḡ_r = ḡ_h ⊙ mask
 * divisive normalisation (Eq. 17, 21; derivation below): ḡ_z from ḡ_r
 * activation:  ḡ_a = ḡ_z ⊙ f'(a)
+* batchnorm (if any, :mod:`threefactor.batchnorm`): ḡ_a and dL/dγ, dL/dβ through BN
 * linear:      dL/dW = ḡ_aᵀ x,  ḡ_x = ḡ_a W
 
 Divisive normalisation, per sample and group α of g neurons::
@@ -29,6 +30,7 @@ Shapes: x (m, n_in), W (n_out, n_in), z/ẑ/r/ḡ (m, n_out), u (m, c).
 """
 from __future__ import annotations
 
+from . import batchnorm
 from .layers import softmax_cross_entropy
 
 
@@ -77,19 +79,19 @@ def hidden_vjp(layer, cache, g_out, backend, need_input_grad=True):
 
     Returns
     -------
-    dw : (n_out, n_in) dL/dW
+    grads : [dL/dW (n_out, n_in)], with batchnorm [dL/dW, dL/dγ, dL/dβ] (``layer.params()`` order)
     g_in : (m, n_in) dL/dx, or None when ``need_input_grad`` is False
     """
     g = dropout_vjp(g_out, cache.mask)
     if layer.divisive:
         g = divisive_norm_vjp(g, cache.zhat, cache.u, layer.rule.p)
-    ga = g * cache.fp
+    ga, bn_grads = batchnorm.pull_back(layer.bn, cache.bn, g * cache.fp)
     dw = backend.matmul(ga.T, cache.x)
     g_in = backend.matmul(ga, layer.w) if need_input_grad else None
-    return dw, g_in
+    return [dw] + bn_grads, g_in
 
 
-def forward_backward(net, x, labels, masks, backend):
+def forward_backward(net, x, labels, masks, backend, track=False):
     """Loss and the gradient of every parameter of ``net`` on one batch.
 
     Parameters
@@ -97,18 +99,21 @@ def forward_backward(net, x, labels, masks, backend):
     net : threefactor.networks.MLP
     x : (m, n_in);  labels : (m,) integers
     masks : list of dropout masks (m, n_k) or None, one per hidden layer
+    track : fold the batch statistics into batchnorm's running ones (the training step does)
 
     Returns
     -------
     loss : 0-d array, mean cross-entropy
     correct : 0-d integer array
-    hidden_grads : list of dL/dW_k, (n_k, n_{k-1})
+    hidden_grads : per hidden layer k, the list [dL/dW_k (n_k, n_{k-1})] (+ [dL/dγ, dL/dβ] with batchnorm)
     out_grads : [dL/dW_out (n_classes, n_K), dL/db (n_classes,)]
     """
     h, caches = x, []
     for layer, mask in zip(net.hidden, masks):
         h, cache = layer.forward(h, backend, mask, keep=True)
         caches.append(cache)
+        if track:
+            layer.track(cache)
     logits = net.output.forward(h, backend)
     loss, dlogits, correct = softmax_cross_entropy(logits, labels, backend.xp)
     out_grads = list(net.output.gradients(dlogits, h, backend))
@@ -123,6 +128,6 @@ def network_loss(net, x, labels, masks, backend):
     """Mean cross-entropy of ``net`` with fixed dropout ``masks`` (the function the gradients differentiate)."""
     h = x
     for layer, mask in zip(net.hidden, masks):
-        h = layer.forward(h, backend, mask)
+        h = layer.forward(h, backend, mask, train=True)
     loss, _, _ = softmax_cross_entropy(net.output.forward(h, backend), labels, backend.xp)
     return loss

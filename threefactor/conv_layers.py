@@ -23,10 +23,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import backprop, conv, conv_rule
+from . import backprop, batchnorm, conv, conv_rule
+from .batchnorm import BatchNorm
 from .activations import SELU_ALPHA, SELU_SCALE
 from .layers import HiddenLayer, OutputLayer, dropout_mask, softmax_cross_entropy, uniform_init
-from .networks import LEARNING, MLP, StepStats
+from .networks import MLP, StepStats, check_learning
 from .objective import layer_objective
 from .rules import Rule, choice_error
 
@@ -64,14 +65,32 @@ TABLE6 = {
                                           lr_local=0.4, groups=64),
 }
 
+#: Table 6, AdamW + batchnorm rows (App. D.6; Table 7's lower half): LReLU, plain dropout 0.05,
+#: AdamW (β 0.9, 0.999, ε 1e-8), batchnorm before f, milestones 300/350/450/475 for every
+#: rule (the backprop milestones are SGD's).  Not biologically plausible.
+TABLE6_BN = dict(batchnorm=True, optimizer="adamw", activation="lrelu")
+_BN_CELLS = {   # column: (grouping, lr_out, lr_local, groups 1x, lr_local 2x, groups 2x)
+    "backprop": ("plain", 5e-3, None, None, None, None),
+    "backprop-grpdiv": ("grp+div", 5e-3, None, 64, None, 64),
+    "cossim-grp": ("grp", 5e-4, 5e-4, 32, 5e-4, 128),
+    "cossim-grpdiv": ("grp+div", 5e-4, 5e-4, 64, 5e-4, 64),
+    "gaussian-grp": ("grp", 5e-4, 5e-3, 64, 5e-3, 128),
+    "gaussian-grpdiv": ("grp+div", 5e-4, 1e-2, 64, 5e-3, 128),
+}
+for _col, (_grp, _lr_out, _lr1, _c1, _lr2, _c2) in _BN_CELLS.items():
+    for _width, _tag, _lr, _c in ((1, "vgg", _lr1, _c1), (2, "vgg2x", _lr2, _c2)):
+        TABLE6[f"cifar10-{_tag}-bn-{_col}"] = dict(rule=_col.split("-")[0], grouping=_grp, width=_width,
+                                                   lr_out=_lr_out, lr_local=_lr, groups=_c, **TABLE6_BN)
+
 
 def table6_preset(name):
-    """Full settings of a Table 6 cell: TABLE6_SHARED + the cell (backprop gets its own milestones)."""
+    """Full settings of a Table 6 cell: TABLE6_SHARED + the cell (backprop with SGD gets its own
+    milestones; the AdamW + batchnorm cells, ``cifar10-vgg[2x]-bn-*``, keep the shared ones)."""
     if name not in TABLE6:
         raise choice_error("preset", name, sorted(TABLE6))
     cfg = dict(TABLE6_SHARED, **TABLE6[name])
     backprop_ms = cfg.pop("milestones_backprop")
-    if cfg["rule"] == "backprop":
+    if cfg["rule"] == "backprop" and not cfg.get("batchnorm", False):
         cfg["milestones"] = backprop_ms
     cfg["p"] = {"plain": None, "grp": 0.5, "grp+div": 0.2}[cfg["grouping"]]
     return cfg
@@ -128,7 +147,8 @@ class ConvCache:
 
     cols : (m·Ho·Wo, kh·kw·C_in) patches;  fp : (m, C_out, H', W') f'(a) at the (winning) units;
     idx : pool winners or None;  conv_shape : (m, C_out, Ho, Wo);  zhat, u : group statistics
-    (grp+div) on the flattened activity;  mask : multiplicative dropout factor or None.
+    (grp+div) on the flattened activity;  mask : multiplicative dropout factor or None;
+    bn : batchnorm's BNCache or None.
     """
 
     cols: Any
@@ -138,6 +158,7 @@ class ConvCache:
     zhat: Optional[Any]
     u: Optional[Any]
     mask: Optional[Any]
+    bn: Optional[Any] = None
 
 
 class ConvLayer:
@@ -151,12 +172,14 @@ class ConvLayer:
     padding : int   zero padding of the stride-1 convolution (1 keeps 3×3 "same")
     pool : None or "max"   2×2 max pooling after the nonlinearity
     in_hw : (H, W) of the input, to validate the grouping against the output size
+    bn : threefactor.batchnorm.BatchNorm over the C_out channels, or None (Table 7's
+        AdamW + batchnorm variants: conv -> BN -> f; not biologically plausible)
     """
 
-    def __init__(self, w, rule: Rule, divisive=False, padding=1, pool=None, in_hw=None):
+    def __init__(self, w, rule: Rule, divisive=False, padding=1, pool=None, in_hw=None, bn=None):
         if divisive and not rule.grouped:
             raise ValueError("divisive=True needs a grouped rule (groups=c)")
-        self.w, self.rule, self.divisive = w, rule, bool(divisive)
+        self.w, self.rule, self.divisive, self.bn = w, rule, bool(divisive), bn
         self.padding, self.pool = int(padding), pool
         if in_hw is not None:
             c_out, h2, w2 = conv_rule.check_geometry((2, w.shape[1]) + tuple(in_hw), w.shape, padding,
@@ -168,19 +191,27 @@ class ConvLayer:
     def shape(self):
         return tuple(self.w.shape)
 
+    params = HiddenLayer.params
+    track = HiddenLayer.track
+
     def local_forward(self, x, labels, n_classes, backend, mask=None):
-        """Forward pass with the local update: (out (m, C_out, H', W'), ΔW = -dL/dW, LayerPass)."""
-        out, dw, cp = conv_rule.conv_local_step(self.rule, x, self.w, labels, n_classes, backend,
-                                                self.padding, self.pool, self.divisive)
+        """Forward pass with the local update: (out (m, C_out, H', W'), deltas, LayerPass);
+        deltas = [ΔW = -dL/dW] or, with batchnorm, [ΔW, Δγ, Δβ] (the order of :meth:`params`)."""
+        out, deltas, cp = conv_rule.conv_local_step(self.rule, x, self.w, labels, n_classes, backend,
+                                                    self.padding, self.pool, self.divisive, self.bn)
+        if self.bn is not None:
+            self.bn.track(cp.bn_cache)
         if mask is not None:
             out = out * mask
-        return out, dw, cp.lp
+        return out, deltas, cp.lp
 
-    def forward(self, x, backend, mask=None, keep=False):
-        """Forward pass without the objective; ``keep=True`` also returns a :class:`ConvCache`."""
+    def forward(self, x, backend, mask=None, keep=False, train=None):
+        """Forward pass without the objective; ``keep=True`` also returns a :class:`ConvCache`.
+        ``train`` (default: ``keep``) makes batchnorm use batch statistics (running ones untouched)."""
         rule = self.rule
-        cols, _, z, fp, idx, conv_shape = conv_rule.activity(rule, x, self.w, self.padding, self.pool,
-                                                             backend, derivatives=keep)
+        act = conv_rule.activity(rule, x, self.w, self.padding, self.pool, backend, derivatives=keep,
+                                 bn=self.bn, train=keep if train is None else train)
+        z = act.z
         zhat = u = None
         out = z
         if self.divisive:
@@ -190,16 +221,17 @@ class ConvLayer:
         if mask is not None:
             out = out * mask
         if keep:
-            return out, ConvCache(cols, fp, idx, conv_shape, zhat, u, mask)
+            return out, ConvCache(act.cols, act.fp, act.idx, act.conv_shape, zhat, u, mask, act.bn)
         return out
 
 
 def conv_vjp(layer, cache, g_out, backend, need_input_grad=True):
-    """Backward pass of a conv layer: (dL/dW (C_out, C_in, kh, kw), dL/dx (m, C_in, H, W) or None).
+    """Backward pass of a conv layer: ([dL/dW (C_out, C_in, kh, kw)], dL/dx (m, C_in, H, W) or None).
 
     g_out : (m, C_out, H', W') = dL/d(output).  Dropout, divisive normalisation
     (:func:`threefactor.backprop.divisive_norm_vjp`), f', routing through the max
-    pool, then dL/dW = postᵀ cols (one GEMM) and dL/dx = col2im(post · w_cols).
+    pool, batchnorm (if any: the list becomes [dL/dW, dL/dγ, dL/dβ]), then
+    dL/dW = postᵀ cols (one GEMM) and dL/dx = col2im(post · w_cols).
     """
     xp = backend.xp
     g = backprop.dropout_vjp(g_out, cache.mask)
@@ -207,16 +239,17 @@ def conv_vjp(layer, cache, g_out, backend, need_input_grad=True):
         m = g.shape[0]
         g = backprop.divisive_norm_vjp(g.reshape(m, -1), cache.zhat, cache.u, layer.rule.p).reshape(g.shape)
     rows = conv.post_rows(g * cache.fp, cache.idx, cache.conv_shape, xp, route=backend.route_rows)
+    rows, bn_grads = batchnorm.pull_back(layer.bn, cache.bn, rows)
     wc = conv.weights_to_cols(layer.w, xp)
-    dw = conv.cols_to_weights(backend.hebbian(rows, cache.cols), layer.w.shape, xp)
+    grads = [conv.cols_to_weights(backend.hebbian(rows, cache.cols), layer.w.shape, xp)] + bn_grads
     if not need_input_grad:
-        return dw, None
+        return grads, None
     m, c_in = g.shape[0], layer.w.shape[1]
     h = cache.conv_shape[2] - 2 * layer.padding + layer.w.shape[2] - 1
     wd = cache.conv_shape[3] - 2 * layer.padding + layer.w.shape[3] - 1
     g_in = conv.col2im(backend.matmul(rows, wc), (m, c_in, h, wd), layer.w.shape[2], layer.w.shape[3],
                        layer.padding, xp)
-    return dw, g_in
+    return grads, g_in
 
 
 class ConvNet:
@@ -232,12 +265,14 @@ class ConvNet:
         (``dropout`` is alpha dropout when the activation is SELU, App. D.4)
     width : int   multiplies the conv channels (the paper's 2x net: width=2)
     kernel_size, padding : conv geometry (3, 1 in the paper)
+    batchnorm : bool   batchnorm after every conv / fc operation, before f (App. D.1; Table 7's
+        AdamW + batchnorm variants, not biologically plausible); learning "local" or "backprop"
     """
 
     def __init__(self, in_shape, arch, n_classes, rule: Rule, *, divisive=False, learning="local",
-                 dropout=0.05, backend, dtype=np.float32, rng, width=1, kernel_size=3, padding=1):
-        if learning not in LEARNING:
-            raise choice_error("learning", learning, LEARNING)
+                 dropout=0.05, backend, dtype=np.float32, rng, width=1, kernel_size=3, padding=1,
+                 batchnorm=False):
+        check_learning(learning, batchnorm)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if len(in_shape) != 3:
@@ -249,16 +284,17 @@ class ConvNet:
         self.hidden, self.out_shapes = [], []
         shape = tuple(int(s) for s in in_shape)
         for block in self.blocks:
+            bn = BatchNorm(block[1], backend, self.dtype) if batchnorm else None
             if block[0] == "conv":
                 c_out, pool = block[1], block[2]
                 w = uniform_init(rng, c_out, shape[0] * kernel_size ** 2, self.dtype)
                 w = backend.asarray(w.reshape(c_out, shape[0], kernel_size, kernel_size))
-                layer = ConvLayer(w, rule, divisive, padding, pool, shape[1:])
+                layer = ConvLayer(w, rule, divisive, padding, pool, shape[1:], bn)
                 shape = layer.out_chw
             else:
                 n_in = int(np.prod(shape))
                 layer = HiddenLayer(backend.asarray(uniform_init(rng, block[1], n_in, self.dtype)), rule,
-                                    divisive)
+                                    divisive, bn)
                 shape = (block[1],)
             self.hidden.append(layer)
             self.out_shapes.append(shape)
@@ -269,6 +305,7 @@ class ConvNet:
 
     # the parameter bookkeeping, optimisers and evaluation are the MLP's (same attributes)
     parameters = MLP.parameters
+    state = MLP.state
     load_parameters = MLP.load_parameters
     make_optimizers = MLP.make_optimizers
     logits = MLP.logits
@@ -290,12 +327,13 @@ class ConvNet:
         """Flatten conv activity (m, C, H, W) before a dense layer."""
         return h.reshape(h.shape[0], -1) if isinstance(layer, HiddenLayer) and h.ndim != 2 else h
 
-    def features(self, x, drops=None):
-        """Output of the last hidden layer (m, n), no learning, no dropout unless ``drops``."""
+    def features(self, x, drops=None, train=False):
+        """Output of the last hidden layer (m, n), no learning, no dropout unless ``drops``;
+        batchnorm uses batch statistics when ``train``, else the running ones."""
         h = x
         for k, layer in enumerate(self.hidden):
             mult, add = (None, None) if drops is None else drops[k]
-            h = layer.forward(self._input_of(layer, h), self.backend, mult)
+            h = layer.forward(self._input_of(layer, h), self.backend, mult, train=train)
             if add is not None:
                 h = h + add
         return h.reshape(h.shape[0], -1)
@@ -310,9 +348,9 @@ class ConvNet:
         if self.learning == "local":
             h = x
             for k, layer in enumerate(self.hidden):
-                out, dw, lp = layer.local_forward(self._input_of(layer, h), labels, self.n_classes, be,
-                                                  drops[k][0])
-                optimizers[f"hidden.{k}"].step([dw], sign=-1.0)
+                out, deltas, lp = layer.local_forward(self._input_of(layer, h), labels, self.n_classes, be,
+                                                      drops[k][0])
+                optimizers[f"hidden.{k}"].step(deltas, sign=-1.0)
                 objectives.append(layer_objective(lp.K, lp.Ky, layer.rule.gamma))
                 h = out if drops[k][1] is None else out + drops[k][1]
             h = h.reshape(h.shape[0], -1)
@@ -324,16 +362,17 @@ class ConvNet:
         return StepStats(loss, correct, objectives)
 
     def _backprop_step(self, x, labels, optimizers, drops):
-        loss, correct, hidden_grads, out_grads = self.forward_backward(x, labels, drops)
-        for k, dw in enumerate(hidden_grads):
-            optimizers[f"hidden.{k}"].step([dw])
+        loss, correct, hidden_grads, out_grads = self.forward_backward(x, labels, drops, track=True)
+        for k, grads in enumerate(hidden_grads):
+            optimizers[f"hidden.{k}"].step(grads)
         optimizers["output"].step(out_grads)
         return StepStats(loss, correct)
 
-    def forward_backward(self, x, labels, drops):
+    def forward_backward(self, x, labels, drops, track=False):
         """Mean cross-entropy and the gradient of every parameter, written out (no autograd).
 
-        Returns (loss, correct, [dL/dW_k per hidden layer], [dL/dW_out, dL/db]).
+        Returns (loss, correct, [[dL/dW_k (, dL/dγ_k, dL/dβ_k)] per hidden layer], [dL/dW_out, dL/db]).
+        ``track`` folds the batch statistics into batchnorm's running ones (training does).
         """
         be = self.backend
         h, caches = x, []
@@ -342,6 +381,8 @@ class ConvNet:
             if add is not None:
                 h = h + add
             caches.append(cache)
+            if track:
+                layer.track(cache)
         h = h.reshape(h.shape[0], -1)
         loss, dlogits, correct = softmax_cross_entropy(self.output.forward(h, be), labels, be.xp)
         out_grads = list(self.output.gradients(dlogits, h, be))
@@ -355,8 +396,9 @@ class ConvNet:
         return loss, correct, hidden_grads, out_grads
 
     def loss(self, x, labels, drops=None):
-        """Mean cross-entropy with fixed dropout ``drops`` (what :meth:`forward_backward` differentiates)."""
-        logits = self.output.forward(self.features(x, drops), self.backend)
+        """Mean cross-entropy with fixed dropout ``drops`` and batchnorm on batch statistics
+        (what :meth:`forward_backward` differentiates)."""
+        logits = self.output.forward(self.features(x, drops, train=True), self.backend)
         return softmax_cross_entropy(logits, labels, self.backend.xp)[0]
 
 
@@ -367,4 +409,5 @@ def build_convnet(cfg, in_shape, n_classes, backend, rng, rule=None):
     learning = {"backprop": "backprop", "last-layer": "last-layer"}.get(cfg["rule"], "local")
     return ConvNet(in_shape, cfg.get("arch", "vgg"), n_classes, rule or make_rule(cfg),
                    divisive=cfg["grouping"] == "grp+div", learning=learning, dropout=cfg["dropout"],
-                   backend=backend, dtype=np.dtype(cfg["dtype"]), rng=rng, width=int(cfg.get("width", 1)))
+                   backend=backend, dtype=np.dtype(cfg["dtype"]), rng=rng, width=int(cfg.get("width", 1)),
+                   batchnorm=bool(cfg.get("batchnorm", False)))

@@ -23,11 +23,11 @@ product summed over positions (weight sharing)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from . import conv, engine, pairwise
+from . import batchnorm, conv, engine, pairwise
 from .api import _array, _check_finite, _float_dtype, _labels
 from .backends import get_backend
 from .rules import Rule, choice_error
@@ -42,6 +42,7 @@ class ConvPass:
     cols : (m·Ho·Wo, kh·kw·C_in) the pre-synaptic patches
     idx : (m, Ho//2, Wo//2, C_out) winners of the max pool (channel-last), or None
     conv_shape : (m, C_out, Ho, Wo);  out_shape : (m, C_out, H', W');  w_shape
+    bn, bn_cache : the layer's BatchNorm and this pass's BNCache, or None
     """
 
     lp: engine.LayerPass
@@ -50,64 +51,89 @@ class ConvPass:
     conv_shape: tuple
     out_shape: tuple
     w_shape: tuple
+    bn: Optional[Any] = None
+    bn_cache: Optional[Any] = None
 
     def objective(self) -> float:
         """L = pHSIC(Z, Z) - γ pHSIC(Y, Z) (Eq. 9, 34) of this batch."""
         return self.lp.objective()
 
     def post(self):
-        """-dL/da (m·Ho·Wo, C_out) in im2col row order: the post-synaptic term per position."""
+        """-dL/da (m·Ho·Wo, C_out) in im2col row order: the post-synaptic term per position
+        (a: what f sees, batchnorm's output if any)."""
         post = self.lp.post().reshape(self.out_shape)            # -dL/da at the layer's units
         be = self.lp.backend
         return conv.post_rows(post, self.idx, self.conv_shape, be.xp, route=be.route_rows)
 
-    def update(self):
-        """ΔW = -dL/dW (C_out, C_in, kh, kw): postᵀ cols, one GEMM."""
+    def updates(self):
+        """[ΔW] = [-dL/dW] (C_out, C_in, kh, kw), postᵀ cols (one GEMM); with batchnorm
+        [ΔW, Δγ, Δβ], the post-synaptic term first pulled back through BN."""
         be = self.lp.backend
-        return conv.cols_to_weights(be.hebbian(self.post(), self.cols), self.w_shape, be.xp)
+        post, bn_deltas = batchnorm.pull_back(self.bn, self.bn_cache, self.post())
+        return [conv.cols_to_weights(be.hebbian(post, self.cols), self.w_shape, be.xp)] + bn_deltas
+
+    def update(self):
+        """ΔW = -dL/dW (C_out, C_in, kh, kw)."""
+        return self.updates()[0]
 
     def output(self, divisive: bool):
         """z, or r = ẑ/u^p over channel groups (Eq. 21), shape (m, C_out, H', W')."""
         return self.lp.output(divisive).reshape(self.out_shape)
 
 
-def activity(rule: Rule, x, w, padding: int, pool, backend, derivatives=True):
-    """Forward half: (cols, a_win, z, f'(a_win), idx, conv_shape) with z = pool(f(conv(x, w))).
+class Activity(NamedTuple):
+    """A conv layer's forward half (see :func:`activity`)."""
+
+    cols: Any
+    a: Any
+    z: Any
+    fp: Any
+    idx: Optional[Any]
+    conv_shape: tuple
+    bn: Optional[Any]
+
+
+def activity(rule: Rule, x, w, padding: int, pool, backend, derivatives=True, bn=None, train=True) -> Activity:
+    """Forward half: Activity(cols, a_win, z, f'(a_win), idx, conv_shape, bn) with z = pool(f(conv(x, w))).
 
     a_win, z, fp : (m, C_out, H', W'); idx : (m, H', W', C_out) pool winners or None;
     conv_shape : (m, C_out, Ho, Wo).  Pooling happens channel-last, where the GEMM wrote.
-    With ``derivatives=False`` (inference) a_win and fp are None.
+    With ``derivatives=False`` (inference) a_win and fp are None.  With batchnorm ``bn``
+    (a :class:`threefactor.batchnorm.BatchNorm` over channels) z = pool(f(BN(conv(x, w)))),
+    a is BN's output and ``bn`` of the result its BNCache (None unless ``train``).
     """
     xp = backend.xp
     m, _, h, wd = x.shape
     c_out, _, kh, kw = w.shape
     ho, wo = conv.conv_out_size(h, wd, kh, kw, padding)
     cols = conv.im2col(x, kh, kw, padding, xp)
-    a, z, fp = backend.forward(cols, conv.weights_to_cols(w, xp), rule.activation, rule.slope)
+    a, z, fp, bnc = batchnorm.linear_forward(backend, cols, conv.weights_to_cols(w, xp), rule.activation,
+                                             rule.slope, bn, train)
     a, z, fp = (t.reshape(m, ho, wo, c_out) for t in (a, z, fp))
     idx = None
     extra = (a, fp) if derivatives else ()
     if pool == "max":
         z, idx, extra = backend.max_pool_rows(z, *extra)
     a, fp = (conv.rows_to_nchw(t, m, *t.shape[1:3], xp) for t in extra) if derivatives else (None, None)
-    return cols, a, conv.rows_to_nchw(z, m, *z.shape[1:3], xp), fp, idx, (m, c_out, ho, wo)
+    return Activity(cols, a, conv.rows_to_nchw(z, m, *z.shape[1:3], xp), fp, idx, (m, c_out, ho, wo), bnc)
 
 
 def conv_layer_pass(rule: Rule, x, w, labels, n_classes: int, backend, padding: int = 1,
-                    pool=None) -> ConvPass:
-    """Run a conv layer's rule on backend arrays x (m, C_in, H, W), w (C_out, C_in, kh, kw)."""
-    cols, a, z, fp, idx, conv_shape = activity(rule, x, w, padding, pool, backend)
+                    pool=None, bn=None) -> ConvPass:
+    """Run a conv layer's rule on backend arrays x (m, C_in, H, W), w (C_out, C_in, kh, kw)
+    (with batchnorm ``bn`` in training mode between conv and f)."""
+    act = activity(rule, x, w, padding, pool, backend, bn=bn)
     m = x.shape[0]
-    lp = engine.represent(rule, a.reshape(m, -1), z.reshape(m, -1), fp.reshape(m, -1), labels,
+    lp = engine.represent(rule, act.a.reshape(m, -1), act.z.reshape(m, -1), act.fp.reshape(m, -1), labels,
                           n_classes, backend)
-    return ConvPass(lp, cols, idx, conv_shape, tuple(z.shape), tuple(w.shape))
+    return ConvPass(lp, act.cols, act.idx, act.conv_shape, tuple(act.z.shape), tuple(w.shape), bn, act.bn)
 
 
 def conv_local_step(rule: Rule, x, w, labels, n_classes: int, backend, padding=1, pool=None,
-                    divisive=False):
-    """One conv layer on one batch: (output (m, C_out, H', W'), ΔW, ConvPass).  Used by training."""
-    cp = conv_layer_pass(rule, x, w, labels, n_classes, backend, padding, pool)
-    return cp.output(divisive), cp.update(), cp
+                    divisive=False, bn=None):
+    """One conv layer on one batch: (output (m, C_out, H', W'), [ΔW (, Δγ, Δβ)], ConvPass).  Used by training."""
+    cp = conv_layer_pass(rule, x, w, labels, n_classes, backend, padding, pool, bn)
+    return cp.output(divisive), cp.updates(), cp
 
 
 # -- validation and the public functions (dispatched from threefactor.api) ----------
@@ -199,7 +225,7 @@ def layer_output(x, w, rule, divisive=False, padding=1, pool=None, backend="nump
     be, x, w, _, _, to_user = prepare_conv(x, w, None, backend, None, padding, pool, rule.groups)
     c_out, h2, w2 = check_geometry(x.shape, w.shape, padding, pool)
     rule.check_width(c_out * h2 * w2)
-    _, _, z, _, _, _ = activity(rule, x, w, int(padding), pool, be, derivatives=False)
+    z = activity(rule, x, w, int(padding), pool, be, derivatives=False).z
     if not divisive:
         return to_user(z)
     m = z.shape[0]

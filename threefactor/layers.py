@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import engine
+from . import batchnorm, engine
 from .rules import Rule
 
 
@@ -49,7 +49,8 @@ class HiddenCache:
     """What a hidden layer keeps from its forward pass for the backward pass.
 
     x : (m, n_in) input;  fp : (m, n_out) f'(a);  zhat : (m, n_out), u : (m, c)
-    group statistics (grp+div only);  mask : (m, n_out) dropout mask or None.
+    group statistics (grp+div only);  mask : (m, n_out) dropout mask or None;
+    bn : batchnorm's BNCache or None.
     """
 
     x: Any
@@ -57,6 +58,7 @@ class HiddenCache:
     zhat: Optional[Any]
     u: Optional[Any]
     mask: Optional[Any]
+    bn: Optional[Any] = None
 
 
 class HiddenLayer:
@@ -70,14 +72,21 @@ class HiddenLayer:
         Kernel, σ, γ, activation and grouping (groups c, p, δ) of the layer.
     divisive : bool
         Pass r = ẑ/u^p (Eq. 21) on instead of z (grp+div).
+    bn : threefactor.batchnorm.BatchNorm or None
+        Batchnorm between x Wᵀ and f (Table 7's AdamW + batchnorm variants; not
+        biologically plausible).  Its γ, β learn with W, from the same objective.
     """
 
-    def __init__(self, w, rule: Rule, divisive: bool = False):
+    def __init__(self, w, rule: Rule, divisive: bool = False, bn=None):
         n_out = w.shape[0]
         rule.check_width(n_out)
         if divisive and not rule.grouped:
             raise ValueError("divisive=True needs a grouped rule (groups=c)")
-        self.w, self.rule, self.divisive = w, rule, bool(divisive)
+        self.w, self.rule, self.divisive, self.bn = w, rule, bool(divisive), bn
+
+    def params(self):
+        """The learned arrays [W] or [W, γ, β] (with batchnorm), in the order of the gradients."""
+        return [self.w] + ([] if self.bn is None else self.bn.params())
 
     @property
     def shape(self):
@@ -89,22 +98,36 @@ class HiddenLayer:
         Returns
         -------
         out : (m, n_out) what the next layer sees (dropout applied)
-        dw : (n_out, n_in) ΔW = -dL/dW, a descent direction on the layer's L
+        deltas : [ΔW (n_out, n_in)] = [-dL/dW], a descent direction on the layer's L,
+            with batchnorm [ΔW, Δγ, Δβ] (the order of :meth:`params`)
         lp : engine.LayerPass, with lp.K, lp.Ky for the objective
         """
-        out, dw, lp = engine.local_step(self.rule, x, self.w, labels, n_classes, backend,
-                                        divisive=self.divisive)
+        if self.bn is None:
+            out, dw, lp = engine.local_step(self.rule, x, self.w, labels, n_classes, backend,
+                                            divisive=self.divisive)
+            deltas = [dw]
+        else:
+            rule = self.rule
+            a, z, fp, cache = batchnorm.linear_forward(backend, x, self.w, rule.activation, rule.slope, self.bn)
+            lp = engine.represent(rule, a, z, fp, labels, n_classes, backend)
+            post, bn_deltas = batchnorm.pull_back(self.bn, cache, lp.post())
+            deltas = [backend.hebbian(post, x)] + bn_deltas
+            self.bn.track(cache)
+            out = lp.output(self.divisive)
         if mask is not None:
             out *= mask          # in place: ΔW is already computed (out may be lp.z)
-        return out, dw, lp
+        return out, deltas, lp
 
-    def forward(self, x, backend, mask=None, keep=False):
+    def forward(self, x, backend, mask=None, keep=False, train=None):
         """Forward pass without the local objective (inference, frozen layers, backprop).
 
         With ``keep=True`` returns ``(out, HiddenCache)`` for the backward pass.
+        ``train`` (default: ``keep``) makes batchnorm use batch statistics; it never
+        updates the running ones (the training step does, see :meth:`track`).
         """
         rule = self.rule
-        _, z, fp = backend.forward(x, self.w, rule.activation, rule.slope)
+        train = keep if train is None else train
+        _, z, fp, bnc = batchnorm.linear_forward(backend, x, self.w, rule.activation, rule.slope, self.bn, train)
         zhat = u = None
         if self.divisive:
             zhat, u, _ = backend.group_stats(z, rule.groups, rule.p, rule.delta)
@@ -114,8 +137,13 @@ class HiddenLayer:
         if mask is not None:
             out *= mask          # a fresh array of the backend; the cache does not hold it
         if keep:
-            return out, HiddenCache(x, fp, zhat, u, mask)
+            return out, HiddenCache(x, fp, zhat, u, mask, bnc)
         return out
+
+    def track(self, cache):
+        """Fold a training pass's batch statistics into batchnorm's running ones (no-op without)."""
+        if self.bn is not None:
+            self.bn.track(cache.bn)
 
 
 class OutputLayer:

@@ -27,12 +27,22 @@ from typing import Any, List
 import numpy as np
 
 from . import backprop
+from .batchnorm import BatchNorm
 from .layers import HiddenLayer, OutputLayer, dropout_mask, softmax_cross_entropy, uniform_init
 from .objective import layer_objective
 from .optim import make_optimizer
 from .rules import Rule, choice_error
 
 LEARNING = ("local", "backprop", "last-layer")
+
+
+def check_learning(learning, batchnorm=False):
+    """Validate ``learning`` (one of :data:`LEARNING`) and its combination with batchnorm."""
+    if learning not in LEARNING:
+        raise choice_error("learning", learning, LEARNING)
+    if batchnorm and learning == "last-layer":
+        raise ValueError("batchnorm needs learning 'local' or 'backprop': with 'last-layer' the hidden "
+                         "layers stay at their random start and batchnorm would have nothing to learn")
 
 
 @dataclass
@@ -70,12 +80,15 @@ class MLP:
     dtype : numpy dtype (float32 by default)
     rng : numpy.random.Generator
         Draws the initial weights, U(±1/√fan_in) for W and b.
+    batchnorm : bool
+        Batchnorm between each hidden layer's x Wᵀ and f (App. D.1; the AdamW +
+        batchnorm variants of Table 7).  Not biologically plausible; needs
+        learning "local" or "backprop".
     """
 
     def __init__(self, n_in, hidden, n_classes, rule: Rule, *, divisive=False, learning="local",
-                 dropout=0.01, backend, dtype=np.float32, rng):
-        if learning not in LEARNING:
-            raise choice_error("learning", learning, LEARNING)
+                 dropout=0.01, backend, dtype=np.float32, rng, batchnorm=False):
+        check_learning(learning, batchnorm)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not hidden:
@@ -85,7 +98,8 @@ class MLP:
         self.hidden = []
         for n_prev, n_out in zip([n_in, *hidden[:-1]], hidden):
             w = backend.asarray(uniform_init(rng, n_out, n_prev, self.dtype))
-            self.hidden.append(HiddenLayer(w, rule, divisive))
+            bn = BatchNorm(n_out, backend, self.dtype) if batchnorm else None
+            self.hidden.append(HiddenLayer(w, rule, divisive, bn))
         w = uniform_init(rng, n_classes, hidden[-1], self.dtype)
         bound = 1.0 / np.sqrt(hidden[-1])
         b = rng.uniform(-bound, bound, n_classes).astype(self.dtype)
@@ -93,14 +107,31 @@ class MLP:
 
     # -- parameters ------------------------------------------------------
     def parameters(self):
-        """{name: array} of every parameter (the arrays themselves, not copies)."""
-        params = {f"hidden.{k}.w": layer.w for k, layer in enumerate(self.hidden)}
+        """{name: array} of every learned parameter (the arrays themselves, not copies).
+
+        ``hidden.k.w``, with batchnorm also ``hidden.k.bn_gamma``, ``hidden.k.bn_beta``;
+        ``output.w``, ``output.b``.
+        """
+        params = {}
+        for k, layer in enumerate(self.hidden):
+            params[f"hidden.{k}.w"] = layer.w
+            if getattr(layer, "bn", None) is not None:
+                params[f"hidden.{k}.bn_gamma"], params[f"hidden.{k}.bn_beta"] = layer.bn.params()
         params["output.w"], params["output.b"] = self.output.w, self.output.b
         return params
 
+    def state(self):
+        """:meth:`parameters` plus batchnorm's running statistics (``hidden.k.bn_mean``,
+        ``hidden.k.bn_var``): everything a checkpoint holds."""
+        state = dict(self.parameters())
+        for k, layer in enumerate(self.hidden):
+            if getattr(layer, "bn", None) is not None:
+                state.update(layer.bn.state(f"hidden.{k}"))
+        return state
+
     def load_parameters(self, arrays):
-        """Copy ``{name: array}`` (host or device) into the parameters, checking names and shapes."""
-        for name, dst in self.parameters().items():
+        """Copy ``{name: array}`` (host or device) into :meth:`state`, checking names and shapes."""
+        for name, dst in self.state().items():
             if name not in arrays:
                 raise ValueError(f"checkpoint lacks parameter {name!r}")
             src = arrays[name]
@@ -118,10 +149,11 @@ class MLP:
         opts = {}
         if self.learning == "local":
             for k, layer in enumerate(self.hidden):
-                opts[f"hidden.{k}"] = make_optimizer(optimizer, [layer.w], lr_local, weight_decay_local, momentum)
+                opts[f"hidden.{k}"] = make_optimizer(optimizer, layer.params(), lr_local, weight_decay_local,
+                                                     momentum)
         elif self.learning == "backprop":
             for k, layer in enumerate(self.hidden):
-                opts[f"hidden.{k}"] = make_optimizer(optimizer, [layer.w], lr_out, weight_decay_out, momentum)
+                opts[f"hidden.{k}"] = make_optimizer(optimizer, layer.params(), lr_out, weight_decay_out, momentum)
         opts["output"] = make_optimizer(optimizer, [self.output.w, self.output.b], lr_out,
                                         weight_decay_out, momentum)
         return opts
@@ -136,7 +168,7 @@ class MLP:
         return masks
 
     def features(self, x, masks=None):
-        """Output of the last hidden layer (m, n_K), no learning."""
+        """Output of the last hidden layer (m, n_K), no learning (batchnorm: running statistics)."""
         h = x
         for k, layer in enumerate(self.hidden):
             h = layer.forward(h, self.backend, None if masks is None else masks[k])
@@ -166,17 +198,17 @@ class MLP:
         masks = self._masks(rng, x.shape[0])
         if self.learning == "backprop":
             loss, correct, hidden_grads, out_grads = backprop.forward_backward(
-                self, x, labels, masks, self.backend)
-            for k, dw in enumerate(hidden_grads):
-                optimizers[f"hidden.{k}"].step([dw])
+                self, x, labels, masks, self.backend, track=True)
+            for k, grads in enumerate(hidden_grads):
+                optimizers[f"hidden.{k}"].step(grads)
             optimizers["output"].step(out_grads)
             return StepStats(loss, correct)
         objectives = []
         if self.learning == "local":
             h = x
             for k, layer in enumerate(self.hidden):
-                out, dw, lp = layer.local_forward(h, labels, self.n_classes, self.backend, masks[k])
-                optimizers[f"hidden.{k}"].step([dw], sign=-1.0)   # during the forward pass
+                out, deltas, lp = layer.local_forward(h, labels, self.n_classes, self.backend, masks[k])
+                optimizers[f"hidden.{k}"].step(deltas, sign=-1.0)   # during the forward pass
                 objectives.append(layer_objective(lp.K, lp.Ky, layer.rule.gamma))
                 h = out
         else:

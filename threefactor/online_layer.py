@@ -296,7 +296,7 @@ class OnlineHiddenLayer(HiddenLayer):
         self.w = self.online.w                       # the same array: optimisers update it in place
 
     def local_forward(self, x, labels, n_classes, backend, mask=None):
-        """(out (B, n_out), ΔW (n_out, n_in), BatchKernels) of one online step."""
+        """(out (B, n_out), [ΔW (n_out, n_in)], BatchKernels) of one online step."""
         online = self.online
         if n_classes != online.trule.n_classes:
             raise ValueError(f"n_classes={n_classes} but the online rule was built for "
@@ -314,7 +314,7 @@ class OnlineHiddenLayer(HiddenLayer):
                             backend.label_kernel(labels, n_classes, rule.label_kernel, act.z.dtype))
         if mask is not None:
             out = out * mask
-        return out, dw, kern
+        return out, [dw], kern
 
 
 def make_online(net, *, streams, beta=0.01, shared_b3=False):

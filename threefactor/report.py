@@ -68,6 +68,8 @@ def _network(cfg):
         parts.append(arch + (f" ×{width}" if width != 1 else ""))
     if cfg.get("mode", "batch") == "online":
         parts.append("online")
+    if cfg.get("batchnorm", False):
+        parts.append("batchnorm")
     return ", ".join(parts)
 
 

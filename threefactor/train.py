@@ -44,7 +44,7 @@ def build_network(cfg, n_in, n_classes, backend, rng):
     learning = {"backprop": "backprop", "last-layer": "last-layer"}.get(cfg["rule"], "local")
     net = MLP(n_in, cfg["hidden"], n_classes, make_rule(cfg), divisive=cfg["grouping"] == "grp+div",
               learning=learning, dropout=cfg["dropout"], backend=backend,
-              dtype=np.dtype(cfg["dtype"]), rng=rng)
+              dtype=np.dtype(cfg["dtype"]), rng=rng, batchnorm=bool(cfg.get("batchnorm", False)))
     if cfg.get("mode") == "online":
         from .online_layer import make_online
         make_online(net, streams=cfg["streams"], beta=cfg["beta"], shared_b3=cfg["shared_b3"])
@@ -92,7 +92,7 @@ def default_out(cfg):
         arch = cfg["arch"] if cfg["arch"] in ARCHS else "conv"
         width = "" if cfg["width"] == 1 else f"{cfg['width']}x"
         column = presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]).split("-", 1)[1]
-        name = f"{cfg['dataset']}-{arch}{width}-{column}"
+        name = f"{cfg['dataset']}-{arch}{width}-{'bn-' if cfg.get('batchnorm') else ''}{column}"
     return Path("runs") / f"{name}-s{cfg['seed']}-{stamp}"
 
 
@@ -132,7 +132,8 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
         log(f"{cfg['dataset']} {cfg['column']}: preset {cfg['preset']} (lr_out {cfg['lr_out']}, "
             f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), "
             + (f"arch {cfg['arch']} x{cfg['width']}, " if is_conv else f"hidden {cfg['hidden']}, ")
-            + ("augmented, " if cfg.get("augment") else "") +
+            + ("augmented, " if cfg.get("augment") else "")
+            + ("batchnorm + " + cfg["optimizer"] + " (not biologically plausible), " if cfg.get("batchnorm") else "") +
             f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
             + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
             + f" -> {rd.path}")
@@ -191,7 +192,7 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
             objs = [float(o) / n for o in obj_sums]
             record["local_objective"] = objs
             record.update({f"local_objective_{k + 1}": o for k, o in enumerate(objs)})
-        params = {k: backend.to_numpy(v) for k, v in net.parameters().items()}
+        params = {k: backend.to_numpy(v) for k, v in net.state().items()}
         params.update(_online_state(net))
         states = {}
         for name, opt in opts.items():
@@ -246,7 +247,9 @@ threefactor.presets); --lr-local, --lr-out, --groups override them.
 Conv nets take theirs from Table 6 (App. D.6; SGD momentum 0.95, batch 128,
 alpha dropout 0.05, SELU, weight decay 1e-7 local / 1e-6 output, delta 1;
 milestones 300 350 450 475, backprop 100 200 250 275; 500 epochs with an
-explicit --preset). Table 6 presets:
+explicit --preset). The AdamW + batchnorm rows (cifar10-vgg[2x]-bn-*; LReLU,
+plain dropout, batchnorm before f, every rule on milestones 300 350 450 475)
+are there for comparison, not biologically plausible. Table 6 presets:
   {table6}
 CIFAR-10 training batches are augmented (App. D.3): zero padding 4, random
 32x32 crop, horizontal flip with p = 0.5, drawn from the run's seeded RNG.
@@ -259,6 +262,7 @@ examples:
   threefactor train --rule backprop --subset 5000 --epochs 1 --hidden 256 256
   threefactor train --mode online --streams 256 --epochs 3   # two-point rule in time
   threefactor train --preset cifar10-vgg-gaussian-grpdiv --epochs 500   # Table 6 / Table 7 cell
+  threefactor train --preset cifar10-vgg-bn-gaussian-grpdiv   # AdamW + batchnorm row (not plausible)
   threefactor train --arch small --dataset fmnist --rule gaussian --grouping grp+div --groups 16 \
                     --lr-local 0.4 --epochs 2 --subset 20000            # a small conv net on the CPU
   threefactor train --arch conv16-pool-conv32-pool-fc64 --dataset mnist --rule backprop --epochs 1
@@ -308,6 +312,11 @@ def configure_parser(parser):
     h.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="default 256")
     h.add_argument("--dropout", type=float, default=S, help="dropout after each hidden layer (default 0.01)")
     h.add_argument("--optimizer", default=S, help="sgd (the paper's, momentum 0.95) or adamw")
+    h.add_argument("--batchnorm", action="store_true", default=S,
+                   help="batchnorm between each hidden layer's linear/conv operation and f, its "
+                        "gradient written out, gamma and beta learned with W (Table 7's AdamW + "
+                        "batchnorm rows; conv nets then default to AdamW and LReLU). Not "
+                        "biologically plausible: the run's config says plausible: false")
     h.add_argument("--seed", type=int, default=S, help="seeds weights, shuffling and dropout (default 0)")
     o = parser.add_argument_group("biologically explicit mode (Eq. 13, App. C)")
     o.add_argument("--mode", default=S, metavar="MODE",

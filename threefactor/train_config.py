@@ -11,7 +11,7 @@ import numpy as np
 
 from . import conv, presets
 from .backends import BACKENDS, BackendUnavailable, get_backend
-from .conv_layers import ARCHS, TABLE6, TABLE6_SHARED, parse_arch, table6_preset
+from .conv_layers import ARCHS, TABLE6, TABLE6_BN, TABLE6_SHARED, parse_arch, table6_preset
 from .optim import OPTIMIZERS
 from .rules import choice_error
 
@@ -23,6 +23,7 @@ DEFAULTS = dict(
     subset=None, backend=None, dtype="float32", eval_batch_size=2000,
     mode="batch", streams=None, beta=0.01, shared_b3=True,
     arch="mlp", width=1, augment=None,     # augment None: on for cifar10 (App. D.3), off otherwise
+    batchnorm=False,
     **{k: v for k, v in presets.SHARED.items() if k != "epochs"},
 )
 #: Conv nets' defaults where they differ from the MLP's (Table 6 shared settings, App. D.4, D.6);
@@ -75,7 +76,7 @@ def resolve_config(**options):
     elif preset is not None:
         cfg.update(dataset=preset.dataset, rule=preset.rule, grouping=preset.grouping)
     if name is not None:
-        for key in ("dataset", "rule", "grouping", "arch", "width"):
+        for key in ("dataset", "rule", "grouping", "arch", "width", "batchnorm"):
             if key in given and given[key] != cfg[key]:
                 raise ValueError(f"{key}={given[key]!r} contradicts preset {name!r} "
                                  f"({key}={cfg[key]!r}); drop one of them")
@@ -97,6 +98,9 @@ def resolve_config(**options):
         if is_conv:
             raise ValueError(f"mode='online' needs arch='mlp' (two-point streams drive dense layers), "
                              f"got arch={cfg['arch']!r}")
+        if cfg["batchnorm"]:
+            raise ValueError("mode='online' cannot use batchnorm: a stream sees one sample at a time, "
+                             "there is no batch to normalise over")
         if cfg["rule"] != "gaussian":
             raise ValueError(f"mode='online' needs rule='gaussian' (the two-point rule of Eq. 13 is "
                              f"the Gaussian kernel's), got rule={cfg['rule']!r}")
@@ -115,6 +119,11 @@ def resolve_config(**options):
             raise ValueError("streams needs mode='online' (--mode online)")
         cfg["streams"] = None
     cfg["column"] = presets.column_name(cfg["rule"], cfg["grouping"])
+    if not isinstance(cfg["batchnorm"], bool):
+        raise TypeError(f"batchnorm must be True or False, got {cfg['batchnorm']!r}")
+    if cfg["batchnorm"] and cfg["rule"] == "last-layer":
+        raise ValueError("batchnorm needs rule 'backprop', 'cossim' or 'gaussian': with 'last-layer' the "
+                         "hidden layers stay at their random start and batchnorm would have nothing to learn")
     local = cfg["rule"] in ("cossim", "gaussian")
     for key, value in fields.items():
         if key not in given and not (key == "lr_local" and cfg["mode"] == "online"):
@@ -135,6 +144,9 @@ def resolve_config(**options):
     if cfg["backend"] is None:
         cfg["backend"] = default_backend()
     cfg["p"] = presets.GROUPING_P[cfg["grouping"]]
+    # local rules, no batchnorm, no adaptive optimiser (Sec. 4.3 on AdamW and batchnorm)
+    cfg["plausible"] = (cfg["rule"] in ("cossim", "gaussian", "last-layer") and not cfg["batchnorm"]
+                        and cfg["optimizer"] == "sgd")
     cfg["hidden"] = None if is_conv else [int(h) for h in cfg["hidden"]]
     cfg["milestones"] = [int(m) for m in cfg["milestones"]]
     from . import __version__
@@ -169,15 +181,19 @@ def _conv_preset(cfg, given, cell):
 
     An explicit Table 6 preset (``cell``) is already in ``cfg``.  Otherwise the run takes
     Table 6's shared settings and, where Table 6 has the column, its cell's learning
-    rates and groups (``cifar10-vgg[2x]-<column>``, by width).
+    rates and groups (``cifar10-vgg[2x][-bn]-<column>``, by width and batchnorm; with
+    batchnorm also AdamW and LReLU, the AdamW + batchnorm rows).
     """
     if cell is not None:
         return {}, cfg["preset"], "Table 6"
     suffix = {"plain": "", "grp": "-grp", "grp+div": "-grpdiv"}[cfg["grouping"]]
     rule = cfg["rule"].replace("-", "")
-    name = f"cifar10-vgg{'2x' if cfg['width'] == 2 else ''}-{rule}{suffix}"
+    bn = "bn-" if cfg["batchnorm"] else ""
+    name = f"cifar10-vgg{'2x' if cfg['width'] == 2 else ''}-{bn}{rule}{suffix}"
     fields = dict(CONV_SHARED)
-    if cfg["rule"] == "backprop":
+    if cfg["batchnorm"]:
+        fields.update({k: v for k, v in TABLE6_BN.items() if k != "batchnorm"})
+    elif cfg["rule"] == "backprop":
         fields["milestones"] = TABLE6_SHARED["milestones_backprop"]
     if name in TABLE6:
         fields.update({k: TABLE6[name][k] for k in ("lr_out", "lr_local", "groups")})
@@ -191,7 +207,7 @@ def _conv_preset(cfg, given, cell):
         raise ValueError(f"Table 6 has no conv cell for {cfg['rule']} {cfg['grouping']} "
                          f"(cells: {', '.join(sorted(TABLE6))}): give {', '.join(need)}")
     arch = cfg["arch"] if cfg["arch"] in ARCHS else "conv"
-    return fields, f"{cfg['dataset']}-{arch}-{rule}{suffix}", "no Table 6 cell: learning rates given"
+    return fields, f"{cfg['dataset']}-{arch}-{bn}{rule}{suffix}", "no Table 6 cell: learning rates given"
 
 
 def conv_shapes(blocks, in_shape, kernel_size=3, padding=1):
