@@ -235,10 +235,18 @@ def layer_output(x, w, rule, divisive=False, padding=1, pool=None, backend="nump
 
 # -- the naive definitions (tests only: explicit loops, literal pair sums) ----------
 
-def naive_activity(x, w, rule, padding=1, pool=None):
-    """(z, f'(a), winners) by explicit loops; winners[(i, o, y', x')] = (y, x) of the conv grid."""
+def naive_activity(x, w, rule, padding=1, pool=None, bn=None):
+    """(z, f'(a), winners) by explicit loops; winners[(i, o, y', x')] = (y, x) of the conv grid.
+
+    ``bn`` = (γ, β): batchnorm per channel over samples and positions before f
+    (:func:`threefactor.batchnorm.naive_batchnorm`, batch statistics).
+    """
     from .activations import activate
     a = conv.naive_conv2d(x, w, padding)
+    if bn is not None:
+        m, c, ho, wo = a.shape
+        rows = batchnorm.naive_batchnorm(a.transpose(0, 2, 3, 1).reshape(-1, c), *bn)
+        a = rows.reshape(m, ho, wo, c).transpose(0, 3, 1, 2)
     z, fp = activate(a, rule.activation, rule.slope, np)
     m, c, ho, wo = a.shape
     if pool is None:
@@ -250,9 +258,10 @@ def naive_activity(x, w, rule, padding=1, pool=None):
     return zp, fpp, win
 
 
-def naive_objective(x, w, labels, n_classes, rule, padding=1, pool=None):
-    """L by the definitions (complex-step safe): loops for conv and pooling, pair sums for pHSIC."""
-    z, _, _ = naive_activity(x, w, rule, padding, pool)
+def naive_objective(x, w, labels, n_classes, rule, padding=1, pool=None, bn=None):
+    """L by the definitions (complex-step safe): loops for conv and pooling, pair sums for pHSIC
+    (``bn`` = (γ, β): batchnorm before f, see :func:`naive_activity`)."""
+    z, _, _ = naive_activity(x, w, rule, padding, pool, bn)
     zf = z.reshape(z.shape[0], -1)
     return pairwise.objective(zf, np.eye(zf.shape[1]), labels, n_classes, rule.with_(activation="linear"))
 
