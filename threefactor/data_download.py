@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .data import CIFAR_BATCH_DIR, CIFAR_FILES, IDX_FILES, DataError, _idx_path
+from .data_formats import CIFAR_BATCH_DIR, CIFAR_FILES, IDX_FILES, DataError, _idx_path
 
 __all__ = [
     "SYSTEM_DIRS",
