@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from threefactor import Rule, pairwise
-from threefactor.backends import get_backend
+from threefactor.backends import BackendUnavailable, get_backend
 from threefactor.backprop import forward_backward, network_loss
 from threefactor.batchnorm import BatchNorm, naive_batchnorm
 from threefactor.check import complex_step_gradient
@@ -21,7 +21,14 @@ from test_train import _quiet
 from test_train_conv import _data
 
 NP = get_backend("numpy")
-BACKENDS = ["numpy", "numba"]
+BACKENDS = ["numpy", "numba", pytest.param("cupy", marks=pytest.mark.gpu)]
+
+
+def _backend(name):
+    try:
+        return get_backend(name)
+    except (BackendUnavailable, ImportError) as exc:
+        pytest.skip(f"{name} backend unavailable: {exc}")
 
 
 def _rel(a, b):
@@ -129,14 +136,14 @@ RULES = {
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_dense_local_rule_through_batchnorm_is_the_gradient(name, backend):
     rule = RULES[name]
-    be = get_backend(backend)
+    be = _backend(backend)
     rng = np.random.default_rng(3)
     m, n_in, n_out, k = 8, 5, 6, 3
     x = rng.normal(size=(m, n_in))
     w = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
     y = np.arange(m) % k
     bn = _bn(n_out, rng, be)
-    g0, b0 = np.array(bn.gamma), np.array(bn.beta)
+    g0, b0 = be.to_numpy(bn.gamma).copy(), be.to_numpy(bn.beta).copy()
     eye = np.eye(n_out)
 
     def loss(w_, g_, b_):
@@ -159,13 +166,13 @@ def test_dense_local_rule_through_batchnorm_is_the_gradient(name, backend):
 @pytest.mark.parametrize("name", ["gaussian-grpdiv", "cossim-grp"])
 def test_conv_local_rule_through_batchnorm_is_the_gradient(name, pool, backend):
     rule = RULES[name]
-    be = get_backend(backend)
+    be = _backend(backend)
     rng = np.random.default_rng(4)
     x = rng.normal(size=(4, 2, 4, 4))
     w = rng.normal(size=(6, 2, 3, 3)) / np.sqrt(18)
     y = np.array([0, 1, 2, 0])
     bn = _bn(6, rng, be)
-    g0, b0 = np.array(bn.gamma), np.array(bn.beta)
+    g0, b0 = be.to_numpy(bn.gamma).copy(), be.to_numpy(bn.beta).copy()
     layer = ConvLayer(be.asarray(w.copy()), rule, divisive=True, pool=pool, in_hw=(4, 4), bn=bn)
     _, deltas, _ = layer.local_forward(be.asarray(x), be.asarray(y), 3, be)
 
@@ -295,3 +302,21 @@ def test_mlp_with_batchnorm_trains_and_cli_flag(tmp_path, capsys):
         cli.main(["train", "--help"])
     text = capsys.readouterr().out
     assert "--batchnorm" in text and "cifar10-vgg-bn-gaussian-grpdiv" in text
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rule,grouping", [("gaussian", "grp+div"), ("backprop", "plain")])
+def test_cupy_batchnorm_net_trains_like_numpy(tmp_path, rule, grouping):
+    _backend("cupy")
+    cfg = resolve_config(arch="conv4-pool-conv8-pool-fc16", dataset="mnist", rule=rule, grouping=grouping,
+                         batchnorm=True, epochs=2, batch_size=32, backend="cupy", dtype="float64",
+                         lr_out=5e-3, **({"groups": 2, "lr_local": 5e-3} if rule == "gaussian" else {}))
+    data = _data()
+    gpu = train(cfg, tmp_path / "gpu", progress=False, log=_quiet, data=data)
+    cpu = train(dict(cfg, backend="numpy"), tmp_path / "cpu", progress=False, log=_quiet, data=data)
+    a, b = gpu.load_checkpoint()[0], cpu.load_checkpoint()[0]
+    assert a.keys() == b.keys() and "hidden.2.bn_var" in a
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-9, err_msg=k)
+    assert gpu.read_metrics()[-1]["test_accuracy"] == pytest.approx(cpu.read_metrics()[-1]["test_accuracy"],
+                                                                   abs=1.0)
