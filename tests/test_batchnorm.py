@@ -320,3 +320,34 @@ def test_cupy_batchnorm_net_trains_like_numpy(tmp_path, rule, grouping):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-9, err_msg=k)
     assert gpu.read_metrics()[-1]["test_accuracy"] == pytest.approx(cpu.read_metrics()[-1]["test_accuracy"],
                                                                    abs=1.0)
+
+
+# -- threefactor check --batchnorm ---------------------------------------------------------
+
+def test_check_batchnorm_matrix_passes_and_catches_a_wrong_gradient(monkeypatch):
+    from threefactor.check_batchnorm import check_batchnorm_all
+    results = check_batchnorm_all(backends=("numpy", "numba"), activations=("lrelu", "selu"))
+    assert len(results) == 3 * 3 * 2 * 2 * 3 * 2       # kernel x grouping x act x kind x param x backend
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
+    assert max(r.max_rel_error for r in results) < 1e-12
+    real = BatchNorm.vjp
+
+    def wrong(self, cache, g):                       # forgets the mean of g in dL/da
+        ga, dgamma, dbeta = real(self, cache, g)
+        return ga + g.mean(axis=0) * self.gamma * cache.inv_std, dgamma, dbeta
+    monkeypatch.setattr(BatchNorm, "vjp", wrong)
+    bad = check_batchnorm_all(backends=("numpy",), kernels=("gaussian",), groupings=("grp+div",))
+    assert [r.passed for r in bad if r.variant.endswith(": W")] == [False, False]
+    assert all(r.passed for r in bad if not r.variant.endswith(": W"))
+
+
+def test_check_cli_batchnorm_flag(tmp_path, capsys):
+    from threefactor import cli
+    out = tmp_path / "check.json"
+    rc = cli.main(["check", "--batchnorm", "--no-conv", "--kernel", "cosine", "--grouping", "grp",
+                   "--activation", "lrelu", "--method", "complex", "--backend", "numpy", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "bn/dense/cosine/grp/lrelu: gamma" in text and "bn/conv" not in text
+    data = json.loads(out.read_text())
+    assert data["meta"]["batchnorm"] is True
+    assert sum(r["variant"].startswith("bn/") for r in data["results"]) == 3

@@ -43,6 +43,11 @@ def configure_parser(parser):
                         help="--conv: only the conv-layer variants (3x3 conv, C_in 2 -> C_out 6, 3 groups, "
                              "with and without max pooling; complex step); --no-conv: only the dense "
                              "ones (default: both)")
+    parser.add_argument("--batchnorm", action="store_true",
+                        help="also check the rule through batchnorm (Table 7's AdamW + batchnorm variants, "
+                             "not biologically plausible): dW, dgamma, dbeta of a dense and a conv layer "
+                             "(max pool) against complex-step gradients, per kernel x grouping x activation "
+                             "(dense only with --no-conv, conv only with --conv)")
     return parser
 
 
@@ -125,6 +130,12 @@ def run(args) -> int:
             results += check_conv_all(backends=backends, kernels=kernels, groupings=args.grouping,
                                       activations=args.activation, label_kernels=args.label_kernel,
                                       dtype=args.dtype, seed=args.seed)
+        if getattr(args, "batchnorm", False) and "complex" in args.method:
+            from .check_batchnorm import check_batchnorm_all
+            kinds = {None: ("dense", "conv"), True: ("conv",), False: ("dense",)}[conv]
+            results += check_batchnorm_all(backends=backends, kernels=kernels, groupings=args.grouping,
+                                           activations=args.activation, layer_kinds=kinds, dtype=args.dtype,
+                                           seed=args.seed)
         if not results:
             raise ValueError("nothing to check: --conv needs a named --kernel and --method complex")
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
@@ -140,6 +151,7 @@ def run(args) -> int:
         meta = {"version": __version__, "dtype": args.dtype, "seed": args.seed, "m": args.m,
                 "n_in": args.n_in, "n_out": args.n_out, "groups": args.groups,
                 "conv": {None: "dense and conv", True: "conv only", False: "dense only"}[getattr(args, "conv", None)],
+                "batchnorm": bool(getattr(args, "batchnorm", False)),
                 "backends": backends, "tolerances": TOLERANCES[args.dtype],
                 "relative_error": "max|dW - ref| / max|ref|"}
         write_json(args.json, results, meta)
