@@ -206,6 +206,8 @@ def main(argv=None):
                     help="torch's device (default cuda with --backend cupy, else cpu)")
     ap.add_argument("--no-autograd", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="threads for BLAS, Numba and torch alike")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc settings alone (default: threefactor.heap keeps freed buffers)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 steps, 1 warm-up")
     ap.add_argument("--json", default=None, help="default benchmarks/results/<date>-<host>-conv-epoch.json")
     args = ap.parse_args(argv)
@@ -217,7 +219,8 @@ def main(argv=None):
     threads_set = bench.set_threads(args.threads) if args.threads else None
     settings = {"arch": args.arch, "width": args.width, "batch": args.batch, "groups": args.groups,
                 "steps": args.steps, "warmup": args.warmup, "backend": args.backend, "device": device,
-                "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None}
+                "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None,
+                "keep_freed_memory": bench.tune_heap(args)}
     if not args.no_autograd:
         settings["torch_threads"] = bench.set_torch_threads()
     rec = bench_conv(args.arch, args.width, args.batch, args.steps, args.backend, device, args.groups,

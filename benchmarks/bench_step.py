@@ -184,13 +184,16 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 1 x 3)")
     ap.add_argument("--no-autograd", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="threads for BLAS, Numba and torch alike")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc settings alone (default: threefactor.heap keeps freed buffers)")
     ap.add_argument("--json", default=None, help="default benchmarks/results/<date>-<host>-step.json")
     args = ap.parse_args(argv)
     timing = bench.timing_settings(args.quick, args.budget)
     threads_set = bench.set_threads(args.threads) if args.threads else None
     settings = {"backends": args.backend, "dtype": args.dtype, "batch": args.batch,
                 "hidden": args.hidden, "groups": args.groups, "timing": timing,
-                "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None}
+                "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None,
+                "keep_freed_memory": bench.tune_heap(args)}
     if not args.no_autograd:
         settings["torch_threads"] = bench.set_torch_threads()
     print(f"MLP step 784-{'-'.join(map(str, args.hidden))}-10, Gaussian grp+div, {args.dtype}; "

@@ -88,6 +88,14 @@ def gemm_calls(be, m, n_in, n_out, d, dtype):
             "gemm_kernel": lambda: be.matmul(v, v.T)}
 
 
+def tune_heap(args):
+    """:func:`threefactor.heap.keep_freed_memory` unless ``args.default_malloc``; whether it applied."""
+    if getattr(args, "default_malloc", False):
+        return False
+    from .heap import keep_freed_memory
+    return keep_freed_memory()
+
+
 def set_torch_threads():
     """Give torch the thread count numpy's BLAS uses; returns it, or None without torch."""
     try:
@@ -343,6 +351,9 @@ def configure_parser(parser):
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of repeats per measurement (default 1.0; --quick 0.05)")
     parser.add_argument("--no-autograd", action="store_true", help="skip the PyTorch autograd baseline")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc settings alone (by default freed buffers stay in the heap "
+                             "for every backend and autograd alike: threefactor.heap)")
     parser.add_argument("--profile", action="store_true",
                         help="also time each primitive of the update (synchronised), as profile_s")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -366,7 +377,8 @@ def run(args):
     dtype = np.dtype(args.dtype)
     settings = {"backends": args.backend, "dtype": dtype.name, "m": batches,
                 "shapes": [list(s) for s in shapes], "rules": args.rules, "timing": timing,
-                "blas_threads": blas_threads(), "threads_set": threads_set, "torch_threads": None}
+                "blas_threads": blas_threads(), "threads_set": threads_set, "torch_threads": None,
+                "keep_freed_memory": tune_heap(args)}
     if not args.no_autograd:
         settings["torch_threads"] = set_torch_threads() or "torch not installed"
     print(f"threefactor bench: {dtype.name}, BLAS threads {settings['blas_threads']}, torch threads "
