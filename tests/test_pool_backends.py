@@ -6,6 +6,7 @@ from threefactor import conv
 from threefactor.backends import get_backend
 
 numba = pytest.importorskip("numba")
+NB = get_backend("numba")
 
 
 def _inputs(rng, shape, dtype, ties):
@@ -49,3 +50,19 @@ def test_complex_falls_back_to_the_reference():
     p, idx, _ = get_backend("numba").max_pool_rows(z)
     p0, i0, _ = get_backend("numpy").max_pool_rows(z)
     assert np.array_equal(p, p0) and np.array_equal(idx, i0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,k,pad", [((3, 1, 5, 6), 3, 1), ((2, 2, 5, 6), 3, 1), ((4, 5, 7, 5), 3, 0),
+                                         ((2, 6, 4, 4), 2, 2), ((3, 16, 8, 8), 3, 1), ((1, 3, 3, 3), 3, 1)])
+def test_numba_im2col_equals_numpy_bit_for_bit(dtype, shape, k, pad):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=shape).astype(dtype)
+    ref = conv.im2col(x, k, k, pad)
+    got = NB.im2col(x, k, k, pad)
+    assert got.dtype == ref.dtype and got.shape == ref.shape and np.array_equal(got, ref)
+    view = x.transpose(0, 1, 3, 2)                       # a non-contiguous input
+    assert np.array_equal(NB.im2col(view, k, k, pad), conv.im2col(np.ascontiguousarray(view), k, k, pad))
+    if shape[1] >= 2:                                    # the kernel runs (single channels keep numpy's path)
+        from threefactor.backends import _im2col_numba
+        assert np.array_equal(_im2col_numba.im2col(x, k, k, pad), ref)

@@ -106,7 +106,7 @@ def activity(rule: Rule, x, w, padding: int, pool, backend, derivatives=True, bn
     m, _, h, wd = x.shape
     c_out, _, kh, kw = w.shape
     ho, wo = conv.conv_out_size(h, wd, kh, kw, padding)
-    cols = conv.im2col(x, kh, kw, padding, xp)
+    cols = backend.im2col(x, kh, kw, padding)
     a, z, fp, bnc = batchnorm.linear_forward(backend, cols, conv.weights_to_cols(w, xp), rule.activation,
                                              rule.slope, bn, train)
     a, z, fp = (t.reshape(m, ho, wo, c_out) for t in (a, z, fp))

@@ -123,6 +123,15 @@ class NumbaBackend(NumpyBackend):
         self._run(_k.gaussian_exponent, G.size, G, v.dtype.type(-0.5 / sigma ** 2), K)
         return np.exp(K, out=K)
 
+    def im2col(self, x, kh, kw, padding):
+        """Patches as rows, one Numba pass after a channel-last copy (same bits as the reference).
+
+        Single-channel inputs keep numpy's strided copies, which are faster there."""
+        if x.dtype.kind != "f" or x.shape[1] < 2:
+            return super().im2col(x, kh, kw, padding)
+        from . import _im2col_numba
+        return _im2col_numba.im2col(x, kh, kw, padding)
+
     def max_pool_rows(self, z, *extra):
         """2×2 max pooling with winners (one Numba pass each; same bits as the numpy reference)."""
         if z.dtype.kind != "f" or any(t.dtype.kind != "f" for t in extra):

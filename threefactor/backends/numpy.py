@@ -80,6 +80,11 @@ class NumpyBackend:
         """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one GEMM."""
         return self.matmul(post.T, x)
 
+    def im2col(self, x, kh, kw, padding):
+        """Patches of x (m, C_in, H, W) as rows (m·Ho·Wo, kh·kw·C_in) (:func:`threefactor.conv.im2col`)."""
+        from .. import conv
+        return conv.im2col(x, kh, kw, padding, self.xp)
+
     def max_pool_rows(self, z, *extra):
         """2×2 max pooling of channel-last z (m, H, W, C) with winners, and ``extra`` at them."""
         from .. import conv
