@@ -64,3 +64,16 @@ def test_torch_layer_loss_is_the_conv_rule_objective():
     assert float(loss) == pytest.approx(float(ref), rel=1e-10, abs=1e-14)
     out = conv_rule.layer_output(x, w, rule, divisive=True, padding=1, pool="max", backend="numpy")
     np.testing.assert_allclose(r.numpy(), np.asarray(out), rtol=1e-10, atol=1e-12)
+
+
+def test_bench_conv_step_swaps_primitives_and_restores_them(capsys):
+    pytest.importorskip("numba")
+    from threefactor.backends.numba import NumbaBackend
+    spec = importlib.util.spec_from_file_location("bench_conv_step", _PATH.parent / "bench_conv_step.py")
+    bcs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bcs)
+    own = {name: getattr(NumbaBackend, name) for name in ("im2col", "max_pool_rows", "route_rows")}
+    bcs.main(["--rounds", "1", "--batch", "8"])
+    out = capsys.readouterr().out
+    assert "numba (all own primitives)" in out and "numpy pool" in out and "numpy im2col" in out
+    assert all(getattr(NumbaBackend, name) is impl for name, impl in own.items())
