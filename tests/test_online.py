@@ -313,7 +313,7 @@ def test_bad_streams_and_labels():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(rule=tf.Rule(kernel="cosine")), "kernel='gaussian'"),
     (dict(rule=tf.Rule(label_kernel="linear")), "label_kernel='cosine'"),
-    (dict(rule=tf.Rule(), divisive=True), "divisive=True needs a grouped rule"),
+    (dict(rule=tf.Rule(), divisive=True), "divisive=True needs groups"),
     (dict(rule=tf.Rule(), n_classes=1), "n_classes"),
 ])
 def test_rule_checks(kwargs, match):

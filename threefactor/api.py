@@ -259,8 +259,7 @@ def layer_output(x, w, *, activation="lrelu", slope=0.01, groups=None, p=0.2, de
     Returns an array (m, n_out) of the inputs' dtype; (m, C_out, H', W') for a conv layer.
     """
     rule = Rule(activation=activation, slope=slope, groups=groups, p=p, delta=delta)
-    if divisive and groups is None:
-        raise ValueError("divisive=True needs groups (divisive normalisation is per group, Eq. 21)")
+    rule.check_divisive(divisive)
     if _conv_layer(x, w, pool):
         from . import conv_rule
         return conv_rule.layer_output(x, w, rule, divisive, padding, pool, backend)

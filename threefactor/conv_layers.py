@@ -177,9 +177,7 @@ class ConvLayer:
     """
 
     def __init__(self, w, rule: Rule, divisive=False, padding=1, pool=None, in_hw=None, bn=None):
-        if divisive and not rule.grouped:
-            raise ValueError("divisive=True needs a grouped rule (groups=c)")
-        self.w, self.rule, self.divisive, self.bn = w, rule, bool(divisive), bn
+        self.w, self.rule, self.divisive, self.bn = w, rule, rule.check_divisive(divisive), bn
         self.padding, self.pool = int(padding), pool
         if in_hw is not None:
             c_out, h2, w2 = conv_rule.check_geometry((2, w.shape[1]) + tuple(in_hw), w.shape, padding,

@@ -65,9 +65,7 @@ class LayerPass:
 
     def output(self, divisive: bool):
         """What the layer passes on: r = ẑ/u^p with divisive normalisation (Eq. 21), else z."""
-        if divisive:
-            if not self.rule.grouped:
-                raise ValueError("divisive=True needs groups (divisive normalisation is per group)")
+        if self.rule.check_divisive(divisive):
             return self.backend.divisive_norm(self.zhat, self.u, self.rule.p)
         return self.z
 

@@ -80,9 +80,7 @@ class HiddenLayer:
     def __init__(self, w, rule: Rule, divisive: bool = False, bn=None):
         n_out = w.shape[0]
         rule.check_width(n_out)
-        if divisive and not rule.grouped:
-            raise ValueError("divisive=True needs a grouped rule (groups=c)")
-        self.w, self.rule, self.divisive, self.bn = w, rule, bool(divisive), bn
+        self.w, self.rule, self.divisive, self.bn = w, rule, rule.check_divisive(divisive), bn
 
     def params(self):
         """The learned arrays [W] or [W, γ, β] (with batchnorm), in the order of the gradients."""

@@ -88,8 +88,7 @@ class TwoPointRule:
         n = self.n_classes
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
             raise ValueError(f"n_classes must be an integer >= 2 (Eq. 35), got {n!r}")
-        if self.divisive and not self.rule.grouped:
-            raise ValueError("divisive=True needs a grouped rule (groups=c): divisive normalisation is per group")
+        self.rule.check_divisive(self.divisive)
         if self.b3_init is not None and not np.isfinite(float(self.b3_init)):
             raise ValueError(f"b3_init must be a finite number or None, got {self.b3_init!r}")
         object.__setattr__(self, "beta", beta)

@@ -123,6 +123,13 @@ class Rule:
     def grouped(self) -> bool:
         return self.groups is not None
 
+    def check_divisive(self, divisive) -> bool:
+        """``bool(divisive)``; a ValueError if it is set on an ungrouped rule (Eq. 21 is per group)."""
+        if divisive and not self.grouped:
+            raise ValueError("divisive=True needs groups: a grouped rule (groups=c), since divisive "
+                             "normalisation is per group (Eq. 21)")
+        return bool(divisive)
+
     def check_width(self, n_out: int) -> int:
         """Validate grouping against the layer width; return the group size g."""
         if self.groups is None:
