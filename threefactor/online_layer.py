@@ -283,7 +283,8 @@ class OnlineHiddenLayer(HiddenLayer):
     B = ``streams`` samples is one step of B streams, so row b of a batch is paired
     with row b of the previous batch (random pairs under shuffling).
     :meth:`local_forward` returns ΔW = the mean two-point update over the B pairs
-    (Eq. 57 / 63a), which estimates -dL/dW: the batch rule's learning rates apply.
+    (Eq. 57 / 63a), which estimates -dL/dW on the batch rule's scale (noisier, so smaller
+    rates: ``threefactor train --mode online`` uses 0.3 where the batch rule uses 1.0).
     A batch of another size (the epoch's short last one) is passed through
     without learning and leaves the streams' state alone.
     """
