@@ -1,4 +1,4 @@
-"""Hyperparameters of the paper's fully connected experiments (App. D.4-D.5, Table 3).
+"""Hyperparameters of the paper's experiments: the MLP's (App. D.4-D.5, Table 3) and the conv nets' (App. D.6, Table 6).
 
 A *column* of Table 1 / Table 4 is a learning rule and a grouping:
 
@@ -29,6 +29,9 @@ scripts: dropout 0.01 (App. D.5; Sec. 4.2 says 0.05) and a leaky-ReLU slope of
 0.01 (App. D.4; Sec. 4.1 says 0.1).  Learning rates are multiplied by 0.25
 after epochs 50, 75 and 90 of 100 (App. D.5); for shorter runs the milestones
 are *not* rescaled (pass others explicitly).
+
+The conv nets' cells (Table 6, SGD and AdamW + batchnorm rows) are at the end:
+:data:`TABLE6`, :func:`table6_preset`, named ``cifar10-vgg[2x][-bn]-<column>``.
 """
 from __future__ import annotations
 
@@ -182,3 +185,64 @@ def make_rule(rule, grouping, groups, *, sigma=5.0, gamma=2.0, delta=1.0, activa
                 activation=activation, slope=slope,
                 groups=None if grouping == "plain" else int(groups),
                 p=0.2 if p is None else p, delta=delta, label_kernel=label_kernel)
+
+
+# -- the conv nets of Sec. 4.3 (App. D.6, Table 6) ---------------------------------------
+
+#: Table 6 (App. D.6) and Sec. 4.3: CIFAR-10 with SGD, shared by every rule below.
+TABLE6_SHARED = dict(
+    dataset="cifar10", arch="vgg", epochs=500, milestones=(300, 350, 450, 475),
+    milestones_backprop=(100, 200, 250, 275), lr_factor=0.25, batch_size=128, dropout=0.05,
+    activation="selu", optimizer="sgd", momentum=0.95, weight_decay_local=1e-7,
+    weight_decay_out=1e-6, sigma=5.0, gamma=2.0, delta=1.0, label_kernel="cosine",
+)
+#: Table 6, SGD rows: η_f (lr_out), η_l (lr_local), c (groups); p = 0.5 for grp, 0.2 for grp+div.
+TABLE6 = {
+    "cifar10-vgg-backprop": dict(rule="backprop", grouping="plain", width=1, lr_out=5e-3, lr_local=None, groups=None),
+    "cifar10-vgg-backprop-grpdiv": dict(rule="backprop", grouping="grp+div", width=1, lr_out=6e-3, lr_local=None,
+                                        groups=64),
+    "cifar10-vgg-cossim-grp": dict(rule="cossim", grouping="grp", width=1, lr_out=5e-5, lr_local=3e-2, groups=32),
+    "cifar10-vgg-cossim-grpdiv": dict(rule="cossim", grouping="grp+div", width=1, lr_out=5e-4, lr_local=0.5,
+                                      groups=64),
+    "cifar10-vgg-gaussian-grpdiv": dict(rule="gaussian", grouping="grp+div", width=1, lr_out=1e-4, lr_local=0.4,
+                                        groups=64),
+    "cifar10-vgg2x-backprop": dict(rule="backprop", grouping="plain", width=2, lr_out=6e-3, lr_local=None,
+                                   groups=None),
+    "cifar10-vgg2x-backprop-grpdiv": dict(rule="backprop", grouping="grp+div", width=2, lr_out=6e-3, lr_local=None,
+                                          groups=64),
+    "cifar10-vgg2x-cossim-grp": dict(rule="cossim", grouping="grp", width=2, lr_out=5e-5, lr_local=3e-2, groups=32),
+    "cifar10-vgg2x-cossim-grpdiv": dict(rule="cossim", grouping="grp+div", width=2, lr_out=5e-4, lr_local=0.5,
+                                        groups=64),
+    "cifar10-vgg2x-gaussian-grpdiv": dict(rule="gaussian", grouping="grp+div", width=2, lr_out=1e-4,
+                                          lr_local=0.4, groups=64),
+}
+
+#: Table 6, AdamW + batchnorm rows (App. D.6; Table 7's lower half): LReLU, plain dropout 0.05,
+#: AdamW (β 0.9, 0.999, ε 1e-8), batchnorm before f, milestones 300/350/450/475 for every
+#: rule (the backprop milestones are SGD's).  Not biologically plausible.
+TABLE6_BN = dict(batchnorm=True, optimizer="adamw", activation="lrelu")
+_BN_CELLS = {   # column: (grouping, lr_out, lr_local, groups 1x, lr_local 2x, groups 2x)
+    "backprop": ("plain", 5e-3, None, None, None, None),
+    "backprop-grpdiv": ("grp+div", 5e-3, None, 64, None, 64),
+    "cossim-grp": ("grp", 5e-4, 5e-4, 32, 5e-4, 128),
+    "cossim-grpdiv": ("grp+div", 5e-4, 5e-4, 64, 5e-4, 64),
+    "gaussian-grp": ("grp", 5e-4, 5e-3, 64, 5e-3, 128),
+    "gaussian-grpdiv": ("grp+div", 5e-4, 1e-2, 64, 5e-3, 128),
+}
+for _col, (_grp, _lr_out, _lr1, _c1, _lr2, _c2) in _BN_CELLS.items():
+    for _width, _tag, _lr, _c in ((1, "vgg", _lr1, _c1), (2, "vgg2x", _lr2, _c2)):
+        TABLE6[f"cifar10-{_tag}-bn-{_col}"] = dict(rule=_col.split("-")[0], grouping=_grp, width=_width,
+                                                   lr_out=_lr_out, lr_local=_lr, groups=_c, **TABLE6_BN)
+
+
+def table6_preset(name):
+    """Full settings of a Table 6 cell: TABLE6_SHARED + the cell (backprop with SGD gets its own
+    milestones; the AdamW + batchnorm cells, ``cifar10-vgg[2x]-bn-*``, keep the shared ones)."""
+    if name not in TABLE6:
+        raise choice_error("preset", name, sorted(TABLE6))
+    cfg = dict(TABLE6_SHARED, **TABLE6[name])
+    backprop_ms = cfg.pop("milestones_backprop")
+    if cfg["rule"] == "backprop" and not cfg.get("batchnorm", False):
+        cfg["milestones"] = backprop_ms
+    cfg["p"] = {"plain": None, "grp": 0.5, "grp+div": 0.2}[cfg["grouping"]]
+    return cfg

@@ -24,9 +24,10 @@ import numpy as np
 
 from . import presets
 from .backends import BackendUnavailable, get_backend
-from .conv_layers import ARCHS, TABLE6, build_convnet
+from .conv_layers import ARCHS, build_convnet
 from .networks import MLP
 from .optim import multistep_lr
+from .presets import TABLE6
 from .runs import RunDir
 from .train_config import (  # noqa: F401  (re-exported: the Python API of ``threefactor.train``)
     DEFAULTS, MODES, ONLINE_LR_LOCAL, _RESUMABLE, _validate, conv_eval_batch_size, default_backend,

@@ -11,8 +11,9 @@ import numpy as np
 
 from . import conv, presets
 from .backends import BACKENDS, BackendUnavailable, get_backend
-from .conv_layers import ARCHS, TABLE6, TABLE6_BN, TABLE6_SHARED, parse_arch, table6_preset
+from .conv_layers import ARCHS, parse_arch
 from .optim import OPTIMIZERS
+from .presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table6_preset
 from .rules import choice_error
 
 #: Defaults of every option (App. D.4-D.5 unless said otherwise).
