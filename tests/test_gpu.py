@@ -133,8 +133,8 @@ RULES = [Rule(), Rule(groups=8), Rule(kernel="cosine"), Rule(kernel="cosine", gr
 def test_engine_local_step_matches_numpy(dtype, rule):
     x, w, y = data(24, 20, 32, dtype)
     divisive = rule.grouped
-    out, dw, lp = engine.local_step(rule, x, w, y, 10, NP, divisive=divisive)
-    outc, dwc, lpc = engine.local_step(rule, CP.asarray(x), CP.asarray(w), CP.asarray(y), 10, CP,
+    out, (dw,), lp = engine.local_step(rule, x, w, y, 10, NP, divisive=divisive)
+    outc, (dwc,), lpc = engine.local_step(rule, CP.asarray(x), CP.asarray(w), CP.asarray(y), 10, CP,
                                        divisive=divisive)
     close(dwc, dw, dtype, rtol=1e-3 if dtype == np.float32 else None)
     close(outc, out, dtype)
@@ -181,7 +181,7 @@ def test_an_update_never_synchronises(rule):
     CP.synchronize()
     spin((1,), (1,), (np.int64(10 ** 9),))                            # 0.5 s at 2 GHz, 1 s at 1 GHz
     t = time.perf_counter()
-    out, dw, _ = engine.local_step(rule, x, w, y, 10, CP, divisive=rule.grouped)
+    out, (dw,), _ = engine.local_step(rule, x, w, y, 10, CP, divisive=rule.grouped)
     elapsed = time.perf_counter() - t
     busy = not cupy.cuda.get_current_stream().done
     CP.synchronize()

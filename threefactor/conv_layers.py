@@ -139,8 +139,6 @@ class ConvLayer:
         deltas = [ΔW = -dL/dW] or, with batchnorm, [ΔW, Δγ, Δβ] (the order of :meth:`params`)."""
         out, deltas, cp = conv_rule.conv_local_step(self.rule, x, self.w, labels, n_classes, backend,
                                                     self.padding, self.pool, self.divisive, self.bn)
-        if self.bn is not None:
-            self.bn.track(cp.bn_cache)
         if mask is not None:
             out = out * mask
         return out, deltas, cp.lp

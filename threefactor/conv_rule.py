@@ -131,9 +131,13 @@ def conv_layer_pass(rule: Rule, x, w, labels, n_classes: int, backend, padding: 
 
 def conv_local_step(rule: Rule, x, w, labels, n_classes: int, backend, padding=1, pool=None,
                     divisive=False, bn=None):
-    """One conv layer on one batch: (output (m, C_out, H', W'), [ΔW (, Δγ, Δβ)], ConvPass).  Used by training."""
+    """One conv layer on one batch: (output (m, C_out, H', W'), [ΔW (, Δγ, Δβ)], ConvPass).  Used by training;
+    with batchnorm ``bn`` its running statistics take this batch's (as :func:`threefactor.engine.local_step`)."""
     cp = conv_layer_pass(rule, x, w, labels, n_classes, backend, padding, pool, bn)
-    return cp.output(divisive), cp.updates(), cp
+    deltas = cp.updates()
+    if bn is not None:
+        bn.track(cp.bn_cache)
+    return cp.output(divisive), deltas, cp
 
 
 # -- validation and the public functions (dispatched from threefactor.api) ----------

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from . import batchnorm
 from .kernels import kernel_object
 from .objective import kernel_coefficient, layer_objective
 from .rules import Rule
@@ -91,8 +92,16 @@ def represent(rule: Rule, a, z, fp, labels, n_classes: int, backend) -> LayerPas
     return LayerPass(rule, backend, a, z, fp, zhat, u, v, K, Ky)
 
 
-def local_step(rule: Rule, x, w, labels, n_classes: int, backend, divisive=False):
-    """One layer on one batch: (output, ΔW = -dL/dW, L).  Used by training."""
-    lp = layer_pass(rule, x, w, labels, n_classes, backend)
-    dw = backend.hebbian(lp.post(), x)
-    return lp.output(divisive), dw, lp
+def local_step(rule: Rule, x, w, labels, n_classes: int, backend, divisive=False, bn=None):
+    """One layer on one batch: (output, deltas, LayerPass).  Used by training.
+
+    deltas = [ΔW] = [-dL/dW]; with batchnorm ``bn`` between x wᵀ and f
+    (:mod:`threefactor.batchnorm`) the post-synaptic term is pulled back through it,
+    deltas = [ΔW, Δγ, Δβ], and its running statistics take this batch's.
+    """
+    a, z, fp, cache = batchnorm.linear_forward(backend, x, w, rule.activation, rule.slope, bn)
+    lp = represent(rule, a, z, fp, labels, n_classes, backend)
+    post, bn_deltas = batchnorm.pull_back(bn, cache, lp.post())
+    if bn is not None:
+        bn.track(cache)
+    return lp.output(divisive), [backend.hebbian(post, x)] + bn_deltas, lp

@@ -100,18 +100,8 @@ class HiddenLayer:
             with batchnorm [ΔW, Δγ, Δβ] (the order of :meth:`params`)
         lp : engine.LayerPass, with lp.K, lp.Ky for the objective
         """
-        if self.bn is None:
-            out, dw, lp = engine.local_step(self.rule, x, self.w, labels, n_classes, backend,
-                                            divisive=self.divisive)
-            deltas = [dw]
-        else:
-            rule = self.rule
-            a, z, fp, cache = batchnorm.linear_forward(backend, x, self.w, rule.activation, rule.slope, self.bn)
-            lp = engine.represent(rule, a, z, fp, labels, n_classes, backend)
-            post, bn_deltas = batchnorm.pull_back(self.bn, cache, lp.post())
-            deltas = [backend.hebbian(post, x)] + bn_deltas
-            self.bn.track(cache)
-            out = lp.output(self.divisive)
+        out, deltas, lp = engine.local_step(self.rule, x, self.w, labels, n_classes, backend,
+                                            divisive=self.divisive, bn=self.bn)
         if mask is not None:
             out *= mask          # in place: ΔW is already computed (out may be lp.z)
         return out, deltas, lp
