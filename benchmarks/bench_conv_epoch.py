@@ -206,8 +206,7 @@ def main(argv=None):
                     help="torch's device (default cuda with --backend cupy, else cpu)")
     ap.add_argument("--no-autograd", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="threads for BLAS, Numba and torch alike")
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="leave glibc's malloc settings alone (default: threefactor.heap keeps freed buffers)")
+    bench.add_heap_argument(ap)
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 steps, 1 warm-up")
     ap.add_argument("--json", default=None, help="default benchmarks/results/<date>-<host>-conv-epoch.json")
     args = ap.parse_args(argv)

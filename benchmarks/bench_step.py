@@ -184,8 +184,7 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 1 x 3)")
     ap.add_argument("--no-autograd", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="threads for BLAS, Numba and torch alike")
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="leave glibc's malloc settings alone (default: threefactor.heap keeps freed buffers)")
+    bench.add_heap_argument(ap)
     ap.add_argument("--json", default=None, help="default benchmarks/results/<date>-<host>-step.json")
     args = ap.parse_args(argv)
     timing = bench.timing_settings(args.quick, args.budget)

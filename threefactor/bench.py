@@ -88,6 +88,13 @@ def gemm_calls(be, m, n_in, n_out, d, dtype):
             "gemm_kernel": lambda: be.matmul(v, v.T)}
 
 
+def add_heap_argument(parser):
+    """``--default-malloc``, the opt-out of :func:`tune_heap` (every benchmark command has it)."""
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc settings alone (by default freed buffers stay in the heap "
+                             "for every backend and autograd alike: threefactor.heap)")
+
+
 def tune_heap(args):
     """:func:`threefactor.heap.keep_freed_memory` unless ``args.default_malloc``; whether it applied."""
     if getattr(args, "default_malloc", False):
@@ -351,9 +358,7 @@ def configure_parser(parser):
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of repeats per measurement (default 1.0; --quick 0.05)")
     parser.add_argument("--no-autograd", action="store_true", help="skip the PyTorch autograd baseline")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's malloc settings alone (by default freed buffers stay in the heap "
-                             "for every backend and autograd alike: threefactor.heap)")
+    add_heap_argument(parser)
     parser.add_argument("--profile", action="store_true",
                         help="also time each primitive of the update (synchronised), as profile_s")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
