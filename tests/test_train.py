@@ -54,7 +54,9 @@ def _quiet(_):
 
 @pytest.mark.parametrize("rule,grouping", COLUMNS, ids=[f"{r}-{g}" for r, g in COLUMNS])
 def test_every_column_learns(data_root, tmp_path, rule, grouping):
-    cfg = _config(data_root, rule, grouping)
+    # last-layer trains 10 × 32 weights on fixed random features: at lr_out 0.05 it reaches 38-53 %
+    # in 4 epochs depending on the seed, at 0.2 it reaches 55-76 % over seeds 0-4
+    cfg = _config(data_root, rule, grouping, **({"lr_out": 0.2} if rule == "last-layer" else {}))
     rd = train(cfg, tmp_path / "run", progress=False, log=_quiet)
     records = rd.read_metrics()
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]

@@ -26,7 +26,7 @@ import numpy as np
 from . import backprop, batchnorm, conv, conv_rule
 from .batchnorm import BatchNorm
 from .activations import SELU_ALPHA, SELU_SCALE
-from .layers import HiddenLayer, OutputLayer, dropout_mask, softmax_cross_entropy, uniform_init
+from .layers import HiddenLayer, OutputLayer, dropout_mask, keep_mask, softmax_cross_entropy, uniform_init
 from .networks import MLP, StepStats, check_learning
 from .objective import layer_objective
 from .presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table6_preset  # noqa: F401  (re-exported)
@@ -78,7 +78,7 @@ def alpha_dropout(rng, shape, p, dtype=np.float32):
     if p <= 0:
         return None, None
     sat, t = SELU_SCALE * SELU_ALPHA, np.dtype(dtype).type
-    keep = (rng.random(shape, dtype=np.float32) >= np.float32(p)).astype(dtype)
+    keep = keep_mask(rng, shape, p).astype(dtype)
     a = ((1.0 - p) * (1.0 + p * sat * sat)) ** -0.5
     return keep * t(a), (keep - t(1.0 - p)) * t(a * sat)
 
