@@ -185,3 +185,16 @@ def test_torch_objective_equals_definition(make_problem):
         L32 = objective_torch(torch.tensor(x, dtype=torch.float32),
                               torch.tensor(w, dtype=torch.float32), torch.tensor(labels), 3, rule)
         assert L32.dtype == torch.float32
+
+
+def test_layer_objective_is_the_two_phsic_terms():
+    """The regrouped sum of objective.layer_objective equals pHSIC(Z,Z) - γ pHSIC(Y,Z) (Eq. 9)."""
+    from threefactor.objective import layer_objective, phsic
+    rng = np.random.default_rng(3)
+    for m in (1, 5, 64):
+        K, Ky = rng.random((m, m)), rng.standard_normal((m, m))
+        K, gamma = K + K.T, rng.uniform(0.5, 3.0)
+        ref = phsic(K, K) - gamma * phsic(Ky, K)
+        assert abs(layer_objective(K, Ky, gamma) - ref) <= 1e-12 * max(1.0, abs(ref))
+    K32 = K.astype(np.float32)
+    assert layer_objective(K32, Ky.astype(np.float32), gamma).dtype == np.float32
