@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -131,6 +133,40 @@ def test_cupy_unavailable_is_explained(xwy):
     x, w, y = xwy
     with pytest.raises(BackendUnavailable, match=r"cupy is not installed"):
         local_update(x, w, y, backend="cupy")
+
+
+def _fake_cupy(device_count):
+    """A stand-in ``cupy`` module whose runtime reports ``device_count`` GPUs, or raises it."""
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    def get_device_count():
+        if isinstance(device_count, str):
+            raise CUDARuntimeError(device_count)
+        return device_count
+
+    runtime = types.SimpleNamespace(getDeviceCount=get_device_count, CUDARuntimeError=CUDARuntimeError)
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime))
+
+
+@pytest.mark.parametrize("cupy_module,message", [
+    (None, r"cupy is not installed: pip install threefactor\[gpu\]"),
+    (_fake_cupy("cudaErrorNoDevice: no CUDA-capable device is detected"),
+     r"cupy is installed but no GPU is usable: cudaErrorNoDevice"),
+    (_fake_cupy(0), r"cupy is installed but no GPU is visible"),
+], ids=["not-installed", "no-driver-or-device", "zero-devices"])
+def test_get_backend_cupy_without_a_gpu_is_explained(monkeypatch, cupy_module, message):
+    """Whether or not cupy is installed here, a machine without a usable GPU gets BackendUnavailable."""
+    from threefactor.backends import _load, available_backends, get_backend
+
+    monkeypatch.setitem(sys.modules, "cupy", cupy_module)   # None: `import cupy` raises ImportError
+    _load.cache_clear()
+    try:
+        with pytest.raises(BackendUnavailable, match=message):
+            get_backend("cupy")
+        assert "cupy" not in available_backends()
+    finally:
+        _load.cache_clear()
 
 
 @pytest.mark.parametrize("groups", [None, 4])

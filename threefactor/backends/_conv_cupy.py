@@ -13,8 +13,10 @@ numpy reference):
 (pooling is channel-last, the layout the forward GEMM writes).
 
 The column order is (dy, dx, c) with c fastest, exactly as in
-:func:`threefactor.conv.im2col`.  Kernels are built lazily, so this module
-imports without CuPy; :mod:`threefactor.conv` calls it only for cupy arrays.
+:func:`threefactor.conv.im2col`.  Kernels are built lazily from their
+:mod:`._cuda_source` records (compiled without a GPU by
+``tests/test_cuda_sources.py``), so this module imports without CuPy;
+:mod:`threefactor.conv` calls it only for cupy arrays.
 The GEMMs themselves (forward and update) go through the backend's cuBLAS
 ``matmul`` / ``hebbian``.
 """
@@ -25,23 +27,12 @@ try:  # importable without CuPy: only the functions need it
 except ImportError:  # pragma: no cover - exercised only where cupy is missing
     cupy = None
 
-
-class _Lazy:
-    """A kernel built on first use."""
-
-    def __init__(self, factory):
-        self._factory, self._obj = factory, None
-
-    def __call__(self, *args, **kwargs):
-        if self._obj is None:
-            self._obj = self._factory()
-        return self._obj(*args, **kwargs)
-
+from ._cuda_source import ElementwiseSource, LazyKernel
 
 _GEOMETRY = "int32 C, int32 H, int32 W, int32 Ho, int32 Wo, int32 kh, int32 kw, int32 pad"
 
 # cols[r, (dy*kw + dx)*C + c] = x[n, c, oh + dy - pad, ow + dx - pad] (0 outside), r = (n*Ho + oh)*Wo + ow
-_IM2COL = _Lazy(lambda: cupy.ElementwiseKernel(
+_IM2COL = LazyKernel(ElementwiseSource(
     "raw T x, " + _GEOMETRY, "T cols",
     """
     long long e = i;
@@ -58,7 +49,7 @@ _IM2COL = _Lazy(lambda: cupy.ElementwiseKernel(
     "threefactor_im2col"))
 
 # x[n, c, iy, ix] = sum over (dy, dx) with a valid output position of cols[(n, oh, ow), (dy, dx, c)]
-_COL2IM = _Lazy(lambda: cupy.ElementwiseKernel(
+_COL2IM = LazyKernel(ElementwiseSource(
     "raw T cols, " + _GEOMETRY, "T x",
     """
     long long e = i;
@@ -83,7 +74,7 @@ _COL2IM = _Lazy(lambda: cupy.ElementwiseKernel(
 
 # Pooling works channel-last, on z (m, H, W, C) contiguous:
 # pooled[n, py, px, c] = max of the 2x2 window, winner = dy*2 + dx of its first maximum
-_MAXPOOL = _Lazy(lambda: cupy.ElementwiseKernel(
+_MAXPOOL = LazyKernel(ElementwiseSource(
     "raw T z, int32 H, int32 W, int32 H2, int32 W2, int32 C", "T pooled, int8 winner",
     """
     long long e = i;
@@ -104,7 +95,7 @@ _MAXPOOL = _Lazy(lambda: cupy.ElementwiseKernel(
     "threefactor_maxpool2x2_rows"))
 
 # out[n, y, x, c] = g[n, y/2, x/2, c] if (y, x) won its window, else 0
-_ROUTE = _Lazy(lambda: cupy.ElementwiseKernel(
+_ROUTE = LazyKernel(ElementwiseSource(
     "raw T g, raw int8 winner, int32 H, int32 W, int32 H2, int32 W2, int32 C", "T out",
     """
     long long e = i;

@@ -11,15 +11,16 @@ R ≥ ``BLAS_FROM`` the update is compute-bound and cuBLAS does it
 (``w += ut @ pre``, one W-sized temporary).
 
 CuPy is imported and the kernels compiled on first use, so this module imports
-without CuPy.  It is tested by ``tests/test_online.py::test_cupy_update_matches_numpy``
+without CuPy.  ``tests/test_cuda_sources.py`` compiles both kernels with NVRTC (no
+GPU needed); on a GPU it is tested by ``tests/test_online.py::test_cupy_update_matches_numpy``
 (``@pytest.mark.gpu``), with small blocks and a small grid so that the strided
 loops run on small inputs.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
+
+from ._cuda_source import LazyKernel, RawKernelSource
 
 #: From this many rank-one terms on, use cuBLAS instead of the kernel.
 BLAS_FROM = 64
@@ -46,15 +47,14 @@ void online_accumulate_{name}({T}* __restrict__ w, const {T}* __restrict__ ut,
 }}
 """
 
-_CTYPE = {np.dtype(np.float32): ("f32", "float"), np.dtype(np.float64): ("f64", "double")}
+_ACCUMULATE_F32 = LazyKernel(RawKernelSource(_SOURCE.format(name="f32", T="float"), "online_accumulate_f32"))
+_ACCUMULATE_F64 = LazyKernel(RawKernelSource(_SOURCE.format(name="f64", T="double"), "online_accumulate_f64"))
+_KERNELS = {np.dtype(np.float32): _ACCUMULATE_F32, np.dtype(np.float64): _ACCUMULATE_F64}
 
 
-@functools.lru_cache(maxsize=None)
 def accumulate_kernel(dtype):
     """The RawKernel for ``dtype`` (float32 or float64), built on first use."""
-    import cupy
-    name, ctype = _CTYPE[np.dtype(dtype)]
-    return cupy.RawKernel(_SOURCE.format(name=name, T=ctype), f"online_accumulate_{name}")
+    return _KERNELS[np.dtype(dtype)].get()
 
 
 def accumulate(w, post, pre, lr):
@@ -69,7 +69,7 @@ def accumulate(w, post, pre, lr):
     """
     import cupy
     dtype = np.dtype(w.dtype)
-    if dtype not in _CTYPE:
+    if dtype not in _KERNELS:
         raise TypeError(f"w must be float32 or float64 on the GPU, got dtype {dtype}")
     if not w.flags.c_contiguous:
         raise ValueError("w must be C-contiguous for the in-place update")

@@ -3,9 +3,12 @@
 GEMMs go to cuBLAS through ``cupy.matmul``; everything between two GEMMs is
 one fused kernel (an ``ElementwiseKernel`` or a ``RawModule`` function),
 declared as a module-level constant next to the method that launches it.
-The kernels are built lazily (on first use), so this module imports without
-CuPy or a GPU; :class:`CupyBackend` itself raises
-:class:`~threefactor.backends.BackendUnavailable` then.
+Each kernel's source is a plain record (:mod:`._cuda_source`) wrapped in a
+``LazyKernel`` that builds it on first use, so this module imports without
+CuPy or a GPU (:class:`CupyBackend` itself raises
+:class:`~threefactor.backends.BackendUnavailable` then), and
+``tests/test_cuda_sources.py`` compiles the same strings with NVRTC on a
+machine without a GPU.
 
 A whole update stays on the device: no host round trip and no
 synchronisation (means are 0-d device arrays, never Python floats).  Arrays
@@ -22,6 +25,7 @@ import numpy as np
 
 from ..activations import SELU_ALPHA, SELU_SCALE
 from ..rules import ACTIVATIONS, choice_error
+from ._cuda_source import ElementwiseSource, LazyKernel, RawModuleSource
 from .numpy import NumpyBackend
 
 try:  # the module must import without CuPy; CupyBackend() reports why it cannot run
@@ -38,22 +42,6 @@ ROW_THREADS = 128
 GROUP_WARPS = 8
 
 
-class _Lazy:
-    """A kernel built on first use (so importing needs no CuPy, compiling no import)."""
-
-    def __init__(self, factory):
-        self._factory = factory
-        self._obj = None
-
-    def get(self):
-        if self._obj is None:
-            self._obj = self._factory()
-        return self._obj
-
-    def __call__(self, *args, **kwargs):
-        return self.get()(*args, **kwargs)
-
-
 def _function(module, name, dtype):
     """The ``name<T>`` instantiation of a templated RawModule kernel for ``dtype``."""
     dtype = np.dtype(dtype)
@@ -64,7 +52,7 @@ def _function(module, name, dtype):
 
 # -- forward: z = f(a) and f'(a) in one pass (Eq. 1) ------------------------
 _ACTIVATION_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # linear, relu, lrelu, selu
-_ACTIVATE = _Lazy(lambda: cupy.ElementwiseKernel(
+_ACTIVATE = LazyKernel(ElementwiseSource(
     "T a, T slope, int32 kind", "T z, T fp",
     f"""
     if (kind == 0) {{ z = a; fp = 1; }}
@@ -138,15 +126,15 @@ __global__ void row_centre(const T* a, const T* b, T* out, const int c, const T 
     }
 }
 """
-_ROWS = _Lazy(lambda: cupy.RawModule(
-    code=_ROW_SOURCE,
-    name_expressions=[f"{k}<{t}>" for k in ("group_stats", "row_centre") for t in ("float", "double")]))
+_ROWS = LazyKernel(RawModuleSource(
+    _ROW_SOURCE,
+    tuple(f"{k}<{t}>" for k in ("group_stats", "row_centre") for t in ("float", "double"))))
 
-_DIVISIVE = _Lazy(lambda: cupy.ElementwiseKernel(
+_DIVISIVE = LazyKernel(ElementwiseSource(
     "T zhat, T u, T p", "T r", "r = zhat / pow(u, p)", "threefactor_divisive_norm"))
 
 # -- Gaussian kernel from the Gram matrix G = v vᵀ (Eq. 26) ----------------
-_GAUSSIAN = _Lazy(lambda: cupy.ElementwiseKernel(
+_GAUSSIAN = LazyKernel(ElementwiseSource(
     "raw T G, int64 m, T neg_half_inv_s2", "T K",
     """
     const long long r = i / m, c = i % m;
@@ -156,23 +144,23 @@ _GAUSSIAN = _Lazy(lambda: cupy.ElementwiseKernel(
     "threefactor_gaussian_kernel"))
 
 # -- A = (2 k̊z - γ k̊y) ⊙ K / m² (Eq. 12b, 40) --------------------------------
-_GAUSSIAN_WEIGHTS = _Lazy(lambda: cupy.ElementwiseKernel(
+_GAUSSIAN_WEIGHTS = LazyKernel(ElementwiseSource(
     "T K, T Ky, T mean_K, T mean_Ky, T gamma, T inv_m2", "T A",
     "A = ((T)2 * (K - mean_K) - gamma * (Ky - mean_Ky)) * K * inv_m2",
     "threefactor_gaussian_weights"))
 
 # -- L_A v = diag(A·1) v - A v --------------------------------------------------
-_LAPLACIAN = _Lazy(lambda: cupy.ElementwiseKernel(
+_LAPLACIAN = LazyKernel(ElementwiseSource(
     "T rowsum, T v, T Av", "T out", "out = rowsum * v - Av", "threefactor_laplacian"))
 
 # -- post-synaptic terms (Eq. 41, 47-48) -----------------------------------------
-_POST_PLAIN = _Lazy(lambda: cupy.ElementwiseKernel(
+_POST_PLAIN = LazyKernel(ElementwiseSource(
     "T neg_dz, T fp, T scale", "T post", "post = scale * neg_dz * fp", "threefactor_post_plain"))
-_POST_GROUPED = _Lazy(lambda: cupy.ElementwiseKernel(
+_POST_GROUPED = LazyKernel(ElementwiseSource(
     "T zhat, T coef, T fp", "T post", "post = zhat * coef * fp", "threefactor_post_grouped"))
 
 # -- centred cosine label kernel (Eq. 35) ------------------------------------------
-_LABEL_COSINE = _Lazy(lambda: cupy.ElementwiseKernel(
+_LABEL_COSINE = LazyKernel(ElementwiseSource(
     "raw int64 labels, int64 m, T off", "T Ky",
     "Ky = labels[i / m] == labels[i % m] ? (T)1 : off", "threefactor_label_cosine"))
 
