@@ -1,10 +1,20 @@
-"""Shared fixtures: the CPU backends usable here and small seeded problems."""
+"""Shared fixtures: the CPU backends usable here and small seeded problems.
+
+With ``THREEFACTOR_EMULATE_CUPY=1`` the CPU emulation of CuPy (``tests/cupy_emulator``)
+is installed before any test module imports ``cupy``, so that the GPU tests
+(``-m gpu``) run the CuPy backend and its CUDA kernels on the CPU.
+"""
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import cupy_emulator
 
-from threefactor.backends import BackendUnavailable, get_backend
+if cupy_emulator.requested():
+    cupy_emulator.install()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from threefactor.backends import BackendUnavailable, get_backend  # noqa: E402
 
 
 def backend_usable(name):

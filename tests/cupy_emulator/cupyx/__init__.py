@@ -1,0 +1,2 @@
+"""Emulated ``cupyx`` (only ``cupyx.profiler``), part of the CuPy emulator of threefactor's tests."""
+from . import profiler  # noqa: F401
