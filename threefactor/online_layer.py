@@ -200,7 +200,9 @@ class OnlineLayer:
         if labels.dtype.kind not in "iu":
             raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
         n = self.trule.n_classes
-        if self.streams and (int(labels.min()) < 0 or int(labels.max()) >= n):
+        # Host labels are range-checked here; labels already on the device are not, since reading
+        # their min and max would synchronise every step (the data loaders check a data set's labels).
+        if self.streams and labels.__class__ is np.ndarray and (labels.min() < 0 or labels.max() >= n):
             raise ValueError(f"labels must be in [0, n_classes) = [0, {n}), got values in "
                              f"[{int(labels.min())}, {int(labels.max())}]")
         return be.asarray(labels, dtype=np.int64)
