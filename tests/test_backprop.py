@@ -5,7 +5,8 @@ import pytest
 from threefactor import backprop
 from threefactor.backends import get_backend
 from threefactor.grouping import divisive_norm, group_stats
-from threefactor.layers import dropout_mask, softmax_cross_entropy
+from threefactor.dropout import dropout_mask
+from threefactor.layers import softmax_cross_entropy
 from threefactor.networks import MLP
 from threefactor.rules import Rule
 
@@ -20,7 +21,7 @@ def _net(divisive, activation="lrelu", seed=0):
               backend=BE, dtype=np.float64, rng=rng)
     x = rng.standard_normal((7, 5))
     y = rng.integers(0, 3, 7)
-    masks = [dropout_mask(rng, (7, layer.shape[0]), 0.3, np.float64) for layer in net.hidden]
+    masks = [dropout_mask(BE, rng, (7, layer.shape[0]), 0.3, np.float64) for layer in net.hidden]
     return net, x, y, masks
 
 

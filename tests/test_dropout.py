@@ -1,22 +1,29 @@
-"""Dropout masks: both samplers (sparse positions for small p, one draw per unit otherwise)
-give independent Bernoulli keeps with the stated drop probability."""
+"""Dropout masks: every sampler (sparse positions for small p and one draw per unit on the host;
+the SplitMix64 hash of the GPU) gives independent Bernoulli keeps with the stated drop probability,
+and the CuPy kernel computes exactly its numpy reference."""
 import numpy as np
 import pytest
 from scipy import stats
 
-from threefactor.layers import SPARSE_DROP_MAX, dropout_mask, keep_mask
+from threefactor import dropout
+from threefactor.backends import get_backend
+from threefactor.dropout import SPARSE_DROP_MAX, alpha_dropout, dropout_mask, host_keep, splitmix_keep
+
+PS = [0.01, SPARSE_DROP_MAX, 0.05, 0.3]
 
 
-@pytest.mark.parametrize("p", [0.01, SPARSE_DROP_MAX, 0.05, 0.3])
-def test_keep_mask_is_bernoulli(p):
-    """Over many masks: the total drop count, the count per position and the count per mask
-    are what independent Bernoulli(p) drops give (two-sided tests at level 1e-4 each)."""
-    rng = np.random.default_rng(1)
-    draws, shape = 4000, (8, 25)
-    dropped = np.stack([~keep_mask(rng, shape, p) for _ in range(draws)]).reshape(draws, -1)
-    n = dropped.shape[1]
-    total = int(dropped.sum())
-    assert stats.binomtest(total, draws * n, p).pvalue > 1e-4
+def _seeded_splitmix(rng, shape, p):
+    return splitmix_keep(dropout.draw_seed(rng), dropout.drop_threshold(p), shape)
+
+
+SAMPLERS = {"host": host_keep, "splitmix": _seeded_splitmix}
+
+
+def assert_bernoulli(dropped, p):
+    """dropped: (draws, n) bools.  The total drop count, the count per position and the count per
+    mask are what independent Bernoulli(p) drops give (two-sided tests at level 1e-4 each)."""
+    draws, n = dropped.shape
+    assert stats.binomtest(int(dropped.sum()), draws * n, p).pvalue > 1e-4
     per_position = dropped.sum(axis=0)          # each ~ Binomial(draws, p): uniform over positions
     chi2 = ((per_position - draws * p) ** 2 / (draws * p * (1 - p))).sum()
     assert stats.chi2.sf(chi2, n) > 1e-4 and stats.chi2.cdf(chi2, n) > 1e-4
@@ -27,12 +34,77 @@ def test_keep_mask_is_bernoulli(p):
     assert abs(pair - p * p) < 6 * np.sqrt(p * p / draws) + 1e-3
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("p", PS)
+def test_keep_masks_are_bernoulli(sampler, p):
+    rng = np.random.default_rng(1)
+    draws, shape = 4000, (8, 25)
+    dropped = np.stack([~SAMPLERS[sampler](rng, shape, p) for _ in range(draws)]).reshape(draws, -1)
+    assert_bernoulli(dropped, p)
+
+
+def test_splitmix_is_uniform_over_a_large_mask():
+    """One large device-style mask: drop rate p and no structure along the index (adjacent units,
+    units 1024 apart: the rows of a layer) beyond chance."""
+    p, n = 0.1, 1 << 20
+    drop = ~splitmix_keep(np.uint64(12345), dropout.drop_threshold(p), (n,))
+    assert stats.binomtest(int(drop.sum()), n, p).pvalue > 1e-4
+    for lag in (1, 1024):
+        both = int((drop[:-lag] & drop[lag:]).sum())
+        assert stats.binomtest(both, n - lag, p * p).pvalue > 1e-4, lag
+
+
+def test_splitmix_reference_is_splitmix64():
+    """The reference hash is SplitMix64's output function (first outputs of the published
+    generator with seed 0, written out here with Python integers)."""
+    mask64 = (1 << 64) - 1
+
+    def splitmix64(state):
+        state = (state + dropout.GOLDEN_GAMMA) & mask64
+        z = state
+        z = ((z ^ (z >> 30)) * dropout.MIX1) & mask64
+        z = ((z ^ (z >> 27)) * dropout.MIX2) & mask64
+        return state, z ^ (z >> 31)
+
+    state, outs = 7, []
+    for _ in range(5):
+        state, z = splitmix64(state)
+        outs.append(z >> 40)
+    thr = (1 << 24) // 2
+    np.testing.assert_array_equal(splitmix_keep(7, thr, (5,)), np.array(outs) >= thr)
+
+
+def test_drop_threshold():
+    assert dropout.drop_threshold(0.0) == 0 and dropout.drop_threshold(1.0) == 1 << 24
+    for p in (0.01, 0.05, 0.5):
+        assert abs(dropout.drop_threshold(p) / (1 << 24) - p) <= 2.0 ** -24
+
+
 @pytest.mark.parametrize("p", [0.01, 0.3])
 def test_dropout_mask_values_and_seed(p):
     """Values 0 and 1/(1-p) only, the requested dtype, and the same mask from the same seed."""
-    a = dropout_mask(np.random.default_rng(7), (64, 33), p, np.float64)
-    b = dropout_mask(np.random.default_rng(7), (64, 33), p, np.float64)
+    be = get_backend("numpy")
+    a = dropout_mask(be, np.random.default_rng(7), (64, 33), p, np.float64)
+    b = dropout_mask(be, np.random.default_rng(7), (64, 33), p, np.float64)
     assert a.dtype == np.float64 and a.shape == (64, 33)
     np.testing.assert_array_equal(a, b)
     assert set(np.unique(a)) <= {0.0, 1.0 / (1.0 - p)}
-    assert dropout_mask(np.random.default_rng(7), (3, 3), 0.0) is None
+    assert dropout_mask(be, np.random.default_rng(7), (3, 3), 0.0) is None
+    assert alpha_dropout(be, np.random.default_rng(7), (3, 3), 0.0) == (None, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cupy_keep_mask_is_its_reference(dtype):
+    """The CuPy kernel computes splitmix_keep with the seed it draws from rng, bit for bit."""
+    try:
+        be = get_backend("cupy")
+    except Exception as exc:  # BackendUnavailable: no CuPy or no GPU
+        pytest.skip(f"cupy backend unavailable: {exc}")
+    p, shape = 0.05, (37, 3, 5, 5)
+    keep = be.keep_mask(np.random.default_rng(3), shape, p, dtype)
+    assert be.is_native(keep) and keep.dtype == dtype and keep.shape == shape
+    ref = _seeded_splitmix(np.random.default_rng(3), shape, p)
+    np.testing.assert_array_equal(be.to_numpy(keep), ref.astype(dtype))
+    mask = dropout_mask(be, np.random.default_rng(3), shape, p, dtype)
+    np.testing.assert_array_equal(be.to_numpy(mask), ref.astype(dtype) * dtype(1 / (1 - p)))

@@ -188,6 +188,46 @@ def test_an_update_never_synchronises(rule):
     assert busy and elapsed < 0.25, f"the update waited for the device ({elapsed:.3f} s): it synchronised"
 
 
+
+def _nets():
+    from threefactor.conv_layers import ConvNet
+    from threefactor.networks import MLP
+    mlp = lambda rng: MLP(64, [32, 32], 10, Rule(groups=4), divisive=True, dropout=0.1, backend=CP, rng=rng)
+    conv = lambda rng: ConvNet((2, 8, 8), "conv4-pool-conv8-pool-fc16", 10, Rule(activation="selu", groups=2),
+                               divisive=True, dropout=0.2, backend=CP, rng=rng)
+    return {"mlp": (mlp, (32, 64)), "conv-selu-alpha-dropout": (conv, (16, 2, 8, 8))}
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv-selu-alpha-dropout"])
+def test_a_training_step_stays_on_the_device(name):
+    """A whole train_step (dropout masks made on the device, local updates, SGD) queues its work
+    without waiting for the GPU, and repeats bit for bit from the same seed."""
+    import time
+
+    build, shape = _nets()[name]
+    rng = np.random.default_rng(0)
+    x, y = CP.asarray(rng.standard_normal(shape).astype(np.float32)), CP.asarray(rng.integers(0, 10, shape[0]))
+    runs = []
+    for _ in range(2):
+        net_rng = np.random.default_rng(1)
+        net = build(net_rng)
+        opts = net.make_optimizers(0.01, 0.01)
+        net.train_step(x, y, opts, net_rng)                               # compile, warm the pool
+        spin = cupy.RawKernel(_SPIN, "spin")
+        spin((1,), (1,), (np.int64(1),))
+        CP.synchronize()
+        spin((1,), (1,), (np.int64(10 ** 9),))
+        t = time.perf_counter()
+        stats = net.train_step(x, y, opts, net_rng)
+        elapsed = time.perf_counter() - t
+        busy = not cupy.cuda.get_current_stream().done
+        CP.synchronize()
+        assert busy and elapsed < 0.25, f"train_step waited for the device ({elapsed:.3f} s): it synchronised"
+        assert np.isfinite(float(stats.loss))
+        runs.append({k: CP.to_numpy(v) for k, v in net.parameters().items()})
+    for k in runs[0]:
+        np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=k)
+
 def test_bench_case_runs_on_the_gpu():
     from threefactor import bench
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from . import backprop, batchnorm, conv, conv_rule
 from .batchnorm import BatchNorm
-from .activations import SELU_ALPHA, SELU_SCALE
-from .layers import HiddenLayer, OutputLayer, dropout_mask, keep_mask, softmax_cross_entropy, uniform_init
+from .dropout import alpha_dropout, dropout_mask  # noqa: F401  (alpha_dropout re-exported)
+from .layers import HiddenLayer, OutputLayer, softmax_cross_entropy, uniform_init
 from .networks import MLP, StepStats, check_learning
 from .objective import layer_objective
 from .presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table6_preset  # noqa: F401  (re-exported)
@@ -66,21 +66,6 @@ def parse_arch(spec, width=1):
     if not blocks:
         raise ValueError("arch must list at least one layer")
     return blocks
-
-
-def alpha_dropout(rng, shape, p, dtype=np.float32):
-    """Alpha dropout for SELU (Klambauer et al. 2017): ``out = r · mult + add`` (host arrays).
-
-    Dropped units are set to SELU's saturation -λα, then the affine map a(·) + b
-    restores zero mean and unit variance: a = ((1-p)(1 + p λ²α²))^(-1/2),
-    mult = a · keep, add = a λα (p - 1 + keep).  Returns (None, None) for p = 0.
-    """
-    if p <= 0:
-        return None, None
-    sat, t = SELU_SCALE * SELU_ALPHA, np.dtype(dtype).type
-    keep = keep_mask(rng, shape, p).astype(dtype)
-    a = ((1.0 - p) * (1.0 + p * sat * sat)) ** -0.5
-    return keep * t(a), (keep - t(1.0 - p)) * t(a * sat)
 
 
 @dataclass
@@ -254,10 +239,9 @@ class ConvNet:
         be, out = self.backend, []
         for shape in self.out_shapes:
             if self.alpha_dropout:
-                mult, add = alpha_dropout(rng, (m,) + shape, self.dropout, self.dtype)
+                out.append(alpha_dropout(be, rng, (m,) + shape, self.dropout, self.dtype))
             else:
-                mult, add = dropout_mask(rng, (m,) + shape, self.dropout, self.dtype), None
-            out.append(tuple(None if a is None else be.asarray(a) for a in (mult, add)))
+                out.append((dropout_mask(be, rng, (m,) + shape, self.dropout, self.dtype), None))
         return out
 
     @staticmethod

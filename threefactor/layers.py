@@ -30,41 +30,6 @@ def uniform_init(rng, n_out, n_in, dtype=np.float32):
     return rng.uniform(-bound, bound, size=(n_out, n_in)).astype(dtype)
 
 
-#: Dropout probabilities up to this draw the dropped units' positions instead of one number per unit.
-SPARSE_DROP_MAX = 0.02
-
-
-def keep_mask(rng, shape, p):
-    """Boolean mask, each entry False (dropped) with probability p, independently (host array).
-
-    For p ≤ :data:`SPARSE_DROP_MAX` (the paper's MLP uses 0.01) the number of
-    dropped units k ~ Binomial(n, p) is drawn and then a uniformly random set
-    of k positions: the same distribution as n independent Bernoulli(1 - p)
-    keeps (they are uniform over k-subsets given their count), for ≈ n·p draws
-    instead of n (0.07 ms instead of 0.5 ms for a 256 × 1024 layer).  Larger p
-    draws one float32 per unit.  Both are deterministic given ``rng``.
-    """
-    n = int(np.prod(shape))
-    if p <= SPARSE_DROP_MAX:
-        keep = np.ones(n, dtype=bool)
-        keep[rng.choice(n, size=rng.binomial(n, p), replace=False, shuffle=False)] = False
-        return keep.reshape(shape)
-    return rng.random(shape, dtype=np.float32) >= np.float32(p)
-
-
-def dropout_mask(rng, shape, p, dtype=np.float32):
-    """Inverted-dropout mask (host array): 0 with probability p, else 1/(1-p).
-
-    Multiplying by it keeps the expected activity unchanged, as PyTorch's
-    ``nn.Dropout`` does; at test time no mask is applied.  Returns None for p = 0.
-    """
-    if p <= 0:
-        return None
-    mask = keep_mask(rng, shape, p).astype(dtype)
-    mask *= np.dtype(dtype).type(1.0 / (1.0 - p))
-    return mask
-
-
 @dataclass
 class HiddenCache:
     """What a hidden layer keeps from its forward pass for the backward pass.

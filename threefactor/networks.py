@@ -28,7 +28,8 @@ import numpy as np
 
 from . import backprop
 from .batchnorm import BatchNorm
-from .layers import HiddenLayer, OutputLayer, dropout_mask, softmax_cross_entropy, uniform_init
+from .dropout import dropout_mask
+from .layers import HiddenLayer, OutputLayer, softmax_cross_entropy, uniform_init
 from .objective import layer_objective
 from .optim import make_optimizer
 from .rules import Rule, choice_error
@@ -160,12 +161,8 @@ class MLP:
 
     # -- passes ----------------------------------------------------------
     def _masks(self, rng, m):
-        be = self.backend
-        masks = []
-        for layer in self.hidden:
-            mask = dropout_mask(rng, (m, layer.shape[0]), self.dropout, self.dtype)
-            masks.append(None if mask is None else be.asarray(mask))
-        return masks
+        return [dropout_mask(self.backend, rng, (m, layer.shape[0]), self.dropout, self.dtype)
+                for layer in self.hidden]
 
     def features(self, x, masks=None):
         """Output of the last hidden layer (m, n_K), no learning (batchnorm: running statistics)."""
@@ -192,8 +189,9 @@ class MLP:
     def train_step(self, x, labels, optimizers, rng):
         """One mini-batch of learning; returns :class:`StepStats`.
 
-        Dropout masks are drawn from ``rng`` (numpy Generator), one per hidden
-        layer in order, so a seeded run is reproducible bit for bit.
+        Dropout masks are drawn from ``rng`` (numpy Generator; on the GPU one seed
+        per mask, the mask made on the device: :mod:`threefactor.dropout`), one per
+        hidden layer in order, so a seeded run is reproducible bit for bit.
         """
         masks = self._masks(rng, x.shape[0])
         if self.learning == "backprop":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import dropout
 from ..activations import SELU_ALPHA, SELU_SCALE
 from ..rules import ACTIVATIONS, choice_error
 from ._cuda_source import ElementwiseSource, LazyKernel, RawModuleSource
@@ -164,6 +165,17 @@ _LABEL_COSINE = LazyKernel(ElementwiseSource(
     "raw int64 labels, int64 m, T off", "T Ky",
     "Ky = labels[i / m] == labels[i % m] ? (T)1 : off", "threefactor_label_cosine"))
 
+# -- dropout keep mask from a seed (threefactor/dropout.py: splitmix_keep is its reference) --
+_KEEP = LazyKernel(ElementwiseSource(
+    "uint64 seed, uint64 threshold", "T keep",
+    f"""
+    unsigned long long h = seed + (unsigned long long)(i + 1) * {dropout.GOLDEN_GAMMA:#x}ull;
+    h = (h ^ (h >> 30)) * {dropout.MIX1:#x}ull;
+    h = (h ^ (h >> 27)) * {dropout.MIX2:#x}ull;
+    h ^= h >> 31;
+    keep = (h >> {64 - dropout.KEEP_BITS}) >= threshold ? (T)1 : (T)0;
+    """, "threefactor_keep_mask"))
+
 
 class CupyBackend:
     """The primitives of :class:`~threefactor.backends.numpy.NumpyBackend` on the GPU."""
@@ -196,6 +208,12 @@ class CupyBackend:
         cupy.cuda.get_current_stream().synchronize()
 
     # -- primitives -----------------------------------------------------
+    def keep_mask(self, rng, shape, p, dtype):
+        """Dropout keep mask made on the device from one seed drawn from ``rng`` (no transfer,
+        no sync): unit i is dropped iff the top 24 bits of SplitMix64(seed, i) < p·2^24."""
+        keep = cupy.empty(shape, dtype=dtype)
+        return _KEEP(dropout.draw_seed(rng), np.uint64(dropout.drop_threshold(p)), keep)
+
     def matmul(self, a, b):
         """Matrix product (cuBLAS GEMM)."""
         return cupy.matmul(a, b)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import grouping, kernels
+from .. import dropout, grouping, kernels
 from ..activations import activate
 from ..third_factor import gaussian_weights as _gaussian_weights
 
@@ -37,6 +37,11 @@ class NumpyBackend:
         """Wait for queued work (a no-op on the CPU)."""
 
     # -- primitives -----------------------------------------------------
+    def keep_mask(self, rng, shape, p, dtype):
+        """Dropout keep mask (1 kept, 0 dropped, each unit dropped with probability p) from the
+        numpy Generator ``rng``, as an array of ``dtype`` (:func:`threefactor.dropout.host_keep`)."""
+        return dropout.host_keep(rng, shape, p).astype(dtype)
+
     def matmul(self, a, b):
         """Matrix product (BLAS GEMM)."""
         return a @ b
