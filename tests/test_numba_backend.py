@@ -227,3 +227,47 @@ def test_laplacian_both_forms(nb, ref, dtype, m, d):
     A = rng.standard_normal((m, m))
     A = ((A + A.T) / m ** 2).astype(dtype)
     assert_close(nb.laplacian(A, v), ref.laplacian(A, v), dtype, "L_A v")
+
+
+def test_small_gemms_run_on_one_blas_thread(monkeypatch):
+    """A GEMM below small_gemm_macs switches OpenBLAS to one thread and back; a large one does not."""
+    from threefactor.backends.numba import NumbaBackend
+    calls, threads = [], [4]
+
+    def get():
+        return threads[0]
+
+    def set_(n):
+        calls.append(n)
+        threads[0] = n
+
+    monkeypatch.setattr(NumbaBackend, "_blas_api", (get, set_))
+    be = NumbaBackend()
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    np.testing.assert_array_equal(be.matmul(a, b), a @ b)
+    assert calls == [1, 4] and threads == [4]
+    be.gaussian_kernel(a, 1.0)
+    assert calls == [1, 4, 1, 4]
+    monkeypatch.setattr(NumbaBackend, "small_gemm_macs", 8 * 5 * 3)      # now "large"
+    be.matmul(a, b)
+    assert calls == [1, 4, 1, 4]
+    with pytest.raises(ValueError):                                     # restored after an error too
+        monkeypatch.setattr(NumbaBackend, "small_gemm_macs", 1 << 22)
+        be.matmul(a, rng.standard_normal((4, 3)))
+    assert threads == [4] and calls[-2:] == [1, 4]
+
+
+def test_openblas_thread_api_round_trip():
+    from threefactor.machine import openblas_thread_api
+    api = openblas_thread_api()
+    if api is None:
+        pytest.skip("numpy's BLAS here is not OpenBLAS")
+    get, set_ = api
+    n = get()
+    try:
+        set_(1)
+        assert get() == 1
+    finally:
+        set_(n)
+    assert get() == n

@@ -331,3 +331,19 @@ def test_cupy_backend_trains_like_numpy(data_root, tmp_path, rule, grouping):
     d = train(dict(cfg, backend="numpy"), tmp_path / "d", progress=False, log=_quiet).load_checkpoint()[0]
     for k in c:
         np.testing.assert_allclose(c[k], d[k], rtol=1e-6, atol=1e-9, err_msg=k)
+
+
+def test_busy_machine_note(data_root, tmp_path, monkeypatch):
+    """A hint to use fewer BLAS threads when the load average says other processes are busy."""
+    from threefactor import machine
+    assert machine.busy_machine_note(threads=2, load=0.6, cores=2) is None
+    assert machine.busy_machine_note(threads=1, load=9.0, cores=2) is None
+    note = machine.busy_machine_note(threads=2, load=2.2, cores=2)
+    assert "OPENBLAS_NUM_THREADS=1" in note and "2.2" in note
+    assert "OPENBLAS_NUM_THREADS=11" in machine.busy_machine_note(threads=16, load=20.0, cores=16)
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (7.0, 7.0, 7.0))
+    monkeypatch.setattr(machine, "blas_threads", lambda: 4)
+    lines = []
+    train(_config(data_root, "gaussian", "grp+div", epochs=1, subset=64), tmp_path / "r", progress=False,
+          log=lines.append)
+    assert any("load average 7.0" in ln for ln in lines), lines

@@ -49,19 +49,30 @@ def _openblas_paths():
         return []
 
 
-def _openblas_threads():
-    """Threads of the OpenBLAS loaded in this process, asked through its own C API."""
+def openblas_thread_api():
+    """``(get, set)``: OpenBLAS's own C functions for its thread count, or ``None`` without OpenBLAS.
+
+    Each is a ctypes function (``get() -> int``, ``set(n)``); calling them costs a
+    microsecond, so a caller may switch threads around a single GEMM.
+    """
     for path in _openblas_paths():
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in _OPENBLAS_GETTERS:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = ctypes.c_int
-                return int(fn())
+        for getter, setter in zip(_OPENBLAS_GETTERS, _OPENBLAS_SETTERS):
+            get, set_ = getattr(lib, getter, None), getattr(lib, setter, None)
+            if get is not None and set_ is not None:
+                get.restype = ctypes.c_int
+                set_.argtypes, set_.restype = [ctypes.c_int], None
+                return get, set_
     return None
+
+
+def _openblas_threads():
+    """Threads of the OpenBLAS loaded in this process, asked through its own C API."""
+    api = openblas_thread_api()
+    return None if api is None else int(api[0]())
 
 
 def blas_info():
@@ -114,18 +125,10 @@ def set_threads(n):
         threadpoolctl.threadpool_limits(n, user_api="blas")
         done["blas"] = n
     except ImportError:
-        for path in _openblas_paths():
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for name in _OPENBLAS_SETTERS:
-                fn = getattr(lib, name, None)
-                if fn is not None:
-                    fn.argtypes = [ctypes.c_int]
-                    fn(n)
-                    done["blas"] = n
-                    break
+        api = openblas_thread_api()
+        if api is not None:
+            api[1](n)
+            done["blas"] = n
     try:
         import numba
 
@@ -139,6 +142,28 @@ def set_threads(n):
 def blas_threads():
     """Number of threads numpy's BLAS uses (see :func:`blas_info`)."""
     return blas_info()["threads"] or usable_cores() or 1
+
+
+def busy_machine_note(threads=None, load=None, cores=None):
+    """A one-line hint when other processes keep cores busy while BLAS uses all of them, else None.
+
+    OpenBLAS splits each large GEMM over its threads and waits for the slowest: with
+    one of two cores taken by another process, the Table 1 MLP step measured 108 ms
+    on two BLAS threads and 41 ms on one (``benchmarks/RESULTS.md``).  The 1-minute
+    load average is the (coarse) sign: at or above the number of BLAS threads.
+    """
+    threads = blas_threads() if threads is None else threads
+    cores = usable_cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return None
+    if threads < 2 or load < threads:
+        return None
+    return (f"note: load average {load:.1f} on {cores} cores while BLAS uses {threads} threads: if other "
+            f"processes are busy, each GEMM waits for them (a training step can run several times slower); "
+            f"OPENBLAS_NUM_THREADS={max(1, threads - round(load - threads + 1))} may be faster")
 
 
 def gpu_info():
