@@ -53,10 +53,10 @@ class InverseMultiquadric:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, help="training epochs per kernel")
     p.add_argument("--subset", type=int, default=None, help="train on the first N samples only")
-    p.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"], help="where to train")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, batch order and dropout")
     return p.parse_args(argv)
 
 

@@ -41,8 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=3, help="training epochs between the two pictures")
     p.add_argument("--subset", type=int, default=None, help="train on the first N samples only")
     p.add_argument("--batch", type=int, default=120, help="samples in the pictured test batch (12 per class)")
-    p.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"], help="where to train")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, batch order and dropout")
     p.add_argument("--out", default="third_factor.png", help="the figure (PNG)")
     return p.parse_args(argv)
 
