@@ -26,7 +26,7 @@ import threefactor as tf
 from threefactor.check import check_rule
 from threefactor.rules import Rule
 from threefactor.networks import MLP
-from threefactor.train import resolve_config
+from threefactor.train import make_rule, resolve_config
 
 
 class InverseMultiquadric:
@@ -74,8 +74,7 @@ def check(kernel):
 def train(kernel, args, ds):
     """Train the preset MLP with ``kernel`` in its hidden layers; returns the test accuracies (%)."""
     cfg = resolve_config(preset="fmnist-gaussian-grpdiv")     # Table 3's settings as a dict
-    rule = Rule(kernel=kernel, sigma=cfg["sigma"], gamma=cfg["gamma"], activation=cfg["activation"],
-                slope=cfg["slope"], groups=cfg["groups"], p=cfg["p"], delta=cfg["delta"])
+    rule = make_rule(cfg).with_(kernel=kernel)                 # the preset's rule, another kernel
     be = tf.get_backend(args.backend)
     rng = np.random.default_rng(args.seed)
     net = MLP(784, cfg["hidden"], ds.n_classes, rule, divisive=True, dropout=cfg["dropout"],

@@ -3,7 +3,7 @@
 
 Trains the paper's Fashion-MNIST MLP (784-1024-1024-1024-10, Gaussian grp+div,
 the ``fmnist-gaussian-grpdiv`` preset) with a plain Python loop over
-:meth:`threefactor.networks.MLP.train_step`, and shows, for one fixed test batch
+:meth:`threefactor.networks.MLP.train_step` (the network of `threefactor train`), and shows, for one fixed test batch
 sorted by class, the first hidden layer's
 
 * kernel matrix K_ij = k(v_i, v_j) (Eq. 26) on its group representation v (Eq. 18):
@@ -28,11 +28,9 @@ import numpy as np
 
 import threefactor as tf
 from threefactor.engine import layer_pass
-from threefactor.networks import MLP
 from threefactor.objective import layer_objective
-from threefactor.rules import Rule
 from threefactor.third_factor import gaussian_weights
-from threefactor.train import resolve_config
+from threefactor.train import build_network, resolve_config
 
 
 def parse_args(argv=None):
@@ -132,21 +130,18 @@ def main(argv=None):
     cfg = resolve_config(preset="fmnist-gaussian-grpdiv")     # Table 3's settings as a dict
     ds = tf.load_dataset("fmnist", progress=False)
     be = tf.get_backend(args.backend)
-    rule = Rule(kernel="gaussian", sigma=cfg["sigma"], gamma=cfg["gamma"], activation=cfg["activation"],
-                slope=cfg["slope"], groups=cfg["groups"], p=cfg["p"], delta=cfg["delta"])
     rng = np.random.default_rng(args.seed)
-    net = MLP(784, cfg["hidden"], ds.n_classes, rule, divisive=True, learning="local",
-              dropout=cfg["dropout"], backend=be, rng=rng)
+    net = build_network(cfg, 784, ds.n_classes, be, rng)       # the MLP of `threefactor train`
     opts = net.make_optimizers(cfg["lr_local"], cfg["lr_out"], weight_decay_local=cfg["weight_decay_local"],
                                weight_decay_out=cfg["weight_decay_out"], momentum=cfg["momentum"])
     xb, yb = pictured_batch(ds, args.batch // ds.n_classes)
     before = first_layer_matrices(net, xb, yb)
     history = train(net, opts, ds, args.epochs, args.subset, rng, cfg["batch_size"])
     after = first_layer_matrices(net, xb, yb)
-    for name, (K, A, kyc, _) in (("before", before), ("after", after)):
+    for name, (K, A, kyc, gamma) in (("before", before), ("after", after)):
         same = yb[:, None] == yb[None, :]
         print(f"{name}: mean K same class {K[same].mean():.3f}, other {K[~same].mean():.3f}; "
-              f"L on the pictured batch {float(layer_objective(K, kyc, rule.gamma)):.4f}")
+              f"L on the pictured batch {float(layer_objective(K, kyc, gamma)):.4f}")
     plot(before, after, history, yb, args.out)
     return before, after, history
 

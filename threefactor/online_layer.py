@@ -202,7 +202,7 @@ class OnlineLayer:
         n = self.trule.n_classes
         # Host labels are range-checked here; labels already on the device are not, since reading
         # their min and max would synchronise every step (the data loaders check a data set's labels).
-        if self.streams and labels.__class__ is np.ndarray and (labels.min() < 0 or labels.max() >= n):
+        if self.streams and isinstance(labels, np.ndarray) and (labels.min() < 0 or labels.max() >= n):
             raise ValueError(f"labels must be in [0, n_classes) = [0, {n}), got values in "
                              f"[{int(labels.min())}, {int(labels.max())}]")
         return be.asarray(labels, dtype=np.int64)
