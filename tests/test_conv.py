@@ -260,7 +260,9 @@ def _cupy():
 def test_cupy_kernels_match_numpy(dtype):
     cp = _cupy()
     rng = np.random.default_rng(5)
-    for (m, c, h, wd, kh, kw, pad) in ((3, 2, 5, 6, 3, 3, 1), (2, 5, 8, 8, 3, 3, 0), (2, 3, 7, 5, 2, 1, 2)):
+    # the last shape spans several 32x32 tiles of the tiled kernels, with partial tiles in both axes
+    for (m, c, h, wd, kh, kw, pad) in ((3, 2, 5, 6, 3, 3, 1), (2, 5, 8, 8, 3, 3, 0), (2, 3, 7, 5, 2, 1, 2),
+                                       (2, 37, 7, 9, 3, 2, 1)):
         x = rng.normal(size=(m, c, h, wd)).astype(dtype)
         cols = conv.im2col(x, kh, kw, pad)
         np.testing.assert_array_equal(cp.asnumpy(conv.im2col(cp.asarray(x), kh, kw, pad, cp)), cols)
@@ -274,6 +276,14 @@ def test_cupy_kernels_match_numpy(dtype):
         g = rng.normal(size=pooled.shape).astype(dtype)
         np.testing.assert_array_equal(cp.asnumpy(conv.pool_route(cp.asarray(g), gi, x.shape, cp)),
                                       conv.pool_route(g, idx, x.shape))
+        t = rng.normal(size=x.shape).astype(dtype)
+        np.testing.assert_array_equal(cp.asnumpy(conv.pool_gather(cp.asarray(t), gi, cp)),
+                                      conv.pool_gather(t, idx))
+        rows = rng.normal(size=(m * h * wd, c)).astype(dtype)     # channel-last rows, as the GEMM writes
+        for r in (rows, rows.reshape(m, h, wd, c)):
+            got = conv.rows_to_nchw(cp.asarray(r), m, h, wd, cp)
+            assert got.flags.c_contiguous and got.shape == (m, c, h, wd)
+            np.testing.assert_array_equal(cp.asnumpy(got), conv.rows_to_nchw(r, m, h, wd))
 
 
 @pytest.mark.gpu

@@ -102,6 +102,9 @@ def col2im(cols, x_shape, kh: int, kw: int, padding: int, xp=np):
 
 def rows_to_nchw(t, m: int, ho: int, wo: int, xp=np):
     """(m·Ho·Wo, C) in im2col row order, or (m, Ho, Wo, C) -> (m, C, Ho, Wo) contiguous."""
+    if _is_cupy(xp) and not xp.iscomplexobj(t):
+        from .backends._conv_cupy import rows_to_nchw as _rows_to_nchw_cupy
+        return _rows_to_nchw_cupy(t, m, ho, wo)
     return xp.ascontiguousarray(t.reshape(m, ho, wo, -1).transpose(0, 3, 1, 2))
 
 
@@ -159,6 +162,9 @@ def max_pool_rows(z, xp=np, *extra):
 
 def gather_rows(t, idx, xp=np):
     """t (m, H, W, C) at each window's winner -> (m, H//2, W//2, C) (e.g. f'(a) at the winners)."""
+    if _is_cupy(xp) and not xp.iscomplexobj(t):
+        from .backends._conv_cupy import gather_rows as _gather_cupy
+        return _gather_cupy(t, idx)
     q = _quarters(t)
     return xp.where(idx == 0, q[0], xp.where(idx == 1, q[1], xp.where(idx == 2, q[2], q[3])))
 

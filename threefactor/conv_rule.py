@@ -85,7 +85,6 @@ class Activity(NamedTuple):
     """A conv layer's forward half (see :func:`activity`)."""
 
     cols: Any
-    a: Any
     z: Any
     fp: Any
     idx: Optional[Any]
@@ -94,11 +93,12 @@ class Activity(NamedTuple):
 
 
 def activity(rule: Rule, x, w, padding: int, pool, backend, derivatives=True, bn=None, train=True) -> Activity:
-    """Forward half: Activity(cols, a_win, z, f'(a_win), idx, conv_shape, bn) with z = pool(f(conv(x, w))).
+    """Forward half: Activity(cols, z, f'(a_win), idx, conv_shape, bn) with z = pool(f(conv(x, w))).
 
-    a_win, z, fp : (m, C_out, H', W'); idx : (m, H', W', C_out) pool winners or None;
+    z, fp : (m, C_out, H', W'); idx : (m, H', W', C_out) pool winners or None;
     conv_shape : (m, C_out, Ho, Wo).  Pooling happens channel-last, where the GEMM wrote.
-    With ``derivatives=False`` (inference) a_win and fp are None.  With batchnorm ``bn``
+    The pre-activation itself is not kept: no update reads it, and laying it out
+    would cost a pass over the layer's activity.  With ``derivatives=False`` (inference) fp is None.  With batchnorm ``bn``
     (a :class:`threefactor.batchnorm.BatchNorm` over channels) z = pool(f(BN(conv(x, w)))),
     a is BN's output and ``bn`` of the result its BNCache (None unless ``train``).
     """
@@ -109,13 +109,13 @@ def activity(rule: Rule, x, w, padding: int, pool, backend, derivatives=True, bn
     cols = backend.im2col(x, kh, kw, padding)
     a, z, fp, bnc = batchnorm.linear_forward(backend, cols, conv.weights_to_cols(w, xp), rule.activation,
                                              rule.slope, bn, train)
-    a, z, fp = (t.reshape(m, ho, wo, c_out) for t in (a, z, fp))
+    z, fp = (t.reshape(m, ho, wo, c_out) for t in (z, fp))
     idx = None
-    extra = (a, fp) if derivatives else ()
+    extra = (fp,) if derivatives else ()
     if pool == "max":
         z, idx, extra = backend.max_pool_rows(z, *extra)
-    a, fp = (conv.rows_to_nchw(t, m, *t.shape[1:3], xp) for t in extra) if derivatives else (None, None)
-    return Activity(cols, a, conv.rows_to_nchw(z, m, *z.shape[1:3], xp), fp, idx, (m, c_out, ho, wo), bnc)
+    fp = conv.rows_to_nchw(extra[0], m, *extra[0].shape[1:3], xp) if derivatives else None
+    return Activity(cols, conv.rows_to_nchw(z, m, *z.shape[1:3], xp), fp, idx, (m, c_out, ho, wo), bnc)
 
 
 def conv_layer_pass(rule: Rule, x, w, labels, n_classes: int, backend, padding: int = 1,
@@ -124,7 +124,7 @@ def conv_layer_pass(rule: Rule, x, w, labels, n_classes: int, backend, padding: 
     (with batchnorm ``bn`` in training mode between conv and f)."""
     act = activity(rule, x, w, padding, pool, backend, bn=bn)
     m = x.shape[0]
-    lp = engine.represent(rule, act.a.reshape(m, -1), act.z.reshape(m, -1), act.fp.reshape(m, -1), labels,
+    lp = engine.represent(rule, None, act.z.reshape(m, -1), act.fp.reshape(m, -1), labels,
                           n_classes, backend)
     return ConvPass(lp, act.cols, act.idx, act.conv_shape, tuple(act.z.shape), tuple(w.shape), bn, act.bn)
 

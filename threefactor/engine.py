@@ -28,7 +28,7 @@ from .rules import Rule
 class LayerPass:
     """Everything one forward pass of a layer computes (arrays of the backend).
 
-    a, z, fp : (m, n_out)  pre-activation, activity, f'(a)
+    a, z, fp : (m, n_out)  pre-activation (None for a conv layer's flattened pass), activity, f'(a)
     zhat : (m, n_out) or None, u : (m, c) or None   group statistics (Eq. 17)
     v : (m, d)   representation compared by the kernel (d = n_out or c)
     K, Ky : (m, m)   kernel matrices of the layer and of the labels
