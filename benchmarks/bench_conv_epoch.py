@@ -17,7 +17,11 @@ output linear + bias with cross-entropy; SGD momentum 0.95, lr_local 0.4, lr_out
     (:func:`torch_layer`): ``F.conv2d`` / ``F.selu`` / ``F.max_pool2d``, the layer
     loss from :mod:`threefactor.torch_ref`'s pieces, the output passed on detached
     (layer-local losses), one ``backward()`` over the sum, one ``torch.optim.SGD`` step.
-    Same initial weights, device and dtype (float32).
+    Same initial weights, device and dtype (float32), computed in float32: on CUDA,
+    cuDNN's TF32 convolutions (torch's default) are switched off for this timing.
+``autograd_tf32``
+    (CUDA only) the same with torch's defaults, i.e. TF32 tensor-core convolutions:
+    what a user gets out of the box, at a lower precision than the float32 compared.
 
 Both run on one random batch of the CIFAR-10 shape (3, 32, 32); steps are timed after a
 warm-up, device-synchronised (CuPy: CUDA events via cupyx.profiler.benchmark; torch:
@@ -95,8 +99,13 @@ def torch_layer(torch, F, h, w, conv, pool, rule, Ky, dropout, divisive=True):
     return loss, r
 
 
-def torch_call(cfg, net, x_h, y_h, device):
-    """A closure running one autograd training step of ``net``'s network in PyTorch (same weights)."""
+def torch_call(cfg, net, x_h, y_h, device, tf32=False):
+    """A closure running one autograd training step of ``net``'s network in PyTorch (same weights).
+
+    On CUDA, ``tf32=False`` computes in plain float32, as ours does (cuDNN's TF32 convolutions
+    off); ``tf32=True`` keeps torch's defaults, where cuDNN convolutions use TF32 tensor cores
+    (10-bit mantissa products: faster, and a lower precision than the float32 compared).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -125,7 +134,18 @@ def torch_call(cfg, net, x_h, y_h, device):
         total.backward()
         opt.step()
 
-    return step
+    if device != "cuda":
+        return step
+
+    def step_with_precision():
+        flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32, tf32
+        try:
+            step()
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+    return step_with_precision
 
 
 def _summary(t, batch):
@@ -154,10 +174,12 @@ def bench_conv(arch="vgg", width=1, batch=128, steps=10, backend="numba", device
                 torch_skip = "torch.cuda is not available"
             else:
                 fns["autograd"] = torch_call(cfg, net, x_h, y_h, device)
+                if device == "cuda":
+                    fns["autograd_tf32"] = torch_call(cfg, net, x_h, y_h, device, tf32=True)
         except ImportError:
             torch_skip = "torch is not installed"
     if dev == "cpu" and device == "cuda" and "autograd" in fns:    # different devices: one by one
-        res = {k: bench.time_call(fn, "cuda" if k == "autograd" else "cpu", budget=float("inf"),
+        res = {k: bench.time_call(fn, "cuda" if k.startswith("autograd") else "cpu", budget=float("inf"),
                                   min_repeats=steps, warmup=warmup, max_repeats=steps) for k, fn in fns.items()}
     else:
         timing = {"budget": float("inf"), "min_repeats": steps, "warmup": warmup, "max_repeats": steps}
@@ -168,14 +190,16 @@ def bench_conv(arch="vgg", width=1, batch=128, steps=10, backend="numba", device
             res = bench.time_all(fns, dev, timing)
     ours = _summary(res["ours"], batch)
     ag = _summary(res["autograd"], batch) if "autograd" in res else None
+    tf32 = _summary(res["autograd_tf32"], batch) if "autograd_tf32" in res else None
     return {"arch": arch, "blocks": [list(b) for b in parse_arch(arch, width)], "width": width,
             "image": list(IMAGE), "batch": batch, "groups": cfg["groups"], "dtype": cfg["dtype"],
             "backend": net.backend.name, "torch_device": device if ag else None, "autograd_skipped": torch_skip,
             "steps": steps, "warmup": warmup, "epoch_steps": N_TRAIN / batch,
             "ours_impl": "threefactor ConvNet.train_step (local, Gaussian grp+div)",
             "autograd_impl": "torch conv2d/selu/max_pool2d + torch_ref loss, detached layers, one backward, SGD",
-            "ours": ours, "autograd": ag,
+            "ours": ours, "autograd": ag, "autograd_tf32": tf32,
             "speedup_vs_autograd": ag["step_ms"] / ours["step_ms"] if ag else None,
+            "speedup_vs_autograd_tf32": tf32["step_ms"] / ours["step_ms"] if tf32 else None,
             "loadavg": bench.loadavg()}
 
 
@@ -188,6 +212,9 @@ def format_record(r):
            line("ours", r["ours"])]
     if r["autograd"]:
         out += [line("autograd", r["autograd"]), f"autograd / ours = {r['speedup_vs_autograd']:.2f}"]
+        if r.get("autograd_tf32"):
+            out += [line("tf32", r["autograd_tf32"]),
+                    f"autograd with torch's default TF32 convolutions / ours = {r['speedup_vs_autograd_tf32']:.2f}"]
     else:
         out.append(f"autograd skipped: {r['autograd_skipped']}")
     return "\n".join(out)

@@ -40,6 +40,7 @@ def test_tiny_run_writes_the_json(tmp_path, autograd):
             "autograd", "speedup_vs_autograd"} <= set(rec)
     assert rec["blocks"] == [["conv", 8, "max"], ["fc", 16]] and rec["epoch_steps"] == 50_000 / 8
     assert set(rec["ours"]) == TIMES and rec["ours"]["repeats"] == 2
+    assert rec["autograd_tf32"] is None and rec["speedup_vs_autograd_tf32"] is None   # a CUDA-only baseline
     if autograd:
         assert set(rec["autograd"]) == TIMES and rec["speedup_vs_autograd"] > 0
     else:

@@ -166,7 +166,7 @@ def time_all(fns, device, timing):
     """Medians of every callable: interleaved rounds on the CPU, one by one on the GPU."""
     if device == "cpu":
         return time_interleaved(fns, **timing)
-    return {k: time_call(fn, "cuda" if k in ("autograd", "torch_gemm") else device, **timing)
+    return {k: time_call(fn, "cuda" if k.startswith(("autograd", "torch")) else device, **timing)
             for k, fn in fns.items()}
 
 
