@@ -234,3 +234,40 @@ def test_bench_case_runs_on_the_gpu():
     r = bench.bench_case("cupy", 16, 32, 64, "gauss-grp+div", np.float32,
                          {"budget": 0.01, "min_repeats": 2, "warmup": 1})
     assert r["backend"] == "cupy" and r["update_s"] > 0 and r["peak_mem_bytes"] >= 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [37, 128])
+def test_layer_objective_in_one_kernel(dtype, m, monkeypatch):
+    """The one-block kernel gives objective.layer_objective's value (Eq. 9), as a 0-d device array."""
+    rng = np.random.default_rng(m)
+    v = rng.standard_normal((m, 6)).astype(dtype)
+    K, Ky = NP.gaussian_kernel(v, 2.0), NP.label_kernel(rng.integers(0, 4, m), 4, "cosine", dtype)
+    ref = NP.layer_objective(K, Ky, 2.0)
+    got = CP.layer_objective(CP.asarray(K), CP.asarray(Ky), 2.0)
+    assert isinstance(got, cupy.ndarray) and got.shape == () and got.dtype == dtype
+    close(got, np.asarray(ref, dtype=dtype), dtype, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    monkeypatch.setattr(cupy_backend, "OBJECTIVE_THREADS", 32)          # several entries per thread
+    close(CP.layer_objective(CP.asarray(K), CP.asarray(Ky), 2.0), np.asarray(ref, dtype=dtype), dtype,
+          rtol=1e-5 if dtype == np.float32 else 1e-12)
+    monkeypatch.setattr(cupy_backend, "OBJECTIVE_ONE_BLOCK_MAX", 16)    # large: CuPy's reductions
+    close(CP.layer_objective(CP.asarray(K), CP.asarray(Ky), 2.0), np.asarray(ref, dtype=dtype), dtype,
+          rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_on_the_gpu_is_one_kernel_with_numpys_arithmetic(dtype):
+    from threefactor.optim import SGD
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal((5, 7)).astype(dtype)
+    grads = [rng.standard_normal((5, 7)).astype(dtype) for _ in range(3)]
+    ref, gpu = SGD([w0.copy()], lr=0.1, weight_decay=1e-3), SGD([cupy.asarray(w0)], lr=0.1, weight_decay=1e-3)
+    for sign, g in zip((1.0, -1.0, -1.0), grads):
+        ref.step([g], sign=sign)
+        gpu.step([cupy.asarray(g)], sign=sign)
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    close(gpu.params[0], ref.params[0], dtype, rtol=rtol)
+    close(gpu.buffers[0], ref.buffers[0], dtype, rtol=rtol)
+    strided = SGD([cupy.asarray(w0).T], lr=0.1)            # not contiguous: the generic in-place path
+    strided.step([cupy.asarray(grads[0]).T])
+    close(strided.params[0], (w0 - 0.1 * grads[0]).T, dtype, rtol=rtol)

@@ -28,7 +28,6 @@ from .batchnorm import BatchNorm
 from .dropout import alpha_dropout, dropout_mask  # noqa: F401  (alpha_dropout re-exported)
 from .layers import HiddenLayer, OutputLayer, softmax_cross_entropy, uniform_init
 from .networks import MLP, StepStats, check_learning
-from .objective import layer_objective
 from .presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table6_preset  # noqa: F401  (re-exported)
 from .rules import Rule
 
@@ -273,7 +272,7 @@ class ConvNet:
                 out, deltas, lp = layer.local_forward(self._input_of(layer, h), labels, self.n_classes, be,
                                                       drops[k][0])
                 optimizers[f"hidden.{k}"].step(deltas, sign=-1.0)
-                objectives.append(layer_objective(lp.K, lp.Ky, layer.rule.gamma))
+                objectives.append(be.layer_objective(lp.K, lp.Ky, layer.rule.gamma))
                 h = out if drops[k][1] is None else out + drops[k][1]
             h = h.reshape(h.shape[0], -1)
         else:

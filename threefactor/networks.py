@@ -30,7 +30,6 @@ from . import backprop
 from .batchnorm import BatchNorm
 from .dropout import dropout_mask
 from .layers import HiddenLayer, OutputLayer, softmax_cross_entropy, uniform_init
-from .objective import layer_objective
 from .optim import make_optimizer
 from .rules import Rule, choice_error
 
@@ -207,7 +206,7 @@ class MLP:
             for k, layer in enumerate(self.hidden):
                 out, deltas, lp = layer.local_forward(h, labels, self.n_classes, self.backend, masks[k])
                 optimizers[f"hidden.{k}"].step(deltas, sign=-1.0)   # during the forward pass
-                objectives.append(layer_objective(lp.K, lp.Ky, layer.rule.gamma))
+                objectives.append(self.backend.layer_objective(lp.K, lp.Ky, layer.rule.gamma))
                 h = out
         else:
             h = self.features(x, masks)

@@ -83,6 +83,15 @@ def _fusable(*arrays):
                and a.dtype in (np.float32, np.float64) for a in arrays)
 
 
+def _on_gpu(*arrays):
+    """Whether every array is a C-contiguous cupy array of one float dtype (the fused GPU step)."""
+    first = arrays[0]
+    return (type(first).__module__.split(".")[0] == "cupy"
+            and all(type(a) is type(first) and a.flags.c_contiguous and a.dtype == first.dtype
+                    for a in arrays)
+            and first.dtype in (np.float32, np.float64))
+
+
 class SGD:
     """SGD with (heavy-ball) momentum and L2 weight decay, PyTorch's convention.
 
@@ -125,6 +134,10 @@ class SGD:
         for w, g, buf in zip(self.params, grads, self.buffers):
             if g.shape != w.shape:
                 raise ValueError(f"gradient of shape {g.shape} for a parameter of shape {w.shape}")
+            if self.fused is not False and _on_gpu(w, g, buf):
+                from .backends.cupy import sgd_step
+                sgd_step(w, g, buf, sign, wd, mu, lr)
+                continue
             if self.fused is not False and sign in (1.0, -1.0) and _fusable(w, g, buf):
                 kernel = _fused_sgd_kernel()
                 if kernel is not None:

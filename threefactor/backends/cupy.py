@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dropout
+from .. import dropout, objective
 from ..activations import SELU_ALPHA, SELU_SCALE
 from ..rules import ACTIVATIONS, choice_error
 from ._cuda_source import ElementwiseSource, LazyKernel, RawModuleSource
@@ -130,6 +130,63 @@ __global__ void row_centre(const T* a, const T* b, T* out, const int c, const T 
 _ROWS = LazyKernel(RawModuleSource(
     _ROW_SOURCE,
     tuple(f"{k}<{t}>" for k in ("group_stats", "row_centre") for t in ("float", "double"))))
+
+# -- the layer objective's value (Eq. 9), one block: the three sums of objective.layer_objective --
+_OBJECTIVE_SOURCE = r"""
+// out[0] = mean(K * (K - gamma Ky)) - mean(K) (mean(K) - gamma mean(Ky)) over the n entries;
+// one block of blockDim.x threads (a power of two), three tree reductions in shared memory.
+template<typename T>
+__global__ void layer_objective(const T* __restrict__ K, const T* __restrict__ Ky, const long long n,
+                                const T gamma, T* __restrict__ out) {
+    extern __shared__ __align__(8) unsigned char shared_raw[];
+    T* sk = reinterpret_cast<T*>(shared_raw);
+    T* sy = sk + blockDim.x;
+    T* sd = sy + blockDim.x;
+    T a = 0, b = 0, c = 0;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+        const T k = K[i], y = Ky[i];
+        a += k;
+        b += y;
+        c += k * (k - gamma * y);
+    }
+    sk[threadIdx.x] = a; sy[threadIdx.x] = b; sd[threadIdx.x] = c;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) {
+            sk[threadIdx.x] += sk[threadIdx.x + half];
+            sy[threadIdx.x] += sy[threadIdx.x + half];
+            sd[threadIdx.x] += sd[threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const T kbar = sk[0] / (T)n;
+        out[0] = sd[0] / (T)n - kbar * (kbar - gamma * (sy[0] / (T)n));
+    }
+}
+"""
+_OBJECTIVE = LazyKernel(RawModuleSource(_OBJECTIVE_SOURCE, ("layer_objective<float>", "layer_objective<double>")))
+OBJECTIVE_THREADS = 512
+#: Above this many kernel entries (m = 2048) one block is slower than CuPy's reductions.
+OBJECTIVE_ONE_BLOCK_MAX = 1 << 22
+
+# -- SGD with momentum in one pass (threefactor.optim.SGD's arithmetic) --------------
+_SGD = LazyKernel(ElementwiseSource(
+    "T g, T sign, T wd, T mu, T lr", "T w, T buf",
+    """
+    const T d = sign * g + wd * w;
+    const T b = buf * mu + d;
+    buf = b;
+    w = w - lr * b;
+    """,
+    "threefactor_sgd_step"))
+
+
+def sgd_step(w, g, buf, sign, wd, mu, lr):
+    """In place: buf = μ buf + (sign·g + wd·w); w -= lr·buf (one kernel; cupy arrays of one dtype)."""
+    t = w.dtype.type
+    _SGD(g, t(sign), t(wd), t(mu), t(lr), w, buf)
+
 
 _DIVISIVE = LazyKernel(ElementwiseSource(
     "T zhat, T u, T p", "T r", "r = zhat / pow(u, p)", "threefactor_divisive_norm"))
@@ -296,6 +353,18 @@ class CupyBackend:
     im2col = NumpyBackend.im2col
     max_pool_rows = NumpyBackend.max_pool_rows
     route_rows = NumpyBackend.route_rows
+
+    def layer_objective(self, K, Ky, gamma):
+        """L (Eq. 9) as a 0-d device array: one kernel instead of a dozen reductions and ufuncs."""
+        n = K.size
+        if n > OBJECTIVE_ONE_BLOCK_MAX or K.dtype not in _CTYPE or Ky.dtype != K.dtype:
+            return objective.layer_objective(K, Ky, gamma)
+        K, Ky = cupy.ascontiguousarray(K), cupy.ascontiguousarray(Ky)
+        out = cupy.empty((), dtype=K.dtype)
+        _function(_OBJECTIVE, "layer_objective", K.dtype)(
+            (1,), (OBJECTIVE_THREADS,), (K, Ky, np.int64(n), K.dtype.type(gamma), out),
+            shared_mem=3 * OBJECTIVE_THREADS * K.dtype.itemsize)
+        return out
 
     def label_kernel(self, labels, n_classes, kind, dtype):
         """Centred label kernel (Eq. 35 / 36) from integer labels (m,), without a host sync."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dropout, grouping, kernels
+from .. import dropout, grouping, kernels, objective
 from ..activations import activate
 from ..third_factor import gaussian_weights as _gaussian_weights
 
@@ -99,6 +99,10 @@ class NumpyBackend:
         """Pooled-unit terms g back to their windows' winners in (m, H, W, C), 0 elsewhere."""
         from .. import conv
         return conv.route_rows(g, idx, shape, self.xp)
+
+    def layer_objective(self, K, Ky, gamma):
+        """L = pHSIC(Z, Z) - γ pHSIC(Y, Z) (Eq. 9) of the kernel matrices, a 0-d array (no host sync)."""
+        return objective.layer_objective(K, Ky, gamma)
 
     def label_kernel(self, labels, n_classes, kind, dtype):
         """Centred label kernel (Eq. 35 / 36) from integer labels."""
