@@ -108,3 +108,34 @@ def test_cupy_keep_mask_is_its_reference(dtype):
     np.testing.assert_array_equal(be.to_numpy(keep), ref.astype(dtype))
     mask = dropout_mask(be, np.random.default_rng(3), shape, p, dtype)
     np.testing.assert_array_equal(be.to_numpy(mask), ref.astype(dtype) * dtype(1 / (1 - p)))
+    mult, add = alpha_dropout(be, np.random.default_rng(3), shape, p, dtype)
+    ref_mult, ref_add = _alpha_from_keep(ref.astype(dtype), p, dtype)
+    np.testing.assert_array_equal(be.to_numpy(mult), ref_mult)
+    np.testing.assert_array_equal(be.to_numpy(add), ref_add)
+    with pytest.raises(ValueError, match="one or two arrays"):
+        be.keep_select(np.random.default_rng(3), shape, p, dtype, ((1, 0),) * 3)
+
+
+def _alpha_from_keep(keep, p, dtype):
+    """Alpha dropout's (mult, add) by arithmetic on a 0/1 mask of ``dtype`` (the definition)."""
+    from threefactor.activations import SELU_ALPHA, SELU_SCALE
+    t, sat = np.dtype(dtype).type, SELU_SCALE * SELU_ALPHA
+    a = ((1.0 - p) * (1.0 + p * sat * sat)) ** -0.5
+    return keep * t(a), (keep - t(1.0 - p)) * t(a * sat)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [0.01, 0.3])
+def test_keep_select_is_arithmetic_on_the_keep_mask(dtype, p):
+    """One draw written as the scaled mask or alpha dropout's pair: the bits of 0/1-mask arithmetic,
+    from the same random numbers as keep_mask (host backends)."""
+    be, shape = get_backend("numpy"), (6, 4, 5)
+    keep = be.keep_mask(np.random.default_rng(11), shape, p, dtype)
+    mask = dropout_mask(be, np.random.default_rng(11), shape, p, dtype)
+    assert mask.dtype == dtype
+    np.testing.assert_array_equal(mask, keep * dtype(1.0 / (1.0 - p)))
+    mult, add = alpha_dropout(be, np.random.default_rng(11), shape, p, dtype)
+    ref_mult, ref_add = _alpha_from_keep(keep, p, dtype)
+    assert mult.dtype == add.dtype == dtype
+    np.testing.assert_array_equal(mult, ref_mult)
+    np.testing.assert_array_equal(add, ref_add)

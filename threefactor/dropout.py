@@ -1,8 +1,10 @@
 """Dropout after each hidden layer (App. D.1, D.4): inverted dropout, and alpha dropout with SELU.
 
-Both are built on the backend primitive ``keep_mask(rng, shape, p, dtype)``: an
-array of the backend holding 1 where a unit is kept and 0 where it is dropped,
-each unit dropped with probability p independently.
+Both are built on the backend primitive ``keep_select(rng, shape, p, dtype, pairs)``:
+one draw (each unit dropped with probability p, independently) written as one
+array per (on, off) pair, ``on`` where a unit is kept and ``off`` where it is
+dropped: the scaled mask, or alpha dropout's two affine arrays, in one pass.
+``keep_mask`` is the plain 0/1 mask of the same draw.
 
 * On the host (numpy, numba) the mask comes from the numpy Generator ``rng``
   (:func:`host_keep`).
@@ -75,9 +77,8 @@ def dropout_mask(backend, rng, shape, p, dtype=np.float32):
     """
     if p <= 0:
         return None
-    mask = backend.keep_mask(rng, shape, p, dtype)
-    mask *= np.dtype(dtype).type(1.0 / (1.0 - p))
-    return mask
+    t = np.dtype(dtype).type
+    return backend.keep_select(rng, shape, p, dtype, ((t(1.0 / (1.0 - p)), t(0.0)),))[0]
 
 
 def alpha_dropout(backend, rng, shape, p, dtype=np.float32):
@@ -90,6 +91,7 @@ def alpha_dropout(backend, rng, shape, p, dtype=np.float32):
     if p <= 0:
         return None, None
     sat, t = SELU_SCALE * SELU_ALPHA, np.dtype(dtype).type
-    keep = backend.keep_mask(rng, shape, p, dtype)
     a = ((1.0 - p) * (1.0 + p * sat * sat)) ** -0.5
-    return keep * t(a), (keep - t(1.0 - p)) * t(a * sat)
+    q, s = t(1.0 - p), t(a * sat)
+    # the values (keep - (1-p)) · aλα takes, each rounded in dtype as that expression would be
+    return backend.keep_select(rng, shape, p, dtype, ((t(a), t(0.0)), ((t(1.0) - q) * s, (t(0.0) - q) * s)))

@@ -223,15 +223,23 @@ _LABEL_COSINE = LazyKernel(ElementwiseSource(
     "Ky = labels[i / m] == labels[i % m] ? (T)1 : off", "threefactor_label_cosine"))
 
 # -- dropout keep mask from a seed (threefactor/dropout.py: splitmix_keep is its reference) --
-_KEEP = LazyKernel(ElementwiseSource(
-    "uint64 seed, uint64 threshold", "T keep",
-    f"""
+# unit i (C order) is kept iff the top KEEP_BITS bits of SplitMix64(seed + (i+1)γ) >= threshold
+_KEEP_HASH = f"""
     unsigned long long h = seed + (unsigned long long)(i + 1) * {dropout.GOLDEN_GAMMA:#x}ull;
     h = (h ^ (h >> 30)) * {dropout.MIX1:#x}ull;
     h = (h ^ (h >> 27)) * {dropout.MIX2:#x}ull;
     h ^= h >> 31;
-    keep = (h >> {64 - dropout.KEEP_BITS}) >= threshold ? (T)1 : (T)0;
-    """, "threefactor_keep_mask"))
+    const bool kept = (h >> {64 - dropout.KEEP_BITS}) >= threshold;
+"""
+_KEEP = LazyKernel(ElementwiseSource(
+    "uint64 seed, uint64 threshold", "T keep",
+    _KEEP_HASH + "    keep = kept ? (T)1 : (T)0;\n", "threefactor_keep_mask"))
+_KEEP_SELECT = LazyKernel(ElementwiseSource(
+    "uint64 seed, uint64 threshold, T on, T off", "T out",
+    _KEEP_HASH + "    out = kept ? on : off;\n", "threefactor_keep_select"))
+_KEEP_SELECT2 = LazyKernel(ElementwiseSource(
+    "uint64 seed, uint64 threshold, T on1, T off1, T on2, T off2", "T out1, T out2",
+    _KEEP_HASH + "    out1 = kept ? on1 : off1;\n    out2 = kept ? on2 : off2;\n", "threefactor_keep_select2"))
 
 
 class CupyBackend:
@@ -270,6 +278,21 @@ class CupyBackend:
         no sync): unit i is dropped iff the top 24 bits of SplitMix64(seed, i) < p·2^24."""
         keep = cupy.empty(shape, dtype=dtype)
         return _KEEP(dropout.draw_seed(rng), np.uint64(dropout.drop_threshold(p)), keep)
+
+    def keep_select(self, rng, shape, p, dtype, pairs):
+        """:meth:`NumpyBackend.keep_select` on the device: one seed from ``rng``, one kernel
+        writing every array (at most two pairs), the units of :meth:`keep_mask`."""
+        t = np.dtype(dtype).type
+        seed, threshold = dropout.draw_seed(rng), np.uint64(dropout.drop_threshold(p))
+        outs = tuple(cupy.empty(shape, dtype=dtype) for _ in pairs)
+        values = [t(v) for pair in pairs for v in pair]
+        if len(pairs) == 1:
+            _KEEP_SELECT(seed, threshold, *values, *outs)
+        elif len(pairs) == 2:
+            _KEEP_SELECT2(seed, threshold, *values, *outs)
+        else:
+            raise ValueError(f"keep_select writes one or two arrays per draw, got {len(pairs)} pairs")
+        return outs
 
     def matmul(self, a, b):
         """Matrix product (cuBLAS GEMM)."""

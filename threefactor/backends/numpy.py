@@ -42,6 +42,15 @@ class NumpyBackend:
         numpy Generator ``rng``, as an array of ``dtype`` (:func:`threefactor.dropout.host_keep`)."""
         return dropout.host_keep(rng, shape, p).astype(dtype)
 
+    def keep_select(self, rng, shape, p, dtype, pairs):
+        """One dropout draw as several arrays of ``dtype``: for each (on, off) in ``pairs``, ``on``
+        where the unit is kept and ``off`` where it is dropped (each dropped with probability p).
+        The values are used as given (scalars of ``dtype``), so a mask costs one pass, not a
+        0/1 mask and then arithmetic on it."""
+        keep = dropout.host_keep(rng, shape, p)
+        t = np.dtype(dtype).type
+        return tuple(np.where(keep, t(on), t(off)) for on, off in pairs)
+
     def matmul(self, a, b):
         """Matrix product (BLAS GEMM)."""
         return a @ b
