@@ -271,3 +271,21 @@ def test_sgd_on_the_gpu_is_one_kernel_with_numpys_arithmetic(dtype):
     strided = SGD([cupy.asarray(w0).T], lr=0.1)            # not contiguous: the generic in-place path
     strided.step([cupy.asarray(grads[0]).T])
     close(strided.params[0], (w0 - 0.1 * grads[0]).T, dtype, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 3), (7, 10), (300, 10), (600, 4)])
+def test_softmax_cross_entropy_in_one_kernel(dtype, m, k):
+    """The output layer's loss, gradient and hit count on the GPU = layers.softmax_cross_entropy on numpy
+    (rows of equal logits included: the first maximum wins, as numpy's argmax)."""
+    from threefactor.layers import softmax_cross_entropy
+    rng = np.random.default_rng(m)
+    logits = (3 * rng.standard_normal((m, k))).astype(dtype)
+    logits[::5] = 0.5                                           # ties: argmax is the first class
+    labels = rng.integers(0, k, m)
+    loss, d, correct = softmax_cross_entropy(logits, labels, np)
+    g_loss, g_d, g_correct = softmax_cross_entropy(cupy.asarray(logits), cupy.asarray(labels), cupy)
+    assert isinstance(g_d, cupy.ndarray) and g_loss.shape == () and g_loss.dtype == dtype
+    close(g_loss, np.asarray(loss), dtype, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    close(g_d, d, dtype, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert int(g_correct) == int(correct)

@@ -170,6 +170,76 @@ OBJECTIVE_THREADS = 512
 #: Above this many kernel entries (m = 2048) one block is slower than CuPy's reductions.
 OBJECTIVE_ONE_BLOCK_MAX = 1 << 22
 
+# -- softmax cross-entropy of the output layer, one block (threefactor.layers.softmax_cross_entropy) --
+_XENT_SOURCE = r"""
+// One block; thread t takes rows t, t + blockDim.x, ...  For each row: shifted = logits - max,
+// e = exp(shifted), s = sum e, loss_i = log s - shifted[y], p = e / s, hit_i = (first argmax of p == y),
+// dlogits = (p - onehot(y)) * inv_m.  Then loss = sum loss_i / m and correct = sum hit_i (tree sums).
+template<typename T>
+__global__ void softmax_xent(const T* __restrict__ logits, const long long* __restrict__ labels,
+                             T* __restrict__ dlogits, T* __restrict__ loss, long long* __restrict__ correct,
+                             const int m, const int k, const T inv_m) {
+    extern __shared__ __align__(8) unsigned char shared_raw[];
+    long long* hits = reinterpret_cast<long long*>(shared_raw);
+    T* part = reinterpret_cast<T*>(hits + blockDim.x);
+    T l = 0;
+    long long c = 0;
+    for (int r = threadIdx.x; r < m; r += blockDim.x) {
+        const T* row = logits + (long long)r * k;
+        T* d = dlogits + (long long)r * k;
+        T mx = row[0];
+        for (int j = 1; j < k; ++j) mx = row[j] > mx ? row[j] : mx;
+        T s = 0;
+        for (int j = 0; j < k; ++j) { const T e = exp(row[j] - mx); d[j] = e; s += e; }
+        const int y = (int)labels[r];
+        l += log(s) - (row[y] - mx);
+        int best = 0;
+        T top = -1;
+        for (int j = 0; j < k; ++j) {
+            const T pj = d[j] / s;
+            if (pj > top) { top = pj; best = j; }
+            d[j] = pj;
+        }
+        c += best == y;
+        d[y] -= (T)1;
+        for (int j = 0; j < k; ++j) d[j] *= inv_m;
+    }
+    part[threadIdx.x] = l;
+    hits[threadIdx.x] = c;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) {
+            part[threadIdx.x] += part[threadIdx.x + half];
+            hits[threadIdx.x] += hits[threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        loss[0] = part[0] / (T)m;
+        correct[0] = hits[0];
+    }
+}
+"""
+_XENT = LazyKernel(RawModuleSource(_XENT_SOURCE, ("softmax_xent<float>", "softmax_xent<double>")))
+XENT_THREADS = 256
+
+
+def softmax_cross_entropy(logits, labels):
+    """(loss 0-d, dlogits (m, k), correct 0-d int64) of :func:`threefactor.layers.softmax_cross_entropy`,
+    one kernel (it was a dozen), no host sync; logits (m, k) float32/float64, labels (m,) integers."""
+    logits = cupy.ascontiguousarray(logits)
+    labels = cupy.ascontiguousarray(labels, dtype=cupy.int64)
+    m, k = logits.shape
+    dlogits = cupy.empty_like(logits)
+    loss = cupy.empty((), dtype=logits.dtype)
+    correct = cupy.empty((), dtype=cupy.int64)
+    _function(_XENT, "softmax_xent", logits.dtype)(
+        (1,), (XENT_THREADS,),
+        (logits, labels, dlogits, loss, correct, np.int32(m), np.int32(k), logits.dtype.type(1.0 / m)),
+        shared_mem=XENT_THREADS * (8 + logits.dtype.itemsize))
+    return loss, dlogits, correct
+
+
 # -- SGD with momentum in one pass (threefactor.optim.SGD's arithmetic) --------------
 _SGD = LazyKernel(ElementwiseSource(
     "T g, T sign, T wd, T mu, T lr", "T w, T buf",

@@ -38,7 +38,7 @@ def poison(a):
     elif a.dtype.kind == "b":
         a.fill(True)
     elif a.size:
-        a.view(np.uint8).fill(0xA5)
+        a.reshape(-1).view(np.uint8).fill(0xA5)   # reshape: a 0-d array cannot change its itemsize
     return a
 
 
