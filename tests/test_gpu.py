@@ -289,3 +289,14 @@ def test_softmax_cross_entropy_in_one_kernel(dtype, m, k):
     close(g_loss, np.asarray(loss), dtype, rtol=1e-5 if dtype == np.float32 else 1e-12)
     close(g_d, d, dtype, rtol=1e-5 if dtype == np.float32 else 1e-12)
     assert int(g_correct) == int(correct)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("one_block", [True, False])
+def test_gaussian_weights_means_from_one_kernel_or_cupys_reductions(dtype, one_block, monkeypatch):
+    if not one_block:
+        monkeypatch.setattr(cupy_backend, "OBJECTIVE_ONE_BLOCK_MAX", 16)
+    rng = np.random.default_rng(9)
+    K = NP.gaussian_kernel(rng.standard_normal((45, 5)).astype(dtype), 1.5)
+    Ky = NP.label_kernel(rng.integers(0, 3, 45), 3, "cosine", dtype)
+    close(CP.gaussian_weights(CP.asarray(K), CP.asarray(Ky), 2.0), NP.gaussian_weights(K, Ky, 2.0), dtype)

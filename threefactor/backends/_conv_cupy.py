@@ -203,7 +203,7 @@ _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 def _tiled(name, dtype):
     """The ``name<T>`` instantiation of a tile kernel, or None for a dtype it has none for (complex)."""
     ctype = _CTYPE.get(np.dtype(dtype))
-    return None if ctype is None else _TILES.get().get_function(f"{name}<{ctype}>")
+    return None if ctype is None else _TILES.function(f"{name}<{ctype}>")
 
 
 def _tiles(n):

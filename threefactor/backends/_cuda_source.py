@@ -77,12 +77,21 @@ class LazyKernel:
     def __init__(self, source):
         self.source = source
         self._obj = None
+        self._functions = {}
 
     def get(self):
         """The built CuPy object (built and cached on the first call)."""
         if self._obj is None:
             self._obj = self.source.build()
         return self._obj
+
+    def function(self, name_expression):
+        """``RawModule.get_function(name_expression)`` of a :class:`RawModuleSource`, looked up once
+        (a lookup costs about as much host time as a launch)."""
+        fn = self._functions.get(name_expression)
+        if fn is None:
+            fn = self._functions[name_expression] = self.get().get_function(name_expression)
+        return fn
 
     def __call__(self, *args, **kwargs):
         return self.get()(*args, **kwargs)

@@ -48,7 +48,7 @@ def _function(module, name, dtype):
     dtype = np.dtype(dtype)
     if dtype not in _CTYPE:
         raise TypeError(f"the cupy backend computes in float32 or float64, got dtype {dtype}")
-    return module.get().get_function(f"{name}<{_CTYPE[dtype]}>")
+    return module.function(f"{name}<{_CTYPE[dtype]}>")
 
 
 # -- forward: z = f(a) and f'(a) in one pass (Eq. 1) ------------------------
@@ -131,13 +131,14 @@ _ROWS = LazyKernel(RawModuleSource(
     _ROW_SOURCE,
     tuple(f"{k}<{t}>" for k in ("group_stats", "row_centre") for t in ("float", "double"))))
 
-# -- the layer objective's value (Eq. 9), one block: the three sums of objective.layer_objective --
+# -- the means of the kernel matrices and the layer objective's value (Eq. 9), one block --------
 _OBJECTIVE_SOURCE = r"""
-// out[0] = mean(K * (K - gamma Ky)) - mean(K) (mean(K) - gamma mean(Ky)) over the n entries;
+// Over the n entries of K and Ky: out[0] = mean(K), out[1] = mean(Ky) and
+// out[2] = L = mean(K * (K - gamma Ky)) - mean(K) (mean(K) - gamma mean(Ky)) (objective.layer_objective);
 // one block of blockDim.x threads (a power of two), three tree reductions in shared memory.
 template<typename T>
-__global__ void layer_objective(const T* __restrict__ K, const T* __restrict__ Ky, const long long n,
-                                const T gamma, T* __restrict__ out) {
+__global__ void kernel_stats(const T* __restrict__ K, const T* __restrict__ Ky, const long long n,
+                             const T gamma, T* __restrict__ out) {
     extern __shared__ __align__(8) unsigned char shared_raw[];
     T* sk = reinterpret_cast<T*>(shared_raw);
     T* sy = sk + blockDim.x;
@@ -160,15 +161,18 @@ __global__ void layer_objective(const T* __restrict__ K, const T* __restrict__ K
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        const T kbar = sk[0] / (T)n;
-        out[0] = sd[0] / (T)n - kbar * (kbar - gamma * (sy[0] / (T)n));
+        const T kbar = sk[0] / (T)n, ybar = sy[0] / (T)n;
+        out[0] = kbar;
+        out[1] = ybar;
+        out[2] = sd[0] / (T)n - kbar * (kbar - gamma * ybar);
     }
 }
 """
-_OBJECTIVE = LazyKernel(RawModuleSource(_OBJECTIVE_SOURCE, ("layer_objective<float>", "layer_objective<double>")))
+_OBJECTIVE = LazyKernel(RawModuleSource(_OBJECTIVE_SOURCE, ("kernel_stats<float>", "kernel_stats<double>")))
 OBJECTIVE_THREADS = 512
-#: Above this many kernel entries (m = 2048) one block is slower than CuPy's reductions.
-OBJECTIVE_ONE_BLOCK_MAX = 1 << 22
+#: Above this many kernel entries (m = 512) one block takes longer than CuPy's multi-block
+#: reductions take to launch (the one-block pass is for launch-bound steps).
+OBJECTIVE_ONE_BLOCK_MAX = 1 << 18
 
 # -- softmax cross-entropy of the output layer, one block (threefactor.layers.softmax_cross_entropy) --
 _XENT_SOURCE = r"""
@@ -415,9 +419,25 @@ class CupyBackend:
         return _GAUSSIAN(G, m, -0.5 / sigma ** 2, K)
 
     def gaussian_weights(self, K, Ky, gamma):
-        """A = (2 k̊z - γ k̊y) ⊙ K / m² (Eq. 12b times σ²); the means stay on the device."""
+        """A = (2 k̊z - γ k̊y) ⊙ K / m² (Eq. 12b times σ²); the means stay on the device
+        (both from one kernel up to :data:`OBJECTIVE_ONE_BLOCK_MAX` entries)."""
         m2 = K.shape[0] * K.shape[1]
-        return _GAUSSIAN_WEIGHTS(K, Ky, K.mean(), Ky.mean(), gamma, 1.0 / m2)
+        stats = self._kernel_stats(K, Ky, gamma)
+        mean_K, mean_Ky = (K.mean(), Ky.mean()) if stats is None else (stats[0], stats[1])
+        return _GAUSSIAN_WEIGHTS(K, Ky, mean_K, mean_Ky, gamma, 1.0 / m2)
+
+    def _kernel_stats(self, K, Ky, gamma):
+        """[mean K, mean Ky, L] as a device array from one one-block kernel, or None where that
+        kernel does not apply (large m: CuPy's reductions; other dtypes)."""
+        n = K.size
+        if n > OBJECTIVE_ONE_BLOCK_MAX or K.dtype not in _CTYPE or Ky.dtype != K.dtype or K.shape != Ky.shape:
+            return None
+        K, Ky = cupy.ascontiguousarray(K), cupy.ascontiguousarray(Ky)
+        out = cupy.empty(3, dtype=K.dtype)
+        _function(_OBJECTIVE, "kernel_stats", K.dtype)(
+            (1,), (OBJECTIVE_THREADS,), (K, Ky, np.int64(n), K.dtype.type(gamma), out),
+            shared_mem=3 * OBJECTIVE_THREADS * K.dtype.itemsize)
+        return out
 
     def laplacian(self, A, v):
         """L_A v = diag(A·1) v - A v: a row sum, one GEMM (m, m) × (m, d), one kernel."""
@@ -449,15 +469,8 @@ class CupyBackend:
 
     def layer_objective(self, K, Ky, gamma):
         """L (Eq. 9) as a 0-d device array: one kernel instead of a dozen reductions and ufuncs."""
-        n = K.size
-        if n > OBJECTIVE_ONE_BLOCK_MAX or K.dtype not in _CTYPE or Ky.dtype != K.dtype:
-            return objective.layer_objective(K, Ky, gamma)
-        K, Ky = cupy.ascontiguousarray(K), cupy.ascontiguousarray(Ky)
-        out = cupy.empty((), dtype=K.dtype)
-        _function(_OBJECTIVE, "layer_objective", K.dtype)(
-            (1,), (OBJECTIVE_THREADS,), (K, Ky, np.int64(n), K.dtype.type(gamma), out),
-            shared_mem=3 * OBJECTIVE_THREADS * K.dtype.itemsize)
-        return out
+        stats = self._kernel_stats(K, Ky, gamma)
+        return objective.layer_objective(K, Ky, gamma) if stats is None else stats[2]
 
     def label_kernel(self, labels, n_classes, kind, dtype):
         """Centred label kernel (Eq. 35 / 36) from integer labels (m,), without a host sync."""
