@@ -242,3 +242,58 @@ def test_help_lists_the_conv_presets(capsys):
     text = capsys.readouterr().out
     for word in ["--arch", "--width", "--augment", "--no-augment", "Table 6", "App. D.3", *TABLE6]:
         assert word in text, word
+
+
+# -- on the GPU ------------------------------------------------------------------------
+
+
+def _cupy_or_skip():
+    from threefactor.backends import BackendUnavailable
+    try:
+        get_backend("cupy")
+    except (BackendUnavailable, ImportError) as exc:
+        pytest.skip(f"cupy backend unavailable: {exc}")
+
+
+@pytest.mark.gpu
+def test_cupy_conv_training_is_deterministic_and_matches_numpy(tmp_path):
+    """A conv net trained on the GPU (augmentation and alpha dropout on the device): seeded runs repeat
+    bit for bit, and without dropout (whose masks are hashed on the device) it learns what numpy learns."""
+    _cupy_or_skip()
+    cfg = resolve_config(arch="conv4-pool-fc8", dataset="cifar10", rule="gaussian", grouping="grp+div", groups=2,
+                         epochs=2, batch_size=8, backend="cupy", dtype="float64", lr_out=0.01, dropout=0.1)
+    assert cfg["augment"] is True
+    data = _data((3, 32, 32), n=16, n_test=8)
+    a = train(cfg, tmp_path / "a", progress=False, log=_quiet, data=data).load_checkpoint()[0]
+    b = train(cfg, tmp_path / "b", progress=False, log=_quiet, data=data).load_checkpoint()[0]
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    cfg = dict(cfg, dropout=0.0)
+    c = train(cfg, tmp_path / "c", progress=False, log=_quiet, data=data)
+    d = train(dict(cfg, backend="numpy"), tmp_path / "d", progress=False, log=_quiet, data=data)
+    for k, v in c.load_checkpoint()[0].items():
+        np.testing.assert_allclose(v, d.load_checkpoint()[0][k], rtol=1e-6, atol=1e-9, err_msg=k)
+    rc, rd = c.read_metrics()[-1], d.read_metrics()[-1]
+    assert rc["train_loss"] == pytest.approx(rd["train_loss"], rel=1e-6)
+    assert rc["local_objective"] == pytest.approx(rd["local_objective"], rel=1e-6)
+
+
+@pytest.mark.gpu
+def test_cli_trains_the_vgg_net_on_the_gpu(tmp_path):
+    """`threefactor train --arch vgg --backend cupy` end to end on CIFAR-10 files (the real net's
+    widths, a handful of images).  Real GPU only: the emulator would take minutes over these sizes."""
+    import cupy_emulator
+
+    _cupy_or_skip()
+    if cupy_emulator.active():
+        pytest.skip("the VGG net's sizes are too slow for the CuPy emulator")
+    from test_data import make_cifar_dir
+    make_cifar_dir(tmp_path / "data" / "cifar10", n_per_batch=8)
+    out = tmp_path / "vgg"
+    assert cli.main(["train", "--arch", "vgg", "--dataset", "cifar10", "--data-root", str(tmp_path / "data"),
+                     "--backend", "cupy", "--epochs", "1", "--batch-size", "10", "--out", str(out),
+                     "--no-progress"]) == 0
+    rec = RunDir(out).read_metrics()[-1]
+    assert set(METRIC_KEYS) <= set(rec) and np.isfinite(rec["train_loss"]) and len(rec["local_objective"]) == 5
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["arch"], cfg["backend"], cfg["groups"]) == ("vgg", "cupy", 64)
