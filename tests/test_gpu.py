@@ -300,3 +300,18 @@ def test_gaussian_weights_means_from_one_kernel_or_cupys_reductions(dtype, one_b
     K = NP.gaussian_kernel(rng.standard_normal((45, 5)).astype(dtype), 1.5)
     Ky = NP.label_kernel(rng.integers(0, 3, 45), 3, "cosine", dtype)
     close(CP.gaussian_weights(CP.asarray(K), CP.asarray(Ky), 2.0), NP.gaussian_weights(K, Ky, 2.0), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("use_syrk", [True, False])
+def test_gaussian_kernel_from_one_triangle_of_the_gram_matrix(dtype, use_syrk, monkeypatch):
+    """SYRK writes one triangle of v vᵀ (the other is left unwritten: poison on the emulator); the
+    kernel reads only that one, so K is exactly symmetric either way."""
+    monkeypatch.setattr(CP, "use_syrk", use_syrk and cupy_backend.cupy_cublas is not None)
+    v = np.random.default_rng(4).standard_normal((41, 9)).astype(dtype)
+    G = cupy.asnumpy(CP.gram_lower(CP.asarray(v)))
+    low = np.tril_indices(41)
+    close(G[low], (v @ v.T)[low], dtype)
+    K = cupy.asnumpy(CP.gaussian_kernel(CP.asarray(v), 2.5))
+    assert np.array_equal(K, K.T) and np.all(np.diag(K) == 1)
+    close(K, NP.gaussian_kernel(v, 2.5), dtype)

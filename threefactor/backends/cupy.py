@@ -33,6 +33,10 @@ try:  # the module must import without CuPy; CupyBackend() reports why it cannot
     import cupy
 except ImportError:  # pragma: no cover - exercised only where cupy is missing
     cupy = None
+try:
+    from cupy import cublas as cupy_cublas
+except ImportError:  # pragma: no cover - no CuPy, or one without cupy.cublas: GEMMs instead of SYRK
+    cupy_cublas = None
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
@@ -270,7 +274,8 @@ _GAUSSIAN = LazyKernel(ElementwiseSource(
     "raw T G, int64 m, T neg_half_inv_s2", "T K",
     """
     const long long r = i / m, c = i % m;
-    T d = G[r * m + r] + G[c * m + c] - 2 * G[i];
+    const long long hi = r > c ? r : c, lo = r > c ? c : r;   // read only G's lower triangle
+    T d = G[r * m + r] + G[c * m + c] - 2 * G[hi * m + lo];
     K = r == c ? (T)1 : exp((d > 0 ? d : (T)0) * neg_half_inv_s2);
     """,
     "threefactor_gaussian_kernel"))
@@ -320,6 +325,8 @@ class CupyBackend:
     """The primitives of :class:`~threefactor.backends.numpy.NumpyBackend` on the GPU."""
 
     name = "cupy"
+    #: Gram matrices by SYRK (one triangle) rather than GEMM (False: always GEMM).
+    use_syrk = cupy_cublas is not None
     default_dtype = np.float32
 
     def __init__(self):
@@ -412,11 +419,24 @@ class CupyBackend:
         return _DIVISIVE(zhat.reshape(m, c, n // c), u[:, :, None], p).reshape(m, n)
 
     def gaussian_kernel(self, v, sigma):
-        """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26): one GEMM G = v vᵀ, one kernel."""
+        """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26): the Gram matrix G = v vᵀ, one kernel.
+
+        G is symmetric, so only one triangle is computed (cuBLAS SYRK: half the GEMM's
+        flops, and K comes out exactly symmetric); the kernel reads that triangle.
+        """
         m = v.shape[0]
-        G = self.matmul(v, v.T)
         K = cupy.empty((m, m), dtype=v.dtype)
-        return _GAUSSIAN(G, m, -0.5 / sigma ** 2, K)
+        return _GAUSSIAN(self.gram_lower(v), m, -0.5 / sigma ** 2, K)
+
+    def gram_lower(self, v):
+        """(m, m) C-ordered array whose lower triangle (diagonal included) is v vᵀ; the strict upper
+        triangle is unspecified.  SYRK where CuPy has it for the dtype, else a GEMM."""
+        if self.use_syrk and v.dtype in _CTYPE and v.shape[0] > 0:
+            m = v.shape[0]
+            G = cupy.empty((m, m), dtype=v.dtype, order="F")
+            cupy_cublas.syrk("N", cupy.ascontiguousarray(v), out=G, lower=False)
+            return G.T             # the upper triangle of the F-ordered G is the lower one of Gᵀ (C order)
+        return self.matmul(v, v.T)
 
     def gaussian_weights(self, K, Ky, gamma):
         """A = (2 k̊z - γ k̊y) ⊙ K / m² (Eq. 12b times σ²); the means stay on the device

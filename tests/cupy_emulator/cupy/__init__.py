@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-from . import cuda, linalg  # noqa: F401
+from . import cublas, cuda, linalg  # noqa: F401
 from ._emu import device as _device
 from ._emu import functions as _functions
 from ._emu.array import ndarray  # noqa: F401
