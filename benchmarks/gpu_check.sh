@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU check, for a machine with an NVIDIA GPU, CuPy and PyTorch (at most 9.5 minutes: the step timeouts add up to 560 s, under the device tool's 10-minute limit):
-#   1. environment (nvidia-smi, versions)                           -> env.txt
+# One prepared GPU check, for a machine with an NVIDIA GPU, CuPy and PyTorch (the step timeouts add up to
+# 500 s, under the device tool's 10-minute limit; on an H200 the whole check took about 4 minutes):
+#   1. environment (nvidia-smi, versions)                           -> head of test_gpu.log
 #   2. every @pytest.mark.gpu test (CuPy backend vs numpy, ...)     -> test_gpu.log
 #   3. layer-update benchmark on cupy: ours vs cuBLAS floor vs torch autograd on the GPU
 #                                                                   -> bench_update_gpu.{log,json}
@@ -9,8 +10,11 @@
 #   5. online two-point rule: per-step fused update vs a copy of W on the GPU
 #                                                                   -> bench_online_gpu.json
 #   6. vgg conv net training step / CIFAR-10 epoch time on cupy vs torch autograd on the GPU
+#      (torch in plain float32 and with its default TF32 convolutions)
 #                                                                   -> bench_conv_gpu.json (log: bench_step_gpu.log)
-# (The GPU tests of step 2 include the conv, online and training ones.)
+#   7. where the MLP and VGG steps' time goes: host vs GPU time, kernels per step, top kernels
+#                                                                   -> profile.json (log: bench_step_gpu.log)
+# (The GPU tests of step 2 include the conv, online and training ones, and `threefactor train --arch vgg`.)
 # Writes at most these 8 files to $OUT (default benchmarks/results/gpu-<date>).  Needs no install:
 # the repository root goes on PYTHONPATH.  Usage:  bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -38,27 +42,31 @@ print("torch.cuda", torch.cuda.is_available(), torch.version.cuda,
 from threefactor.machine import machine_info
 print(machine_info())
 PYEOF
-} >"$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+} >"$OUT/test_gpu.log" 2>&1
+cat "$OUT/test_gpu.log"
 
 echo "== GPU tests"
-timeout 200 "$PY" -m pytest -q -m gpu -rs tests/ 2>&1 | tee "$OUT/test_gpu.log" || status=1
+timeout 150 "$PY" -m pytest -q -m gpu -rs tests/ 2>&1 | tee -a "$OUT/test_gpu.log" || status=1
 
 echo "== layer update (cupy, float32)"
-timeout 170 "$PY" -m threefactor bench --backend cupy --budget 0.4 --profile \
+timeout 130 "$PY" -m threefactor bench --backend cupy --budget 0.4 --profile \
   --json "$OUT/bench_update_gpu.json" 2>&1 | tee "$OUT/bench_update_gpu.log" || status=1
 
 echo "== MLP training step (cupy, float32)"
-timeout 60 "$PY" benchmarks/bench_step.py --backend cupy --budget 1 \
+timeout 40 "$PY" benchmarks/bench_step.py --backend cupy --budget 1 \
   --json "$OUT/bench_step_gpu.json" 2>&1 | tee "$OUT/bench_step_gpu.log" || status=1
 
 echo "== online per-step update (cupy, float32)"
-timeout 45 "$PY" benchmarks/bench_online.py --backend cupy --budget 0.3 \
+timeout 35 "$PY" benchmarks/bench_online.py --backend cupy --budget 0.3 \
   --json "$OUT/bench_online_gpu.json" 2>&1 | tee -a "$OUT/bench_step_gpu.log" || status=1
 
 echo "== conv net (vgg) training step and epoch time (cupy, float32)"
-timeout 85 "$PY" benchmarks/bench_conv_epoch.py --arch vgg --backend cupy --device cuda --steps 10 \
+timeout 65 "$PY" benchmarks/bench_conv_epoch.py --arch vgg --backend cupy --device cuda --steps 10 \
   --json "$OUT/bench_conv_gpu.json" 2>&1 | tee -a "$OUT/bench_step_gpu.log" || status=1
+
+echo "== profile: MLP and VGG steps, ours and torch (cupy, float32)"
+timeout 80 "$PY" benchmarks/profile_gpu.py --which mlp vgg --steps 20 --json "$OUT/profile.json" \
+  2>&1 | grep -v USDT | tee -a "$OUT/bench_step_gpu.log" | grep "^==" || status=1
 
 for f in bench_update_gpu bench_step_gpu; do   # Markdown tables for RESULTS.md, appended to the logs
   [ -s "$OUT/$f.json" ] && "$PY" -m threefactor bench --summary "$OUT/$f.json" >>"$OUT/$f.log" 2>&1
