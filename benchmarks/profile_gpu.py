@@ -11,6 +11,8 @@ ours on CuPy and PyTorch autograd on the same GPU), after a warm-up:
 ``kernels``   the top kernels by total GPU time;
 ``python``    (ours) the top Python functions by own time, from cProfile.
 
+First, an A/B of the switchable kernel choices (:func:`ab_choices`), timed side by side.
+
 If wall ≫ gpu the step is launch-bound (host overhead): fewer, larger kernels or graph replay
 help; if wall ≈ gpu, the kernels listed are where the time goes.  Needs CuPy, PyTorch with
 CUDA and a GPU.  Usage::
@@ -95,6 +97,52 @@ def python_profile(fn, steps, top=15):
     return out.getvalue()
 
 
+def _event_ms(fn, repeats=20):
+    """Median GPU time of ``fn`` in ms (CUDA events around each call, after 3 warm-up calls)."""
+    import cupy
+
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop))
+    return float(np.median(times))
+
+
+def ab_choices(small=False):
+    """Switchable kernel choices timed side by side (A/B in one run): im2col with one kernel offset
+    per block or all of them; the Gram matrix of the Gaussian kernel by SYRK or by GEMM."""
+    import cupy
+
+    from threefactor.backends import _conv_cupy
+    from threefactor.backends.cupy import CupyBackend
+    from threefactor.conv import im2col
+
+    rng = np.random.default_rng(0)
+    rows = []
+    shapes = [(4, 8, 8, 8)] if small else [(128, 128, 32, 32), (128, 256, 16, 16), (128, 512, 8, 8)]
+    for m, c, h, w in shapes:
+        x = cupy.asarray(rng.standard_normal((m, c, h, w)).astype(np.float32))
+        for flag in (False, True):
+            _conv_cupy.IM2COL_ALL_OFFSETS = flag
+            rows.append({"what": f"im2col {m}x{c}x{h}x{w} 3x3", "choice": f"all_offsets={flag}",
+                         "ms": _event_ms(lambda: im2col(x, 3, 3, 1, cupy))})
+    _conv_cupy.IM2COL_ALL_OFFSETS = False
+    be = CupyBackend()
+    for m, d in ([(16, 32)] if small else [(256, 1024), (1024, 4096), (128, 131072)]):
+        v = cupy.asarray(rng.standard_normal((m, d)).astype(np.float32))
+        for flag in (True, False):
+            be.use_syrk = flag
+            rows.append({"what": f"gaussian_kernel m={m} d={d}", "choice": f"syrk={flag}",
+                         "ms": _event_ms(lambda: be.gaussian_kernel(v, 5.0))})
+    return rows
+
+
 def workloads(which, device="cuda", small=False):
     """name -> (ours closure, {torch variant: closure}); ``small``: tiny shapes for a dry run."""
     import torch
@@ -150,6 +198,9 @@ def main(argv=None):
     ap.add_argument("--small", action="store_true", help="tiny shapes: a dry run (e.g. on the CuPy emulator)")
     args = ap.parse_args(argv)
     report = {"machine": machine_info(), "command": " ".join(sys.argv), "workloads": {}}
+    report["ab"] = ab_choices(args.small)
+    for row in report["ab"]:
+        print(f"== A/B {row['what']:32} {row['choice']:18} {row['ms']:8.3f} ms", flush=True)
     for name, (ours, others) in workloads(args.which, args.torch_device, args.small).items():
         rec = {}
         for label, fn in [("ours", ours), *others.items()]:

@@ -257,8 +257,11 @@ def _cupy():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_cupy_kernels_match_numpy(dtype):
+@pytest.mark.parametrize("all_offsets", [False, True])
+def test_cupy_kernels_match_numpy(dtype, all_offsets, monkeypatch):
     cp = _cupy()
+    from threefactor.backends import _conv_cupy
+    monkeypatch.setattr(_conv_cupy, "IM2COL_ALL_OFFSETS", all_offsets)
     rng = np.random.default_rng(5)
     # the last shape spans several 32x32 tiles of the tiled kernels, with partial tiles in both axes
     for (m, c, h, wd, kh, kw, pad) in ((3, 2, 5, 6, 3, 3, 1), (2, 5, 8, 8, 3, 3, 0), (2, 3, 7, 5, 2, 1, 2),

@@ -144,32 +144,36 @@ _TILE_SOURCE = r"""
 
 // cols[n*P + p, off*C + c] = x[n, c, oh + dy - pad, ow + dx - pad] (0 outside the image),
 // p = oh*Wo + ow, off = dy*kw + dx: loads run along p (contiguous in x), stores along c
-// (contiguous in cols).
+// (contiguous in cols).  Each block does `per` consecutive offsets of its tile (per divides kh*kw).
 template<typename T>
 __global__ void im2col_tiled(const T* __restrict__ x, T* __restrict__ cols, const int C, const int H,
                              const int W, const int Wo, const int P, const int kh, const int kw,
-                             const int pad, const int c_tiles, const int p_tiles) {
+                             const int pad, const int c_tiles, const int p_tiles, const int per) {
     __shared__ T tile[32][33];
+    const int groups = kh * kw / per;
     long long b = blockIdx.x;
     const int ct = (int)(b % c_tiles); b /= c_tiles;
     const int pt = (int)(b % p_tiles); b /= p_tiles;
-    const int off = (int)(b % (kh * kw));
-    const long long n = b / (kh * kw);
-    const int dy = off / kw, dx = off % kw;
+    const int first = (int)(b % groups) * per;
+    const long long n = b / groups;
     const int c0 = ct * 32, p0 = pt * 32, tx = threadIdx.x;
     const int p = p0 + tx;
-    const int iy = p / Wo + dy - pad, ix = p % Wo + dx - pad;
-    const bool inside = p < P && iy >= 0 && iy < H && ix >= 0 && ix < W;
-    for (int k = threadIdx.y; k < 32; k += TILE_ROWS) {
-        const int c = c0 + k;
-        tile[k][tx] = (inside && c < C) ? x[((n * C + c) * H + iy) * (long long)W + ix] : (T)0;
-    }
-    __syncthreads();
+    const int oy = p / Wo - pad, ox = p % Wo - pad;
     const long long K = (long long)kh * kw * C;
     const int c = c0 + tx;
-    for (int k = threadIdx.y; k < 32; k += TILE_ROWS) {
-        const int q = p0 + k;
-        if (q < P && c < C) cols[(n * P + q) * K + (long long)off * C + c] = tile[tx][k];
+    for (int off = first; off < first + per; ++off) {
+        const int iy = oy + off / kw, ix = ox + off % kw;
+        const bool inside = p < P && iy >= 0 && iy < H && ix >= 0 && ix < W;
+        for (int k = threadIdx.y; k < 32; k += TILE_ROWS) {
+            const int ch = c0 + k;
+            tile[k][tx] = (inside && ch < C) ? x[((n * C + ch) * H + iy) * (long long)W + ix] : (T)0;
+        }
+        __syncthreads();
+        for (int k = threadIdx.y; k < 32; k += TILE_ROWS) {
+            const int q = p0 + k;
+            if (q < P && c < C) cols[(n * P + q) * K + (long long)off * C + c] = tile[tx][k];
+        }
+        __syncthreads();   // the tile is refilled by the next offset
     }
 }
 
@@ -197,6 +201,9 @@ __global__ void rows_to_nchw(const T* __restrict__ t, T* __restrict__ out, const
 _TILES = LazyKernel(RawModuleSource(
     _TILE_SOURCE, tuple(f"{k}<{t}>" for k in ("im2col_tiled", "rows_to_nchw") for t in ("float", "double"))))
 _TILE_BLOCK = (32, 8)
+#: True: one block copies its (position, channel) tile for every kernel offset (kh·kw times the
+#: work per block, kh·kw times fewer blocks); False: one offset per block.
+IM2COL_ALL_OFFSETS = False
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
@@ -221,10 +228,11 @@ def im2col(x, kh, kw, padding):
         _IM2COL(x, c, h, w, ho, wo, kh, kw, padding, cols)
         return cols
     c_tiles, p_tiles = _tiles(c), _tiles(ho * wo)
+    per = kh * kw if IM2COL_ALL_OFFSETS else 1
     i32 = np.int32
-    fn((c_tiles * p_tiles * kh * kw * m,), _TILE_BLOCK,
+    fn((c_tiles * p_tiles * (kh * kw // per) * m,), _TILE_BLOCK,
        (x, cols, i32(c), i32(h), i32(w), i32(wo), i32(ho * wo), i32(kh), i32(kw), i32(padding),
-        i32(c_tiles), i32(p_tiles)))
+        i32(c_tiles), i32(p_tiles), i32(per)))
     return cols
 
 
