@@ -125,6 +125,7 @@ def ab_choices(small=False):
 
     rng = np.random.default_rng(0)
     rows = []
+    default_offsets, default_syrk = _conv_cupy.IM2COL_ALL_OFFSETS, CupyBackend.use_syrk
     shapes = [(4, 8, 8, 8)] if small else [(128, 128, 32, 32), (128, 256, 16, 16), (128, 512, 8, 8)]
     for m, c, h, w in shapes:
         x = cupy.asarray(rng.standard_normal((m, c, h, w)).astype(np.float32))
@@ -132,7 +133,7 @@ def ab_choices(small=False):
             _conv_cupy.IM2COL_ALL_OFFSETS = flag
             rows.append({"what": f"im2col {m}x{c}x{h}x{w} 3x3", "choice": f"all_offsets={flag}",
                          "ms": _event_ms(lambda: im2col(x, 3, 3, 1, cupy))})
-    _conv_cupy.IM2COL_ALL_OFFSETS = False
+    _conv_cupy.IM2COL_ALL_OFFSETS = default_offsets
     be = CupyBackend()
     for m, d in ([(16, 32)] if small else [(256, 1024), (1024, 4096), (128, 131072)]):
         v = cupy.asarray(rng.standard_normal((m, d)).astype(np.float32))
@@ -140,6 +141,7 @@ def ab_choices(small=False):
             be.use_syrk = flag
             rows.append({"what": f"gaussian_kernel m={m} d={d}", "choice": f"syrk={flag}",
                          "ms": _event_ms(lambda: be.gaussian_kernel(v, 5.0))})
+    be.use_syrk = default_syrk
     return rows
 
 

@@ -202,8 +202,9 @@ _TILES = LazyKernel(RawModuleSource(
     _TILE_SOURCE, tuple(f"{k}<{t}>" for k in ("im2col_tiled", "rows_to_nchw") for t in ("float", "double"))))
 _TILE_BLOCK = (32, 8)
 #: True: one block copies its (position, channel) tile for every kernel offset (kh·kw times the
-#: work per block, kh·kw times fewer blocks); False: one offset per block.
-IM2COL_ALL_OFFSETS = False
+#: work per block, kh·kw times fewer blocks); False: one offset per block.  On an H200 the
+#: first took 0.60-0.64x the time of the second on the VGG net's layers (profile_gpu.py's A/B).
+IM2COL_ALL_OFFSETS = True
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 

@@ -325,8 +325,10 @@ class CupyBackend:
     """The primitives of :class:`~threefactor.backends.numpy.NumpyBackend` on the GPU."""
 
     name = "cupy"
-    #: Gram matrices by SYRK (one triangle) rather than GEMM (False: always GEMM).
-    use_syrk = cupy_cublas is not None
+    #: Gram matrices by cuBLAS SYRK (one triangle, half the flops) instead of a GEMM.  Off: on an
+    #: H200 (CuPy 14.2, CUDA 13) SYRK took 1.4-1.6x the GEMM's time at m = 256-1024 and 74x at
+    #: m = 128, d = 131072 (benchmarks/profile_gpu.py's A/B, RESULTS.md "GPU").
+    use_syrk = False
     default_dtype = np.float32
 
     def __init__(self):
@@ -421,8 +423,8 @@ class CupyBackend:
     def gaussian_kernel(self, v, sigma):
         """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26): the Gram matrix G = v vᵀ, one kernel.
 
-        G is symmetric, so only one triangle is computed (cuBLAS SYRK: half the GEMM's
-        flops, and K comes out exactly symmetric); the kernel reads that triangle.
+        The kernel reads only G's lower triangle, so K is exactly symmetric, and G may come
+        from SYRK (one triangle) when :attr:`use_syrk` is set.
         """
         m = v.shape[0]
         K = cupy.empty((m, m), dtype=v.dtype)
@@ -431,7 +433,7 @@ class CupyBackend:
     def gram_lower(self, v):
         """(m, m) C-ordered array whose lower triangle (diagonal included) is v vᵀ; the strict upper
         triangle is unspecified.  SYRK where CuPy has it for the dtype, else a GEMM."""
-        if self.use_syrk and v.dtype in _CTYPE and v.shape[0] > 0:
+        if self.use_syrk and cupy_cublas is not None and v.dtype in _CTYPE and v.shape[0] > 0:
             m = v.shape[0]
             G = cupy.empty((m, m), dtype=v.dtype, order="F")
             cupy_cublas.syrk("N", cupy.ascontiguousarray(v), out=G, lower=False)
