@@ -333,6 +333,22 @@ def test_cupy_backend_trains_like_numpy(data_root, tmp_path, rule, grouping):
         np.testing.assert_allclose(c[k], d[k], rtol=1e-6, atol=1e-9, err_msg=k)
 
 
+def test_gpu_note(data_root, tmp_path, monkeypatch):
+    """A run on a CPU backend says so when CuPy sees a GPU; silent without one."""
+    from threefactor import machine
+    assert machine.gpu_note(info={}) is None
+    monkeypatch.setattr(machine, "gpu_info", lambda: {"name": "NVIDIA H200", "memory_gib": 139.8})
+    lines = []
+    train(_config(data_root, "gaussian", "grp+div", epochs=1, subset=64), tmp_path / "r", progress=False,
+          log=lines.append)
+    assert any("--backend cupy" in ln and "NVIDIA H200" in ln for ln in lines), lines
+    monkeypatch.setattr(machine, "gpu_info", lambda: None)
+    lines = []
+    train(_config(data_root, "gaussian", "grp+div", epochs=1, subset=64), tmp_path / "s", progress=False,
+          log=lines.append)
+    assert not any("GPU is usable" in ln for ln in lines), lines
+
+
 def test_busy_machine_note(data_root, tmp_path, monkeypatch):
     """A hint to use fewer BLAS threads when the load average says other processes are busy."""
     from threefactor import machine

@@ -166,6 +166,15 @@ def busy_machine_note(threads=None, load=None, cores=None):
             f"OPENBLAS_NUM_THREADS={max(1, threads - round(load - threads + 1))} may be faster")
 
 
+def gpu_note(info=None):
+    """A one-line hint that a GPU is usable through CuPy (for runs on a CPU backend), else None."""
+    info = gpu_info() if info is None else info
+    if not info:
+        return None
+    return (f"note: a GPU is usable here ({info['name']}, {info['memory_gib']} GiB): --backend cupy trains "
+            f"on it (benchmarks/RESULTS.md, \"GPU\": a VGG step 12 ms on an H200)")
+
+
 def gpu_info():
     """Name, memory and CUDA versions of GPU 0 through CuPy, or ``None`` without one."""
     try:

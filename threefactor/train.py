@@ -141,10 +141,10 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
         if cfg["preset_note"] and cfg["preset_note"] not in ("Table 3", "Table 6"):
             log(f"note: {cfg['preset_note']}")
     if backend.xp is np:
-        from .machine import busy_machine_note
-        note = busy_machine_note()
-        if note:
-            log(note)
+        from .machine import busy_machine_note, gpu_note
+        for note in (busy_machine_note(), gpu_note()):
+            if note:
+                log(note)
     run_epochs(cfg, rd, net, opts, rng, backend, (x_tr, y_tr, x_te, y_te), start,
                progress=progress, log=log)
     return rd
