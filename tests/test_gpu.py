@@ -315,3 +315,24 @@ def test_gaussian_kernel_from_one_triangle_of_the_gram_matrix(dtype, use_syrk, m
     K = cupy.asnumpy(CP.gaussian_kernel(CP.asarray(v), 2.5))
     assert np.array_equal(K, K.T) and np.all(np.diag(K) == 1)
     close(K, NP.gaussian_kernel(v, 2.5), dtype)
+
+
+@pytest.mark.parametrize("fn", ["local_update", "local_objective", "third_factor"])
+def test_public_api_reports_bad_input_on_the_gpu(fn):
+    """The device path checks finiteness after queuing its work (one read-back) and still names the cause."""
+    x, w, y = data(6, 5, 8, np.float32)
+    call = getattr(tf, fn)
+    for bad, name in ((x, "x"), (w, "w")):
+        b = bad.copy()
+        b[1, 2] = np.nan
+        args = (b, w) if name == "x" else (x, b)
+        with pytest.raises(ValueError, match=f"{name} contains NaN or Inf"):
+            call(cupy.asarray(args[0]), cupy.asarray(args[1]), cupy.asarray(y), backend="cupy", n_classes=10)
+    with pytest.raises(ValueError, match=">= 0"):
+        call(cupy.asarray(x), cupy.asarray(w), cupy.asarray(y - 20), backend="cupy", n_classes=10)
+    with pytest.raises(ValueError, match="out of range"):
+        call(cupy.asarray(x), cupy.asarray(w), cupy.asarray(y + 10), backend="cupy", n_classes=10)
+    ok = call(cupy.asarray(x), cupy.asarray(w), cupy.asarray(y), backend="cupy", n_classes=10)
+    ref = getattr(tf, fn)(x, w, y, backend="numpy", n_classes=10)
+    close(ok if fn != "local_objective" else np.asarray(ok, dtype=np.float32), np.asarray(ref, dtype=np.float32),
+          np.float32)

@@ -83,9 +83,11 @@ def _labels(be, y, m, n_classes):
             if not bool((y == xp.round(y)).all()):
                 raise ValueError("integer labels y must be whole numbers")
         labels = y.astype(np.int64)
-        if m and int(labels.min()) < 0:
+        # min and max in one read-back (on a GPU: one synchronisation, not two)
+        low, high = (int(v) for v in be.to_numpy(xp.stack([labels.min(), labels.max()]))) if m else (0, -1)
+        if low < 0:
             raise ValueError("labels y must be >= 0")
-        top = int(labels.max()) + 1 if m else 0
+        top = high + 1
         n = top if n_classes is None else int(n_classes)
         if n_classes is not None and top > n:
             raise ValueError(f"label {top - 1} is out of range for n_classes={n}")
@@ -154,18 +156,28 @@ def _conv(name, x, w, y, rule, padding, pool, backend, n_classes):
 
 def _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta, backend,
           n_classes, label_kernel):
+    """(rule, be, x, lp, to_user, check) of a public call: call ``check()`` once the result is queued.
+
+    a = x wᵀ must be finite (:func:`check_forward`).  On the host that is checked at once and
+    ``check`` does nothing; on a device the flag is queued here and ``check`` reads it back after
+    the caller has queued its work, so the call's one synchronisation waits for work on its way.
+    """
     rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
     be, x, w, labels, n, to_user = prepare(x, w, y, backend, n_classes, check_finite=False)
     rule.check_width(w.shape[0])
     with np.errstate(over="ignore", invalid="ignore"):   # bad inputs are reported just below
         lp = engine.layer_pass(rule, x, w, labels, n, be)
-    check_forward(be, lp.a, x, w)
-    return rule, be, x, lp, to_user
+    if be.xp is np:
+        check_forward(be, lp.a, x, w)
+        return rule, be, x, lp, to_user, lambda: None
+    finite = be.xp.isfinite(lp.a).all()
+    return rule, be, x, lp, to_user, lambda: check_forward(be, lp.a, x, w, finite)
 
 
-def check_forward(be, a, x, w):
-    """Raise if the pre-activation a = x wᵀ is not finite, naming x or w when they are the cause."""
-    if bool(be.xp.isfinite(a).all()):
+def check_forward(be, a, x, w, finite=None):
+    """Raise if the pre-activation a = x wᵀ is not finite, naming x or w when they are the cause
+    (``finite``: ``isfinite(a).all()`` already queued, as a 0-d array)."""
+    if bool(be.xp.isfinite(a).all() if finite is None else finite):
         return
     _check_finite(be, x, "x")
     _check_finite(be, w, "w")
@@ -202,9 +214,11 @@ def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activat
     if _conv_layer(x, w, pool):
         rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
         return _conv("local_objective", x, w, y, rule, padding, pool, backend, n_classes)
-    _, _, _, lp, _ = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta,
-                           backend, n_classes, label_kernel)
-    return lp.objective()
+    _, _, _, lp, _, check = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta,
+                                  backend, n_classes, label_kernel)
+    value = lp.objective()
+    check()
+    return value
 
 
 def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
@@ -221,9 +235,11 @@ def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
     if _conv_layer(x, w, pool):
         rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
         return _conv("local_update", x, w, y, rule, padding, pool, backend, n_classes)
-    _, be, x, lp, to_user = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
-                                  delta, backend, n_classes, label_kernel)
-    return to_user(be.hebbian(lp.post(), x))
+    _, be, x, lp, to_user, check = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
+                                         delta, backend, n_classes, label_kernel)
+    dw = be.hebbian(lp.post(), x)
+    check()
+    return to_user(dw)
 
 
 def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
@@ -242,13 +258,14 @@ def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
     if _conv_layer(x, w, pool):
         rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
         return _conv("third_factor", x, w, y, rule, padding, pool, backend, n_classes)
-    rule, be, x, lp, to_user = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
-                                     delta, backend, n_classes, label_kernel)
+    rule, be, x, lp, to_user, check = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
+                                            delta, backend, n_classes, label_kernel)
     if rule.grouped:
         g = rule.check_width(lp.z.shape[1])
         M = third_factor_grouped(lp.K, lp.Ky, lp.v, rule.gamma, rule.sigma, rule.p, g, be.xp)
     else:
         M = third_factor_plain(lp.K, lp.Ky, rule.gamma, rule.sigma)
+    check()
     return to_user(M)
 
 
