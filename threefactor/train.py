@@ -150,6 +150,27 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
     return rd
 
 
+def _epoch_sums(backend, losses, hits, objectives, sizes):
+    """(Σ loss_b·m_b, Σ hits_b, [Σ L_k,b·m_b per layer k]) of an epoch's steps, from the per-step
+    0-d arrays: one read-back per kind, summed on the host in float64."""
+    m = np.asarray(sizes, dtype=np.float64)
+
+    def host(values):
+        values = list(values)
+        if not values:
+            return np.zeros(0)
+        if backend.xp is np:
+            return np.asarray([np.asarray(v, dtype=np.float64) for v in values])
+        return backend.to_numpy(backend.xp.stack([backend.xp.asarray(v) for v in values])).astype(np.float64)
+
+    loss_sum = float(host(losses) @ m)
+    correct = int(host(hits).sum())
+    layers = len(objectives[0]) if objectives else 0
+    obj = host(o for step in objectives for o in step).reshape(len(objectives), layers) if layers else None
+    obj_sums = [float(obj[:, k] @ m) for k in range(layers)]
+    return loss_sum, correct, obj_sums
+
+
 def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True, log=print):
     """Epochs ``start+1 .. cfg["epochs"]``: train, test, checkpoint, log, plot."""
     from tqdm.auto import tqdm
@@ -167,29 +188,31 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
         for name, opt in opts.items():
             opt.lr = lr_out if name == "output" or net.learning == "backprop" else lr_local
         perm = rng.permutation(n)
-        loss_sum = correct = 0
-        obj_sums = [0.0] * len(net.hidden)
+        if not host_index:    # the epoch's order uploaded once: a pageable copy per step would wait for the GPU
+            perm = backend.asarray(perm)
+        # per-step statistics stay where they were computed (0-d arrays) and are summed once per epoch,
+        # so a GPU step queues no extra kernels for them
+        losses, hits, objectives, sizes = [], [], [], []
         bar = tqdm(total=n, unit="sample", unit_scale=True, leave=False, disable=not progress,
                    desc=f"epoch {epoch}/{cfg['epochs']}")
         backend.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
         for b, s in enumerate(range(0, n, bs)):
             idx = perm[s:s + bs]
-            if not host_index:
-                idx = backend.asarray(idx)
             xb = X[idx] if augment is None else augment(X[idx], rng)
             stats = net.train_step(xb, Y[idx], opts, rng)
             m = len(idx)
-            loss_sum = loss_sum + stats.loss * m
-            correct = correct + stats.correct
-            for k, obj in enumerate(stats.objectives):
-                obj_sums[k] = obj_sums[k] + obj * m
+            losses.append(stats.loss)
+            hits.append(stats.correct)
+            objectives.append(stats.objectives)
+            sizes.append(m)
             bar.update(m)
             if progress and b % 20 == 0:
                 bar.set_postfix(loss=f"{float(stats.loss):.4f}", refresh=False)
         backend.synchronize()
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         bar.close()
+        loss_sum, correct, obj_sums = _epoch_sums(backend, losses, hits, objectives, sizes)
         test_correct, _ = net.evaluate(Xt, Yt, cfg["eval_batch_size"])
         record = dict(epoch=epoch, train_loss=float(loss_sum) / n, train_accuracy=100.0 * int(correct) / n,
                       test_accuracy=100.0 * test_correct / len(y_te), seconds=seconds,
