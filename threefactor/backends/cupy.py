@@ -365,16 +365,13 @@ class CupyBackend:
     def keep_select(self, rng, shape, p, dtype, pairs):
         """:meth:`NumpyBackend.keep_select` on the device: one seed from ``rng``, one kernel
         writing every array (at most two pairs), the units of :meth:`keep_mask`."""
+        if len(pairs) not in (1, 2):
+            raise ValueError(f"keep_select writes one or two arrays per draw, got {len(pairs)} pairs")
         t = np.dtype(dtype).type
         seed, threshold = dropout.draw_seed(rng), np.uint64(dropout.drop_threshold(p))
         outs = tuple(cupy.empty(shape, dtype=dtype) for _ in pairs)
         values = [t(v) for pair in pairs for v in pair]
-        if len(pairs) == 1:
-            _KEEP_SELECT(seed, threshold, *values, *outs)
-        elif len(pairs) == 2:
-            _KEEP_SELECT2(seed, threshold, *values, *outs)
-        else:
-            raise ValueError(f"keep_select writes one or two arrays per draw, got {len(pairs)} pairs")
+        (_KEEP_SELECT if len(pairs) == 1 else _KEEP_SELECT2)(seed, threshold, *values, *outs)
         return outs
 
     def matmul(self, a, b):
