@@ -60,3 +60,26 @@ def test_cli_help_mentions_online(capsys):
         cli.main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--mode" in out and "--streams" in out and "Eq. 13" in out
+
+
+@pytest.mark.gpu
+def test_online_mode_on_the_gpu_matches_numpy(data_root, tmp_path):  # noqa: F811
+    """`--mode online --backend cupy`: the streams' circuit state on the device, the same weights as numpy
+    (no dropout: the GPU hashes its masks), and seeded runs repeat bit for bit with dropout."""
+    from threefactor.backends import BackendUnavailable, get_backend
+    try:
+        get_backend("cupy")
+    except (BackendUnavailable, ImportError) as exc:
+        pytest.skip(str(exc))
+    cfg = _online(data_root, epochs=1, subset=96, backend="cupy", dtype="float64", dropout=0.0)
+    gpu = train(cfg, tmp_path / "gpu", progress=False, log=_quiet)
+    cpu = train(dict(cfg, backend="numpy"), tmp_path / "cpu", progress=False, log=_quiet)
+    a, b = gpu.load_checkpoint()[0], cpu.load_checkpoint()[0]
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-9, err_msg=k)
+    cfg = dict(cfg, dropout=0.1)
+    c = train(cfg, tmp_path / "c", progress=False, log=_quiet).load_checkpoint()[0]
+    d = train(cfg, tmp_path / "d", progress=False, log=_quiet).load_checkpoint()[0]
+    for k in c:
+        assert np.array_equal(c[k], d[k]), k
