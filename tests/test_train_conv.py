@@ -256,12 +256,15 @@ def _cupy_or_skip():
 
 
 @pytest.mark.gpu
-def test_cupy_conv_training_is_deterministic_and_matches_numpy(tmp_path):
+@pytest.mark.parametrize("rule,grouping", [("gaussian", "grp+div"), ("backprop", "plain")])
+def test_cupy_conv_training_is_deterministic_and_matches_numpy(tmp_path, rule, grouping):
     """A conv net trained on the GPU (augmentation and alpha dropout on the device): seeded runs repeat
-    bit for bit, and without dropout (whose masks are hashed on the device) it learns what numpy learns."""
+    bit for bit, and without dropout (whose masks are hashed on the device) it learns what numpy learns
+    (the local rule, and the backprop baseline through col2im)."""
     _cupy_or_skip()
-    cfg = resolve_config(arch="conv4-pool-fc8", dataset="cifar10", rule="gaussian", grouping="grp+div", groups=2,
-                         epochs=2, batch_size=8, backend="cupy", dtype="float64", lr_out=0.01, dropout=0.1)
+    cfg = resolve_config(arch="conv4-pool-fc8", dataset="cifar10", rule=rule, grouping=grouping, epochs=2,
+                         batch_size=8, backend="cupy", dtype="float64", lr_out=0.01, dropout=0.1,
+                         **({"groups": 2} if grouping != "plain" else {}))
     assert cfg["augment"] is True
     data = _data((3, 32, 32), n=16, n_test=8)
     a = train(cfg, tmp_path / "a", progress=False, log=_quiet, data=data).load_checkpoint()[0]
@@ -275,7 +278,8 @@ def test_cupy_conv_training_is_deterministic_and_matches_numpy(tmp_path):
         np.testing.assert_allclose(v, d.load_checkpoint()[0][k], rtol=1e-6, atol=1e-9, err_msg=k)
     rc, rd = c.read_metrics()[-1], d.read_metrics()[-1]
     assert rc["train_loss"] == pytest.approx(rd["train_loss"], rel=1e-6)
-    assert rc["local_objective"] == pytest.approx(rd["local_objective"], rel=1e-6)
+    if rule != "backprop":
+        assert rc["local_objective"] == pytest.approx(rd["local_objective"], rel=1e-6)
 
 
 @pytest.mark.gpu
