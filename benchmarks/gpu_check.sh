@@ -17,6 +17,8 @@
 # (The GPU tests of step 2 include the conv, online and training ones, and `threefactor train --arch vgg`.)
 # Writes at most these 8 files to $OUT (default benchmarks/results/gpu-<date>).  Needs no install:
 # the repository root goes on PYTHONPATH.  Usage:  bash benchmarks/gpu_check.sh
+# GPU_CHECK_DRY=1: a rehearsal without a GPU (tests/test_gpu_check.py runs it on the CuPy emulator in CI):
+# tiny shapes, torch on the CPU, no pytest step (CI runs the GPU tests on the emulator itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu-$(date +%Y%m%d-%H%M%S)}"
@@ -24,6 +26,15 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 status=0
+if [ -n "${GPU_CHECK_DRY:-}" ]; then
+  UPDATE=(--m 16 --shapes 32x64 --budget 0.01); STEP=(--batch 8 --hidden 16 16 --groups 4 --budget 0.01)
+  ONLINE=(--shapes 16x32 --streams 1 --groups 4 --budget 0.01)
+  CONV=(--arch conv4-pool-fc8 --batch 2 --groups 2 --steps 1 --warmup 1 --device cpu)
+  PROFILE=(--small --torch-device cpu --steps 4)
+else
+  UPDATE=(--budget 0.4); STEP=(--budget 1); ONLINE=(--budget 0.3)
+  CONV=(--arch vgg --device cuda --steps 10); PROFILE=(--steps 20)
+fi
 
 {
   date -Is; nvidia-smi || true
@@ -46,26 +57,30 @@ PYEOF
 cat "$OUT/test_gpu.log"
 
 echo "== GPU tests"
-timeout 150 "$PY" -m pytest -q -m gpu -rs tests/ 2>&1 | tee -a "$OUT/test_gpu.log" || status=1
+if [ -n "${GPU_CHECK_DRY:-}" ]; then
+  echo "dry run: GPU tests skipped" | tee -a "$OUT/test_gpu.log"
+else
+  timeout 150 "$PY" -m pytest -q -m gpu -rs tests/ 2>&1 | tee -a "$OUT/test_gpu.log" || status=1
+fi
 
 echo "== layer update (cupy, float32)"
-timeout 130 "$PY" -m threefactor bench --backend cupy --budget 0.4 --profile \
+timeout 130 "$PY" -m threefactor bench --backend cupy "${UPDATE[@]}" --profile \
   --json "$OUT/bench_update_gpu.json" 2>&1 | tee "$OUT/bench_update_gpu.log" || status=1
 
 echo "== MLP training step (cupy, float32)"
-timeout 40 "$PY" benchmarks/bench_step.py --backend cupy --budget 1 \
+timeout 40 "$PY" benchmarks/bench_step.py --backend cupy "${STEP[@]}" \
   --json "$OUT/bench_step_gpu.json" 2>&1 | tee "$OUT/bench_step_gpu.log" || status=1
 
 echo "== online per-step update (cupy, float32)"
-timeout 35 "$PY" benchmarks/bench_online.py --backend cupy --budget 0.3 \
+timeout 35 "$PY" benchmarks/bench_online.py --backend cupy "${ONLINE[@]}" \
   --json "$OUT/bench_online_gpu.json" 2>&1 | tee -a "$OUT/bench_step_gpu.log" || status=1
 
 echo "== conv net (vgg) training step and epoch time (cupy, float32)"
-timeout 65 "$PY" benchmarks/bench_conv_epoch.py --arch vgg --backend cupy --device cuda --steps 10 \
+timeout 65 "$PY" benchmarks/bench_conv_epoch.py --backend cupy "${CONV[@]}" \
   --json "$OUT/bench_conv_gpu.json" 2>&1 | tee -a "$OUT/bench_step_gpu.log" || status=1
 
 echo "== profile: MLP and VGG steps, ours and torch (cupy, float32)"
-timeout 80 "$PY" benchmarks/profile_gpu.py --which mlp vgg --steps 20 --json "$OUT/profile.json" \
+timeout 80 "$PY" benchmarks/profile_gpu.py --which mlp vgg "${PROFILE[@]}" --json "$OUT/profile.json" \
   2>&1 | grep -v USDT | tee -a "$OUT/bench_step_gpu.log" | grep "^==" || status=1
 
 for f in bench_update_gpu bench_step_gpu; do   # Markdown tables for RESULTS.md, appended to the logs
