@@ -61,3 +61,25 @@ def test_custom_kernel_pullback_is_the_gradient():
             vc = v.astype(complex)
             vc[i, d] += 1j * h
             assert abs(np.sum(C * k.matrix(vc, np)).imag / h - g[i, d]) <= 1e-12 * max(1.0, abs(g[i, d]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.parametrize("name,argv", [
+    ("third_factor_anatomy", ["--epochs", "1", "--subset", "1024", "--batch", "40"]),
+    ("custom_kernel", ["--subset", "1024"]),
+])
+def test_examples_on_the_gpu(tmp_path, name, argv):
+    """The examples with --backend cupy (real GPU only: over the whole test set the emulator takes minutes;
+    on the emulator, with a small subset, both ran in this session)."""
+    import cupy_emulator
+
+    from threefactor.backends import BackendUnavailable, get_backend
+    try:
+        get_backend("cupy")
+    except (BackendUnavailable, ImportError) as exc:
+        pytest.skip(str(exc))
+    if cupy_emulator.active():
+        pytest.skip("too slow on the CuPy emulator")
+    extra = ["--out", str(tmp_path / "fig.png")] if name == "third_factor_anatomy" else []
+    assert _load(name).main(argv + ["--backend", "cupy"] + extra) is not None
