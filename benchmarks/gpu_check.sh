@@ -17,6 +17,9 @@
 # (The GPU tests of step 2 include the conv, online and training ones, and `threefactor train --arch vgg`.)
 # Writes at most these 8 files to $OUT (default benchmarks/results/gpu-<date>).  Needs no install:
 # the repository root goes on PYTHONPATH.  Usage:  bash benchmarks/gpu_check.sh
+# Tests on real Fashion-MNIST (the examples on cupy) need the data there: in the repository root here,
+#   echo /.data/ >>.git/info/exclude; mkdir -p .data/fmnist; cp /usr/share/datasets/fashion-mnist/* .data/fmnist/
+# then name .data in the device call's carry and prefix the command with THREEFACTOR_DATA=$PWD/.data.
 # GPU_CHECK_DRY=1: a rehearsal without a GPU (tests/test_gpu_check.py runs it on the CuPy emulator in CI):
 # tiny shapes, torch on the CPU, no pytest step (CI runs the GPU tests on the emulator itself).
 set -uo pipefail

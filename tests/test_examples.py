@@ -63,8 +63,14 @@ def test_custom_kernel_pullback_is_the_gradient():
             assert abs(np.sum(C * k.matrix(vc, np)).imag / h - g[i, d]) <= 1e-12 * max(1.0, abs(g[i, d]))
 
 
+def _fmnist_found():
+    from threefactor.data_download import find_dataset
+    return find_dataset("fmnist", None) is not None
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not _fmnist_found(), reason="Fashion-MNIST not found (a GPU machine: carry it and set "
+                                                 "THREEFACTOR_DATA, see benchmarks/gpu_check.sh)")
 @pytest.mark.parametrize("name,argv", [
     ("third_factor_anatomy", ["--epochs", "1", "--subset", "1024", "--batch", "40"]),
     ("custom_kernel", ["--subset", "1024"]),
