@@ -207,7 +207,7 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
             objectives.append(stats.objectives)
             sizes.append(m)
             bar.update(m)
-            if progress and b % 20 == 0:
+            if progress and host_index and b % 20 == 0:   # on a GPU reading the loss would wait for it
                 bar.set_postfix(loss=f"{float(stats.loss):.4f}", refresh=False)
         backend.synchronize()
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
