@@ -177,13 +177,19 @@ class MLP:
     def evaluate(self, x, labels, batch_size=2000):
         """(number correct, summed cross-entropy) over a data set, as Python numbers."""
         xp = self.backend.xp
-        correct, loss = 0, 0.0
+        losses, hits, sizes = [], [], []
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start:start + batch_size], labels[start:start + batch_size]
             lb, _, cb = softmax_cross_entropy(self.logits(xb), yb, xp)
-            correct += int(cb)
-            loss += float(lb) * xb.shape[0]
-        return correct, loss
+            losses.append(lb)
+            hits.append(cb)
+            sizes.append(xb.shape[0])
+        if not sizes:
+            return 0, 0.0
+        # read back once (on a GPU one synchronisation for the whole set, not two per batch)
+        losses = self.backend.to_numpy(xp.stack([xp.asarray(v) for v in losses])).astype(np.float64)
+        hits = self.backend.to_numpy(xp.stack([xp.asarray(v) for v in hits]))
+        return int(hits.sum()), float(losses @ np.asarray(sizes, dtype=np.float64))
 
     def train_step(self, x, labels, optimizers, rng):
         """One mini-batch of learning; returns :class:`StepStats`.
