@@ -336,3 +336,12 @@ def test_public_api_reports_bad_input_on_the_gpu(fn):
     ref = getattr(tf, fn)(x, w, y, backend="numpy", n_classes=10)
     close(ok if fn != "local_objective" else np.asarray(ok, dtype=np.float32), np.asarray(ref, dtype=np.float32),
           np.float32)
+
+
+def test_scalars_read_back_at_once():
+    vals = [cupy.asarray(np.float32(1.5)), cupy.asarray(np.int64(7)), cupy.asarray(2.25)]
+    got = CP.scalars(vals)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_array_equal(got, [1.5, 7.0, 2.25])
+    np.testing.assert_array_equal(got, NP.scalars([np.float32(1.5), np.int64(7), 2.25]))
+    assert CP.scalars([]).shape == NP.scalars([]).shape == (0,)

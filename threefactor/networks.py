@@ -184,12 +184,9 @@ class MLP:
             losses.append(lb)
             hits.append(cb)
             sizes.append(xb.shape[0])
-        if not sizes:
-            return 0, 0.0
         # read back once (on a GPU one synchronisation for the whole set, not two per batch)
-        losses = self.backend.to_numpy(xp.stack([xp.asarray(v) for v in losses])).astype(np.float64)
-        hits = self.backend.to_numpy(xp.stack([xp.asarray(v) for v in hits]))
-        return int(hits.sum()), float(losses @ np.asarray(sizes, dtype=np.float64))
+        return (int(self.backend.scalars(hits).sum()),
+                float(self.backend.scalars(losses) @ np.asarray(sizes, dtype=np.float64)))
 
     def train_step(self, x, labels, optimizers, rng):
         """One mini-batch of learning; returns :class:`StepStats`.

@@ -152,23 +152,12 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
 
 def _epoch_sums(backend, losses, hits, objectives, sizes):
     """(Σ loss_b·m_b, Σ hits_b, [Σ L_k,b·m_b per layer k]) of an epoch's steps, from the per-step
-    0-d arrays: one read-back per kind, summed on the host in float64."""
+    0-d arrays: one read-back per kind (:meth:`scalars`), summed on the host in float64."""
     m = np.asarray(sizes, dtype=np.float64)
-
-    def host(values):
-        values = list(values)
-        if not values:
-            return np.zeros(0)
-        if backend.xp is np:
-            return np.asarray([np.asarray(v, dtype=np.float64) for v in values])
-        return backend.to_numpy(backend.xp.stack([backend.xp.asarray(v) for v in values])).astype(np.float64)
-
-    loss_sum = float(host(losses) @ m)
-    correct = int(host(hits).sum())
     layers = len(objectives[0]) if objectives else 0
-    obj = host(o for step in objectives for o in step).reshape(len(objectives), layers) if layers else None
-    obj_sums = [float(obj[:, k] @ m) for k in range(layers)]
-    return loss_sum, correct, obj_sums
+    obj = backend.scalars([o for step in objectives for o in step]).reshape(len(objectives), layers)
+    return (float(backend.scalars(losses) @ m), int(backend.scalars(hits).sum()),
+            [float(obj[:, k] @ m) for k in range(layers)])
 
 
 def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True, log=print):

@@ -362,6 +362,11 @@ class CupyBackend:
         keep = cupy.empty(shape, dtype=dtype)
         return _KEEP(dropout.draw_seed(rng), np.uint64(dropout.drop_threshold(p)), keep)
 
+    def scalars(self, values):
+        """:meth:`NumpyBackend.scalars`: the 0-d device arrays stacked and read back at once."""
+        values = [cupy.asarray(v) for v in values]
+        return cupy.stack(values).astype(np.float64).get().reshape(-1) if values else np.zeros(0)
+
     def keep_select(self, rng, shape, p, dtype, pairs):
         """:meth:`NumpyBackend.keep_select` on the device: one seed from ``rng``, one kernel
         writing every array (at most two pairs), the units of :meth:`keep_mask`."""

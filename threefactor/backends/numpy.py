@@ -36,6 +36,10 @@ class NumpyBackend:
     def synchronize(self):
         """Wait for queued work (a no-op on the CPU)."""
 
+    def scalars(self, values):
+        """The 0-d arrays (or numbers) ``values`` as one float64 numpy vector (on a device: one read-back)."""
+        return np.asarray([np.asarray(v, dtype=np.float64) for v in values], dtype=np.float64).reshape(-1)
+
     # -- primitives -----------------------------------------------------
     def keep_mask(self, rng, shape, p, dtype):
         """Dropout keep mask (1 kept, 0 dropped, each unit dropped with probability p) from the
