@@ -184,3 +184,16 @@ def test_elementwise_program_binds_parameters_like_cupy():
         assert line in code, line
     with pytest.raises(ValueError, match="float16"):
         elementwise_program(ElementwiseSource("float16 a", "T z", "z = a", "half"))
+
+
+def test_every_backend_has_every_primitive():
+    """The backends are interchangeable: each public method of the numpy reference exists on the
+    others (checked without a GPU: the CuPy backend's module imports without CuPy)."""
+    from threefactor.backends.cupy import CupyBackend
+    from threefactor.backends.numba import NumbaBackend
+    from threefactor.backends.numpy import NumpyBackend
+
+    primitives = {k for k, v in vars(NumpyBackend).items() if callable(v) and not k.startswith("_")}
+    assert {"keep_select", "layer_objective", "scalars", "hebbian", "gaussian_kernel"} <= primitives
+    for cls in (CupyBackend, NumbaBackend):
+        assert not primitives - set(dir(cls)), (cls.__name__, sorted(primitives - set(dir(cls))))
