@@ -415,3 +415,40 @@ def test_conv_variants_cover_the_matrix():
     names = [name for name, _, _ in conv_rule.conv_variants()]
     assert len(names) == len(set(names)) == 18
     assert "conv/cosine/grp+div/selu/pool=max" in names
+
+
+@pytest.mark.gpu
+def test_cupy_layout_kernels_on_random_geometries():
+    """Property test of the tiled CuPy kernels: for random geometries (partial 32x32 tiles in both axes,
+    non-square kernels, padding wider than the kernel's reach) im2col, rows->NCHW and the pool gather
+    equal the numpy reference bit for bit, with one kernel offset per block and with all of them."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    cp = _cupy()
+    from threefactor.backends import _conv_cupy
+
+    @hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+    @hypothesis.given(m=st.integers(1, 3), c=st.integers(1, 40), h=st.integers(2, 9), w=st.integers(2, 9),
+                      kh=st.integers(1, 3), kw=st.integers(1, 3), pad=st.integers(0, 2),
+                      all_offsets=st.booleans())
+    def check(m, c, h, w, kh, kw, pad, all_offsets):
+        hypothesis.assume(h + 2 * pad >= kh and w + 2 * pad >= kw)
+        _conv_cupy.IM2COL_ALL_OFFSETS = all_offsets
+        rng = np.random.default_rng(m * 1000 + c)
+        x = rng.normal(size=(m, c, h, w)).astype(np.float32)
+        np.testing.assert_array_equal(cp.asnumpy(conv.im2col(cp.asarray(x), kh, kw, pad, cp)),
+                                      conv.im2col(x, kh, kw, pad))
+        rows = rng.normal(size=(m * h * w, c)).astype(np.float32)
+        np.testing.assert_array_equal(cp.asnumpy(conv.rows_to_nchw(cp.asarray(rows), m, h, w, cp)),
+                                      conv.rows_to_nchw(rows, m, h, w))
+        pooled, idx = conv.max_pool2x2(x)
+        gp, gi = conv.max_pool2x2(cp.asarray(x), cp)
+        np.testing.assert_array_equal(cp.asnumpy(gi), idx)
+        np.testing.assert_array_equal(cp.asnumpy(conv.pool_gather(cp.asarray(x * 2), gi, cp)),
+                                      conv.pool_gather(x * 2, idx))
+
+    default = _conv_cupy.IM2COL_ALL_OFFSETS
+    try:
+        check()
+    finally:
+        _conv_cupy.IM2COL_ALL_OFFSETS = default
