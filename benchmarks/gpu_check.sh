@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU check, for a machine with an NVIDIA GPU, CuPy and PyTorch (the step timeouts add up to
-# 500 s, under the device tool's 10-minute limit; on an H200 the whole check took about 4 minutes):
+# 570 s, under the device tool's 10-minute limit; on an H200 the whole check took about 3-4 minutes):
 #   1. environment (nvidia-smi, versions)                           -> head of test_gpu.log
 #   2. every @pytest.mark.gpu test (CuPy backend vs numpy, ...)     -> test_gpu.log
 #   3. layer-update benchmark on cupy: ours vs cuBLAS floor vs torch autograd on the GPU
@@ -14,6 +14,8 @@
 #                                                                   -> bench_conv_gpu.json (log: bench_step_gpu.log)
 #   7. where the MLP and VGG steps' time goes: host vs GPU time, kernels per step, top kernels
 #                                                                   -> profile.json (log: bench_step_gpu.log)
+#   8. with Fashion-MNIST carried along: `threefactor train --backend cupy` for 10 epochs (accuracy, epoch time)
+#                                                                   -> bench_step_gpu.log
 # (The GPU tests of step 2 include the conv, online and training ones, and `threefactor train --arch vgg`.)
 # Writes at most these 8 files to $OUT (default benchmarks/results/gpu-<date>).  Needs no install:
 # the repository root goes on PYTHONPATH.  Usage:  bash benchmarks/gpu_check.sh
@@ -67,7 +69,7 @@ else
 fi
 
 echo "== layer update (cupy, float32)"
-timeout 130 "$PY" -m threefactor bench --backend cupy "${UPDATE[@]}" --profile \
+timeout 110 "$PY" -m threefactor bench --backend cupy "${UPDATE[@]}" --profile \
   --json "$OUT/bench_update_gpu.json" 2>&1 | tee "$OUT/bench_update_gpu.log" || status=1
 
 echo "== MLP training step (cupy, float32)"
@@ -85,6 +87,18 @@ timeout 65 "$PY" benchmarks/bench_conv_epoch.py --backend cupy "${CONV[@]}" \
 echo "== profile: MLP and VGG steps, ours and torch (cupy, float32)"
 timeout 80 "$PY" benchmarks/profile_gpu.py --which mlp vgg "${PROFILE[@]}" --json "$OUT/profile.json" \
   2>&1 | grep -v USDT | tee -a "$OUT/bench_step_gpu.log" | grep "^==" || status=1
+
+echo "== Fashion-MNIST, the default MLP run on the GPU for 10 epochs (where the data is found)"
+if [ -n "${GPU_CHECK_DRY:-}" ]; then
+  echo "dry run: training skipped"
+elif "$PY" -c "from threefactor.data_download import find_dataset as f; raise SystemExit(f('fmnist', None) is None)"; then
+  RUN="$(mktemp -d)/fmnist-gpu"
+  timeout 90 "$PY" -m threefactor train --backend cupy --epochs 10 --no-progress --out "$RUN" 2>&1 \
+    | tee -a "$OUT/bench_step_gpu.log" || status=1
+  cat "$RUN/metrics.jsonl" >>"$OUT/bench_step_gpu.log" 2>&1
+else
+  echo "Fashion-MNIST not found here: carry it (see the head of this script)" | tee -a "$OUT/bench_step_gpu.log"
+fi
 
 for f in bench_update_gpu bench_step_gpu; do   # Markdown tables for RESULTS.md, appended to the logs
   [ -s "$OUT/$f.json" ] && "$PY" -m threefactor bench --summary "$OUT/$f.json" >>"$OUT/$f.log" 2>&1
