@@ -255,3 +255,17 @@ def test_cli_conv_only_and_dense_only(tmp_path, capsys):
     assert "3 comparisons" in capsys.readouterr().out              # dense + 2 conv
     assert cli.main(base[:-1] + ["fd", "--conv"]) == 2
     assert "nothing to check" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_check_cli_passes_on_the_gpu(capsys):
+    """`threefactor check --backend cupy --conv --batchnorm`: every dense, conv and batchnorm rule's update on
+    the CuPy backend equals -dL/dW (float64; finite differences, complex step and autograd references)."""
+    from threefactor.backends import BackendUnavailable, get_backend
+    try:
+        get_backend("cupy")
+    except (BackendUnavailable, ImportError) as exc:
+        pytest.skip(str(exc))
+    assert cli.main(["check", "--backend", "cupy", "--conv", "--batchnorm"]) == 0
+    out = capsys.readouterr().out
+    assert " 0 failed" in out and "cupy" in out and "FAIL " not in out
