@@ -310,9 +310,6 @@ _KEEP_HASH = f"""
     h ^= h >> 31;
     const bool kept = (h >> {64 - dropout.KEEP_BITS}) >= threshold;
 """
-_KEEP = LazyKernel(ElementwiseSource(
-    "uint64 seed, uint64 threshold", "T keep",
-    _KEEP_HASH + "    keep = kept ? (T)1 : (T)0;\n", "threefactor_keep_mask"))
 _KEEP_SELECT = LazyKernel(ElementwiseSource(
     "uint64 seed, uint64 threshold, T on, T off", "T out",
     _KEEP_HASH + "    out = kept ? on : off;\n", "threefactor_keep_select"))
@@ -359,8 +356,7 @@ class CupyBackend:
     def keep_mask(self, rng, shape, p, dtype):
         """Dropout keep mask made on the device from one seed drawn from ``rng`` (no transfer,
         no sync): unit i is dropped iff the top 24 bits of SplitMix64(seed, i) < p·2^24."""
-        keep = cupy.empty(shape, dtype=dtype)
-        return _KEEP(dropout.draw_seed(rng), np.uint64(dropout.drop_threshold(p)), keep)
+        return self.keep_select(rng, shape, p, dtype, ((1, 0),))[0]
 
     def scalars(self, values):
         """:meth:`NumpyBackend.scalars`: the 0-d device arrays stacked and read back at once."""
