@@ -82,16 +82,19 @@ _COL2IM = LazyKernel(ElementwiseSource(
     """,
     "threefactor_col2im"))
 
-# Pooling works channel-last, on z (m, H, W, C) contiguous:
-# pooled[n, py, px, c] = max of the 2x2 window, winner = dy*2 + dx of its first maximum
-_MAXPOOL = LazyKernel(ElementwiseSource(
-    "raw T z, int32 H, int32 W, int32 H2, int32 W2, int32 C", "T pooled, int8 winner",
-    """
+# (n, py, px, c) of the pooled unit i, channel-last (m, H2, W2, C): the start of the pooling kernels' bodies
+_POOLED_UNIT = """
     long long e = i;
     const int c = e % C;   e /= C;
     const int px = e % W2; e /= W2;
     const int py = e % H2;
-    const long long n = e / H2;
+    const long long n = e / H2;"""
+
+# Pooling works channel-last, on z (m, H, W, C) contiguous:
+# pooled[n, py, px, c] = max of the 2x2 window, winner = dy*2 + dx of its first maximum
+_MAXPOOL = LazyKernel(ElementwiseSource(
+    "raw T z, int32 H, int32 W, int32 H2, int32 W2, int32 C", "T pooled, int8 winner",
+    _POOLED_UNIT + """
     const long long row = (long long)W * C;
     const long long b = ((n * H + 2 * py) * (long long)W + 2 * px) * C + c;
     T best = z[b];
@@ -126,12 +129,7 @@ _ROUTE = LazyKernel(ElementwiseSource(
 # t (m, H, W, C) at each window's winner: out[n, py, px, c] = t[n, 2py + j/2, 2px + j%2, c], j = winner
 _GATHER = LazyKernel(ElementwiseSource(
     "raw T t, int8 winner, int32 H, int32 W, int32 H2, int32 W2, int32 C", "T out",
-    """
-    long long e = i;
-    const int c = e % C;   e /= C;
-    const int px = e % W2; e /= W2;
-    const int py = e % H2;
-    const long long n = e / H2;
+    _POOLED_UNIT + """
     const int j = (int)winner;
     out = t[((n * H + 2 * py + j / 2) * (long long)W + 2 * px + j % 2) * C + c];
     """,
