@@ -22,7 +22,6 @@ CUDA and a GPU.  Usage::
 import argparse
 import cProfile
 import io
-import json
 import os
 import pstats
 import sys
@@ -98,20 +97,8 @@ def python_profile(fn, steps, top=15):
 
 
 def _event_ms(fn, repeats=20):
-    """Median GPU time of ``fn`` in ms (CUDA events around each call, after 3 warm-up calls)."""
-    import cupy
-
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop))
-    return float(np.median(times))
+    """Median GPU time of ``fn`` in ms (threefactor.timing: CUDA events, 3 warm-up calls)."""
+    return bench.time_call(fn, "cupy", budget=0.0, min_repeats=repeats, warmup=3)["median_s"] * 1e3
 
 
 def ab_choices(small=False):
