@@ -79,17 +79,16 @@ def _fused_sgd_kernel():
 
 
 def _fusable(*arrays):
-    return all(type(a) is np.ndarray and a.flags.c_contiguous and a.dtype == arrays[0].dtype
-               and a.dtype in (np.float32, np.float64) for a in arrays)
-
-
-def _on_gpu(*arrays):
-    """Whether every array is a C-contiguous cupy array of one float dtype (the fused GPU step)."""
+    """The array library ("numpy" or "cupy") when every array is a C-contiguous array of that one
+    library and one float dtype, so that a fused one-pass step applies; else None."""
     first = arrays[0]
-    return (type(first).__module__.split(".")[0] == "cupy"
-            and all(type(a) is type(first) and a.flags.c_contiguous and a.dtype == first.dtype
-                    for a in arrays)
-            and first.dtype in (np.float32, np.float64))
+    if not (all(type(a) is type(first) for a in arrays) and hasattr(first, "flags")
+            and all(a.flags.c_contiguous and a.dtype == first.dtype for a in arrays)
+            and first.dtype in (np.float32, np.float64)):
+        return None
+    if type(first) is np.ndarray:
+        return "numpy"
+    return "cupy" if type(first).__module__.split(".")[0] == "cupy" else None
 
 
 class SGD:
@@ -134,11 +133,12 @@ class SGD:
         for w, g, buf in zip(self.params, grads, self.buffers):
             if g.shape != w.shape:
                 raise ValueError(f"gradient of shape {g.shape} for a parameter of shape {w.shape}")
-            if self.fused is not False and _on_gpu(w, g, buf):
+            fusable = _fusable(w, g, buf) if self.fused is not False else None
+            if fusable == "cupy":
                 from .backends.cupy import sgd_step
                 sgd_step(w, g, buf, sign, wd, mu, lr)
                 continue
-            if self.fused is not False and sign in (1.0, -1.0) and _fusable(w, g, buf):
+            if fusable == "numpy" and sign in (1.0, -1.0):
                 kernel = _fused_sgd_kernel()
                 if kernel is not None:
                     t = w.dtype.type
