@@ -7,7 +7,8 @@ from scipy import stats
 
 from threefactor import dropout
 from threefactor.backends import get_backend
-from threefactor.dropout import SPARSE_DROP_MAX, alpha_dropout, dropout_mask, host_keep, splitmix_keep
+from threefactor.dropout import (SPARSE_DROP_MAX, alpha_dropout, dropout_mask, host_keep, host_select,
+                                 splitmix_keep)
 
 PS = [0.01, SPARSE_DROP_MAX, 0.05, 0.3]
 
@@ -139,3 +140,20 @@ def test_keep_select_is_arithmetic_on_the_keep_mask(dtype, p):
     assert mult.dtype == add.dtype == dtype
     np.testing.assert_array_equal(mult, ref_mult)
     np.testing.assert_array_equal(add, ref_add)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [0.005, SPARSE_DROP_MAX, 0.3])
+def test_host_select_writes_host_keeps_draw(dtype, p):
+    """The filled-then-scattered arrays of host_select are a select over host_keep's boolean mask
+    from the same seed (sparse and dense draws), and leave the Generator in the same state."""
+    shape, t = (16, 3, 40), np.dtype(dtype).type
+    pairs = ((t(1.25), t(0.0)), (t(-0.5), t(2.0)))
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    got = host_select(rng_a, shape, p, dtype, pairs)
+    keep = host_keep(rng_b, shape, p)
+    assert 0 < np.count_nonzero(~keep) < keep.size
+    for arr, (on, off) in zip(got, pairs):
+        assert arr.shape == shape and arr.dtype == dtype
+        np.testing.assert_array_equal(arr, np.where(keep, on, off))
+    assert rng_a.random() == rng_b.random()

@@ -128,6 +128,27 @@ def test_gaussian_chain(nb, ref, dtype, shape, grouped):
     assert_close(nb.hebbian(want, x), ref.hebbian(want, x), dtype, "dW")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", (1, 3, 37, 130))
+def test_layer_objective(nb, ref, dtype, m):
+    """The one-pass float64 sums give the reference's L (Eq. 9), as a 0-d array of K's dtype;
+    float32 inputs land at least as close to the float64 value as numpy's float32 sums."""
+    rng = np.random.default_rng(m)
+    v = rng.standard_normal((m, 5)).astype(dtype)
+    K, Ky = ref.gaussian_kernel(v, 2.0), ref.label_kernel(rng.integers(0, 4, m), 4, "cosine", dtype)
+    got = nb.layer_objective(K, Ky, 2.0)
+    assert isinstance(got, np.ndarray) and got.shape == () and got.dtype == dtype
+    truth = ref.layer_objective(K.astype(np.float64), Ky.astype(np.float64), 2.0)
+    scale = max(float(np.abs(K).mean()) ** 2, 1e-300)           # L is a difference of such terms
+    if dtype == np.float64:
+        assert abs(float(got) - truth) <= 1e-12 * scale
+    else:
+        own = abs(float(ref.layer_objective(K, Ky, 2.0)) - truth)
+        assert abs(float(got) - truth) <= max(own, np.finfo(np.float32).eps * abs(truth)) + 1e-9 * scale
+    K[0, 0] = np.nan
+    assert np.isnan(nb.layer_objective(K, Ky, 2.0))
+
+
 def test_kernel_matrix_properties(nb):
     v = np.random.default_rng(1).standard_normal((30, 7))
     v[3] = v[5]                                  # a duplicated sample: distance exactly 0

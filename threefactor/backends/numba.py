@@ -203,6 +203,16 @@ class NumbaBackend(NumpyBackend):
         self._run(_k.gaussian_weights, m2, K, Ky, t(kbar), t(kybar), t(gamma), t(m2), A)
         return A
 
+    def layer_objective(self, K, Ky, gamma):
+        """L = mean(K ⊙ (K - γ Ky)) - K̄ (K̄ - γ K̄y) (Eq. 9, :func:`threefactor.objective.layer_objective`)
+        from one pass over K and Ky with float64 sums, as a 0-d array of K's dtype."""
+        K = _float_array(K)
+        K, Ky = _like(K.dtype, K, Ky)
+        sk, sy, sd = _k.objective_sums(K, Ky, float(gamma))
+        n = K.size
+        kbar = sk / n
+        return np.asarray(sd / n - kbar * (kbar - gamma * (sy / n)), dtype=K.dtype)
+
     def laplacian(self, A, v):
         """L_A v = diag(A·1) v - A v with one GEMM (m, m) × (m, d).
 

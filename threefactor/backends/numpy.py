@@ -51,9 +51,7 @@ class NumpyBackend:
         where the unit is kept and ``off`` where it is dropped (each dropped with probability p).
         The values are used as given (scalars of ``dtype``), so a mask costs one pass, not a
         0/1 mask and then arithmetic on it."""
-        keep = dropout.host_keep(rng, shape, p)
-        t = np.dtype(dtype).type
-        return tuple(np.where(keep, t(on), t(off)) for on, off in pairs)
+        return dropout.host_select(rng, shape, p, dtype, pairs)
 
     def matmul(self, a, b):
         """Matrix product (BLAS GEMM)."""
