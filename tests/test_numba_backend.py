@@ -149,6 +149,22 @@ def test_layer_objective(nb, ref, dtype, m):
     assert np.isnan(nb.layer_objective(K, Ky, 2.0))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("by_gemm", (True, False))
+def test_gaussian_kernel_either_gram_product(nb, ref, dtype, by_gemm, monkeypatch):
+    """GEMM with a copy of vᵀ or SYRK (NumbaBackend.gram_by_gemm): the reference's K, symmetric."""
+    monkeypatch.setattr(type(nb), "gram_by_gemm", staticmethod(lambda m, d: by_gemm))
+    v = np.random.default_rng(4).standard_normal((40, 12)).astype(dtype)
+    K = nb.gaussian_kernel(v, 3.0)
+    assert_close(K, ref.gaussian_kernel(v, 3.0), dtype, "K")
+    np.testing.assert_allclose(K, K.T, rtol=10 * np.finfo(dtype).eps)
+
+
+def test_gram_policy_prefers_gemm_for_short_rows(nb):
+    assert nb.gram_by_gemm(1024, 32) and nb.gram_by_gemm(256, 128) and nb.gram_by_gemm(1024, 256)
+    assert not nb.gram_by_gemm(256, 256) and not nb.gram_by_gemm(256, 1024)
+
+
 def test_kernel_matrix_properties(nb):
     v = np.random.default_rng(1).standard_normal((30, 7))
     v[3] = v[5]                                  # a duplicated sample: distance exactly 0

@@ -149,11 +149,25 @@ class NumbaBackend(NumpyBackend):
         self._run(_k.divide_groups, zhat.size, zhat, u ** zhat.dtype.type(p), r)
         return r
 
+    @staticmethod
+    def gram_by_gemm(m, d):
+        """Whether the Gram matrix v vᵀ of v (m, d) is a GEMM with a copy of vᵀ rather than SYRK.
+
+        numpy hands ``v @ v.T`` to SYRK, which in OpenBLAS is slow for a short inner
+        dimension: at m = 1024, d = 32 (grouped rules) 3.2 ms against 0.64 ms for the
+        GEMM; at m = 256, d = 32, 73 against 50 us.  For long rows (d > 128 and 4d > m)
+        the transposed copy costs more than SYRK saves, e.g. m = 256, d = 256:
+        0.49 against 0.25 ms (2-core Zen 4, OpenBLAS 0.3.31).
+        """
+        return d <= 128 or 4 * d <= m
+
     def gaussian_kernel(self, v, sigma):
-        """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26): the GEMM v vᵀ, one fused pass, one exp."""
+        """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26): the Gram matrix v vᵀ (:meth:`gram_by_gemm`),
+        one fused pass, one exp."""
         v = _float_array(v)
-        with self._one_blas_thread(v.shape[0] * v.shape[0] * v.shape[1]):
-            G = v @ v.T                                 # (numpy hands v vᵀ to SYRK)
+        m, d = v.shape
+        with self._one_blas_thread(m * m * d):
+            G = v @ (np.ascontiguousarray(v.T) if self.gram_by_gemm(m, d) else v.T)
         K = np.empty_like(G)
         self._run(_k.gaussian_exponent, G.size, G, v.dtype.type(-0.5 / sigma ** 2), K)
         return np.exp(K, out=K)
