@@ -83,6 +83,10 @@ def test_group_stats_and_divisive_norm(dtype, m, n, groups, blocks, request):
     for g, r in zip(got, ref):
         close(g, r, dtype)
     close(CP.divisive_norm(got[0], got[1], 0.2), NP.divisive_norm(ref[0], ref[1], 0.2), dtype)
+    mask = NP.keep_select(np.random.default_rng(2), (m, n), 0.3, dtype, ((1.5, 0.0),))[0]
+    r = CP.divisive_norm(got[0], got[1], 0.2, CP.asarray(mask))          # dropout in the same kernel
+    close(r, NP.divisive_norm(ref[0], ref[1], 0.2, mask), dtype)
+    assert np.array_equal(cupy.asnumpy(r) == 0, mask == 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -98,6 +98,9 @@ def test_group_stats_and_divisive_norm(nb, ref, dtype, shape, p):
         assert_close(g, r, dtype, name)
     zhat, u, _ = want
     assert_close(nb.divisive_norm(zhat, u, p), ref.divisive_norm(zhat, u, p), dtype, "r")
+    mask = ref.keep_select(np.random.default_rng(1), zhat.shape, 0.3, dtype, ((2.0, 0.0),))[0]
+    for be in (nb, ref):                 # dropout in the same pass: the bits of the separate multiply
+        np.testing.assert_array_equal(be.divisive_norm(zhat, u, p, mask), be.divisive_norm(zhat, u, p) * mask)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -64,11 +64,12 @@ class LayerPass:
             return be.post_grouped(neg_dv, self.zhat, self.u, self.fp, rule.p, scale)
         return be.post_plain(neg_dv, self.fp, scale)
 
-    def output(self, divisive: bool):
-        """What the layer passes on: r = ẑ/u^p with divisive normalisation (Eq. 21), else z."""
+    def output(self, divisive: bool, mask=None):
+        """What the layer passes on: r = ẑ/u^p with divisive normalisation (Eq. 21), else z;
+        times the dropout ``mask`` if given (in the same pass as r; z itself is left alone)."""
         if self.rule.check_divisive(divisive):
-            return self.backend.divisive_norm(self.zhat, self.u, self.rule.p)
-        return self.z
+            return self.backend.divisive_norm(self.zhat, self.u, self.rule.p, mask)
+        return self.z if mask is None else self.z * mask
 
 
 def layer_pass(rule: Rule, x, w, labels, n_classes: int, backend) -> LayerPass:
@@ -92,8 +93,10 @@ def represent(rule: Rule, a, z, fp, labels, n_classes: int, backend) -> LayerPas
     return LayerPass(rule, backend, a, z, fp, zhat, u, v, K, Ky)
 
 
-def local_step(rule: Rule, x, w, labels, n_classes: int, backend, divisive=False, bn=None):
+def local_step(rule: Rule, x, w, labels, n_classes: int, backend, divisive=False, bn=None, mask=None):
     """One layer on one batch: (output, deltas, LayerPass).  Used by training.
+
+    The output is :meth:`LayerPass.output` (with the dropout ``mask`` if given).
 
     deltas = [ΔW] = [-dL/dW]; with batchnorm ``bn`` between x wᵀ and f
     (:mod:`threefactor.batchnorm`) the post-synaptic term is pulled back through it,
@@ -104,4 +107,4 @@ def local_step(rule: Rule, x, w, labels, n_classes: int, backend, divisive=False
     post, bn_deltas = batchnorm.pull_back(bn, cache, lp.post())
     if bn is not None:
         bn.track(cache)
-    return lp.output(divisive), [backend.hebbian(post, x)] + bn_deltas, lp
+    return lp.output(divisive, mask), [backend.hebbian(post, x)] + bn_deltas, lp

@@ -86,11 +86,8 @@ class HiddenLayer:
             with batchnorm [ΔW, Δγ, Δβ] (the order of :meth:`params`)
         lp : engine.LayerPass, with lp.K, lp.Ky for the objective
         """
-        out, deltas, lp = engine.local_step(self.rule, x, self.w, labels, n_classes, backend,
-                                            divisive=self.divisive, bn=self.bn)
-        if mask is not None:
-            out *= mask          # in place: ΔW is already computed (out may be lp.z)
-        return out, deltas, lp
+        return engine.local_step(self.rule, x, self.w, labels, n_classes, backend,
+                                 divisive=self.divisive, bn=self.bn, mask=mask)
 
     def forward(self, x, backend, mask=None, keep=False, train=None):
         """Forward pass without the local objective (inference, frozen layers, backprop).
@@ -105,11 +102,11 @@ class HiddenLayer:
         zhat = u = None
         if self.divisive:
             zhat, u, _ = backend.group_stats(z, rule.groups, rule.p, rule.delta)
-            out = backend.divisive_norm(zhat, u, rule.p)
+            out = backend.divisive_norm(zhat, u, rule.p, mask)      # dropout in the same pass
         else:
             out = z
-        if mask is not None:
-            out *= mask          # a fresh array of the backend; the cache does not hold it
+            if mask is not None:
+                out *= mask      # a fresh array of the backend; the cache does not hold it
         if keep:
             return out, HiddenCache(x, fp, zhat, u, mask, bnc)
         return out

@@ -128,18 +128,24 @@ def group_centre(z, mu, zhat):
 
 
 @njit(**_JIT)
-def divide_groups(zhat, up, r):
-    """r_αn = ẑ_αn / up_α with up = u^p: divisive normalisation (Eq. 21)."""
+def divide_groups(zhat, up, mask, masked, r):
+    """r_αn = ẑ_αn / up_α with up = u^p: divisive normalisation (Eq. 21); if ``masked``,
+    times the dropout mask (m, n) in the same pass (r = (ẑ / u^p) · mask, two roundings
+    as the separate multiply would make)."""
     m, n = zhat.shape
     c = up.shape[1]
     g = n // c
     for i in prange(m):
-        hi, ri = zhat[i], r[i]
+        hi, ri, mi = zhat[i], r[i], mask[i]
         for al in range(c):
             d = up[i, al]
             j0 = al * g
-            for k in range(g):
-                ri[j0 + k] = hi[j0 + k] / d
+            if masked:
+                for k in range(g):
+                    ri[j0 + k] = (hi[j0 + k] / d) * mi[j0 + k]
+            else:
+                for k in range(g):
+                    ri[j0 + k] = hi[j0 + k] / d
 
 
 @njit(**_JIT)

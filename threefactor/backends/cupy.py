@@ -268,6 +268,8 @@ def sgd_step(w, g, buf, sign, wd, mu, lr):
 
 _DIVISIVE = LazyKernel(ElementwiseSource(
     "T zhat, T u, T p", "T r", "r = zhat / pow(u, p)", "threefactor_divisive_norm"))
+_DIVISIVE_MASKED = LazyKernel(ElementwiseSource(
+    "T zhat, T u, T p, T mask", "T r", "r = (zhat / pow(u, p)) * mask", "threefactor_divisive_norm_masked"))
 
 # -- Gaussian kernel from the Gram matrix G = v vᵀ (Eq. 26) ----------------
 _GAUSSIAN = LazyKernel(ElementwiseSource(
@@ -412,11 +414,14 @@ class CupyBackend:
             shared_mem=ROW_THREADS * a.dtype.itemsize)
         return out
 
-    def divisive_norm(self, zhat, u, p):
-        """r = ẑ / u^p (Eq. 21), one kernel."""
+    def divisive_norm(self, zhat, u, p, mask=None):
+        """r = ẑ / u^p (Eq. 21), times the dropout ``mask`` if given: one kernel."""
         m, n = zhat.shape
         c = u.shape[1]
-        return _DIVISIVE(zhat.reshape(m, c, n // c), u[:, :, None], p).reshape(m, n)
+        groups = (zhat.reshape(m, c, n // c), u[:, :, None], p)
+        if mask is None:
+            return _DIVISIVE(*groups).reshape(m, n)
+        return _DIVISIVE_MASKED(*groups, mask.reshape(m, c, n // c)).reshape(m, n)
 
     def gaussian_kernel(self, v, sigma):
         """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26): the Gram matrix G = v vᵀ, one kernel.

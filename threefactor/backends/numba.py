@@ -141,12 +141,14 @@ class NumbaBackend(NumpyBackend):
         s = u ** t(1 - p)                           # numpy's vectorised pow
         return zhat, u, s - s.mean(axis=1, keepdims=True)
 
-    def divisive_norm(self, zhat, u, p):
-        """r = ẑ / u^p (Eq. 21), one fused pass."""
+    def divisive_norm(self, zhat, u, p, mask=None):
+        """r = ẑ / u^p (Eq. 21), times the dropout ``mask`` if given: one fused pass."""
         zhat = _float_array(zhat)
         (u,) = _like(zhat.dtype, u)
         r = np.empty_like(zhat)
-        self._run(_k.divide_groups, zhat.size, zhat, u ** zhat.dtype.type(p), r)
+        masked = mask is not None
+        (mask,) = _like(zhat.dtype, mask.reshape(zhat.shape)) if masked else (zhat,)
+        self._run(_k.divide_groups, zhat.size, zhat, u ** zhat.dtype.type(p), mask, masked, r)
         return r
 
     @staticmethod

@@ -67,9 +67,12 @@ class NumpyBackend:
         """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18."""
         return grouping.group_stats(z, groups, p, delta, np)
 
-    def divisive_norm(self, zhat, u, p):
-        """r = ẑ / u^p (Eq. 21)."""
-        return grouping.divisive_norm(zhat, u, p, np)
+    def divisive_norm(self, zhat, u, p, mask=None):
+        """r = ẑ / u^p (Eq. 21), times the dropout ``mask`` (m, n) if given."""
+        r = grouping.divisive_norm(zhat, u, p, np)
+        if mask is not None:
+            r *= mask.reshape(r.shape)
+        return r
 
     def gaussian_kernel(self, v, sigma):
         """K_ij = exp(-‖v_i - v_j‖² / 2σ²) (Eq. 26) from one GEMM."""
