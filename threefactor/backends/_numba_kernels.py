@@ -149,15 +149,16 @@ def divide_groups(zhat, up, mask, masked, r):
 
 
 @njit(**_JIT)
-def gaussian_exponent(G, coef, E):
-    """E_ij = coef · max(G_ii + G_jj - 2 G_ij, 0), E_ii = 0: the exponent of Eq. 26 from the Gram matrix."""
+def gaussian_exponent(G, dg, coef, E):
+    """E_ij = coef · max(G_ii + G_jj - 2 G_ij, 0), E_ii = 0: the exponent of Eq. 26 from the Gram
+    matrix, with its diagonal ``dg`` (m,) as a contiguous copy (read along every row)."""
     m = G.shape[0]
     zero = coef - coef
     for i in prange(m):
-        gi = G[i, i]
+        gi = dg[i]
         Gi, Ei = G[i], E[i]
         for j in range(m):
-            d = (gi + G[j, j]) - (Gi[j] + Gi[j])
+            d = (gi + dg[j]) - (Gi[j] + Gi[j])
             if d < zero:
                 d = zero
             Ei[j] = d * coef

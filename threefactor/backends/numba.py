@@ -171,7 +171,7 @@ class NumbaBackend(NumpyBackend):
         with self._one_blas_thread(m * m * d):
             G = v @ (np.ascontiguousarray(v.T) if self.gram_by_gemm(m, d) else v.T)
         K = np.empty_like(G)
-        self._run(_k.gaussian_exponent, G.size, G, v.dtype.type(-0.5 / sigma ** 2), K)
+        self._run(_k.gaussian_exponent, G.size, G, np.diagonal(G).copy(), v.dtype.type(-0.5 / sigma ** 2), K)
         return np.exp(K, out=K)
 
     def im2col(self, x, kh, kw, padding):
