@@ -92,7 +92,10 @@ def test_bench_case_float64_without_autograd():
 def test_profile_attributes_time_to_primitives():
     timing = {"budget": 0.0, "min_repeats": 1, "warmup": 0}
     r = bench.bench_case("numpy", 8, 16, 64, "gauss-grp+div", timing=timing, autograd=False, profile=True)
-    assert {"forward", "group_stats", "gaussian_kernel", "hebbian", "post_grouped", "other"} <= set(r["profile_s"])
+    # a grouped rule's forward pass and group statistics come from one primitive
+    assert {"forward_grouped", "gaussian_kernel", "hebbian", "post_grouped", "other"} <= set(r["profile_s"])
+    r = bench.bench_case("numpy", 8, 16, 64, "gauss", timing=timing, autograd=False, profile=True)
+    assert {"forward", "gaussian_kernel", "laplacian", "hebbian", "post_plain", "other"} <= set(r["profile_s"])
 
 
 def test_unavailable_backend_is_skipped_with_reason():

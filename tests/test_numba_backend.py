@@ -105,6 +105,25 @@ def test_group_stats_and_divisive_norm(nb, ref, dtype, shape, p):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_forward_grouped_is_forward_then_group_stats(nb, ref, dtype, shape, activation):
+    """The fused pass: the reference's six arrays, and the bits of Numba's own two-step path."""
+    m, n_in, n_out, groups = shape
+    x, w, _ = data(m, n_in, n_out, dtype)
+    got = nb.forward_grouped(x, w, activation, 0.1, groups, 0.2, 1.0)
+    a, z, fp = nb.forward(x, w, activation, 0.1)
+    for g, r, name in zip(got, (a, z, fp) + tuple(nb.group_stats(z, groups, 0.2, 1.0)),
+                          ("a", "z", "fp", "zhat", "u", "v")):
+        np.testing.assert_array_equal(g, r, err_msg=name)
+    for g, r, name in zip(got, ref.forward_grouped(x, w, activation, 0.1, groups, 0.2, 1.0),
+                          ("a", "z", "fp", "zhat", "u", "v")):
+        assert_close(g, r, dtype, name)
+    with pytest.raises(ValueError, match="groups=3 does not divide"):
+        nb.forward_grouped(x, w, activation, 0.1, 3, 0.2, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("grouped", (False, True))
 def test_gaussian_chain(nb, ref, dtype, shape, grouped):
     """gaussian_kernel, gaussian_weights, laplacian and post_* each on the reference's inputs."""

@@ -73,7 +73,14 @@ class LayerPass:
 
 
 def layer_pass(rule: Rule, x, w, labels, n_classes: int, backend) -> LayerPass:
-    """Run the forward half of a layer's rule on backend arrays ``x``, ``w``, ``labels``."""
+    """Run the forward half of a layer's rule on backend arrays ``x``, ``w``, ``labels``.
+
+    A grouped rule takes the forward pass and its group statistics from one primitive
+    (``forward_grouped``), which a backend may fuse."""
+    if rule.grouped:
+        a, z, fp, zhat, u, v = backend.forward_grouped(x, w, rule.activation, rule.slope, rule.groups,
+                                                       rule.p, rule.delta)
+        return _with_kernels(rule, a, z, fp, zhat, u, v, labels, n_classes, backend)
     a, z, fp = backend.forward(x, w, rule.activation, rule.slope)
     return represent(rule, a, z, fp, labels, n_classes, backend)
 
@@ -85,6 +92,11 @@ def represent(rule: Rule, a, z, fp, labels, n_classes: int, backend) -> LayerPas
         zhat, u, v = backend.group_stats(z, rule.groups, rule.p, rule.delta)
     else:
         v = z
+    return _with_kernels(rule, a, z, fp, zhat, u, v, labels, n_classes, backend)
+
+
+def _with_kernels(rule: Rule, a, z, fp, zhat, u, v, labels, n_classes: int, backend) -> LayerPass:
+    """The LayerPass of representation v: its kernel matrix and the label kernel (Eq. 26, 35)."""
     if rule.kernel == "gaussian":
         K = backend.gaussian_kernel(v, rule.sigma)
     else:
@@ -102,9 +114,12 @@ def local_step(rule: Rule, x, w, labels, n_classes: int, backend, divisive=False
     (:mod:`threefactor.batchnorm`) the post-synaptic term is pulled back through it,
     deltas = [ΔW, Δγ, Δβ], and its running statistics take this batch's.
     """
-    a, z, fp, cache = batchnorm.linear_forward(backend, x, w, rule.activation, rule.slope, bn)
-    lp = represent(rule, a, z, fp, labels, n_classes, backend)
-    post, bn_deltas = batchnorm.pull_back(bn, cache, lp.post())
-    if bn is not None:
+    if bn is None:
+        lp = layer_pass(rule, x, w, labels, n_classes, backend)
+        post, bn_deltas = lp.post(), []
+    else:
+        a, z, fp, cache = batchnorm.linear_forward(backend, x, w, rule.activation, rule.slope, bn)
+        lp = represent(rule, a, z, fp, labels, n_classes, backend)
+        post, bn_deltas = batchnorm.pull_back(bn, cache, lp.post())
         bn.track(cache)
     return lp.output(divisive, mask), [backend.hebbian(post, x)] + bn_deltas, lp

@@ -100,46 +100,62 @@ class NumbaBackend(NumpyBackend):
             numba.set_num_threads(threads)
 
     # -- primitives -----------------------------------------------------
-    def forward(self, x, w, activation, slope):
-        """a = x wᵀ (one GEMM), then z = f(a) and f'(a) in one fused pass.  Returns (a, z, fp)."""
+    def _pre_activation(self, x, w, activation):
+        """(a = x wᵀ, activation code, e = exp(min(a, 0)) for SELU, else a) for the fused passes."""
         code = _ACTIVATION_CODE.get(activation)
         if code is None:
             raise choice_error("activation", activation, ACTIVATIONS)
         a = _float_array(self.matmul(x, w.T))
-        t = a.dtype.type
-        z = np.empty_like(a)
-        fp = np.empty_like(a)
         e = a                                       # exp(min(a, 0)) is read by SELU only
         if code == _k.SELU:
             e = np.minimum(a, 0)
             np.exp(e, out=e)
-        self._run(_k.activate, a.size, a, code, t(slope), t(SELU_SCALE), t(SELU_SCALE * SELU_ALPHA),
-                  e, z, fp)
+        return a, code, e
+
+    @staticmethod
+    def _activation_scalars(t, slope):
+        return t(slope), t(SELU_SCALE), t(SELU_SCALE * SELU_ALPHA)
+
+    def forward(self, x, w, activation, slope):
+        """a = x wᵀ (one GEMM), then z = f(a) and f'(a) in one fused pass.  Returns (a, z, fp)."""
+        a, code, e = self._pre_activation(x, w, activation)
+        z, fp = np.empty_like(a), np.empty_like(a)
+        self._run(_k.activate, a.size, a, code, *self._activation_scalars(a.dtype.type, slope), e, z, fp)
         return a, z, fp
 
-    def group_stats(self, z, groups, p, delta):
-        """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18.
-
-        Group sums by BLAS (a GEMV with ones) and einsum, which vectorise
-        them; the centring ẑ = z - mean_n z is one Numba pass.
-        """
-        z = _float_array(z)
+    @staticmethod
+    def _group_outputs(z, groups):
+        """Checked group count; empty ẑ (m, n) and u (m, c) for :func:`_k.group_moments`."""
         m, n = z.shape
         if groups < 1 or n % groups:
             raise ValueError(f"groups={groups} does not divide the layer width n_out={n}")
-        g = n // groups
+        return np.empty_like(z), np.empty((m, groups), dtype=z.dtype)
+
+    @staticmethod
+    def _centred_power(u, p):
+        """v = u^(1-p) - mean_α u^(1-p) (Eq. 18), numpy's vectorised pow."""
+        s = u ** u.dtype.type(1 - p)
+        return s - s.mean(axis=1, keepdims=True)
+
+    def group_stats(self, z, groups, p, delta):
+        """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18: ẑ and u in one pass per sample."""
+        z = _float_array(z)
+        zhat, u = self._group_outputs(z, groups)
         t = z.dtype.type
-        with self._one_blas_thread(z.size):
-            mu = z.reshape(m * groups, g) @ np.ones(g, dtype=z.dtype)
-        mu /= t(g)
-        zhat = np.empty_like(z)
-        self._run(_k.group_centre, z.size, z, mu.reshape(m, groups), zhat)
-        zg = zhat.reshape(m * groups, g)
-        u = np.einsum("ij,ij->i", zg, zg).reshape(m, groups)
-        u += t(delta)
-        u /= t(g)
-        s = u ** t(1 - p)                           # numpy's vectorised pow
-        return zhat, u, s - s.mean(axis=1, keepdims=True)
+        self._run(_k.group_moments, z.size, z, 0, t(0), t(0), t(0), z, True, t(delta),
+                  t(z.shape[1] // groups), z, z, zhat, u)
+        return zhat, u, self._centred_power(u, p)
+
+    def forward_grouped(self, x, w, activation, slope, groups, p, delta):
+        """:meth:`forward` and :meth:`group_stats` in one pass over the rows (each row's z
+        is centred while still in cache).  Returns (a, z, fp, ẑ, u, v)."""
+        a, code, e = self._pre_activation(x, w, activation)
+        z, fp = np.empty_like(a), np.empty_like(a)
+        zhat, u = self._group_outputs(a, groups)
+        t = a.dtype.type
+        self._run(_k.group_moments, a.size, a, code, *self._activation_scalars(t, slope), e, False,
+                  t(delta), t(a.shape[1] // groups), z, fp, zhat, u)
+        return a, z, fp, zhat, u, self._centred_power(u, p)
 
     def divisive_norm(self, zhat, u, p, mask=None):
         """r = ẑ / u^p (Eq. 21), times the dropout ``mask`` if given: one fused pass."""

@@ -67,6 +67,12 @@ class NumpyBackend:
         """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18."""
         return grouping.group_stats(z, groups, p, delta, np)
 
+    def forward_grouped(self, x, w, activation, slope, groups, p, delta):
+        """:meth:`forward` then :meth:`group_stats` (Eq. 17-18): (a, z, fp, ẑ, u, v).
+        A backend may fuse the two (Numba: one pass over the rows)."""
+        a, z, fp = self.forward(x, w, activation, slope)
+        return (a, z, fp) + tuple(self.group_stats(z, groups, p, delta))
+
     def divisive_norm(self, zhat, u, p, mask=None):
         """r = ẑ / u^p (Eq. 21), times the dropout ``mask`` (m, n) if given."""
         r = grouping.divisive_norm(zhat, u, p, np)
