@@ -213,7 +213,7 @@ def gaussian_weights(K, Ky, kbar, kybar, gamma, m2, A):
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def objective_sums(K, Ky, gamma):
     """(Σ K, Σ Ky, Σ K ⊙ (K - γ Ky)) over two C-contiguous (m, m) matrices in one pass, in
-    float64: the layer objective's sums (Eq. 9).  The one kernel here that lets the compiler
+    float64: the layer objective's sums (Eq. 9).  Like :func:`group_moments` it lets the compiler
     reorder its sums (``reassoc``, so they vectorise: 6x faster): float64 sums of float32
     terms, for a logged value; the last bits may differ between CPUs of different vector widths."""
     k, y = K.ravel(), Ky.ravel()
