@@ -32,9 +32,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_conv_epoch as conv  # noqa: E402
-import bench_step as mlp  # noqa: E402
 
 from threefactor import bench  # noqa: E402
+from threefactor import bench_step as mlp  # noqa: E402
 from threefactor.backends import get_backend  # noqa: E402
 from threefactor.machine import machine_info  # noqa: E402
 

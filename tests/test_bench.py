@@ -142,6 +142,23 @@ def test_bench_step_script_runs_tiny(tmp_path, capsys):
         assert r["speedup_vs_autograd"] == pytest.approx(r["autograd_s"] / r["step_s"])
 
 
+def test_bench_step_flag_adds_the_mlp_step(tmp_path, capsys):
+    """threefactor bench --step: the suite's JSON, then the Table 1 MLP step's next to it."""
+    from threefactor import cli
+
+    out = tmp_path / "suite.json"
+    assert cli.main(["bench", "--quick", "--backend", "numpy", "--m", "16", "--shapes", "32x64", "--rules",
+                     "gauss", "--no-autograd", "--budget", "0", "--step", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "MLP step 784-1024-1024-1024-10" in printed
+    suite, step = json.loads(out.read_text()), json.loads((tmp_path / "suite-step.json").read_text())
+    assert suite["kind"] == "update" and step["kind"] == "step"
+    (r,) = step["results"]
+    assert (r["backend"], r["m"], r["hidden"], r["groups"]) == ("numpy", 256, [1024, 1024, 1024], 32)
+    assert r["ratio_floor"] == pytest.approx(r["step_s"] / r["floor_s"]) and r["autograd_s"] is None
+    assert step["settings"]["batch"] == 256 and "shapes" not in step["settings"]
+
+
 def test_bad_suite_arguments_are_named():
     with pytest.raises(ValueError, match="m \\(batch size\\)"):
         bench.run_suite(["numpy"], [1], [(16, 64)], ["gauss"])

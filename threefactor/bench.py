@@ -365,6 +365,10 @@ def configure_parser(parser):
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="threads for BLAS, Numba and torch alike (default: BLAS's own; "
                              "1 gives the steadiest numbers on a shared machine)")
+    parser.add_argument("--step", action="store_true",
+                        help="then time one training step of the Table 1 MLP (784-1024x3-10, batch 256, "
+                             "Gaussian grp+div) per backend against autograd and the step's GEMM floor "
+                             "(threefactor.bench_step); JSON next to the suite's, ending -step.json")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="where to write the JSON (default benchmarks/results/<date>-<host>.json)")
     parser.add_argument("--summary", default=None, metavar="PATH",
@@ -402,4 +406,24 @@ def run(args):
     path = args.json or default_json_path()
     write_json(path, document("update", records, settings, skipped))
     print(f"wrote {path}")
+    if args.step:
+        _run_step(args, dtype, timing, settings, path)
     return 0
+
+
+def _run_step(args, dtype, timing, settings, suite_path):
+    """``--step``: the Table 1 MLP training step on the same backends, same timing and threads."""
+    from . import bench_step
+
+    step_settings = dict(settings, batch=256, hidden=[1024, 1024, 1024], groups=32)
+    for key in ("m", "shapes", "rules"):
+        step_settings.pop(key)
+    print()
+    print(bench_step.title(step_settings["hidden"], dtype, settings["blas_threads"], settings["torch_threads"]))
+    print(bench_step.HEADER)
+    records, skipped = bench_step.run_steps(args.backend, dtype=dtype, timing=timing,
+                                            autograd=not args.no_autograd, log=lambda s: print(s, flush=True))
+    root, ext = os.path.splitext(suite_path)
+    path = f"{root}-step{ext or '.json'}"
+    write_json(path, document("step", records, step_settings, skipped))
+    print(f"wrote {path}")
