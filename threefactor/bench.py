@@ -35,6 +35,9 @@ variant, one run measures, on the same arrays:
     extra memory of one update: tracemalloc peak on the CPU (numpy buffers;
     not BLAS or Numba-internal scratch), memory-pool growth on the GPU.
 
+With ``--step`` the same run then times one training step of the Table 1 MLP per
+backend (:mod:`threefactor.bench_step`: ours vs autograd vs the step's GEMM floor).
+
 Times are medians over repeats after warm-up (see :mod:`threefactor.timing`:
 interleaved rounds on the CPU, CUDA events on the GPU).  Results print as a
 table and are written as JSON with :func:`threefactor.machine.machine_info`.
