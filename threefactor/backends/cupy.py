@@ -487,8 +487,9 @@ class CupyBackend:
         """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one cuBLAS GEMM."""
         return self.matmul(post.T, x)
 
-    # 2×2 max pooling: conv.py dispatches to the CuPy kernels of backends/_conv_cupy.py on self.xp
     forward_grouped = NumpyBackend.forward_grouped      # forward + group_stats: two kernels
+
+    # 2×2 max pooling: conv.py dispatches to the CuPy kernels of backends/_conv_cupy.py on self.xp
     im2col = NumpyBackend.im2col
     max_pool_rows = NumpyBackend.max_pool_rows
     route_rows = NumpyBackend.route_rows
