@@ -86,7 +86,7 @@ timeout 65 "$PY" benchmarks/bench_conv_epoch.py --backend cupy "${CONV[@]}" \
 
 echo "== profile: MLP and VGG steps, ours and torch (cupy, float32)"
 timeout 80 "$PY" benchmarks/profile_gpu.py --which mlp vgg "${PROFILE[@]}" --json "$OUT/profile.json" \
-  2>&1 | grep -v USDT | tee -a "$OUT/bench_step_gpu.log" | grep "^==" || status=1
+  2>&1 | grep -v USDT | tee -a "$OUT/bench_step_gpu.log" | grep -E "^==|Error|Traceback" || status=1
 
 echo "== Fashion-MNIST, the default MLP run on the GPU for 10 epochs (where the data is found)"
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
