@@ -234,6 +234,19 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
     return rec
 
 
+def usable_backends(names):
+    """(the names whose backend loads here, {name: why not} for the others), in the given order."""
+    usable, skipped = [], {}
+    for name in names:
+        try:
+            get_backend(name)
+        except BackendUnavailable as exc:
+            skipped[name] = str(exc)
+            continue
+        usable.append(name)
+    return usable, skipped
+
+
 def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, autograd=True,
               log=None, profile=False):
     """Every (backend, m, shape, rule) case; returns (records, skipped {backend: reason})."""
@@ -248,13 +261,9 @@ def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, a
                 VARIANTS[rule].check_width(n_out)
             except ValueError as exc:
                 raise ValueError(f"shapes: {n_in}x{n_out} does not suit rule {rule!r}: {exc}") from None
-    records, skipped = [], {}
-    for name in backends:
-        try:
-            get_backend(name)
-        except BackendUnavailable as exc:
-            skipped[name] = str(exc)
-            continue
+    usable, skipped = usable_backends(backends)
+    records = []
+    for name in usable:
         for (n_in, n_out) in shapes:
             for m in batches:
                 for rule in rules:

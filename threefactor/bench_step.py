@@ -31,7 +31,7 @@ import argparse
 import numpy as np
 
 from . import bench
-from .backends import BACKENDS, BackendUnavailable, get_backend
+from .backends import BACKENDS, get_backend
 from .networks import MLP
 from .rules import Rule
 
@@ -184,14 +184,11 @@ def title(hidden, dtype, blas_threads, torch_threads):
 def run_steps(backends, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.float32, timing=None,
               autograd=True, log=print):
     """:func:`bench_step` for each backend, printing a row each: (records, {skipped backend: why})."""
-    records, skipped = [], {}
-    for name in backends:
-        try:
-            get_backend(name)
-        except BackendUnavailable as exc:
-            skipped[name] = str(exc)
-            log(f"skipped backend {name}: {exc}")
-            continue
+    usable, skipped = bench.usable_backends(backends)
+    for name, why in skipped.items():
+        log(f"skipped backend {name}: {why}")
+    records = []
+    for name in usable:
         rec = bench_step(name, list(hidden), m, groups, np.dtype(dtype), timing, autograd)
         records.append(rec)
         log(format_row(rec))
