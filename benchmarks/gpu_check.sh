@@ -12,7 +12,8 @@
 #   6. vgg conv net training step / CIFAR-10 epoch time on cupy vs torch autograd on the GPU
 #      (torch in plain float32 and with its default TF32 convolutions)
 #                                                                   -> bench_conv_gpu.json (log: bench_step_gpu.log)
-#   7. where the MLP and VGG steps' time goes: host vs GPU time, kernels per step, top kernels
+#   7. where the MLP and VGG steps' and the plain layer update's (m = 1024, 4096²) time goes: host vs
+#      GPU time, kernels per step, top kernels; A/B of kernel choices
 #                                                                   -> profile.json (log: bench_step_gpu.log)
 #   8. with Fashion-MNIST carried along: `threefactor train --backend cupy` for 10 epochs (accuracy, epoch time)
 #                                                                   -> bench_step_gpu.log
@@ -85,7 +86,7 @@ timeout 65 "$PY" benchmarks/bench_conv_epoch.py --backend cupy "${CONV[@]}" \
   --json "$OUT/bench_conv_gpu.json" 2>&1 | tee -a "$OUT/bench_step_gpu.log" || status=1
 
 echo "== profile: MLP and VGG steps, ours and torch (cupy, float32)"
-timeout 80 "$PY" benchmarks/profile_gpu.py --which mlp vgg "${PROFILE[@]}" --json "$OUT/profile.json" \
+timeout 80 "$PY" benchmarks/profile_gpu.py --which mlp vgg update "${PROFILE[@]}" --json "$OUT/profile.json" \
   2>&1 | grep -v USDT | tee -a "$OUT/bench_step_gpu.log" | grep -E "^==|Error|Traceback" || status=1
 
 echo "== Fashion-MNIST, the default MLP run on the GPU for 10 epochs (where the data is found)"

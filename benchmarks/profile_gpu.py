@@ -103,7 +103,8 @@ def _event_ms(fn, repeats=20):
 
 def ab_choices(small=False):
     """Switchable kernel choices timed side by side (A/B in one run): im2col with one kernel offset
-    per block or all of them; the Gram matrix of the Gaussian kernel by SYRK or by GEMM."""
+    per block or all of them; the Gram matrix of the Gaussian kernel by SYRK or by GEMM, or its lower
+    triangle by 1, 2 or 4 row stripes."""
     import cupy
 
     from threefactor.backends import _conv_cupy
@@ -129,6 +130,15 @@ def ab_choices(small=False):
             rows.append({"what": f"gaussian_kernel m={m} d={d}", "choice": f"syrk={flag}",
                          "ms": _event_ms(lambda: be.gaussian_kernel(v, 5.0))})
     be.use_syrk = default_syrk
+    # The Gram matrix's lower triangle by row stripes (stripe i: rows of block i against blocks 0..i),
+    # (k + 1) / 2k of a full GEMM's flops: worth a kernel that reads stripes if the smaller GEMMs keep
+    # cuBLAS's speed (measured only: the backend takes the full GEMM).
+    for m, d in ([(16, 32)] if small else [(1024, 4096), (256, 1024)]):
+        v = cupy.asarray(rng.standard_normal((m, d)).astype(np.float32))
+        for k in (1, 2, 4):
+            b = m // k
+            rows.append({"what": f"gram m={m} d={d}", "choice": f"stripes={k}",
+                         "ms": _event_ms(lambda: [v[i * b:(i + 1) * b] @ v[:(i + 1) * b].T for i in range(k)])})
     return rows
 
 

@@ -242,21 +242,34 @@ def test_bench_case_runs_on_the_gpu():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [37, 128])
-def test_layer_objective_in_one_kernel(dtype, m, monkeypatch):
-    """The one-block kernel gives objective.layer_objective's value (Eq. 9), as a 0-d device array."""
+@pytest.mark.parametrize("threads,per_thread", [(512, 8), (32, 4), (32, 1), (64, 10 ** 6)])
+def test_layer_objective_in_one_kernel(dtype, m, threads, per_thread, monkeypatch):
+    """One launch of ``kernel_stats`` gives objective.layer_objective's value (Eq. 9), as a 0-d device
+    array, on one block or many (the last block sums the others' partials); the same bits on every call
+    (so the ticket counter is reset) and the same bits as the backend's kernel means."""
+    monkeypatch.setattr(cupy_backend, "OBJECTIVE_THREADS", threads)
+    monkeypatch.setattr(cupy_backend, "OBJECTIVE_PER_THREAD", per_thread)
     rng = np.random.default_rng(m)
     v = rng.standard_normal((m, 6)).astype(dtype)
     K, Ky = NP.gaussian_kernel(v, 2.0), NP.label_kernel(rng.integers(0, 4, m), 4, "cosine", dtype)
     ref = NP.layer_objective(K, Ky, 2.0)
-    got = CP.layer_objective(CP.asarray(K), CP.asarray(Ky), 2.0)
+    gK, gKy = CP.asarray(K), CP.asarray(Ky)
+    got = CP.layer_objective(gK, gKy, 2.0)
     assert isinstance(got, cupy.ndarray) and got.shape == () and got.dtype == dtype
     close(got, np.asarray(ref, dtype=dtype), dtype, rtol=1e-5 if dtype == np.float32 else 1e-12)
-    monkeypatch.setattr(cupy_backend, "OBJECTIVE_THREADS", 32)          # several entries per thread
-    close(CP.layer_objective(CP.asarray(K), CP.asarray(Ky), 2.0), np.asarray(ref, dtype=dtype), dtype,
+    again = [cupy.asnumpy(CP.layer_objective(gK, gKy, 2.0)) for _ in range(3)]
+    assert all(a.tobytes() == cupy.asnumpy(got).tobytes() for a in again)
+    stats = cupy.asnumpy(CP._kernel_stats(gK, gKy, 2.0))
+    close(stats[:2], np.array([K.mean(), Ky.mean()], dtype=dtype), dtype,
           rtol=1e-5 if dtype == np.float32 else 1e-12)
-    monkeypatch.setattr(cupy_backend, "OBJECTIVE_ONE_BLOCK_MAX", 16)    # large: CuPy's reductions
-    close(CP.layer_objective(CP.asarray(K), CP.asarray(Ky), 2.0), np.asarray(ref, dtype=dtype), dtype,
-          rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_kernel_stats_block_count():
+    """m = 256 on 16 blocks, m = 1024 on 256, never more than the cap nor fewer than one."""
+    assert cupy_backend._objective_blocks(1) == 1
+    assert cupy_backend._objective_blocks(256 ** 2) == 16
+    assert cupy_backend._objective_blocks(1024 ** 2) == 256
+    assert cupy_backend._objective_blocks(10 ** 9) == cupy_backend.OBJECTIVE_BLOCKS_MAX
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -297,12 +310,14 @@ def test_softmax_cross_entropy_in_one_kernel(dtype, m, k):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("one_block", [True, False])
-def test_gaussian_weights_means_from_one_kernel_or_cupys_reductions(dtype, one_block, monkeypatch):
+def test_gaussian_weights_means_from_one_or_many_blocks(dtype, one_block, monkeypatch):
     if not one_block:
-        monkeypatch.setattr(cupy_backend, "OBJECTIVE_ONE_BLOCK_MAX", 16)
+        monkeypatch.setattr(cupy_backend, "OBJECTIVE_PER_THREAD", 1)
+        monkeypatch.setattr(cupy_backend, "OBJECTIVE_THREADS", 32)
     rng = np.random.default_rng(9)
     K = NP.gaussian_kernel(rng.standard_normal((45, 5)).astype(dtype), 1.5)
     Ky = NP.label_kernel(rng.integers(0, 3, 45), 3, "cosine", dtype)
+    assert (cupy_backend._objective_blocks(K.size) == 1) == one_block
     close(CP.gaussian_weights(CP.asarray(K), CP.asarray(Ky), 2.0), NP.gaussian_weights(K, Ky, 2.0), dtype)
 
 

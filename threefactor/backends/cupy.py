@@ -135,25 +135,18 @@ _ROWS = LazyKernel(RawModuleSource(
     _ROW_SOURCE,
     tuple(f"{k}<{t}>" for k in ("group_stats", "row_centre") for t in ("float", "double"))))
 
-# -- the means of the kernel matrices and the layer objective's value (Eq. 9), one block --------
+# -- the means of the kernel matrices and the layer objective's value (Eq. 9), one launch --------
 _OBJECTIVE_SOURCE = r"""
 // Over the n entries of K and Ky: out[0] = mean(K), out[1] = mean(Ky) and
-// out[2] = L = mean(K * (K - gamma Ky)) - mean(K) (mean(K) - gamma mean(Ky)) (objective.layer_objective);
-// one block of blockDim.x threads (a power of two), three tree reductions in shared memory.
+// out[2] = L = mean(K * (K - gamma Ky)) - mean(K) (mean(K) - gamma mean(Ky)) (objective.layer_objective).
+// gridDim.x blocks of blockDim.x threads (a power of two) stride over the entries; each block sums its
+// three partial sums in shared memory and writes them to partial[3 * block ...].  The last block to
+// finish (an atomic ticket on *done after a __threadfence, so the other blocks' partials are visible)
+// sums the partials in block order -- the same order whichever block is last, so the result repeats bit
+// for bit -- writes out and resets *done to 0 for the next launch.  *done is one counter per device,
+// so two of these kernels must not run at once (the backend launches on one stream).
 template<typename T>
-__global__ void kernel_stats(const T* __restrict__ K, const T* __restrict__ Ky, const long long n,
-                             const T gamma, T* __restrict__ out) {
-    extern __shared__ __align__(8) unsigned char shared_raw[];
-    T* sk = reinterpret_cast<T*>(shared_raw);
-    T* sy = sk + blockDim.x;
-    T* sd = sy + blockDim.x;
-    T a = 0, b = 0, c = 0;
-    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-        const T k = K[i], y = Ky[i];
-        a += k;
-        b += y;
-        c += k * (k - gamma * y);
-    }
+__device__ void block_sum3(T* sk, T* sy, T* sd, T a, T b, T c) {
     sk[threadIdx.x] = a; sy[threadIdx.x] = b; sd[threadIdx.x] = c;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half >>= 1) {
@@ -164,19 +157,64 @@ __global__ void kernel_stats(const T* __restrict__ K, const T* __restrict__ Ky, 
         }
         __syncthreads();
     }
+}
+
+template<typename T>
+__global__ void kernel_stats(const T* __restrict__ K, const T* __restrict__ Ky, const long long n,
+                             const T gamma, T* partial, unsigned int* done, T* __restrict__ out) {
+    extern __shared__ __align__(8) unsigned char shared_raw[];
+    T* sk = reinterpret_cast<T*>(shared_raw);
+    T* sy = sk + blockDim.x;
+    T* sd = sy + blockDim.x;
+    __shared__ bool last;
+    T a = 0, b = 0, c = 0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const T k = K[i], y = Ky[i];
+        a += k;
+        b += y;
+        c += k * (k - gamma * y);
+    }
+    block_sum3(sk, sy, sd, a, b, c);
+    if (gridDim.x > 1) {
+        if (threadIdx.x == 0) {
+            volatile T* mine = partial + 3 * blockIdx.x;
+            mine[0] = sk[0]; mine[1] = sy[0]; mine[2] = sd[0];
+            __threadfence();
+            last = atomicAdd(done, 1u) == gridDim.x - 1;
+        }
+        __syncthreads();
+        if (!last) return;
+        const volatile T* all = partial;
+        a = 0; b = 0; c = 0;
+        for (int j = threadIdx.x; j < (int)gridDim.x; j += blockDim.x) {
+            a += all[3 * j]; b += all[3 * j + 1]; c += all[3 * j + 2];
+        }
+        block_sum3(sk, sy, sd, a, b, c);
+    }
     if (threadIdx.x == 0) {
         const T kbar = sk[0] / (T)n, ybar = sy[0] / (T)n;
         out[0] = kbar;
         out[1] = ybar;
         out[2] = sd[0] / (T)n - kbar * (kbar - gamma * ybar);
+        if (gridDim.x > 1) *done = 0u;
     }
 }
 """
 _OBJECTIVE = LazyKernel(RawModuleSource(_OBJECTIVE_SOURCE, ("kernel_stats<float>", "kernel_stats<double>")))
 OBJECTIVE_THREADS = 512
-#: Above this many kernel entries (m = 512) one block takes longer than CuPy's multi-block
-#: reductions take to launch (the one-block pass is for launch-bound steps).
-OBJECTIVE_ONE_BLOCK_MAX = 1 << 18
+#: Entries per thread the kernel aims at (it takes min(this many blocks, :data:`OBJECTIVE_BLOCKS_MAX`)):
+#: m = 256 (65 536 entries) runs on 16 blocks, m = 1024 on 256 (it ran on one block, or on CuPy's
+#: reductions -- four launches and 0.13-0.2 ms at m = 1024 on an H200 -- before).
+OBJECTIVE_PER_THREAD = 8
+OBJECTIVE_BLOCKS_MAX = 512
+_DONE = {}      # device id -> the kernel's zeroed uint32 ticket counter
+
+
+def _objective_blocks(n):
+    per_block = OBJECTIVE_THREADS * OBJECTIVE_PER_THREAD
+    return max(1, min(OBJECTIVE_BLOCKS_MAX, -(-n // per_block)))
+
 
 # -- softmax cross-entropy of the output layer, one block (threefactor.layers.softmax_cross_entropy) --
 _XENT_SOURCE = r"""
@@ -445,24 +483,30 @@ class CupyBackend:
 
     def gaussian_weights(self, K, Ky, gamma):
         """A = (2 k̊z - γ k̊y) ⊙ K / m² (Eq. 12b times σ²); the means stay on the device
-        (both from one kernel up to :data:`OBJECTIVE_ONE_BLOCK_MAX` entries)."""
+        (both from the one ``kernel_stats`` launch), then one element-wise kernel."""
         m2 = K.shape[0] * K.shape[1]
         stats = self._kernel_stats(K, Ky, gamma)
         mean_K, mean_Ky = (K.mean(), Ky.mean()) if stats is None else (stats[0], stats[1])
         return _GAUSSIAN_WEIGHTS(K, Ky, mean_K, mean_Ky, gamma, 1.0 / m2)
 
     def _kernel_stats(self, K, Ky, gamma):
-        """[mean K, mean Ky, L] as a device array from one one-block kernel, or None where that
-        kernel does not apply (large m: CuPy's reductions; other dtypes)."""
-        n = K.size
-        if n > OBJECTIVE_ONE_BLOCK_MAX or K.dtype not in _CTYPE or Ky.dtype != K.dtype or K.shape != Ky.shape:
+        """[mean K, mean Ky, L] as a device array from one launch of ``kernel_stats``, or None where
+        that kernel does not apply (other dtypes or shapes: CuPy's reductions)."""
+        if K.dtype not in _CTYPE or Ky.dtype != K.dtype or K.shape != Ky.shape:
             return None
         K, Ky = cupy.ascontiguousarray(K), cupy.ascontiguousarray(Ky)
-        out = cupy.empty(3, dtype=K.dtype)
+        n = K.size
+        blocks = _objective_blocks(n)
+        work = cupy.empty(3 + 3 * blocks, dtype=K.dtype)       # out, then the blocks' partial sums
+        device = cupy.cuda.Device().id
+        done = _DONE.get(device)
+        if done is None:
+            done = _DONE[device] = cupy.zeros(1, dtype=cupy.uint32)
         _function(_OBJECTIVE, "kernel_stats", K.dtype)(
-            (1,), (OBJECTIVE_THREADS,), (K, Ky, np.int64(n), K.dtype.type(gamma), out),
+            (blocks,), (OBJECTIVE_THREADS,),
+            (K, Ky, np.int64(n), K.dtype.type(gamma), work[3:], done, work),
             shared_mem=3 * OBJECTIVE_THREADS * K.dtype.itemsize)
-        return out
+        return work[:3]
 
     def laplacian(self, A, v):
         """L_A v = diag(A·1) v - A v: a row sum, one GEMM (m, m) × (m, d), one kernel."""
