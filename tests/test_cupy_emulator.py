@@ -236,6 +236,12 @@ def test_device_arrays_stay_on_the_device():
         cp.ascontiguousarray(np.ones(3))
     with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):
         a[0] = np.ones(3)
+    host = np.arange(4)                          # CuPy's stack/concatenate/expand_dims take device arrays only
+    for bad in (lambda: cp.stack([host.min(), host.max()]), lambda: cp.concatenate([a.ravel(), host]),
+                lambda: cp.expand_dims(host.max(), 0), lambda: cp.stack([a[0], np.float64(1.0)])):
+        with pytest.raises(TypeError, match="incorrect type"):
+            bad()
+    assert cp.stack([a.min(), a.max()]).shape == (2,)
     total = a.sum()
     assert type(total) is cp.ndarray and total.shape == () and type(a[0, 1]) is cp.ndarray
     assert type(np.exp(a)) is cp.ndarray and type(np.sum(a, axis=0)) is cp.ndarray

@@ -165,6 +165,30 @@ def test_public_api_matches_numpy(dtype, groups):
           tf.layer_output(x, w, groups=groups, divisive=groups is not None), dtype)
 
 
+@pytest.mark.parametrize("form", ["int", "float", "onehot", "bool-onehot"])
+@pytest.mark.parametrize("where", ["host", "device"])
+def test_labels_of_every_form_from_host_or_device(form, where):
+    """Labels are checked where they live: host labels (integers, whole floats, one-hot) given with device
+    or host x reach the same update as device labels (a host min/max once went into cupy.stack)."""
+    x, w, y = data(16, 12, 32, np.float64)
+    ref = tf.local_update(x, w, y, n_classes=10)
+    lab = {"int": y, "float": y.astype(np.float32), "onehot": np.eye(10)[y],
+           "bool-onehot": np.eye(10, dtype=bool)[y]}[form]
+    lab = cupy.asarray(lab) if where == "device" else lab
+    close(tf.local_update(cupy.asarray(x), cupy.asarray(w), lab, backend="cupy", n_classes=10), ref, np.float64)
+    close(tf.local_update(x, w, lab, backend="cupy", n_classes=10), ref, np.float64)
+    bad = lab.astype(np.float32) + 0.5 if form in ("int", "float") else None
+    if bad is not None:
+        with pytest.raises(ValueError, match="whole numbers"):
+            tf.local_update(x, w, bad, backend="cupy", n_classes=10)
+        with pytest.raises(ValueError, match=">= 0"):
+            tf.local_update(x, w, lab - 20, backend="cupy", n_classes=10)
+        nan = lab.astype(np.float32)
+        nan[0] = np.nan
+        with pytest.raises(ValueError, match="y contains NaN"):
+            tf.local_update(x, w, nan, backend="cupy", n_classes=10)
+
+
 _SPIN = r"""
 extern "C" __global__ void spin(const long long cycles) {
     const long long start = clock64();

@@ -46,13 +46,13 @@ def _float_dtype(arrays, names):
 
 
 def _check_finite(be, arr, name):
-    if not bool(be.xp.isfinite(arr).all()):
+    xp = be.xp if be.is_native(arr) else np      # host labels given to a device backend: checked on the host
+    if not bool(xp.isfinite(arr).all()):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
 def _labels(be, y, m, n_classes):
     """Integer labels (m,) and the number of classes from one-hot or integer ``y``."""
-    xp = be.xp
     if y is None:
         raise TypeError("y is required: one-hot labels (m, n_classes) or integer labels (m,)")
     if n_classes is not None:
@@ -62,6 +62,7 @@ def _labels(be, y, m, n_classes):
             raise ValueError(f"n_classes must be >= 2 (the label kernel of Eq. 35 needs two classes), "
                              f"got n_classes={n_classes}")
     y = _array(be, y, "y")
+    xp = be.xp if be.is_native(y) else np        # labels are checked where they are (host y: no device work)
     if y.dtype.kind not in "biuf":
         raise TypeError(f"y must hold labels (integers or one-hot rows), got dtype {y.dtype}")
     if y.ndim not in (1, 2):

@@ -42,12 +42,27 @@ SYNCING = {"unique": "cupy.unique", "nonzero": "cupy.nonzero", "argwhere": "cupy
 LIKE = ("zeros_like", "ones_like", "full_like")
 
 
+#: Functions whose array arguments CuPy types as device arrays: a host scalar or a 0-d host array
+#: there raises (``cupy.stack([labels.min(), labels.max()])`` of a numpy ``labels`` did, on a GPU).
+DEVICE_ONLY = {"expand_dims": "a", "stack": "arrays", "concatenate": "arrays"}
+
+
+def _device_only(name, args, kwargs):
+    what = args[0] if args else kwargs.get(DEVICE_ONLY[name])
+    for a in (what if name != "expand_dims" else [what]):
+        if type(a) is not ndarray:
+            raise TypeError(f"Argument 'a' has incorrect type (expected cupy._core.core._ndarray_base, "
+                            f"got {type(a).__name__}) in cupy.{name}")
+
+
 def _delegate(name, sync=None, host_ok=False):
     fn = getattr(np, name)
 
     def f(*args, **kwargs):
         if sync:
             device.host_sync(sync)
+        if name in DEVICE_ONLY:
+            _device_only(name, args, kwargs)
         return call(fn, args, kwargs, host_ok=host_ok)
 
     f.__name__ = f.__qualname__ = name
