@@ -90,6 +90,33 @@ def test_group_stats_and_divisive_norm(dtype, m, n, groups, blocks, request):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["linear", "relu", "lrelu", "selu"])
+@pytest.mark.parametrize("m,n,groups", [(8, 64, 32), (5, 120, 3), (3, 2048, 16)])
+@pytest.mark.parametrize("blocks", ["default", "small"])
+def test_forward_grouped_in_one_kernel(dtype, activation, m, n, groups, blocks, request):
+    """a, z, f', ẑ, u, v from one GEMM + activate_group_stats + row_centre: numpy's six arrays, and the
+    bits of the backend's own forward then group_stats (SELU: within rounding, as the compiler may
+    contract its exp-multiply-subtract differently in the two kernels)."""
+    if blocks == "small":
+        request.getfixturevalue("small_blocks")
+    x, w, _ = data(m, 17, n, dtype)
+    names = ("a", "z", "fp", "zhat", "u", "v")
+    got = CP.forward_grouped(CP.asarray(x), CP.asarray(w), activation, 0.1, groups, 0.2, 1.0)
+    for g, r, name in zip(got, NP.forward_grouped(x, w, activation, 0.1, groups, 0.2, 1.0), names):
+        close(g, r, dtype)
+    a, z, fp = CP.forward(CP.asarray(x), CP.asarray(w), activation, 0.1)
+    for g, r, name in zip(got, (a, z, fp) + tuple(CP.group_stats(z, groups, 0.2, 1.0)), names):
+        if activation == "selu":
+            close(g, cupy.asnumpy(r), dtype, rtol=1e-5 if dtype == np.float32 else 1e-13)
+        else:
+            assert np.array_equal(cupy.asnumpy(g), cupy.asnumpy(r)), name
+    with pytest.raises(ValueError, match="groups=7 does not divide the layer width"):
+        CP.forward_grouped(CP.asarray(x), CP.asarray(w), activation, 0.1, 7, 0.2, 1.0)
+    with pytest.raises(ValueError, match="activation"):
+        CP.forward_grouped(CP.asarray(x), CP.asarray(w), "tanh", 0.1, groups, 0.2, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_matrices_weights_and_laplacian(dtype):
     rng = np.random.default_rng(2)
     v = rng.standard_normal((33, 12)).astype(dtype)

@@ -30,10 +30,17 @@ class GroupStats(NamedTuple):
     v: object
 
 
+def group_size(n_out, groups):
+    """g = n_out / c, or a ValueError naming ``groups`` where c does not divide the layer."""
+    if groups < 1 or n_out % groups:
+        raise ValueError(f"groups={groups} does not divide the layer width n_out={n_out}")
+    return n_out // groups
+
+
 def group_stats(z, groups, p, delta, xp=np):
     """ẑ, u and v of Eq. 17-18 for activity ``z`` of shape (m, n_out)."""
     m, n = z.shape
-    g = n // groups
+    g = group_size(n, groups)
     zg = z.reshape(m, groups, g)
     zhat = zg - zg.mean(axis=2, keepdims=True)
     u = (delta + (zhat * zhat).sum(axis=2)) / g

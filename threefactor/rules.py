@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from .grouping import group_size
+
 KERNELS = ("gaussian", "cosine", "linear")
 ACTIVATIONS = ("linear", "relu", "lrelu", "selu")
 LABEL_KERNELS = ("cosine", "linear")
@@ -135,9 +137,7 @@ class Rule:
         if self.groups is None:
             return n_out
         c = self.groups
-        if n_out % c:
-            raise ValueError(f"groups={c} does not divide the layer width n_out={n_out}")
-        g = n_out // c
+        g = group_size(n_out, c)
         if g < 2:
             raise ValueError(
                 f"groups={c} leaves groups of {g} neuron for n_out={n_out}: a group needs at "

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import dropout, objective
 from ..activations import SELU_ALPHA, SELU_SCALE
+from ..grouping import group_size
 from ..rules import ACTIVATIONS, choice_error
 from ._cuda_source import ElementwiseSource, LazyKernel, RawModuleSource
 from .numpy import NumpyBackend
@@ -57,9 +58,9 @@ def _function(module, name, dtype):
 
 # -- forward: z = f(a) and f'(a) in one pass (Eq. 1) ------------------------
 _ACTIVATION_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # linear, relu, lrelu, selu
-_ACTIVATE = LazyKernel(ElementwiseSource(
-    "T a, T slope, int32 kind", "T z, T fp",
-    f"""
+#: z = f(a), fp = f'(a) for activation code ``kind`` (linear, relu, lrelu, selu): the one CUDA text of
+#: the activations, in the element-wise kernel below and in ``activate_group_stats``.
+_ACTIVATION_BODY = f"""
     if (kind == 0) {{ z = a; fp = 1; }}
     else if (kind == 1) {{ z = a > 0 ? a : (T)0; fp = a > 0 ? (T)1 : (T)0; }}
     else if (kind == 2) {{ z = a > 0 ? a : slope * a; fp = a > 0 ? (T)1 : slope; }}
@@ -70,8 +71,9 @@ _ACTIVATE = LazyKernel(ElementwiseSource(
             z = e - (T){SELU_SCALE * SELU_ALPHA!r}; fp = e;
         }}
     }}
-    """,
-    "threefactor_activate"))
+"""
+_ACTIVATE = LazyKernel(ElementwiseSource("T a, T slope, int32 kind", "T z, T fp", _ACTIVATION_BODY,
+                                         "threefactor_activate"))
 
 # -- group statistics (Eq. 17-18), centred rows and the group pull-back (Eq. 43-44) --
 _ROW_SOURCE = r"""
@@ -106,6 +108,39 @@ __global__ void group_stats(const T* z, T* zhat, T* u, const long long n_rows,
     if (lane == 0) u[row] = (delta + q) / (T)g;
 }
 
+template<typename T>
+__device__ __forceinline__ void activation(const T a, const T slope, const int kind, T& z, T& fp) {
+""" + _ACTIVATION_BODY + r"""}
+
+// group_stats fused with the activation (forward_grouped): one warp per row of g pre-activations a;
+// z = f(a), fp = f'(a), then zhat and u of z as in group_stats (z read back from this warp's own writes).
+template<typename T>
+__global__ void activate_group_stats(const T* a, T* z, T* fp, T* zhat, T* u, const long long n_rows,
+                                     const int g, const T delta, const T slope, const int kind) {
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= n_rows) return;            // the whole warp leaves together
+    const long long base = row * g;
+    T s = 0;
+    for (int k = lane; k < g; k += 32) {
+        T zk, fk;
+        activation(a[base + k], slope, kind, zk, fk);
+        z[base + k] = zk;
+        fp[base + k] = fk;
+        s += zk;
+    }
+    s = warp_sum(s);
+    const T mean = __shfl_sync(0xffffffffu, s, 0) / (T)g;
+    T q = 0;
+    for (int k = lane; k < g; k += 32) {      // the same lane wrote z[base + k] above
+        const T d = z[base + k] - mean;
+        zhat[base + k] = d;
+        q += d * d;
+    }
+    q = warp_sum(q);
+    if (lane == 0) u[row] = (delta + q) / (T)g;
+}
+
 // One block per sample row of c values (blockDim.x a power of two).
 // mode 0: out = a^q - mean_c a^q                               (Eq. 18, q = 1 - p)
 // mode 1: out = scale * (a - mean_c a) / b^q                   (Eq. 43-44, q = p)
@@ -133,7 +168,8 @@ __global__ void row_centre(const T* a, const T* b, T* out, const int c, const T 
 """
 _ROWS = LazyKernel(RawModuleSource(
     _ROW_SOURCE,
-    tuple(f"{k}<{t}>" for k in ("group_stats", "row_centre") for t in ("float", "double"))))
+    tuple(f"{k}<{t}>" for k in ("group_stats", "activate_group_stats", "row_centre")
+          for t in ("float", "double"))))
 
 # -- the means of the kernel matrices and the layer objective's value (Eq. 9), one launch --------
 _OBJECTIVE_SOURCE = r"""
@@ -430,17 +466,33 @@ class CupyBackend:
     def group_stats(self, z, groups, p, delta):
         """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18 in two kernels (one warp per group)."""
         z = cupy.ascontiguousarray(z)
-        m, n = z.shape
-        g = n // groups
-        t = z.dtype.type
-        zhat = cupy.empty_like(z)
-        u = cupy.empty((m, groups), dtype=z.dtype)
+        zhat, u = self._group_rows("group_stats", z, groups, (), delta)
+        return zhat, u, self._row_centre(u, u, 1.0 - p, 1.0, 0)
+
+    def forward_grouped(self, x, w, activation, slope, groups, p, delta):
+        """:meth:`forward` and :meth:`group_stats` (Eq. 1, 17-18) as one GEMM and two kernels: z, f'(a),
+        ẑ and u from one warp per group (``activate_group_stats``), then v.  Returns (a, z, fp, ẑ, u, v)."""
+        if activation not in _ACTIVATION_CODE:
+            raise choice_error("activation", activation, ACTIVATIONS)
+        a = cupy.ascontiguousarray(self.matmul(x, w.T))
+        z, fp = cupy.empty_like(a), cupy.empty_like(a)
+        t = a.dtype.type
+        zhat, u = self._group_rows("activate_group_stats", a, groups, (z, fp), delta,
+                                   (t(slope), np.int32(_ACTIVATION_CODE[activation])))
+        return a, z, fp, zhat, u, self._row_centre(u, u, 1.0 - p, 1.0, 0)
+
+    def _group_rows(self, name, src, groups, outs, delta, extra=()):
+        """Launch ``name`` (group_stats or activate_group_stats), one warp per (sample, group) row of
+        ``src`` (m, n) C-ordered; returns (ẑ, u)."""
+        m, n = src.shape
+        group_size(n, groups)
+        zhat = cupy.empty_like(src)
+        u = cupy.empty((m, groups), dtype=src.dtype)
         rows = m * groups
-        _function(_ROWS, "group_stats", z.dtype)(
+        _function(_ROWS, name, src.dtype)(
             ((rows + GROUP_WARPS - 1) // GROUP_WARPS,), (32 * GROUP_WARPS,),
-            (z, zhat, u, np.int64(rows), np.int32(g), t(delta)))
-        v = self._row_centre(u, u, 1.0 - p, 1.0, 0)
-        return zhat, u, v
+            (src, *outs, zhat, u, np.int64(rows), np.int32(n // groups), src.dtype.type(delta), *extra))
+        return zhat, u
 
     def _row_centre(self, a, b, q, scale, mode):
         """Launch ``row_centre`` (see its CUDA comment) on (m, c) arrays; one block per row."""
@@ -530,8 +582,6 @@ class CupyBackend:
     def hebbian(self, post, x):
         """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one cuBLAS GEMM."""
         return self.matmul(post.T, x)
-
-    forward_grouped = NumpyBackend.forward_grouped      # forward + group_stats: two kernels
 
     # 2×2 max pooling: conv.py dispatches to the CuPy kernels of backends/_conv_cupy.py on self.xp
     im2col = NumpyBackend.im2col

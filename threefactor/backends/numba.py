@@ -34,6 +34,7 @@ import numpy as np
 from . import _numba_kernels as _k
 from ..activations import SELU_ALPHA, SELU_SCALE
 from ..machine import openblas_thread_api
+from ..grouping import group_size
 from ..rules import ACTIVATIONS, choice_error
 from .numpy import NumpyBackend
 
@@ -126,10 +127,8 @@ class NumbaBackend(NumpyBackend):
     @staticmethod
     def _group_outputs(z, groups):
         """Checked group count; empty ẑ (m, n) and u (m, c) for :func:`_k.group_moments`."""
-        m, n = z.shape
-        if groups < 1 or n % groups:
-            raise ValueError(f"groups={groups} does not divide the layer width n_out={n}")
-        return np.empty_like(z), np.empty((m, groups), dtype=z.dtype)
+        group_size(z.shape[1], groups)
+        return np.empty_like(z), np.empty((z.shape[0], groups), dtype=z.dtype)
 
     @staticmethod
     def _centred_power(u, p):
