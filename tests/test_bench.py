@@ -1,6 +1,7 @@
 """The benchmark machinery runs end to end on a tiny shape; no timing is asserted."""
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -164,3 +165,19 @@ def test_bad_suite_arguments_are_named():
         bench.run_suite(["numpy"], [1], [(16, 64)], ["gauss"])
     with pytest.raises(ValueError, match="shapes: 16x40 .*groups=32"):
         bench.run_suite(["numpy"], [8], [(16, 40)], ["gauss-grp+div"])
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--m", "0"], "--m: a batch size .* must be >= 2, got '0'"),
+    (["--m", "256", "x"], "--m: a batch size .* must be a number >= 2, got 'x'"),
+    (["--budget", "-1"], "--budget: the time budget in seconds must be >= 0.0"),
+    (["--threads", "0"], "--threads: the thread count must be >= 1"),
+    (["--shapes", "10x"], "--shapes: a shape is N_INxN_OUT"),
+])
+def test_bad_cli_arguments_are_argparse_errors(argv, expected, capsys):
+    """A command-line mistake is a one-line usage error naming the flag, not a traceback from deep inside."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--quick", *argv])
+    assert exc.value.code == 2
+    assert re.search(expected, capsys.readouterr().err)
+

@@ -155,6 +155,7 @@ def test_cli_writes_the_contract(data_root, tmp_path, capsys):
     (["--hidden", "30", "--groups", "32"], "does not divide"),
     (["--preset", "mnist-cossim", "--rule", "gaussian"], "contradicts preset"),
     (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--batch-size", "1"], "batch_size must be >= 2 for the gaussian rule.*--mode online"),
 ])
 def test_bad_input_names_the_choices(argv, expected):
     with pytest.raises(SystemExit, match=expected.replace("+", r"\+")):

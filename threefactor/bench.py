@@ -350,6 +350,19 @@ def _shape(text):
     return n_in, n_out
 
 
+def _at_least(low, kind, what):
+    """argparse type: a ``kind`` (int or float) >= ``low``, else an error naming ``what``."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number >= {low}, got {text!r}")
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {low}, got {text!r}")
+        return value
+    return parse
+
+
 def timing_settings(quick, budget=None):
     """Timing keywords for :func:`time_call`: --quick is a smoke test, not a measurement."""
     if quick:
@@ -361,20 +374,21 @@ def configure_parser(parser):
     parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=list(BACKENDS),
                         help="backends to time (unavailable ones are skipped with the reason)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--m", nargs="+", type=int, default=None, metavar="M",
+    parser.add_argument("--m", nargs="+", type=_at_least(2, int, "a batch size (the kernel compares pairs)"),
+                        default=None, metavar="M",
                         help=f"batch sizes (default {' '.join(map(str, BATCHES))}; --quick: 256)")
     parser.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="NINxNOUT",
                         help="layer shapes (default 784x1024 1024x1024 4096x4096; --quick: 1024x1024)")
     parser.add_argument("--rules", nargs="+", choices=tuple(VARIANTS), default=list(DEFAULT_RULES))
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: short time budget, one batch size and shape by default")
-    parser.add_argument("--budget", type=float, default=None,
+    parser.add_argument("--budget", type=_at_least(0.0, float, "the time budget in seconds"), default=None,
                         help="seconds of repeats per measurement (default 1.0; --quick 0.05)")
     parser.add_argument("--no-autograd", action="store_true", help="skip the PyTorch autograd baseline")
     add_heap_argument(parser)
     parser.add_argument("--profile", action="store_true",
                         help="also time each primitive of the update (synchronised), as profile_s")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
+    parser.add_argument("--threads", type=_at_least(1, int, "the thread count"), default=None, metavar="N",
                         help="threads for BLAS, Numba and torch alike (default: BLAS's own; "
                              "1 gives the steadiest numbers on a shared machine)")
     parser.add_argument("--step", action="store_true",

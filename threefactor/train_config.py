@@ -251,6 +251,10 @@ def _validate(cfg):
         raise ValueError(f"seed must be an integer >= 0, got {cfg['seed']!r}")
     if cfg["subset"] is not None:
         positive_int("subset")
+    if cfg["batch_size"] < 2 and cfg.get("mode", "batch") == "batch" and cfg["rule"] not in ("backprop", "last-layer"):
+        raise ValueError(f"batch_size must be >= 2 for the {cfg['rule']} rule: its kernel compares the pairs of "
+                         f"samples in a batch (Eq. 9), so one sample gives no update; got {cfg['batch_size']} "
+                         f"(for one sample at a time use --mode online)")
     is_conv = cfg.get("arch", "mlp") != "mlp"
     if not is_conv and (not cfg["hidden"] or any(int(h) < 1 for h in cfg["hidden"])):
         raise ValueError(f"hidden must list positive widths, got {cfg['hidden']!r}")
