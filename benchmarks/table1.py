@@ -85,7 +85,7 @@ def main(argv=None):
             train(cfg, rd.path, resume=resume, progress=args.progress, data=data)
             print(f"   {time.perf_counter() - t0:.0f} s")
     print()
-    print(markdown_table(summarize(dirs)), end="")
+    print(markdown_table(summarize(dirs), paper=True), end="")
     return 0
 
 

@@ -112,6 +112,42 @@ def test_table(tmp_path, capsys):
         cli.main(["table", str(tmp_path / "nowhere")])
 
 
+def test_table_with_the_papers_numbers(tmp_path, capsys):
+    """--paper puts the paper's cells (Tables 4-5; 7-8 for the conv nets) under each row that has them."""
+    _fake_run(tmp_path / "runs" / "a", "fmnist", "gaussian", "grp+div", 0, [88.5])
+    _fake_run(tmp_path / "runs" / "b", "fmnist", "backprop", "plain", 0, [90.0])
+    _fake_run(tmp_path / "runs" / "c", "fmnist", "gaussian", "grp+div", 0, [80.0], mode="online")
+    _fake_run(tmp_path / "runs" / "d", "cifar10", "gaussian", "grp+div", 0, [85.0], arch="vgg", width=1)
+    _fake_run(tmp_path / "runs" / "e", "cifar10", "gaussian", "grp", 0, [30.0], arch="vgg", width=2)
+    assert cli.main(["table", "--paper", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "| dataset | backprop | gaussian grp | gaussian grp+div |"
+    assert lines[2:8] == [
+        "| fashion-MNIST | 90.0 (0.0, n=1) | — | 88.5 (0.0, n=1) |",
+        "| fashion-MNIST, paper | 90.2 (0.2, n=5) | 88.6 (0.6, n=5) | 88.8 (0.2, n=5) |",
+        "| fashion-MNIST (online) | — | — | 80.0 (0.0, n=1) |",          # no paper row: the paper has no table
+        "| CIFAR10 (vgg) | — | — | 85.0 (0.0, n=1) |",
+        "| CIFAR10 (vgg), paper | 91.0 (0.4, n=5) | <40 | 86.2 (0.9, n=5) |",
+        "| CIFAR10 (vgg ×2) | — | 30.0 (0.0, n=1) | — |"]
+    assert lines[8] == "| CIFAR10 (vgg ×2), paper | 91.9 | <40 | 90.4 |"    # Table 8 gives no spread there
+    assert "Tables 4-5" in out
+    assert cli.main(["table", str(tmp_path / "runs")]) == 0                   # without --paper: no such rows
+    assert ", paper |" not in capsys.readouterr().out
+
+
+def test_paper_numbers_cover_tables_4_and_7():
+    from threefactor.paper_results import PAPER, paper_cell
+    from threefactor.presets import COLUMNS, DATASETS, column_name
+    for d in DATASETS:                                      # every MLP cell of Tables 4-5
+        for r, g in COLUMNS:
+            mean, spread = paper_cell(d, "", column_name(r, g))
+            assert 30 < mean < 100 and 0 <= spread < 3
+    assert len([k for k in PAPER if k[0] == "cifar10" and k[1]]) == 4 and paper_cell("fmnist", "", "x") is None
+    assert paper_cell("fmnist", "", "gaussian grp+div") == (88.8, 0.2)      # the headline cell
+    assert paper_cell("cifar10", "vgg ×2", "gaussian grp+div") == (90.4, None)
+
+
 def test_table_keeps_architectures_and_modes_apart(tmp_path, capsys):
     _fake_run(tmp_path / "runs" / "a", "fmnist", "gaussian", "grp+div", 0, [88.0])
     _fake_run(tmp_path / "runs" / "b", "fmnist", "gaussian", "grp+div", 0, [80.0], mode="online")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .paper_results import PAPER_SEEDS, paper_cell
 from .presets import COLUMNS, DATASETS, column_name
 from .runs import RunDir
 
@@ -73,8 +74,18 @@ def _network(cfg):
     return ", ".join(parts)
 
 
-def markdown_table(cells, metric="final", digits=1):
-    """Rows per dataset, one column per rule/grouping present, ``mean (max−min)`` per cell."""
+def _paper_text(cell, digits):
+    if cell is None:
+        return "—"
+    mean, spread = cell
+    if isinstance(mean, str):
+        return mean
+    return f"{mean:.{digits}f}" + ("" if spread is None else f" ({spread:.{digits}f}, n={PAPER_SEEDS})")
+
+
+def markdown_table(cells, metric="final", digits=1, paper=False):
+    """Rows per dataset, one column per rule/grouping present, ``mean (max−min)`` per cell; with
+    ``paper``, under each row the paper's own numbers for it (:mod:`threefactor.paper_results`)."""
     if not cells:
         return "(no finished epochs in these runs)\n"
     columns = [column_name(r, g) for r, g in COLUMNS if any(k[1] == column_name(r, g) for k in cells)]
@@ -96,6 +107,10 @@ def markdown_table(cells, metric="final", digits=1):
             row.append(f"{mean:.{digits}f} ({spread:.{digits}f}, n={len(v)}){mark}")
         title = DATASET_TITLES[d[0]] + (f" ({d[1]})" if d[1] else "")
         lines.append(f"| {title} | " + " | ".join(row) + " |")
+        if paper:
+            cited = [_paper_text(paper_cell(d[0], d[1], col), digits) for col in columns]
+            if any(c != "—" for c in cited):
+                lines.append(f"| {title}, paper | " + " | ".join(cited) + " |")
     epochs = sorted({e for c in cells.values() for e in c["epochs"]})
     what = "final-epoch" if metric == "final" else "best-epoch"
     lines.append("")
@@ -103,6 +118,9 @@ def markdown_table(cells, metric="final", digits=1):
                  f"number of runs. Epochs trained: {', '.join(map(str, epochs))}.")
     if unfinished:
         lines.append("* at least one run in this cell stopped before its planned number of epochs.")
+    if paper:
+        lines.append(f"Rows \"paper\": Pogodin & Latham (2020), App. D Tables 4-5 (MLP) and 7-8 (conv nets), "
+                     f"mean over {PAPER_SEEDS} seeds (max − min where the paper gives it), final epoch.")
     return "\n".join(lines) + "\n"
 
 
@@ -112,6 +130,8 @@ def configure_parser(parser):
     parser.add_argument("--metric", choices=METRICS, default="final",
                         help="test accuracy of the final epoch (the paper's) or of the best epoch")
     parser.add_argument("--digits", type=int, default=1, help="decimals shown")
+    parser.add_argument("--paper", action="store_true",
+                        help="under each row, the paper's numbers for the same cells (Tables 4-5, 7-8)")
     return parser
 
 
@@ -120,5 +140,5 @@ def run(args):
         cells = summarize(find_runs(args.runs), args.metric)
     except ValueError as exc:
         raise SystemExit(f"threefactor table: error: {exc}")
-    print(markdown_table(cells, args.metric, args.digits), end="")
+    print(markdown_table(cells, args.metric, args.digits, args.paper), end="")
     return 0
