@@ -2,17 +2,14 @@
 
 Trains each chosen column (rule x grouping) for each seed with its Table 3
 preset, writes one run directory per run under ``--out`` and prints the
-Markdown table of ``threefactor table`` (mean and max - min over seeds of the
-final-epoch test accuracy).  Finished runs are skipped, unfinished ones resumed,
-so the script can be interrupted and started again.
+Markdown table of ``threefactor table --paper`` (mean and max - min over seeds of the
+final-epoch test accuracy, each row above the paper's Table 4-5 numbers for it).
+Finished runs are skipped, unfinished ones resumed, so the script can be
+interrupted and started again.
 
     python benchmarks/table1.py                          # fmnist, all 10 columns, 1 seed, 100 epochs
     python benchmarks/table1.py --epochs 2 --subset 10000 --columns gaussian-grp+div backprop
     python benchmarks/table1.py --dataset kmnist --seeds 0 1 2 3 4
-
-The paper's numbers for comparison (Table 4, mean over 5 seeds, 100 epochs):
-fashion-MNIST 90.2 / 90.8 (backprop, grp+div), 83.3 / 85.7 (last layer),
-86.3 / 88.7 / 88.1 (cossim plain / grp / grp+div), 86.5 / 88.6 / 88.8 (Gaussian).
 """
 from __future__ import annotations
 
