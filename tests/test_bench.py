@@ -13,8 +13,8 @@ RECORD_KEYS = {"backend", "dtype", "rule", "m", "n_in", "n_out", "update_s", "up
                "public_s", "synapses_per_s", "peak_mem_bytes", "mem_method", "gemm", "ratio_floor",
                "ratio_floor_with_kernel", "autograd_s", "autograd_peak_mem_bytes",
                "speedup_vs_autograd", "autograd_floor_s", "loadavg_before", "update_graph_s", "fastest",
-               "loadavg_after"}
-GEMM_KEYS = {"forward_s", "update_s", "kernel_s", "floor_s", "floor_with_kernel_s"}
+               "loadavg_after", "ratio_gemms"}
+GEMM_KEYS = {"forward_s", "update_s", "kernel_s", "floor_s", "floor_with_kernel_s", "laplacian_s", "all_s"}
 
 
 def _has_torch():
@@ -73,6 +73,8 @@ def test_cli_quick_run_writes_documented_json(tmp_path, capsys, restore_threads)
         g = r["gemm"]
         assert r["ratio_floor"] == pytest.approx(r["update_s"] / g["floor_s"])
         assert g["floor_s"] == pytest.approx(g["forward_s"] + g["update_s"])
+        assert g["all_s"] == pytest.approx(g["floor_s"] + g["kernel_s"] + g["laplacian_s"])
+        assert r["ratio_gemms"] == pytest.approx(r["update_s"] / g["all_s"]) and r["ratio_gemms"] < r["ratio_floor"]
         assert r["synapses_per_s"] == pytest.approx(64 * 32 / r["update_s"])
         if _has_torch():
             assert r["speedup_vs_autograd"] == pytest.approx(r["autograd_s"] / r["update_s"])

@@ -16,6 +16,10 @@ variant, one run measures, on the same arrays:
     x wᵀ (m·n_in·n_out), update postᵀ x (n_out·m·n_in) and kernel v vᵀ
     (m·m·d, d = n_out plain, c grouped).  ``floor_s`` = forward + update;
     ``floor_with_kernel_s`` adds one kernel GEMM.  ``ratio_floor`` = update_s / floor_s.
+    ``laplacian_s``: the Laplacian product A v (m·m·d), which the update also needs;
+    ``all_s`` = every GEMM of the update (forward, update, kernel, Laplacian) and
+    ``ratio_gemms`` = update_s / all_s: how far the update is from the time of its
+    own matrix products (the rest is element-wise passes and launches).
 ``autograd_s``
     PyTorch autograd of the same objective on the same device and dtype
     (:func:`threefactor.torch_ref.objective_torch`, then ``backward()``), with
@@ -83,13 +87,13 @@ def _device(be):
 
 
 def gemm_calls(be, m, n_in, n_out, d, dtype):
-    """Callables for the forward, update and kernel GEMMs of one layer on backend ``be``."""
+    """Callables for the forward, update, kernel and Laplacian GEMMs of one layer on backend ``be``."""
     rng = np.random.default_rng(1)
-    x, w, post, v = (be.asarray(rng.standard_normal(s).astype(dtype))
-                     for s in ((m, n_in), (n_out, n_in), (m, n_out), (m, d)))
+    x, w, post, v, A = (be.asarray(rng.standard_normal(s).astype(dtype))
+                        for s in ((m, n_in), (n_out, n_in), (m, n_out), (m, d), (m, m)))
     vt = be.xp.ascontiguousarray(v.T)      # a plain GEMM: OpenBLAS's SYRK (v @ v.T) is up to 5x slower
     return {"gemm_forward": lambda: be.matmul(x, w.T), "gemm_update": lambda: be.matmul(post.T, x),
-            "gemm_kernel": lambda: be.matmul(v, vt)}
+            "gemm_kernel": lambda: be.matmul(v, vt), "gemm_laplacian": lambda: be.matmul(A, v)}
 
 
 def add_heap_argument(parser):
@@ -206,6 +210,8 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
     gemm = {"forward_s": med["gemm_forward"], "update_s": med["gemm_update"],
             "kernel_s": med["gemm_kernel"], "floor_s": med["gemm_forward"] + med["gemm_update"]}
     gemm["floor_with_kernel_s"] = gemm["floor_s"] + gemm["kernel_s"]
+    gemm["laplacian_s"] = med["gemm_laplacian"]
+    gemm["all_s"] = gemm["floor_with_kernel_s"] + gemm["laplacian_s"]
     rec = {"backend": be.name, "dtype": np.dtype(dtype).name, "rule": rule_name, "m": m,
            "n_in": n_in, "n_out": n_out, "update_s": med["ours"], "update_iqr_s": t["ours"]["iqr_s"],
            "repeats": t["ours"]["repeats"], "public_s": med["public"],
@@ -213,6 +219,7 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
            "mem_method": mem_method, "gemm": gemm,
            "ratio_floor": med["ours"] / gemm["floor_s"],
            "ratio_floor_with_kernel": med["ours"] / gemm["floor_with_kernel_s"],
+           "ratio_gemms": med["ours"] / gemm["all_s"],
            "autograd_s": med.get("autograd"), "autograd_floor_s": med.get("torch_gemm"),
            "autograd_peak_mem_bytes": None, "loadavg_before": load, "loadavg_after": loadavg(),
            "speedup_vs_autograd": med["autograd"] / med["ours"] if "autograd" in med else None}
@@ -279,7 +286,7 @@ def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, a
 
 # -- output -------------------------------------------------------------------------
 HEADER = (f"{'backend':7} {'dtype':7} {'rule':14} {'m':>5} {'n_in x n_out':>12} {'ours ms':>9} "
-          f"{'public':>9} {'floor':>9} {'/floor':>6} {'autograd':>9} {'speedup':>7} {'Gsyn/s':>7} "
+          f"{'public':>9} {'floor':>9} {'/floor':>6} {'/gemms':>6} {'autograd':>9} {'speedup':>7} {'Gsyn/s':>7} "
           f"{'MiB':>7} {'load':>5}")
 
 
@@ -293,7 +300,8 @@ def format_row(r):
     mem = f"{r['peak_mem_bytes'] / 2 ** 20:7.1f}" if r["peak_mem_bytes"] is not None else f"{'-':>7}"
     return (f"{r['backend']:7} {r['dtype']:7} {r['rule']:14} {r['m']:5d} "
             f"{str(r['n_in']) + 'x' + str(r['n_out']):>12} {_ms(r['update_s'])} {_ms(r['public_s'])} "
-            f"{_ms(r['gemm']['floor_s'])} {r['ratio_floor']:6.2f} {_ms(r['autograd_s'])} {sp} "
+            f"{_ms(r['gemm']['floor_s'])} {r['ratio_floor']:6.2f} {r.get('ratio_gemms') or 0:6.2f} "
+            f"{_ms(r['autograd_s'])} {sp} "
             f"{r['synapses_per_s'] / 1e9:7.2f} {mem} {r['loadavg_before'] or 0:5.1f}")
 
 
@@ -328,13 +336,14 @@ def markdown_summary(doc):
                   f"{r['floor_s'] * 1e3:.2f} | {r['ratio_floor']:.2f} |" for r in rs]
         return "\n".join([head, ""] + lines)
     lines = ["| backend | rule | m | n_in×n_out | ours ms | public ms | floor ms | ours / floor | "
-             "autograd ms | autograd / ours | autograd / floor | graph ms | Gsyn/s | peak MiB |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "ours / all GEMMs | autograd ms | autograd / ours | autograd / floor | graph ms | Gsyn/s | peak MiB |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rs:
         ag, fl, gr, mem = r["autograd_s"], r["gemm"]["floor_s"], r.get("update_graph_s"), r["peak_mem_bytes"]
         lines.append(
             f"| {r['backend']} | {r['rule']} | {r['m']} | {r['n_in']}×{r['n_out']} | "
             f"{r['update_s'] * 1e3:.3f} | {r['public_s'] * 1e3:.3f} | {fl * 1e3:.3f} | {r['ratio_floor']:.2f} | "
+            f"{f2(r.get('ratio_gemms'))} | "
             f"{f2(ag and ag * 1e3)} | {f2(r['speedup_vs_autograd'])} | {f2(ag and ag / fl)} | "
             f"{f2(gr * 1e3) if isinstance(gr, float) else '-'} | {r['synapses_per_s'] / 1e9:.3f} | "
             f"{'-' if mem is None else f'{mem / 2 ** 20:.1f}'} |")
