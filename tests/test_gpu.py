@@ -192,6 +192,29 @@ def test_public_api_matches_numpy(dtype, groups):
           tf.layer_output(x, w, groups=groups, divisive=groups is not None), dtype)
 
 
+@pytest.mark.parametrize("form", ["int", "float", "onehot"])
+def test_a_public_call_on_device_labels_synchronises_once(form):
+    """With the class count known (n_classes, or one-hot columns) the labels' checks are flags read back
+    with the finiteness flag of a = x wᵀ, after the update is queued: one synchronisation per call.
+    Counted on the CuPy emulator (a real GPU has no counter; the bad-input tests run there too)."""
+    if not hasattr(cupy, "sync_count"):
+        pytest.skip("synchronisations are counted on the CuPy emulator only")
+    x, w, y = data(16, 12, 32, np.float32)
+    lab = {"int": y, "float": y.astype(np.float32), "onehot": np.eye(10, dtype=np.float32)[y]}[form]
+    args = (cupy.asarray(x), cupy.asarray(w), cupy.asarray(lab))
+    for fn in (tf.local_update, tf.local_objective, tf.third_factor):
+        fn(*args, backend="cupy", n_classes=10)
+        n = cupy.sync_count()
+        fn(*args, backend="cupy", n_classes=10, groups=8)
+        log = cupy.sync_log(n)
+        assert len(log) == (2 if fn is tf.local_objective else 1), (fn.__name__, log)   # objective: + its float
+    if form != "onehot":                    # without n_classes the class count is read first: one more
+        tf.local_update(*args, backend="cupy")
+        n = cupy.sync_count()
+        tf.local_update(*args, backend="cupy")
+        assert len(cupy.sync_log(n)) == 2
+
+
 @pytest.mark.parametrize("form", ["int", "float", "onehot", "bool-onehot"])
 @pytest.mark.parametrize("where", ["host", "device"])
 def test_labels_of_every_form_from_host_or_device(form, where):

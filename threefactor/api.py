@@ -51,8 +51,51 @@ def _check_finite(be, arr, name):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
-def _labels(be, y, m, n_classes):
-    """Integer labels (m,) and the number of classes from one-hot or integer ``y``."""
+class Checks:
+    """Input checks as flags, read back together: on a device one synchronisation for all of them,
+    after the caller has queued its work (the work itself never depends on a flag being true).
+
+    ``add(flag, fail)``: ``flag`` a 0-d boolean (device) array or bool; ``fail()`` raises the error
+    for a false flag (it may look at the inputs again: that is the error path).  :meth:`verify`
+    reads every flag at once and calls the ``fail`` of the first false one, in the order added.
+    ``immediate=True`` checks each flag as it is added (host arrays), so later steps never see
+    bad values (no NaN cast to an integer).
+    """
+
+    def __init__(self, immediate=False):
+        self.items, self.immediate = [], immediate
+
+    def add(self, flag, fail):
+        """Queue a check; with ``immediate`` (host arrays: reading a flag costs nothing) run it now."""
+        if self.immediate:
+            if not bool(flag):
+                fail()
+            return
+        self.items.append((flag, fail))
+
+    def verify(self, be):
+        if not self.items:
+            return
+        values = be.scalars([flag for flag, _ in self.items])
+        for ok, (_, fail) in zip(values, self.items):
+            if not ok:
+                fail()
+
+
+def _fail(error):
+    def fail():
+        raise error
+    return fail
+
+
+def _labels(be, y, m, n_classes, checks=None):
+    """Integer labels (m,) and the number of classes from one-hot or integer ``y``.
+
+    Labels are checked where they are: host labels on the host, device labels on the device,
+    with every flag read back at once.  Given ``checks`` (a :class:`Checks`) and device labels whose
+    class count is known (``n_classes``, or one-hot columns), the flags are left in ``checks`` for
+    the caller to verify after its work is queued; otherwise they are verified here.
+    """
     if y is None:
         raise TypeError("y is required: one-hot labels (m, n_classes) or integer labels (m,)")
     if n_classes is not None:
@@ -62,47 +105,59 @@ def _labels(be, y, m, n_classes):
             raise ValueError(f"n_classes must be >= 2 (the label kernel of Eq. 35 needs two classes), "
                              f"got n_classes={n_classes}")
     y = _array(be, y, "y")
-    xp = be.xp if be.is_native(y) else np        # labels are checked where they are (host y: no device work)
+    device = be.is_native(y) and be.xp is not np
+    xp = be.xp if device else np                 # host y given to a device backend: no device work
     if y.dtype.kind not in "biuf":
         raise TypeError(f"y must hold labels (integers or one-hot rows), got dtype {y.dtype}")
     if y.ndim not in (1, 2):
         raise ValueError(f"y must be one-hot labels (m, n_classes) or integer labels (m,), got shape {tuple(y.shape)}")
     if y.shape[0] != m:
         raise ValueError(f"y has {y.shape[0]} rows but x has m={m} samples")
+    mine = Checks(immediate=not device)
     if y.dtype.kind == "f":
-        _check_finite(be, y, "y")
+        mine.add(xp.isfinite(y).all(), _fail(ValueError("y contains NaN or Inf")))
     if y.ndim == 2:
         k = y.shape[1]
         if n_classes is not None and n_classes != k:
             raise ValueError(f"n_classes={n_classes} disagrees with one-hot y of {k} columns")
-        onehot = bool(((y == 0) | (y == 1)).all()) and bool((y.sum(axis=1) == 1).all())
-        if not onehot:
-            raise ValueError("y rows must be one-hot (a single 1, zeros elsewhere)")
+        mine.add(((y == 0) | (y == 1)).all() & (y.sum(axis=1) == 1).all(),
+                 _fail(ValueError("y rows must be one-hot (a single 1, zeros elsewhere)")))
         labels, n = y.argmax(axis=1), k
     else:
         if y.dtype.kind == "f":
-            if not bool((y == xp.round(y)).all()):
-                raise ValueError("integer labels y must be whole numbers")
+            mine.add((y == xp.round(y)).all(), _fail(ValueError("integer labels y must be whole numbers")))
         labels = y.astype(np.int64)
-        # min and max in one read-back (on a GPU: one synchronisation, not two)
-        low, high = (int(v) for v in be.to_numpy(xp.stack([labels.min(), labels.max()]))) if m else (0, -1)
-        if low < 0:
-            raise ValueError("labels y must be >= 0")
-        top = high + 1
-        n = top if n_classes is None else int(n_classes)
-        if n_classes is not None and top > n:
-            raise ValueError(f"label {top - 1} is out of range for n_classes={n}")
+        mine.add(labels.min() >= 0, _fail(ValueError("labels y must be >= 0")))
+        if n_classes is None:        # the class count is needed now: read it with the flags (one read-back)
+            values = be.scalars([flag for flag, _ in mine.items] + [labels.max()])
+            for ok, (_, fail) in zip(values, mine.items):
+                if not ok:
+                    fail()
+            n = int(values[-1]) + 1
+            mine = Checks(immediate=not device)
+        else:
+            n = int(n_classes)
+
+            def out_of_range():
+                raise ValueError(f"label {int(labels.max())} is out of range for n_classes={n}")
+            mine.add(labels.max() < n, out_of_range)
     if n < 2:
+        mine.verify(be)
         raise ValueError(f"n_classes must be >= 2 (the label kernel of Eq. 35 needs two classes), got {n}")
+    if checks is not None and device:
+        checks.items.extend(mine.items)
+    else:
+        mine.verify(be)
     return be.asarray(labels, dtype=np.int64), n
 
 
-def prepare(x, w, y, backend, n_classes=None, *, need_labels=True, check_finite=True):
+def prepare(x, w, y, backend, n_classes=None, *, need_labels=True, check_finite=True, checks=None):
     """Validate and convert (x, w, y) for ``backend``; returns (be, x, w, labels, n, to_user).
 
     With ``check_finite=False`` the caller promises :func:`check_forward` on a = x wᵀ
     instead: NaN/Inf anywhere in x or w reaches a (NaN·0 = NaN, Inf·0 = NaN), and a is
-    smaller than w, so the check costs less than scanning the weights.
+    smaller than w, so the check costs less than scanning the weights.  ``checks``: a
+    :class:`Checks` that may receive the device labels' flags (see :func:`_labels`).
     """
     be = get_backend(backend)
     if need_labels and y is None:
@@ -130,7 +185,7 @@ def prepare(x, w, y, backend, n_classes=None, *, need_labels=True, check_finite=
         _check_finite(be, w, "w")
     labels = n = None
     if need_labels:
-        labels, n = _labels(be, y, x.shape[0], n_classes)
+        labels, n = _labels(be, y, x.shape[0], n_classes, checks)
     to_user = (lambda a: a) if native else be.to_numpy
     return be, x, w, labels, n, to_user
 
@@ -160,19 +215,22 @@ def _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta, ba
     """(rule, be, x, lp, to_user, check) of a public call: call ``check()`` once the result is queued.
 
     a = x wᵀ must be finite (:func:`check_forward`).  On the host that is checked at once and
-    ``check`` does nothing; on a device the flag is queued here and ``check`` reads it back after
-    the caller has queued its work, so the call's one synchronisation waits for work on its way.
+    ``check`` does nothing; on a device its flag and the device labels' flags are queued here and
+    ``check`` reads them back together after the caller has queued its work, so the call's one
+    synchronisation waits for work on its way (with device labels and no ``n_classes``, the class
+    count is read before: two).
     """
     rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
-    be, x, w, labels, n, to_user = prepare(x, w, y, backend, n_classes, check_finite=False)
+    checks = Checks()
+    be, x, w, labels, n, to_user = prepare(x, w, y, backend, n_classes, check_finite=False, checks=checks)
     rule.check_width(w.shape[0])
     with np.errstate(over="ignore", invalid="ignore"):   # bad inputs are reported just below
         lp = engine.layer_pass(rule, x, w, labels, n, be)
     if be.xp is np:
         check_forward(be, lp.a, x, w)
         return rule, be, x, lp, to_user, lambda: None
-    finite = be.xp.isfinite(lp.a).all()
-    return rule, be, x, lp, to_user, lambda: check_forward(be, lp.a, x, w, finite)
+    checks.add(be.xp.isfinite(lp.a).all(), lambda: check_forward(be, lp.a, x, w))
+    return rule, be, x, lp, to_user, lambda: checks.verify(be)
 
 
 def check_forward(be, a, x, w, finite=None):

@@ -329,8 +329,9 @@ class ndarray:
 
     # -- conversions and copies ----------------------------------------------------------
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
-        return wrap(self._a.astype(dtype, order=order, casting=casting or "unsafe", copy=copy),
-                    {id(self._a): self})
+        with np.errstate(invalid="ignore"):      # a GPU casts NaN to an integer without a word
+            out = self._a.astype(dtype, order=order, casting=casting or "unsafe", copy=copy)
+        return wrap(out, {id(self._a): self})
 
     def copy(self, order="C"):
         return wrap(self._a.copy(order=order))
