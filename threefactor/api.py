@@ -73,13 +73,16 @@ class Checks:
             return
         self.items.append((flag, fail))
 
-    def verify(self, be):
-        if not self.items:
-            return
-        values = be.scalars([flag for flag, _ in self.items])
+    def verify(self, be, extra=()):
+        """Raise for the first false flag; return the values of ``extra`` (0-d arrays), read back in
+        the same transfer as the flags."""
+        if not self.items and not extra:
+            return []
+        values = be.scalars([flag for flag, _ in self.items] + list(extra))
         for ok, (_, fail) in zip(values, self.items):
             if not ok:
                 fail()
+        return values[len(self.items):]
 
 
 def _fail(error):
@@ -129,11 +132,7 @@ def _labels(be, y, m, n_classes, checks=None):
         labels = y.astype(np.int64)
         mine.add(labels.min() >= 0, _fail(ValueError("labels y must be >= 0")))
         if n_classes is None:        # the class count is needed now: read it with the flags (one read-back)
-            values = be.scalars([flag for flag, _ in mine.items] + [labels.max()])
-            for ok, (_, fail) in zip(values, mine.items):
-                if not ok:
-                    fail()
-            n = int(values[-1]) + 1
+            n = int(mine.verify(be, [labels.max()])[0]) + 1
             mine = Checks(immediate=not device)
         else:
             n = int(n_classes)
