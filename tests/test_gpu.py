@@ -338,6 +338,24 @@ def test_layer_objective_in_one_kernel(dtype, m, threads, per_thread, monkeypatc
           rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+def test_kernel_stats_on_two_streams():
+    """Each stream has its own ticket counter: interleaved launches on two streams give the same values."""
+    rng = np.random.default_rng(5)
+    K = NP.gaussian_kernel(rng.standard_normal((300, 6)).astype(np.float64), 2.0)
+    Ky = NP.label_kernel(rng.integers(0, 4, 300), 4, "cosine", np.float64)
+    gK, gKy = CP.asarray(K), CP.asarray(Ky)
+    ref = cupy.asnumpy(CP._kernel_stats(gK, gKy, 2.0))
+    streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(2)]
+    outs = []
+    for _ in range(3):
+        for st in streams:
+            with st:
+                outs.append(CP._kernel_stats(gK, gKy, 2.0))
+    for st in streams:
+        st.synchronize()
+    assert all(np.array_equal(cupy.asnumpy(o), ref) for o in outs)
+
+
 def test_kernel_stats_block_count():
     """m = 256 on 16 blocks, m = 1024 on 256, never more than the cap nor fewer than one."""
     assert cupy_backend._objective_blocks(1) == 1

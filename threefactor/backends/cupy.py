@@ -179,8 +179,8 @@ _OBJECTIVE_SOURCE = r"""
 // three partial sums in shared memory and writes them to partial[3 * block ...].  The last block to
 // finish (an atomic ticket on *done after a __threadfence, so the other blocks' partials are visible)
 // sums the partials in block order -- the same order whichever block is last, so the result repeats bit
-// for bit -- writes out and resets *done to 0 for the next launch.  *done is one counter per device,
-// so two of these kernels must not run at once (the backend launches on one stream).
+// for bit -- writes out and resets *done to 0 for the next launch.  *done is one counter per device and
+// stream (two of these kernels must not run at once on one counter; on one stream they never do).
 template<typename T>
 __device__ void block_sum3(T* sk, T* sy, T* sd, T a, T b, T c) {
     sk[threadIdx.x] = a; sy[threadIdx.x] = b; sd[threadIdx.x] = c;
@@ -244,7 +244,8 @@ OBJECTIVE_THREADS = 512
 #: reductions -- four launches and 0.13-0.2 ms at m = 1024 on an H200 -- before).
 OBJECTIVE_PER_THREAD = 8
 OBJECTIVE_BLOCKS_MAX = 512
-_DONE = {}      # device id -> the kernel's zeroed uint32 ticket counter
+_DONE = {}      # (device id, stream) -> the kernel's zeroed uint32 ticket counter (one per stream:
+                # launches on one stream run in order, so they never share a counter at the same time)
 
 
 def _objective_blocks(n):
@@ -550,10 +551,10 @@ class CupyBackend:
         n = K.size
         blocks = _objective_blocks(n)
         work = cupy.empty(3 + 3 * blocks, dtype=K.dtype)       # out, then the blocks' partial sums
-        device = cupy.cuda.Device().id
-        done = _DONE.get(device)
+        key = (cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)   # launches on one stream queue
+        done = _DONE.get(key)
         if done is None:
-            done = _DONE[device] = cupy.zeros(1, dtype=cupy.uint32)
+            done = _DONE[key] = cupy.zeros(1, dtype=cupy.uint32)
         _function(_OBJECTIVE, "kernel_stats", K.dtype)(
             (blocks,), (OBJECTIVE_THREADS,),
             (K, Ky, np.int64(n), K.dtype.type(gamma), work[3:], done, work),
