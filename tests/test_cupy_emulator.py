@@ -215,6 +215,26 @@ def test_elementwise_argument_errors_are_cupys():
         k(a, 1.0, size=3)
 
 
+def test_a_collection_inside_the_pool_lock_does_not_deadlock():
+    """Freeing a device array runs its finalizer; when a garbage collection starts inside the pool's
+    locked section (a dict insert can start one), that finalizer takes the same lock on the same
+    thread: it must be reentrant (a plain lock hung a CI run)."""
+    import gc
+    import threading
+    from cupy._emu import device
+
+    def collect_while_locked():
+        junk = [cp.zeros(4) for _ in range(3)]
+        with device._lock:
+            del junk[:]
+            gc.collect()
+
+    t = threading.Thread(target=collect_while_locked, daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive(), "the emulator's memory pool deadlocked"
+
+
 def test_new_device_memory_is_not_zero():
     """``empty`` memory is NaN (floats), as stale device memory would be: unwritten outputs show."""
     half = cp.ElementwiseKernel("T x", "T y", "if (i % 2 == 0) y = x", "emulator_half")

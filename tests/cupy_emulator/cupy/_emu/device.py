@@ -22,7 +22,9 @@ import weakref
 #: Virtual clock rate of ``clock64()`` (cycles per second).
 CLOCK_HZ = 1.0e9
 
-_lock = threading.Lock()
+#: Reentrant: a garbage collection inside a locked section (``track``'s WeakValueDictionary insert can
+#: trigger one) runs ``weakref.finalize`` callbacks, i.e. :func:`_released`, on the same thread.
+_lock = threading.RLock()
 _busy_until = 0.0     # perf_counter() time at which the queued work is done
 _clock = 0            # the virtual clock64() counter, carried from launch to launch
 _syncs = []           # reasons of the host synchronisations, in order
