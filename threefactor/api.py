@@ -46,8 +46,7 @@ def _float_dtype(arrays, names):
 
 
 def _check_finite(be, arr, name):
-    xp = be.xp if be.is_native(arr) else np      # host labels given to a device backend: checked on the host
-    if not bool(xp.isfinite(arr).all()):
+    if not bool(be.xp.isfinite(arr).all()):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
@@ -75,14 +74,15 @@ class Checks:
 
     def verify(self, be, extra=()):
         """Raise for the first false flag; return the values of ``extra`` (0-d arrays), read back in
-        the same transfer as the flags."""
-        if not self.items and not extra:
+        the same transfer as the flags.  The flags are used up: a later call reads only new ones."""
+        items, self.items = self.items, []
+        if not items and not extra:
             return []
-        values = be.scalars([flag for flag, _ in self.items] + list(extra))
-        for ok, (_, fail) in zip(values, self.items):
+        values = be.scalars([flag for flag, _ in items] + list(extra))
+        for ok, (_, fail) in zip(values, items):
             if not ok:
                 fail()
-        return values[len(self.items):]
+        return values[len(items):]
 
 
 def _fail(error):
@@ -133,7 +133,6 @@ def _labels(be, y, m, n_classes, checks=None):
         mine.add(labels.min() >= 0, _fail(ValueError("labels y must be >= 0")))
         if n_classes is None:        # the class count is needed now: read it with the flags (one read-back)
             n = int(mine.verify(be, [labels.max()])[0]) + 1
-            mine = Checks(immediate=not device)
         else:
             n = int(n_classes)
 
