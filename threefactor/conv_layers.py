@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import backprop, batchnorm, conv, conv_rule
+from . import backprop, batchnorm, conv, conv_rule, presets
 from .batchnorm import BatchNorm
 from .dropout import alpha_dropout, dropout_mask  # noqa: F401  (alpha_dropout re-exported)
 from .layers import HiddenLayer, OutputLayer, softmax_cross_entropy, uniform_init
@@ -327,7 +327,7 @@ def build_convnet(cfg, in_shape, n_classes, backend, rng, rule=None):
     """The ConvNet of a config dict (keys: arch, width, rule, grouping, dropout, dtype; the
     rule's fields as for :func:`threefactor.train.make_rule`)."""
     from .train import make_rule
-    learning = {"backprop": "backprop", "last-layer": "last-layer"}.get(cfg["rule"], "local")
+    learning = presets.learning_of(cfg["rule"])
     return ConvNet(in_shape, cfg.get("arch", "vgg"), n_classes, rule or make_rule(cfg),
                    divisive=cfg["grouping"] == "grp+div", learning=learning, dropout=cfg["dropout"],
                    backend=backend, dtype=np.dtype(cfg["dtype"]), rng=rng, width=int(cfg.get("width", 1)),

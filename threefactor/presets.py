@@ -42,6 +42,13 @@ from .rules import Rule, choice_error
 
 DATASETS = ("mnist", "fmnist", "kmnist", "cifar10")
 RULES = ("backprop", "last-layer", "cossim", "gaussian")
+
+
+def learning_of(rule):
+    """How a network with this rule learns (``networks.LEARNING``): "backprop", "last-layer", or
+    "local" (cossim, gaussian: each hidden layer from its own objective)."""
+    return rule if rule in ("backprop", "last-layer") else "local"
+
 GROUPINGS = ("plain", "grp", "grp+div")
 
 #: Table 1/4 column order: (rule, grouping).

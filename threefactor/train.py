@@ -42,7 +42,7 @@ def build_network(cfg, n_in, n_classes, backend, rng):
     """
     if cfg.get("arch", "mlp") != "mlp":
         return build_convnet(cfg, tuple(n_in), n_classes, backend, rng)
-    learning = {"backprop": "backprop", "last-layer": "last-layer"}.get(cfg["rule"], "local")
+    learning = presets.learning_of(cfg["rule"])
     net = MLP(n_in, cfg["hidden"], n_classes, make_rule(cfg), divisive=cfg["grouping"] == "grp+div",
               learning=learning, dropout=cfg["dropout"], backend=backend,
               dtype=np.dtype(cfg["dtype"]), rng=rng, batchnorm=bool(cfg.get("batchnorm", False)))

@@ -251,7 +251,7 @@ def _validate(cfg):
         raise ValueError(f"seed must be an integer >= 0, got {cfg['seed']!r}")
     if cfg["subset"] is not None:
         positive_int("subset")
-    if cfg["batch_size"] < 2 and cfg.get("mode", "batch") == "batch" and cfg["rule"] not in ("backprop", "last-layer"):
+    if cfg["batch_size"] < 2 and cfg.get("mode", "batch") == "batch" and presets.learning_of(cfg["rule"]) == "local":
         raise ValueError(f"batch_size must be >= 2 for the {cfg['rule']} rule: its kernel compares the pairs of "
                          f"samples in a batch (Eq. 9), so one sample gives no update; got {cfg['batch_size']} "
                          f"(for one sample at a time use --mode online)")
