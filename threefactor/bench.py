@@ -408,9 +408,23 @@ def configure_parser(parser):
                         help="where to write the JSON (default benchmarks/results/<date>-<host>.json)")
     parser.add_argument("--summary", default=None, metavar="PATH",
                         help="measure nothing: print a bench JSON (update or step) as Markdown tables")
+    parser.add_argument("--targets", nargs="+", default=None, metavar="PATH",
+                        help="measure nothing: judge bench JSONs (update and step, CPU and GPU) against the "
+                             "speed targets (ours / floor, autograd / ours, peak memory) and print, per target, "
+                             "the lowest ratio to the floor that the rule's own GEMMs allow "
+                             "(threefactor.targets)")
 
 
 def run(args):
+    if args.targets:
+        from . import targets
+        try:
+            docs = targets.load(args.targets)
+        except ValueError as exc:
+            print(f"threefactor bench: error: {exc}", file=sys.stderr)
+            return 2
+        print(targets.markdown(docs))
+        return 0
     if args.summary:
         with open(args.summary) as fh:
             print(markdown_summary(json.load(fh)))
