@@ -17,6 +17,9 @@ from threefactor.backends import BackendUnavailable, get_backend
 from threefactor.check import complex_step_gradient, relative_error
 from threefactor.rules import ACTIVATIONS, KERNELS, Rule
 
+# the functional-API cases omit n_classes for brevity (labels 0..2 of a 3-class problem)
+pytestmark = pytest.mark.filterwarnings("ignore:n_classes not given:UserWarning")
+
 N_CLASSES = 3
 LABELS = np.array([0, 1, 2, 0])
 #: grouping name -> (groups, p, divisive, activation)

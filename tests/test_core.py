@@ -137,7 +137,8 @@ def test_integer_labels_equal_one_hot(label_kernel, backend, make_problem):
     kw = dict(kernel="gaussian", groups=4, label_kernel=label_kernel, backend=backend)
     a = local_update(x, w, labels, n_classes=4, **kw)
     np.testing.assert_array_equal(a, local_update(x, w, onehot, **kw))
-    np.testing.assert_array_equal(a, local_update(x, w, labels, **kw))   # n_classes = max + 1
+    with pytest.warns(UserWarning, match=r"n_classes not given: taken as the largest label \+ 1 = 4"):
+        np.testing.assert_array_equal(a, local_update(x, w, labels, **kw))   # n_classes = max + 1
     np.testing.assert_array_equal(a, local_update(x, w, labels.astype(np.float64), n_classes=4, **kw))
     assert local_objective(x, w, labels, n_classes=4, **kw) == local_objective(x, w, onehot, **kw)
     # a class absent from the batch still counts when n_classes says so (Eq. 35: -1/(n-1))

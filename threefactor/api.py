@@ -14,6 +14,8 @@ delegated to :mod:`threefactor.conv_rule`.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import engine
@@ -23,13 +25,21 @@ from .third_factor import third_factor_grouped, third_factor_plain
 
 
 def _array(be, value, argument):
+    """``value`` as an array of ``be`` (as it is) or of numpy; a TypeError naming ``argument`` when
+    it is not an array of numbers (None, strings, a device array given to a host backend)."""
     if be.is_native(value):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except Exception as exc:  # pragma: no cover - exotic inputs
-            raise TypeError(f"{argument} must be an array, got {type(value).__name__}") from exc
+        return value
+    kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+    if hasattr(value, "__cuda_array_interface__"):
+        raise TypeError(f"{argument} is a GPU array ({kind}) but backend={be.name!r} works on host arrays: "
+                        f"use backend='cupy', or copy it to the host first (e.g. {argument}.get())")
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{argument} must be an array of numbers, got {kind}: {exc}") from None
+    if arr.dtype.kind in "OUSV":
+        raise TypeError(f"{argument} must be an array of numbers, got {kind}"
+                        + (f" of dtype {arr.dtype}" if arr.dtype.kind != "O" else ""))
     return arr
 
 
@@ -129,10 +139,16 @@ def _labels(be, y, m, n_classes, checks=None):
     else:
         if y.dtype.kind == "f":
             mine.add((y == xp.round(y)).all(), _fail(ValueError("integer labels y must be whole numbers")))
+            mine.add((xp.abs(y) < 2.0 ** 53).all(),      # before the cast to int64, which would wrap
+                     _fail(ValueError(f"labels y must be class indices in [0, n_classes); "
+                                      f"got a label of magnitude >= 2**53")))
         labels = y.astype(np.int64)
         mine.add(labels.min() >= 0, _fail(ValueError("labels y must be >= 0")))
         if n_classes is None:        # the class count is needed now: read it with the flags (one read-back)
             n = int(mine.verify(be, [labels.max()])[0]) + 1
+            warnings.warn(f"n_classes not given: taken as the largest label + 1 = {n} from this batch; the "
+                          "label kernel (Eq. 35-36) depends on it, so pass n_classes= (or one-hot y)",
+                          UserWarning, stacklevel=4)
         else:
             n = int(n_classes)
 
@@ -258,7 +274,8 @@ def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activat
         The rule (see :class:`threefactor.rules.Rule`).
     backend : {"numpy", "numba", "cupy"}
     n_classes : int, optional
-        Number of classes for integer labels (default: max label + 1).
+        Number of classes for integer labels.  Without it the largest label + 1 of this batch
+        is taken, with a warning: the label kernel (Eq. 35-36) depends on the class count.
 
     Returns
     -------

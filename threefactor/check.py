@@ -72,6 +72,7 @@ from typing import Optional
 import numpy as np
 
 from . import pairwise
+from .kernels import kernel_object
 from .api import local_update
 from .backends import BACKENDS, BackendUnavailable, get_backend
 from .rules import ACTIVATIONS, COSINE_EPS, GROUPINGS, KERNELS, Rule
@@ -258,6 +259,16 @@ def _update_kwargs(rule):
                 label_kernel=rule.label_kernel)
 
 
+def _probe_kernel(rule, m, n_out, seed):
+    """Call a user kernel once through :class:`threefactor.kernels.UserKernel`, so that a wrong shape,
+    dtype or NaN is reported by name before the references (which call it unchecked) run into it."""
+    d = rule.groups or n_out
+    v = np.random.default_rng(seed).normal(size=(m, d))
+    k = kernel_object(rule)
+    K = k.matrix(v, np)
+    k.pullback(v, K, np.ones_like(K), np)
+
+
 def check_rule(rule=None, *, backends=None, dtype=np.float64, m=6, n_in=5, n_out=8, n_classes=3,
                seed=0, methods=METHODS, kernel=None, tolerances=None, raise_on_failure=False,
                name=None):
@@ -284,10 +295,19 @@ def check_rule(rule=None, *, backends=None, dtype=np.float64, m=6, n_in=5, n_out
     -------
     list of CheckResult, one per (backend, method).
     """
+    if rule is not None and not isinstance(rule, (Rule, dict)):
+        raise TypeError(f"rule must be a threefactor.Rule or a dict of its fields, got {type(rule).__name__} "
+                        f"{rule!r}" + ("; for a kernel by name: check_rule(kernel=...)" if isinstance(rule, str)
+                                       else ""))
     rule = Rule() if rule is None else Rule(**rule) if isinstance(rule, dict) else rule
     if kernel is not None:
         rule = rule.with_(kernel=kernel)
     rule.check_width(n_out)
+    for arg, value, low in (("m", m, 2), ("n_in", n_in, 1), ("n_out", n_out, 1), ("n_classes", n_classes, 2)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{arg} must be an integer >= {low}, got {value!r}")
+    if not isinstance(rule.kernel, str):
+        _probe_kernel(rule, m, n_out, seed)
     if rule.kernel == "cosine" and rule.groups == 2:
         raise ValueError("groups=2 with the cosine kernel is degenerate (v = (a, -a), so K = ±1 and "
                          "dL/dW ~ 0): check with groups giving >= 3 groups")

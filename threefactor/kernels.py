@@ -85,8 +85,45 @@ class Linear:
         return 2.0 * (C @ v)
 
 
+class UserKernel:
+    """A user's kernel object, its results checked before the engine uses them.
+
+    ``matrix`` must give an (m, m) array and ``pullback`` an (m, d) one, finite; both are
+    returned in v's dtype (so float32 in stays float32 out on every backend).  A wrong shape
+    would otherwise broadcast silently (numpy) or be read past its end (compiled kernels).
+    NaN or Inf from a finite v is an error naming the method (from a non-finite v it is left
+    for the caller's input checks to report).  On a GPU the finiteness check reads a flag back
+    (user kernels only).
+    """
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def _checked(self, method, result, shape, v, xp):
+        name = f"{type(self.kernel).__name__}.{method}"
+        if not hasattr(result, "shape") or not hasattr(result, "dtype"):
+            raise TypeError(f"kernel {name} must return an array of shape {shape}, got {type(result).__name__}")
+        if tuple(result.shape) != shape:
+            raise ValueError(f"kernel {name} returned shape {tuple(result.shape)}; expected {shape} "
+                             f"for v of shape {tuple(v.shape)}")
+        if getattr(result.dtype, "kind", "f") not in "biuf":
+            raise TypeError(f"kernel {name} must return real numbers, got dtype {result.dtype}")
+        result = xp.asarray(result, dtype=v.dtype)
+        if not bool(xp.isfinite(result).all()) and bool(xp.isfinite(v).all()):   # else the inputs are to blame,
+            raise ValueError(f"kernel {name} returned NaN or Inf (v is finite)")    # which the caller reports
+        return result
+
+    def matrix(self, v, xp=np):
+        m = v.shape[0]
+        return self._checked("matrix", self.kernel.matrix(v, xp), (m, m), v, xp)
+
+    def pullback(self, v, K, C, xp=np):
+        return self._checked("pullback", self.kernel.pullback(v, K, C, xp), tuple(v.shape), v, xp)
+
+
 def kernel_object(rule):
-    """The kernel object of a :class:`~threefactor.rules.Rule` (a user's object as is)."""
+    """The kernel object of a :class:`~threefactor.rules.Rule` (a user's object wrapped in
+    :class:`UserKernel`, which checks what it returns)."""
     k = rule.kernel
     if k == "gaussian":
         return Gaussian(rule.sigma)
@@ -94,7 +131,7 @@ def kernel_object(rule):
         return Cosine(rule.cosine_eps)
     if k == "linear":
         return Linear()
-    return k
+    return UserKernel(k)
 
 
 def label_kernel(labels, n_classes, kind="cosine", dtype=np.float64, xp=np):

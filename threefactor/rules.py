@@ -13,8 +13,11 @@ The layer objective is Eq. 9 / Eq. 34 of Pogodin & Latham (2020)::
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
+
+import numpy as np
 
 from .grouping import group_size
 
@@ -36,7 +39,11 @@ def choice_error(argument: str, value: Any, choices) -> ValueError:
 def _finite_number(argument: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
         raise TypeError(f"{argument} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):        # e.g. a numpy array of more than one element
+        raise TypeError(f"{argument} must be a real number (a scalar), got {type(value).__name__} "
+                        f"of shape {getattr(value, 'shape', '?')}") from None
     if not math.isfinite(value):
         raise ValueError(f"{argument} must be finite, got {value}")
     return value
@@ -93,6 +100,9 @@ class Rule:
         sigma = _finite_number("sigma", self.sigma)
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
+        if not 1e-150 <= sigma <= 1e150:        # 1/σ² and σ² must stay finite non-zero doubles
+            raise ValueError(f"sigma={sigma:g} is out of range: 1/(2σ²) must be a finite, non-zero number "
+                             "(1e-150 <= sigma <= 1e150)")
         gamma = _finite_number("gamma", self.gamma)
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
@@ -117,6 +127,13 @@ class Rule:
             g = int(g)
             if g < 1:
                 raise ValueError(f"groups must be >= 1, got {g}")
+            if g == 1:
+                raise ValueError("groups=1 makes the representation identically zero (Eq. 18: v_α = u_α^(1-p) "
+                                 "minus its mean over the groups), so the layer would learn nothing: use "
+                                 "groups >= 2, or groups=None for the plain rule")
+            if g == 2 and k == "cosine":
+                warnings.warn("groups=2 with the cosine kernel is degenerate: v = (a, -a), so K = ±1 and "
+                              "dL/dW is nearly 0; use >= 3 groups", UserWarning, stacklevel=3)
         for name, val in (("sigma", sigma), ("gamma", gamma), ("slope", slope), ("p", p),
                           ("delta", delta), ("cosine_eps", eps), ("groups", g)):
             object.__setattr__(self, name, val)
@@ -126,7 +143,10 @@ class Rule:
         return self.groups is not None
 
     def check_divisive(self, divisive) -> bool:
-        """``bool(divisive)``; a ValueError if it is set on an ungrouped rule (Eq. 21 is per group)."""
+        """``bool(divisive)``; a ValueError if it is set on an ungrouped rule (Eq. 21 is per group),
+        a TypeError if it is not a bool (``divisive="no"`` would be true)."""
+        if not isinstance(divisive, (bool, np.bool_)) and divisive not in (0, 1):
+            raise TypeError(f"divisive must be True or False, got {type(divisive).__name__} {divisive!r}")
         if divisive and not self.grouped:
             raise ValueError("divisive=True needs groups: a grouped rule (groups=c), since divisive "
                              "normalisation is per group (Eq. 21)")
