@@ -42,6 +42,17 @@ def test_each_bound_is_judged_on_the_target_measurement_only(tmp_path):
     assert (grp["floor_met"], grp["speedup_met"]) == (True, True)
     assert (plain["floor_met"], plain["speedup_met"]) == (False, False)
     assert plain["bound_gemms"] == pytest.approx(1.25)
+    assert grp["speedup_ceiling"] is None                   # no autograd time in this record
+
+
+def test_the_speedup_ceiling_is_autograd_over_the_rules_own_gemms(tmp_path):
+    rec = _update("cupy", "gauss", 1024, 4096, 4096, 1.31, 1.38)
+    rec["autograd_s"] = 1.31 * 1.38 * rec["gemm"]["floor_s"]
+    (row,) = targets.verdicts(targets.load([_write(tmp_path, "u.json", _doc("update", rec))]))
+    assert row["speedup_ceiling"] == pytest.approx(1.31 * 1.38 / 1.25)     # measured GEMMs: all_s = 1.25 floor
+    del rec["gemm"]["all_s"]
+    (row,) = targets.verdicts(targets.load([_write(tmp_path, "u.json", _doc("update", rec))]))
+    assert row["speedup_ceiling"] == pytest.approx(1.31 * 1.38 / 1.1875)   # flops: 1 + 3m/(4 n_in)
 
 
 def test_the_flop_bound_counts_the_plain_rules_m_by_m_products():
@@ -50,7 +61,7 @@ def test_the_flop_bound_counts_the_plain_rules_m_by_m_products():
         floor, every = targets.gemm_flops("gauss", m, n_in, n_out)
         assert floor == 4 * m * n_in * n_out and every - floor == 3 * m * m * n_out
     floor, every = targets.gemm_flops("gauss", 256, 1024, 1024)
-    assert every / floor == pytest.approx(1 + 3 * 256 / (4 * 1024))      # 1.1875
+    assert every / floor == pytest.approx(1 + 3 * 256 / (4 * 1024))    
     floor, every = targets.gemm_flops("gauss-grp+div", 256, 1024, 1024)
     assert every - floor == 3 * 256 * 256 * 32                          # grouped: the kernel is on 32 groups
 
