@@ -10,7 +10,9 @@ Grouped (Eq. 22, 47-48), one factor per group α::
     M_α,ij = (2 k̊z_ij - γ k̊y_ij) k_ij · 2(1-p) / (σ² m² g) · (v_αi - v_αj)
 
 The fast update never forms M_α: it uses only A = (dL/dK) ⊙ K = σ² M (plain)
-and the graph Laplacian L_A = diag(A·1) - A (:mod:`threefactor.hebbian`).
+and the graph Laplacian of A, (L_A v)_i = Σ_{j≠i} A_ij (v_i - v_j) (the backends'
+``laplacian``).  A's diagonal stays out of L_A: it multiplies v_i - v_i = 0, and
+kept in it would only add cancellation error (K ≈ I when all pairs are far apart).
 """
 from __future__ import annotations
 

@@ -79,6 +79,9 @@ def _kernel(torch, v, rule):
     if kind == "gaussian":
         sq = (v * v).sum(dim=1)
         d = (sq[:, None] + sq[None, :] - 2.0 * (v @ v.T)).clamp(min=0.0)
+        # d_ii = 0 exactly: from the GEMM it is a difference of two equal terms, whose gradient
+        # would carry their round-off (all of it when K ≈ I, every pair far apart relative to σ)
+        d = d.masked_fill(torch.eye(d.shape[0], dtype=torch.bool, device=d.device), 0.0)
         return torch.exp(d * (-0.5 / rule.sigma ** 2))
     if kind == "cosine":
         e = v / torch.sqrt((v * v).sum(dim=1, keepdim=True) + rule.cosine_eps ** 2)

@@ -227,28 +227,48 @@ def objective_sums(K, Ky, gamma):
     return a, b, d
 
 
+@njit(**_SERIAL)
+def _off_diagonal_sum64(a, i, n):
+    """Σ_{k≠i} a[k], k < n, in float64: a row sum of an (m, m) matrix without its diagonal entry a[i]."""
+    return _row_sum64(a[:i], i) + _row_sum64(a[i + 1:], n - i - 1)
+
+
 @njit(**_JIT)
-def laplacian_finish(A, v, av, rs):
-    """av <- diag(A·1) v - av in place, where av = A v came from BLAS; rs (m,) gets A·1."""
+def off_diagonal(A, B, rs):
+    """B = A with B_ii = 0, and rs (m,) = B·1, i.e. rs_i = Σ_{j≠i} A_ij (float64 sums).
+
+    For :func:`laplacian_finish`: the GEMM B v then never sees A's diagonal."""
+    m, n = A.shape
+    for i in prange(m):
+        Ai, Bi = A[i], B[i]
+        rs[i] = _off_diagonal_sum64(Ai, i, n)
+        for j in range(n):
+            Bi[j] = Ai[j]
+        Bi[i] = 0
+
+
+@njit(**_JIT)
+def laplacian_finish(rs, v, bv):
+    """bv <- diag(rs) v - bv in place, where bv = B v came from BLAS and rs = B·1 (:func:`off_diagonal`)."""
     m, d = v.shape
     for i in prange(m):
-        rs[i] = _row_sum64(A[i], A.shape[1])
         r = rs[i]
-        vi, oi = v[i], av[i]
+        vi, oi = v[i], bv[i]
         for k in range(d):
             oi[k] = r * vi[k] - oi[k]
 
 
 @njit(**_JIT)
-def laplacian_matrix(A, B):
-    """B = diag(A·1) - A: the graph Laplacian L_A itself (row sums in float64)."""
+def laplacian_matrix(A, L):
+    """L = diag(B·1) - B with B = A off its diagonal: the graph Laplacian L_A itself, its diagonal
+    L_ii = Σ_{j≠i} A_ij (a float64 sum that never reads A_ii; L_A ignores A's diagonal)."""
     m, n = A.shape
     for i in prange(m):
-        Ai, Bi = A[i], B[i]
-        s = _row_sum64(Ai, n)
+        Ai, Li = A[i], L[i]
+        s = _off_diagonal_sum64(Ai, i, n)
         for j in range(n):
-            Bi[j] = -Ai[j]
-        Bi[i] = s - Ai[i]
+            Li[j] = -Ai[j]
+        Li[i] = s
 
 
 @njit(**_JIT)

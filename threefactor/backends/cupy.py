@@ -165,10 +165,33 @@ __global__ void row_centre(const T* a, const T* b, T* out, const int c, const T 
         else out[base + k] = scale * (a[base + k] - mean) / pow(b[base + k], q);
     }
 }
+
+// One block per row i of the (m, m) matrix A (blockDim.x a power of two), for the Laplacian:
+// B = A with B_ii = 0, and rs_i = sum_{j != i} A_ij.  A_ii is never read: it multiplies v_i - v_i = 0.
+template<typename T>
+__global__ void off_diagonal(const T* A, T* B, T* rs, const int m) {
+    extern __shared__ __align__(8) unsigned char shared_raw[];
+    T* part = reinterpret_cast<T*>(shared_raw);
+    const int i = blockIdx.x;
+    const long long base = (long long)i * m;
+    T s = 0;
+    for (int j = threadIdx.x; j < m; j += blockDim.x) {
+        const T a = j == i ? (T)0 : A[base + j];
+        B[base + j] = a;
+        s += a;
+    }
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) rs[i] = part[0];
+}
 """
 _ROWS = LazyKernel(RawModuleSource(
     _ROW_SOURCE,
-    tuple(f"{k}<{t}>" for k in ("group_stats", "activate_group_stats", "row_centre")
+    tuple(f"{k}<{t}>" for k in ("group_stats", "activate_group_stats", "row_centre", "off_diagonal")
           for t in ("float", "double"))))
 
 # -- the means of the kernel matrices and the layer objective's value (Eq. 9), one launch --------
@@ -363,9 +386,9 @@ _GAUSSIAN_WEIGHTS = LazyKernel(ElementwiseSource(
     "A = ((T)2 * (K - mean_K) - gamma * (Ky - mean_Ky)) * K * inv_m2",
     "threefactor_gaussian_weights"))
 
-# -- L_A v = diag(A·1) v - A v --------------------------------------------------
+# -- L_A v = diag(B·1) v - B v, B = A off its diagonal (Eq. 12, 40-42); B·1 and B from ``off_diagonal`` --
 _LAPLACIAN = LazyKernel(ElementwiseSource(
-    "T rowsum, T v, T Av", "T out", "out = rowsum * v - Av", "threefactor_laplacian"))
+    "T rowsum, T v, T Bv", "T out", "out = rowsum * v - Bv", "threefactor_laplacian"))
 
 # -- post-synaptic terms (Eq. 41, 47-48) -----------------------------------------
 _POST_PLAIN = LazyKernel(ElementwiseSource(
@@ -562,8 +585,22 @@ class CupyBackend:
         return work[:3]
 
     def laplacian(self, A, v):
-        """L_A v = diag(A·1) v - A v: a row sum, one GEMM (m, m) × (m, d), one kernel."""
-        return _LAPLACIAN(A.sum(axis=1)[:, None], v, self.matmul(A, v))
+        """(L_A v)_i = Σ_{j≠i} A_ij (v_i - v_j) (Eq. 12, 40-42): one row kernel, one GEMM
+        (m, m) × (m, d), one element-wise kernel; no host sync.
+
+        A's diagonal is ignored, as in :meth:`NumpyBackend.laplacian`: it multiplies
+        v_i - v_i = 0 and would only add cancellation error.  ``off_diagonal`` writes
+        B = A with a zero diagonal and B·1 in one pass over A, so neither the row sums
+        nor the GEMM B v ever see A_ii; then diag(B·1) v - B v.
+        """
+        A = cupy.ascontiguousarray(A)
+        m = A.shape[0]
+        B = cupy.empty_like(A)
+        rowsum = cupy.empty((m, 1), dtype=A.dtype)
+        _function(_ROWS, "off_diagonal", A.dtype)(
+            (m,), (ROW_THREADS,), (A, B, rowsum, np.int32(A.shape[1])),
+            shared_mem=ROW_THREADS * A.dtype.itemsize)
+        return _LAPLACIAN(rowsum, v, self.matmul(B, v))
 
     def post_plain(self, neg_dz, fp, scale):
         """Post-synaptic term scale · (-dL/dz) ⊙ f'(a) (Eq. 41), one kernel."""

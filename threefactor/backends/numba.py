@@ -245,11 +245,14 @@ class NumbaBackend(NumpyBackend):
         return np.asarray(sd / n - kbar * (kbar - gamma * (sy / n)), dtype=K.dtype)
 
     def laplacian(self, A, v):
-        """L_A v = diag(A·1) v - A v with one GEMM (m, m) × (m, d).
+        """(L_A v)_i = Σ_{j≠i} A_ij (v_i - v_j) (Eq. 12, 40-42) with one GEMM (m, m) × (m, d).
 
-        For d > m (the plain rule) the GEMM multiplies L_A = diag(A·1) - A itself,
-        an (m, m) pass; otherwise a pass over the (m, d) result subtracts A v from
-        diag(A·1) v.  Either way one pass over the smaller of the two arrays.
+        A's diagonal is ignored, as in the reference (:meth:`NumpyBackend.laplacian`): it
+        multiplies v_i - v_i = 0 and would only add cancellation error, so it never enters
+        a sum.  For d > m (the plain rule) the GEMM multiplies L_A = diag(B·1) - B itself
+        (B = A off its diagonal), built in one (m, m) pass (:func:`_k.laplacian_matrix`);
+        otherwise one (m, m) pass writes B and B·1 (:func:`_k.off_diagonal`), BLAS forms B v
+        and a pass over the (m, d) result subtracts it from diag(B·1) v.
         """
         v = _float_array(v)
         (A,) = _like(v.dtype, A)
@@ -258,10 +261,12 @@ class NumbaBackend(NumpyBackend):
             L = np.empty_like(A)
             self._run(_k.laplacian_matrix, L.size, A, L)
             return np.ascontiguousarray(self.matmul(L, v))
-        av = np.ascontiguousarray(self.matmul(A, v))
+        B = np.empty_like(A)
         rs = np.empty(A.shape[0], dtype=v.dtype)
-        self._run(_k.laplacian_finish, av.size, A, v, av, rs)
-        return av
+        self._run(_k.off_diagonal, B.size, A, B, rs)
+        bv = np.ascontiguousarray(self.matmul(B, v))
+        self._run(_k.laplacian_finish, bv.size, rs, v, bv)
+        return bv
 
     def post_plain(self, neg_dz, fp, scale):
         """Post-synaptic term scale · (-dL/dz) ⊙ f'(a) (Eq. 41), one pass."""

@@ -89,8 +89,25 @@ class NumpyBackend:
         return _gaussian_weights(K, Ky, gamma)
 
     def laplacian(self, A, v):
-        """L_A v = diag(A·1) v - A v, one GEMM (m, m) × (m, d)."""
-        return A.sum(axis=1)[:, None] * v - self.matmul(A, v)
+        """(L_A v)_i = Σ_{j≠i} A_ij (v_i - v_j): the graph Laplacian of A times v (Eq. 12, 40-42).
+
+        Parameters
+        ----------
+        A : (m, m)   weights (from :meth:`gaussian_weights`); A's diagonal is ignored
+        v : (m, d)
+
+        Returns
+        -------
+        (m, d), computed as diag(B·1) v - B v with B = A off its diagonal (one GEMM).
+
+        The pair j = i multiplies v_i - v_i = 0, so leaving A_ii out changes nothing
+        mathematically.  Left in, A_ii v_i would enter both diag(A·1) v and A v and cancel
+        only up to round-off: when K is close to the identity (every pair far apart
+        relative to σ) A_ii ≫ A_ij and the result would lose all its relative accuracy.
+        """
+        B = A.copy()
+        np.fill_diagonal(B, 0)          # B_ii = 0: the diagonal never enters a sum
+        return B.sum(axis=1)[:, None] * v - self.matmul(B, v)
 
     def post_plain(self, neg_dz, fp, scale):
         """Post-synaptic term scale · (-dL/dz) ⊙ f'(a) (Eq. 41)."""
