@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -189,7 +190,60 @@ def test_cli_bad_use(capsys):
             import cupy  # noqa: F401
         except ImportError:
             assert cli.main(["check", "--backend", "cupy"]) == 2
-            assert "cupy is not installed" in capsys.readouterr().err
+            err = capsys.readouterr().err
+            assert err.startswith("threefactor check: error: --backend cupy is unavailable")
+            assert "cupy is not installed" in err
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--m", "0"], "argument --m: the batch size .* must be >= 2, got '0'"),
+    (["--m", "-3"], "argument --m: the batch size .* must be >= 2, got '-3'"),
+    (["--seed", "-1"], "argument --seed: the seed must be >= 0, got '-1'"),
+    (["--n-in", "0"], "argument --n-in: the input width must be >= 1"),
+    (["--groups", "1"], "argument --groups: the number of groups must be >= 2"),
+    (["--kernel", "gausian"], "argument --kernel: invalid choice"),
+])
+def test_cli_bad_numbers_are_argparse_errors(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["check", *argv])
+    assert exc.value.code == 2
+    assert re.search("threefactor check: error: " + expected, capsys.readouterr().err)
+
+
+def test_cli_bad_kernel_module_is_named(tmp_path, capsys):
+    (tmp_path / "broken.py").write_text("def f(:\n")
+    (tmp_path / "boom.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "needs.py").write_text("class K:\n    def __init__(self, a):\n        pass\n")
+    for spec, expected in [(f"{tmp_path}/nofile.py:Foo", "no such file"),
+                           (f"{tmp_path}/broken.py:Foo", "broken.py line 1: "),
+                           (f"{tmp_path}/boom.py:Foo", "RuntimeError: boom"),
+                           (f"{tmp_path}/needs.py:K", "could not be built with no arguments"),
+                           (f"{tmp_path}/needs.py:Other", "has no 'Other'"),
+                           ("no_colon", "must be MODULE:NAME")]:
+        assert cli.main(["check", "--kernel-module", spec]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("threefactor check: error: --kernel-module") and expected in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda d: (d / "afile").write_text("x") and str(d / "afile" / "x.json"), "is a file, not a folder"),
+    (lambda d: str(d), "is a folder; expected a file path"),
+])
+def test_cli_bad_json_path_is_refused_before_checking(tmp_path, make, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["check", "--json", make(tmp_path)])
+    assert exc.value.code == 2
+    assert re.search("argument --json: .*" + expected, capsys.readouterr().err)
+
+
+def test_cli_kernel_aliases_and_json_in_a_new_folder(tmp_path, capsys):
+    """--kernel cossim is cosine (bench's and train's name); --json creates missing folders, like bench."""
+    out = tmp_path / "new" / "dir" / "check.json"
+    assert cli.main(["check", "--backend", "numpy", "--kernel", "cossim", "--grouping", "grp",
+                     "--activation", "selu", "--method", "complex", "--no-conv", "--json", str(out)]) == 0
+    assert "cosine/grp/selu" in capsys.readouterr().out
+    assert json.loads(out.read_text())["passed"] is True
 
 
 def test_write_json_is_atomic(tmp_path, monkeypatch):

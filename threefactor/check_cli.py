@@ -17,28 +17,57 @@ import numpy as np
 from .atomic import write_json as _write_json
 from .backends import BACKENDS, BackendUnavailable, get_backend
 from .check import METHODS, TOLERANCES, _backend_names, check_all, check_conv_all
+from .cli import UsageError, at_least, output_file
 from .rules import ACTIVATIONS, GROUPINGS, KERNELS, LABEL_KERNELS
+
+#: other commands' names of the kernels (bench's rule names, train's --rule) -> check's
+KERNEL_ALIASES = {"gauss": "gaussian", "cossim": "cosine"}
+
+
+def _kernel_name(text):
+    """argparse type of --kernel: check's own names, or bench's / train's spelling of them."""
+    return KERNEL_ALIASES.get(text, text)
+
 
 def configure_parser(parser):
     """Arguments of ``threefactor check``."""
+    parser.epilog = ("Exit status: 0 when every comparison passes, 1 on a failure, 2 on bad use. "
+                     "Dense problems are m samples x n_in inputs -> n_out neurons, 3 classes; the conv "
+                     "problem has a fixed size.")
     parser.add_argument("--backend", nargs="+", default=None, choices=BACKENDS,
                         help="backends to check (default: every one available here)")
-    parser.add_argument("--kernel", nargs="+", default=None, choices=KERNELS,
-                        help="kernels (default: all, or none when --kernel-module is given)")
+    parser.add_argument("--kernel", nargs="+", default=None, choices=KERNELS, type=_kernel_name,
+                        help="kernels; 'gauss' (bench) means gaussian, 'cossim' (bench, train) means cosine "
+                             "(default: all, or none when --kernel-module is given)")
     parser.add_argument("--kernel-module", action="append", default=[], metavar="MODULE:NAME",
                         help="a user kernel: class (built with no arguments) or object, e.g. "
                              "my_module:MyKernel or path/to/file.py:MyKernel; repeatable")
-    parser.add_argument("--activation", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS)
-    parser.add_argument("--grouping", nargs="+", default=list(GROUPINGS), choices=GROUPINGS)
-    parser.add_argument("--label-kernel", nargs="+", default=["cosine"], choices=LABEL_KERNELS)
-    parser.add_argument("--method", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--dtype", default="float64", choices=tuple(TOLERANCES))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--m", type=int, default=6, help="batch size")
-    parser.add_argument("--n-in", type=int, default=5)
-    parser.add_argument("--n-out", type=int, default=8)
-    parser.add_argument("--groups", type=int, default=4, help="number of groups of grp, grp+div")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--activation", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS,
+                        help="activations f of the layer (default: all)")
+    parser.add_argument("--grouping", nargs="+", default=list(GROUPINGS), choices=GROUPINGS,
+                        help="plain (no groups), grp (groups, p = 0.5) or grp+div (groups and divisive "
+                             "normalisation, p = 0.2) (default: all)")
+    parser.add_argument("--label-kernel", nargs="+", default=["cosine"], choices=LABEL_KERNELS,
+                        help="kernels on the one-hot labels")
+    parser.add_argument("--method", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="references for -dL/dW: fd (4th-order finite differences), complex (complex "
+                             "step), torch (PyTorch autograd; skipped without torch) (default: all)")
+    parser.add_argument("--dtype", default="float64", choices=tuple(TOLERANCES),
+                        help="dtype of the explicit update (the references are float64); tolerances: "
+                             + "; ".join(f"{d} " + ", ".join(f"{m} {t:g}" for m, t in tol.items())
+                                         for d, tol in TOLERANCES.items()))
+    parser.add_argument("--seed", type=at_least(0, int, "the seed"), default=0,
+                        help="seed of the random problem (x, w, labels)")
+    parser.add_argument("--m", type=at_least(2, int, "the batch size (a kernel compares pairs)"), default=6,
+                        help="batch size of the dense problem")
+    parser.add_argument("--n-in", type=at_least(1, int, "the input width"), default=5,
+                        help="inputs of the dense layer")
+    parser.add_argument("--n-out", type=at_least(1, int, "the layer width"), default=8,
+                        help="neurons of the dense layer (grp, grp+div: a multiple of --groups, >= 2 per group)")
+    parser.add_argument("--groups", type=at_least(2, int, "the number of groups"), default=4,
+                        help="number of groups of grp, grp+div")
+    parser.add_argument("--json", default=None, metavar="PATH", type=output_file,
+                        help="also write the results as JSON (missing folders are created)")
     parser.add_argument("--conv", action=argparse.BooleanOptionalAction, default=None,
                         help="--conv: only the conv-layer variants (3x3 conv, C_in 2 -> C_out 6, 3 groups, "
                              "with and without max pooling; complex step); --no-conv: only the dense "
@@ -51,25 +80,59 @@ def configure_parser(parser):
     return parser
 
 
-def load_kernel(spec):
-    """The kernel named by ``module:Name`` or ``path/file.py:Name`` (a class is instantiated)."""
+def _import_kernel_module(module_name):
+    """The module of a --kernel-module spec (a file path ending .py, or an importable name)."""
     import importlib
     import importlib.util
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"--kernel-module must be MODULE:NAME, got {spec!r}")
     if module_name.endswith(".py"):
+        if not os.path.isfile(module_name):
+            raise UsageError(f"--kernel-module: no such file {module_name!r}")
         mspec = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
         if mspec is None:
-            raise ValueError(f"--kernel-module: cannot load {module_name!r}")
+            raise UsageError(f"--kernel-module: cannot load {module_name!r}")
         module = importlib.util.module_from_spec(mspec)
         mspec.loader.exec_module(module)
-    else:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        module = importlib.import_module(module_name)
-    obj = getattr(module, attr)
-    return obj() if isinstance(obj, type) else obj
+        return module
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return importlib.import_module(module_name)
+
+
+def load_kernel(spec):
+    """The kernel named by ``module:Name`` or ``path/file.py:Name`` (a class is instantiated).
+
+    Raises :class:`threefactor.cli.UsageError` naming --kernel-module when the spec is malformed,
+    the module cannot be found, read or imported, or has no such name.
+    """
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--kernel-module must be MODULE:NAME or path/to/file.py:NAME, got {spec!r}")
+    try:
+        module = _import_kernel_module(module_name)
+    except UsageError:
+        raise
+    except SyntaxError as exc:
+        raise UsageError(f"--kernel-module: {exc.filename or module_name} line {exc.lineno}: "
+                         f"{exc.msg}") from None
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"--kernel-module: no module named {exc.name or module_name!r} "
+                         f"(give an importable module or a path ending .py)") from None
+    except OSError as exc:
+        raise UsageError(f"--kernel-module: cannot read {module_name!r}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        raise UsageError(f"--kernel-module: importing {module_name!r} failed: "
+                         f"{type(exc).__name__}: {exc}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise UsageError(f"--kernel-module: {module_name!r} has no {attr!r}") from None
+    if not isinstance(obj, type):
+        return obj
+    try:
+        return obj()
+    except Exception as exc:
+        raise UsageError(f"--kernel-module: {spec} could not be built with no arguments: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def _fmt(v):
@@ -113,14 +176,15 @@ def run(args) -> int:
         kernels += [load_kernel(spec) for spec in args.kernel_module]
         available = _backend_names()
         backends = list(args.backend) if args.backend else list(available)
-        missing = [b for b in backends if b not in available]
-        if missing:
-            for b in missing:
+        missing = {}
+        for b in backends:
+            if b not in available:
                 try:
                     get_backend(b)
                 except (BackendUnavailable, ImportError) as exc:
-                    print(f"threefactor check: backend {b} is unavailable: {exc}", file=sys.stderr)
-            return 2
+                    missing[b] = str(exc)
+        if missing:
+            raise UsageError("; ".join(f"--backend {b} is unavailable: {why}" for b, why in missing.items()))
         conv = getattr(args, "conv", None)
         results = [] if conv else check_all(
             backends=backends, kernels=kernels, groupings=args.grouping, activations=args.activation,
@@ -139,8 +203,9 @@ def run(args) -> int:
         if not results:
             raise ValueError("nothing to check: --conv needs a named --kernel and --method complex")
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
-        print(f"threefactor check: {exc}", file=sys.stderr)
-        return 2
+        # a rule that does not suit the problem (--n-out vs --groups), or a user kernel that
+        # lacks matrix/pullback or fails in them
+        raise UsageError(str(exc)) from None
     print(format_table(results))
     failed = sum(not r.ok for r in results)
     skipped = sum(r.passed is None for r in results)
