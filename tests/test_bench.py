@@ -167,6 +167,8 @@ def test_bad_suite_arguments_are_named():
         bench.run_suite(["numpy"], [1], [(16, 64)], ["gauss"])
     with pytest.raises(ValueError, match="shapes: 16x40 .*groups=32"):
         bench.run_suite(["numpy"], [8], [(16, 40)], ["gauss-grp+div"])
+    with pytest.raises(ValueError, match="--shapes: 0x40: both dimensions must be >= 1"):
+        bench.run_suite(["numpy"], [8], [(0, 40)], ["gauss"])
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -175,6 +177,11 @@ def test_bad_suite_arguments_are_named():
     (["--budget", "-1"], "--budget: the time budget in seconds must be >= 0.0"),
     (["--threads", "0"], "--threads: the thread count must be >= 1"),
     (["--shapes", "10x"], "--shapes: a shape is N_INxN_OUT"),
+    (["--shapes", "0x10"], "--shapes: a shape's dimensions must be >= 1 .*got '0x10'"),
+    (["--shapes", "10x-3"], "--shapes: a shape's dimensions must be >= 1 .*got '10x-3'"),
+    (["--budget", "inf"], "--budget: the time budget in seconds must be a finite number"),
+    (["--budget", "nan"], "--budget: the time budget in seconds must be a finite number"),
+    (["--rules", "gaussian-plain"], "--rules: invalid choice"),
 ])
 def test_bad_cli_arguments_are_argparse_errors(argv, expected, capsys):
     """A command-line mistake is a one-line usage error naming the flag, not a traceback from deep inside."""
@@ -183,3 +190,95 @@ def test_bad_cli_arguments_are_argparse_errors(argv, expected, capsys):
     assert exc.value.code == 2
     assert re.search(expected, capsys.readouterr().err)
 
+
+
+def _no_measuring(monkeypatch):
+    """Make any measurement fail the test: these errors must come before the work."""
+    monkeypatch.setattr(bench, "run_suite", lambda *a, **k: pytest.fail("measured despite bad use"))
+
+
+def test_summary_names_a_file_that_is_not_a_bench_result(tmp_path, capsys):
+    not_json = tmp_path / "afile"
+    not_json.write_text("hello")
+    check_report = tmp_path / "check.json"
+    check_report.write_text(json.dumps({"meta": {}, "passed": True, "n_failed": 0, "results": []}))
+    for path, expected in [(tmp_path / "missing.json", "cannot read .*No such file"),
+                           (not_json, "is not JSON"), (check_report, "is not a threefactor bench result"),
+                           (tmp_path, "cannot read")]:
+        assert cli.main(["bench", "--summary", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert re.match(r"threefactor bench: error: --summary: .*" + expected, err), err
+        assert len(err.strip().splitlines()) == 1
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(json.dumps({"kind": "update", "machine": {}, "results": [{}]}))
+    assert cli.main(["bench", "--summary", str(truncated)]) == 2
+    assert "incomplete bench result" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda d: (d / "afile").write_text("x") and str(d / "afile" / "x.json"), "is a file, not a folder"),
+    (lambda d: str(d), "is a folder; expected a file path"),
+])
+def test_bad_json_path_is_refused_before_measuring(tmp_path, make, expected, capsys, monkeypatch):
+    _no_measuring(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--quick", "--backend", "numpy", "--json", make(tmp_path)])
+    assert exc.value.code == 2
+    assert re.search("argument --json: .*" + expected, capsys.readouterr().err)
+
+
+def test_derived_json_paths_are_checked_before_measuring(tmp_path, capsys, monkeypatch):
+    _no_measuring(monkeypatch)
+    (tmp_path / "suite-step.json").mkdir()                # where --step would write
+    assert cli.main(["bench", "--quick", "--backend", "numpy", "--step", "--json",
+                     str(tmp_path / "suite.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("threefactor bench: error: --json: ") and "suite-step.json is a folder" in err
+    (tmp_path / "default").write_text("a file where the default path wants a folder")
+    monkeypatch.setattr(bench, "default_json_path", lambda kind="update": str(tmp_path / "default" / "x.json"))
+    assert cli.main(["bench", "--quick", "--backend", "numpy"]) == 2
+    assert "threefactor bench: error: --json: cannot create" in capsys.readouterr().err
+
+
+def test_no_available_backend_is_an_error_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from threefactor.backends import BackendUnavailable
+
+    def unavailable(name):
+        raise BackendUnavailable(f"{name} is not installed here")
+
+    monkeypatch.setattr(bench, "get_backend", unavailable)
+    _no_measuring(monkeypatch)
+    out = tmp_path / "out.json"
+    assert cli.main(["bench", "--quick", "--backend", "cupy", "numba", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("threefactor bench: error: no backend to measure")
+    assert "cupy is not installed here" in err and "numba is not installed here" in err
+    assert not out.exists()
+
+
+def test_shapes_that_do_not_suit_a_rule_are_a_usage_error(capsys, monkeypatch):
+    _no_measuring(monkeypatch)
+    assert cli.main(["bench", "--quick", "--backend", "numpy", "--shapes", "8x8", "--m", "8"]) == 2
+    assert re.match(r"threefactor bench: error: --shapes: 8x8 does not suit rule 'gauss-grp\+div'",
+                    capsys.readouterr().err)
+
+
+def test_rules_accept_the_other_commands_spellings():
+    assert [bench._rule_name(t) for t in ("gaussian", "cosine-grp+div", "gaussian-grpdiv", "cossim", "gauss")] \
+        == ["gauss", "cossim-grp+div", "gauss-grp+div", "cossim", "gauss"]
+    parser, sub = cli.build_parser()
+    bench.configure_parser(sub.choices["bench"])
+    args = parser.parse_args(["bench", "--rules", "gaussian-grp+div", "cosine"])
+    assert args.rules == ["gauss-grp+div", "cossim"]
+
+
+def test_bench_step_script_refuses_bad_use(tmp_path, capsys):
+    from threefactor import bench_step
+
+    for argv, expected in [(["--groups", "3"], "--groups 3 does not suit --hidden 1024"),
+                           (["--budget", "inf"], "finite"),
+                           (["--json", str(tmp_path)], "argument --json: .* is a folder")]:
+        with pytest.raises(SystemExit) as exc:
+            bench_step.main(argv)
+        assert exc.value.code == 2
+        assert re.search(expected, capsys.readouterr().err)

@@ -62,6 +62,7 @@ from . import engine
 from .api import local_update
 from .atomic import write_json
 from .backends import BACKENDS, BackendUnavailable, get_backend
+from .cli import UsageError, at_least, output_file, writable_file_problem
 from .machine import blas_threads, machine_info, set_threads
 from .rules import Rule
 from .timing import (TimedBackend, cuda_graph_call, loadavg, peak_memory, time_call,
@@ -78,6 +79,8 @@ VARIANTS = {
     "cossim-grp+div": Rule(kernel="cosine", groups=32, p=0.2),
 }
 DEFAULT_RULES = ("gauss", "gauss-grp+div")
+#: other commands' names of the kernels (check's --kernel, train's --rule) -> bench's
+RULE_ALIASES = {"gaussian": "gauss", "cosine": "cossim"}
 N_CLASSES = 10
 
 
@@ -247,27 +250,35 @@ def usable_backends(names):
     for name in names:
         try:
             get_backend(name)
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, ImportError) as exc:   # a module that does not load: unavailable
             skipped[name] = str(exc)
             continue
         usable.append(name)
     return usable, skipped
 
 
-def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, autograd=True,
-              log=None, profile=False):
-    """Every (backend, m, shape, rule) case; returns (records, skipped {backend: reason})."""
+def check_suite(batches, shapes, rules):
+    """ValueError naming the option (--m, --shapes, --rules) when a case of the suite cannot run."""
     for m in batches:
         if m < 2:
-            raise ValueError(f"m (batch size) must be >= 2 (a kernel compares pairs), got {m}")
+            raise ValueError(f"--m: m (batch size) must be >= 2 (a kernel compares pairs), got {m}")
+    for n_in, n_out in shapes:
+        if n_in < 1 or n_out < 1:
+            raise ValueError(f"--shapes: {n_in}x{n_out}: both dimensions must be >= 1")
     for rule in rules:
         if rule not in VARIANTS:
-            raise ValueError(f"rules: {rule!r} is not one of: {', '.join(VARIANTS)}")
+            raise ValueError(f"--rules: {rule!r} is not one of: {', '.join(VARIANTS)}")
         for n_in, n_out in shapes:
             try:
                 VARIANTS[rule].check_width(n_out)
             except ValueError as exc:
-                raise ValueError(f"shapes: {n_in}x{n_out} does not suit rule {rule!r}: {exc}") from None
+                raise ValueError(f"--shapes: {n_in}x{n_out} does not suit rule {rule!r}: {exc}") from None
+
+
+def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, autograd=True,
+              log=None, profile=False):
+    """Every (backend, m, shape, rule) case; returns (records, skipped {backend: reason})."""
+    check_suite(batches, shapes, rules)
     usable, skipped = usable_backends(backends)
     records = []
     for name in usable:
@@ -321,6 +332,23 @@ def document(kind, records, settings, skipped=None):
             "settings": settings, "skipped": skipped or {}, "results": records}
 
 
+def read_document(path, flag="--summary"):
+    """The bench JSON document at ``path``; :class:`UsageError` naming ``flag`` for a file that is not one."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {path!r}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        why = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
+        raise UsageError(f"{flag}: {path!r} is not JSON ({why})") from None
+    if (not isinstance(doc, dict) or doc.get("kind") not in ("update", "step")
+            or not isinstance(doc.get("results"), list) or not isinstance(doc.get("machine"), dict)):
+        raise UsageError(f"{flag}: {path!r} is not a threefactor bench result (expected a JSON object with "
+                         "kind 'update' or 'step', 'machine' and 'results', as bench --json writes)")
+    return doc
+
+
 def markdown_summary(doc):
     """Markdown tables of an update or step JSON document (for benchmarks/RESULTS.md)."""
     m, rs = doc["machine"], doc["results"]
@@ -352,24 +380,23 @@ def markdown_summary(doc):
 
 # -- command line ------------------------------------------------------------------
 def _shape(text):
+    """argparse type of --shapes: ``N_INxN_OUT``, both >= 1."""
     try:
         n_in, n_out = (int(s) for s in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a shape is N_INxN_OUT, e.g. 1024x1024; got {text!r}")
+        raise argparse.ArgumentTypeError(f"a shape is N_INxN_OUT, e.g. 1024x1024; got {text!r}") from None
+    if n_in < 1 or n_out < 1:
+        raise argparse.ArgumentTypeError(f"a shape's dimensions must be >= 1 (N_INxN_OUT, e.g. 1024x1024); "
+                                         f"got {text!r}")
     return n_in, n_out
 
 
-def _at_least(low, kind, what):
-    """argparse type: a ``kind`` (int or float) >= ``low``, else an error naming ``what``."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a number >= {low}, got {text!r}")
-        if not value >= low:
-            raise argparse.ArgumentTypeError(f"{what} must be >= {low}, got {text!r}")
-        return value
-    return parse
+def _rule_name(text):
+    """argparse type of --rules: a variant name, or one spelt with check's / train's kernel name
+    (gaussian, cosine) or train's preset grouping (grpdiv), e.g. gaussian-grpdiv -> gauss-grp+div."""
+    kernel, sep, grouping = text.partition("-")
+    return RULE_ALIASES.get(kernel, kernel) + sep + ("grp+div" if grouping == "grpdiv" else grouping)
+
 
 
 def timing_settings(quick, budget=None):
@@ -380,32 +407,43 @@ def timing_settings(quick, budget=None):
 
 
 def configure_parser(parser):
+    parser.epilog = ("Rule variants: gauss is the Gaussian kernel, cossim the cosine-similarity kernel (check "
+                     "--kernel gaussian / cosine; train --rule gaussian / cossim), each plain or -grp+div "
+                     "(32 groups, p = 0.2; its update is grp's). Exit status 2 on bad use, and when no "
+                     "requested backend is available (nothing is written then).")
     parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=list(BACKENDS),
-                        help="backends to time (unavailable ones are skipped with the reason)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--m", nargs="+", type=_at_least(2, int, "a batch size (the kernel compares pairs)"),
+                        help="backends to time; unavailable ones are skipped with the reason (an error when "
+                             "none is available)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="dtype of the arrays, ours and autograd's alike")
+    parser.add_argument("--m", nargs="+", type=at_least(2, int, "a batch size (the kernel compares pairs)"),
                         default=None, metavar="M",
                         help=f"batch sizes (default {' '.join(map(str, BATCHES))}; --quick: 256)")
     parser.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="NINxNOUT",
-                        help="layer shapes (default 784x1024 1024x1024 4096x4096; --quick: 1024x1024)")
-    parser.add_argument("--rules", nargs="+", choices=tuple(VARIANTS), default=list(DEFAULT_RULES))
+                        help="layer shapes n_in x n_out (default 784x1024 1024x1024 4096x4096; --quick: "
+                             "1024x1024)")
+    parser.add_argument("--rules", nargs="+", type=_rule_name, choices=tuple(VARIANTS),
+                        default=list(DEFAULT_RULES),
+                        help="rule variants (see below); gaussian / cosine and -grpdiv are accepted for "
+                             "gauss / cossim and -grp+div")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: short time budget, one batch size and shape by default")
-    parser.add_argument("--budget", type=_at_least(0.0, float, "the time budget in seconds"), default=None,
+    parser.add_argument("--budget", type=at_least(0.0, float, "the time budget in seconds"), default=None,
                         help="seconds of repeats per measurement (default 1.0; --quick 0.05)")
     parser.add_argument("--no-autograd", action="store_true", help="skip the PyTorch autograd baseline")
     add_heap_argument(parser)
     parser.add_argument("--profile", action="store_true",
                         help="also time each primitive of the update (synchronised), as profile_s")
-    parser.add_argument("--threads", type=_at_least(1, int, "the thread count"), default=None, metavar="N",
+    parser.add_argument("--threads", type=at_least(1, int, "the thread count"), default=None, metavar="N",
                         help="threads for BLAS, Numba and torch alike (default: BLAS's own; "
                              "1 gives the steadiest numbers on a shared machine)")
     parser.add_argument("--step", action="store_true",
                         help="then time one training step of the Table 1 MLP (784-1024x3-10, batch 256, "
                              "Gaussian grp+div) per backend against autograd and the step's GEMM floor "
                              "(threefactor.bench_step); JSON next to the suite's, ending -step.json")
-    parser.add_argument("--json", default=None, metavar="PATH",
-                        help="where to write the JSON (default benchmarks/results/<date>-<host>.json)")
+    parser.add_argument("--json", default=None, metavar="PATH", type=output_file,
+                        help="where to write the JSON (default benchmarks/results/<date>-<host>.json; "
+                             "missing folders are created)")
     parser.add_argument("--summary", default=None, metavar="PATH",
                         help="measure nothing: print a bench JSON (update or step) as Markdown tables")
     parser.add_argument("--targets", nargs="+", default=None, metavar="PATH",
@@ -426,11 +464,29 @@ def run(args):
         print(targets.markdown(docs))
         return 0
     if args.summary:
-        with open(args.summary) as fh:
-            print(markdown_summary(json.load(fh)))
+        doc = read_document(args.summary, "--summary")
+        try:
+            print(markdown_summary(doc))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"--summary: {args.summary!r} is an incomplete bench result "
+                             f"({type(exc).__name__}: {exc})") from None
         return 0
     batches = args.m or ([256] if args.quick else list(BATCHES))
     shapes = args.shapes or ([(1024, 1024)] if args.quick else list(SHAPES))
+    try:
+        check_suite(batches, shapes, args.rules)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    usable, unavailable = usable_backends(args.backend)
+    if not usable:
+        raise UsageError("no backend to measure: " + "; ".join(f"--backend {name} is unavailable: {why}"
+                                                                for name, why in unavailable.items()))
+    path = args.json or default_json_path()
+    step_path = _step_path(path) if args.step else None
+    for where in (path, step_path):
+        problem = where and writable_file_problem(where)
+        if problem:
+            raise UsageError(f"--json: {problem}")
     timing = timing_settings(args.quick, args.budget)
     threads_set = set_threads(args.threads) if args.threads else None
     dtype = np.dtype(args.dtype)
@@ -452,15 +508,20 @@ def run(args):
                                  profile=args.profile)
     for name, why in skipped.items():
         print(f"skipped backend {name}: {why}")
-    path = args.json or default_json_path()
     write_json(path, document("update", records, settings, skipped))
     print(f"wrote {path}")
     if args.step:
-        _run_step(args, dtype, timing, settings, path)
+        _run_step(args, dtype, timing, settings, step_path)
     return 0
 
 
-def _run_step(args, dtype, timing, settings, suite_path):
+def _step_path(suite_path):
+    """Where ``--step`` writes: the suite's JSON path with ``-step`` before the extension."""
+    root, ext = os.path.splitext(suite_path)
+    return f"{root}-step{ext or '.json'}"
+
+
+def _run_step(args, dtype, timing, settings, path):
     """``--step``: the Table 1 MLP training step on the same backends, same timing and threads."""
     from . import bench_step
 
@@ -472,7 +533,5 @@ def _run_step(args, dtype, timing, settings, suite_path):
     print(bench_step.HEADER)
     records, skipped = bench_step.run_steps(args.backend, dtype=dtype, timing=timing,
                                             autograd=not args.no_autograd, log=lambda s: print(s, flush=True))
-    root, ext = os.path.splitext(suite_path)
-    path = f"{root}-step{ext or '.json'}"
     write_json(path, document("step", records, step_settings, skipped))
     print(f"wrote {path}")

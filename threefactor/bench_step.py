@@ -32,6 +32,7 @@ import numpy as np
 
 from . import bench
 from .backends import BACKENDS, get_backend
+from .cli import HelpFormatter, at_least, output_file, writable_file_problem
 from .networks import MLP
 from .rules import Rule
 
@@ -196,19 +197,43 @@ def run_steps(backends, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.fl
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--backend", nargs="+", choices=BACKENDS, default=list(BACKENDS))
-    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--hidden", nargs="+", type=int, default=[1024, 1024, 1024])
-    ap.add_argument("--groups", type=int, default=32)
+    """``python benchmarks/bench_step.py``: bad use is an argparse usage error (exit status 2)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    ap.add_argument("--backend", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                    help="backends to time; unavailable ones are skipped with the reason (an error when "
+                         "none is available)")
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                    help="dtype of the network, ours and autograd's alike")
+    ap.add_argument("--batch", type=at_least(2, int, "the batch size (the kernel compares pairs)"), default=256,
+                    help="batch size m")
+    ap.add_argument("--hidden", nargs="+", type=at_least(2, int, "a hidden width"), default=[1024, 1024, 1024],
+                    help="hidden widths of the MLP")
+    ap.add_argument("--groups", type=at_least(2, int, "the number of groups"), default=32,
+                    help="groups c of each hidden layer (grp+div, p = 0.2); must divide every hidden width")
     ap.add_argument("--quick", action="store_true", help="smoke test: short budget")
-    ap.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 1 x 3)")
-    ap.add_argument("--no-autograd", action="store_true")
-    ap.add_argument("--threads", type=int, default=None, help="threads for BLAS, Numba and torch alike")
+    ap.add_argument("--budget", type=at_least(0.0, float, "the time budget in seconds"), default=None,
+                    help="seconds of repeats per measurement (default 1.0; --quick 0.05)")
+    ap.add_argument("--no-autograd", action="store_true", help="skip the PyTorch autograd baseline")
+    ap.add_argument("--threads", type=at_least(1, int, "the thread count"), default=None, metavar="N",
+                    help="threads for BLAS, Numba and torch alike (default: BLAS's own)")
     bench.add_heap_argument(ap)
-    ap.add_argument("--json", default=None, help="default benchmarks/results/<date>-<host>-step.json")
+    ap.add_argument("--json", default=None, metavar="PATH", type=output_file,
+                    help="where to write the JSON (default benchmarks/results/<date>-<host>-step.json; "
+                         "missing folders are created)")
     args = ap.parse_args(argv)
+    for width in args.hidden:
+        try:
+            make_rule(args.groups).check_width(width)
+        except ValueError as exc:
+            ap.error(f"--groups {args.groups} does not suit --hidden {width}: {exc}")
+    usable, unavailable = bench.usable_backends(args.backend)
+    if not usable:
+        ap.error("no backend to measure: " + "; ".join(f"--backend {name} is unavailable: {why}"
+                                                       for name, why in unavailable.items()))
+    path = args.json or bench.default_json_path("step")
+    problem = writable_file_problem(path)
+    if problem:
+        ap.error(f"--json: {problem}")
     timing = bench.timing_settings(args.quick, args.budget)
     threads_set = bench.set_threads(args.threads) if args.threads else None
     settings = {"backends": args.backend, "dtype": args.dtype, "batch": args.batch,
@@ -221,7 +246,6 @@ def main(argv=None):
     print(HEADER)
     records, skipped = run_steps(args.backend, args.hidden, args.batch, args.groups, args.dtype, timing,
                                  not args.no_autograd, log=lambda s: print(s, flush=True))
-    path = args.json or bench.default_json_path("step")
     bench.write_json(path, bench.document("step", records, settings, skipped))
     print(f"wrote {path}")
     return 0
