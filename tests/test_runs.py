@@ -108,8 +108,8 @@ def test_table(tmp_path, capsys):
     cells = summarize(find_runs([tmp_path / "runs" / "a", tmp_path / "runs" / "b"]), "best")
     assert cells[(("fmnist", ""), "gaussian grp+div")]["values"] == [88.5, 89.1]
     assert "best-epoch" in markdown_table(cells, "best")
-    with pytest.raises(SystemExit, match="not a run directory"):
-        cli.main(["table", str(tmp_path / "nowhere")])
+    assert cli.main(["table", str(tmp_path / "nowhere")]) == 2
+    assert "threefactor table: error:" in capsys.readouterr().err
 
 
 def test_table_with_the_papers_numbers(tmp_path, capsys):
@@ -156,3 +156,57 @@ def test_table_keeps_architectures_and_modes_apart(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[2:5] == ["| fashion-MNIST | 88.0 (0.0, n=1) |", "| fashion-MNIST (online) | 80.0 (0.0, n=1) |",
                           "| fashion-MNIST (vgg ×2) | 70.0 (0.0, n=1) |"]
+
+
+def test_table_bad_use_is_a_one_line_error(tmp_path, capsys):
+    """No run, no finished epoch, bad --digits: exit status 2 and one line naming what was wrong."""
+    (tmp_path / "data").mkdir()
+    assert cli.main(["table", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("threefactor table: error: no run found under") and str(tmp_path / "data") in err
+    _fake_run(tmp_path / "runs" / "a", "fmnist", "gaussian", "grp+div", 0, [])
+    assert cli.main(["table", str(tmp_path / "runs")]) == 2
+    assert "no finished epoch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["table", "--digits", "-1", str(tmp_path / "runs")])
+    assert exc.value.code == 2
+    assert "argument --digits: the number of decimals must be >= 0, got '-1'" in capsys.readouterr().err
+
+
+def test_table_refuses_the_same_seed_twice(tmp_path, capsys):
+    """Three runs of one configuration, all seed 0, are not n=3 seeds."""
+    for name in "abc":
+        _fake_run(tmp_path / "runs" / name, "fmnist", "gaussian", "grp+div", 0, [88.0])
+    assert cli.main(["table", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "same seed 0" in err and str(tmp_path / "runs" / "a") in err and str(tmp_path / "runs" / "b") in err
+    assert cli.main(["table", str(tmp_path / "runs" / "a")]) == 0            # one of them alone is fine
+    # same seed, different backend or data folder: still the same configuration
+    _fake_run(tmp_path / "more" / "a", "fmnist", "gaussian", "grp+div", 0, [88.0], backend="numpy")
+    _fake_run(tmp_path / "more" / "b", "fmnist", "gaussian", "grp+div", 0, [88.0], backend="numba",
+              data_root="/elsewhere")
+    assert cli.main(["table", str(tmp_path / "more")]) == 2
+
+
+def test_table_keeps_configurations_apart(tmp_path, capsys):
+    """Runs differing in --hidden, --subset or epochs are not averaged as seeds: rows per configuration."""
+    runs = tmp_path / "runs"
+    _fake_run(runs / "a", "fmnist", "gaussian", "grp+div", 0, [88.0], hidden=[1024])
+    _fake_run(runs / "b", "fmnist", "gaussian", "grp+div", 1, [86.0], hidden=[1024])
+    _fake_run(runs / "c", "fmnist", "gaussian", "grp+div", 0, [70.0], hidden=[64])
+    _fake_run(runs / "d", "fmnist", "backprop", "plain", 0, [90.0], hidden=[64])
+    _fake_run(runs / "e", "mnist", "gaussian", "grp+div", 0, [97.0, 98.0], hidden=[64])
+    _fake_run(runs / "f", "mnist", "gaussian", "grp+div", 0, [96.0], hidden=[64], subset=1000)
+    assert cli.main(["table", "--paper", str(runs)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| dataset | backprop | gaussian grp+div |"
+    assert lines[2:7] == [
+        "| MNIST (epochs=1, subset=1000) | — | 96.0 (0.0, n=1) |",
+        "| MNIST (epochs=2, subset=None) | — | 98.0 (0.0, n=1) |",
+        "| MNIST, paper | 98.6 (0.2, n=5) | 98.1 (0.2, n=5) |",
+        "| fashion-MNIST (hidden=1024) | — | 87.0 (2.0, n=2) |",
+        "| fashion-MNIST (hidden=64) | 90.0 (0.0, n=1) | 70.0 (0.0, n=1) |"]
+    assert lines[7].startswith("| fashion-MNIST, paper |")
+    cells = summarize(find_runs([runs]))
+    assert cells[(("fmnist", "hidden=1024"), "gaussian grp+div")]["seeds"] == [0, 1]
+    assert cells[(("fmnist", "hidden=64"), "gaussian grp+div")]["runs"] == [str(runs / "c")]
