@@ -1,0 +1,79 @@
+"""The ``threefactor`` command as a whole: --version, no command, help that shows defaults once, one error style."""
+import argparse
+import re
+import subprocess
+import sys
+
+import pytest
+
+import threefactor
+from threefactor import cli
+
+
+def _parser(command):
+    """The parser of ``threefactor COMMAND`` with the command's options added."""
+    import importlib
+
+    parser, sub = cli.build_parser()
+    importlib.import_module(cli.COMMANDS[command][0]).configure_parser(sub.choices[command])
+    return sub.choices[command]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"threefactor {threefactor.__version__}"
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert "usage: threefactor" in err and "check" in err and "a COMMAND is required" in err
+
+
+@pytest.mark.parametrize("command", ["check", "bench", "table"])
+def test_help_explains_every_option_and_shows_each_default_once(command):
+    parser = _parser(command)
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{command} {action.option_strings or action.dest}: no help"
+        text = formatter._expand_help(action)
+        name = f"{command} {action.option_strings or action.dest}"
+        assert text.count("(default") <= 1, f"{name}: default shown twice: {text}"
+        assert "default: None" not in text and "['" not in text and "[]" not in text, f"{name}: {text}"
+    assert "(default: numpy numba cupy)" in " ".join(
+        formatter._expand_help(a) for a in _parser("bench")._actions if "--backend" in a.option_strings)
+
+
+def test_help_says_which_rule_names_mean_what(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "gauss is the Gaussian kernel" in out and "check --kernel gaussian / cosine" in out
+    with pytest.raises(SystemExit):
+        cli.main(["check", "--help"])
+    assert "'cossim' (bench, train) means cosine" in " ".join(capsys.readouterr().out.split())
+
+
+def test_train_errors_exit_2_like_the_other_commands(tmp_path, capsys):
+    """train's own code reports bad use as SystemExit("threefactor train: error: ..."); the CLI makes it status 2."""
+    with pytest.raises(SystemExit, match="give either --out or --resume") as exc:
+        cli.main(["train", "--resume", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("threefactor train: error: give either --out or --resume")
+
+
+def test_exit_status_from_the_shell(tmp_path):
+    """`python -m threefactor`: a usage error is status 2 with one 'threefactor CMD: error:' line, no traceback."""
+    for argv, prefix in [(["table", str(tmp_path)], "threefactor table: error: no run found"),
+                         (["check", "--m", "0"], "threefactor check: error: argument --m"),
+                         (["train", "--resume", str(tmp_path / "a"), "--out", str(tmp_path / "b")],
+                          "threefactor train: error: give either --out or --resume")]:
+        proc = subprocess.run([sys.executable, "-m", "threefactor", *argv], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert re.search("^" + re.escape(prefix), proc.stderr, re.M), proc.stderr
