@@ -332,23 +332,6 @@ def document(kind, records, settings, skipped=None):
             "settings": settings, "skipped": skipped or {}, "results": records}
 
 
-def read_document(path, flag="--summary"):
-    """The bench JSON document at ``path``; :class:`UsageError` naming ``flag`` for a file that is not one."""
-    try:
-        with open(path) as fh:
-            doc = json.load(fh)
-    except OSError as exc:
-        raise UsageError(f"{flag}: cannot read {path!r}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        why = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
-        raise UsageError(f"{flag}: {path!r} is not JSON ({why})") from None
-    if (not isinstance(doc, dict) or doc.get("kind") not in ("update", "step")
-            or not isinstance(doc.get("results"), list) or not isinstance(doc.get("machine"), dict)):
-        raise UsageError(f"{flag}: {path!r} is not a threefactor bench result (expected a JSON object with "
-                         "kind 'update' or 'step', 'machine' and 'results', as bench --json writes)")
-    return doc
-
-
 def markdown_summary(doc):
     """Markdown tables of an update or step JSON document (for benchmarks/RESULTS.md)."""
     m, rs = doc["machine"], doc["results"]
@@ -454,17 +437,17 @@ def configure_parser(parser):
 
 
 def run(args):
-    if args.targets:
+    if args.targets or args.summary:
         from . import targets
         try:
-            docs = targets.load(args.targets)
+            docs = targets.load(args.targets or [args.summary], "--targets" if args.targets else "--summary")
         except ValueError as exc:
-            print(f"threefactor bench: error: {exc}", file=sys.stderr)
-            return 2
+            raise UsageError(str(exc)) from None
+    if args.targets:
         print(targets.markdown(docs))
         return 0
     if args.summary:
-        doc = read_document(args.summary, "--summary")
+        doc = docs[0][1]
         try:
             print(markdown_summary(doc))
         except (KeyError, TypeError, ValueError) as exc:

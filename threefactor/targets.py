@@ -92,22 +92,27 @@ def _bounds(record):
     return flops, measured
 
 
-def load(paths):
-    """(label, document) for each bench JSON path; a clear error for a file that is not one."""
-    docs = []
-    for path in paths:
-        try:
-            with open(path) as fh:
-                doc = json.load(fh)
-        except OSError as exc:
-            raise ValueError(f"--targets: cannot read {path!r}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--targets: {path!r} is not JSON ({exc.msg}, line {exc.lineno})") from None
-        if not isinstance(doc, dict) or doc.get("kind") not in ("update", "step") or "results" not in doc:
-            raise ValueError(f"--targets: {path!r} is not a threefactor bench result "
-                             "(expected a JSON object with kind 'update' or 'step' and 'results')")
-        docs.append((_label(path, doc), doc))
-    return docs
+def read_document(path, flag="--targets"):
+    """The bench JSON document (update or step) at ``path``; a ValueError naming ``flag`` and the
+    file for one that cannot be read, is not JSON, or is not a bench result."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot read {path!r}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        why = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
+        raise ValueError(f"{flag}: {path!r} is not JSON ({why})") from None
+    if (not isinstance(doc, dict) or doc.get("kind") not in ("update", "step")
+            or not isinstance(doc.get("results"), list) or not isinstance(doc.get("machine"), dict)):
+        raise ValueError(f"{flag}: {path!r} is not a threefactor bench result (expected a JSON object with "
+                         "kind 'update' or 'step', 'machine' and 'results', as bench --json writes)")
+    return doc
+
+
+def load(paths, flag="--targets"):
+    """(label, document) for each bench JSON path (:func:`read_document`)."""
+    return [(_label(path, doc), doc) for path in paths for doc in [read_document(path, flag)]]
 
 
 def _label(path, doc):
