@@ -36,8 +36,10 @@ import sys
 import numpy as np
 
 from threefactor import bench
+from threefactor.atomic import write_json
 from threefactor.backends import BACKENDS, get_backend
 from threefactor.conv_layers import ConvLayer, parse_arch
+from threefactor.machine import set_threads
 from threefactor.train import build_network, resolve_config
 
 IMAGE, N_CLASSES, N_TRAIN = (3, 32, 32), 10, 50_000
@@ -242,7 +244,7 @@ def main(argv=None):
     if args.steps < 1 or args.warmup < 0 or args.batch < 2:
         raise SystemExit("--steps must be >= 1, --warmup >= 0 and --batch >= 2")
     device = args.device or ("cuda" if args.backend == "cupy" else "cpu")
-    threads_set = bench.set_threads(args.threads) if args.threads else None
+    threads_set = set_threads(args.threads) if args.threads else None
     settings = {"arch": args.arch, "width": args.width, "batch": args.batch, "groups": args.groups,
                 "steps": args.steps, "warmup": args.warmup, "backend": args.backend, "device": device,
                 "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None,
@@ -253,7 +255,7 @@ def main(argv=None):
                      args.warmup, not args.no_autograd)
     print(format_record(rec), flush=True)
     path = args.json or bench.default_json_path("conv-epoch")
-    bench.write_json(path, bench.document("conv-epoch", [rec], settings))
+    write_json(path, bench.document("conv-epoch", [rec], settings))
     print(f"wrote {path}")
     return 0
 

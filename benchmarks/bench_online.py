@@ -26,7 +26,8 @@ import argparse
 
 import numpy as np
 
-from threefactor import bench
+from threefactor import bench, bench_cli
+from threefactor.atomic import write_json
 from threefactor.backends import BackendUnavailable, get_backend
 from threefactor.online import TwoPointUpdate, apply_update
 from threefactor.online_layer import OnlineLayer
@@ -106,7 +107,7 @@ def format_row(r):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", default="numba", help="numba (default), numpy or cupy")
-    ap.add_argument("--shapes", nargs="+", type=bench._shape, default=[(784, 1024), (1024, 1024), (4096, 4096)],
+    ap.add_argument("--shapes", nargs="+", type=bench_cli._shape, default=[(784, 1024), (1024, 1024), (4096, 4096)],
                     metavar="N_INxN_OUT")
     ap.add_argument("--streams", nargs="+", type=int, default=[1, 16, 256], metavar="B")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -140,7 +141,7 @@ def main(argv=None):
             records.append(rec)
             print(format_row(rec), flush=True)
     path = args.json or bench.default_json_path("online")
-    bench.write_json(path, bench.document("online", records, settings))
+    write_json(path, bench.document("online", records, settings))
     print(f"wrote {path}")
     return 0
 

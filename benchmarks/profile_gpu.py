@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_conv_epoch as conv  # noqa: E402
 
 from threefactor import bench  # noqa: E402
+from threefactor.atomic import write_json  # noqa: E402
 from threefactor import bench_step as mlp  # noqa: E402
 from threefactor.backends import get_backend  # noqa: E402
 from threefactor.machine import machine_info  # noqa: E402
@@ -218,7 +219,7 @@ def main(argv=None):
                 print(text, flush=True)
         report["workloads"][name] = rec
     if args.json:
-        bench.write_json(args.json, report)
+        write_json(args.json, report)
     return 0
 
 

@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from threefactor import bench, cli
+from threefactor import bench, bench_cli, cli
+from threefactor.atomic import write_json
 from threefactor.machine import blas_threads, machine_info
 
 RECORD_KEYS = {"backend", "dtype", "rule", "m", "n_in", "n_out", "update_s", "update_iqr_s", "repeats",
@@ -111,16 +112,16 @@ def test_unavailable_backend_is_skipped_with_reason():
 
 
 def test_shape_argument_is_checked():
-    assert bench._shape("784x1024") == (784, 1024)
+    assert bench_cli._shape("784x1024") == (784, 1024)
     with pytest.raises(argparse.ArgumentTypeError, match="N_INxN_OUT"):
-        bench._shape("784")
+        bench_cli._shape("784")
 
 
 def test_write_json_is_atomic_and_strict(tmp_path):
     path = tmp_path / "a.json"
-    bench.write_json(str(path), {"x": 1})
+    write_json(str(path), {"x": 1})
     with pytest.raises(ValueError):
-        bench.write_json(str(path), {"x": float("nan")})
+        write_json(str(path), {"x": float("nan")})
     assert json.loads(path.read_text()) == {"x": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
@@ -194,7 +195,7 @@ def test_bad_cli_arguments_are_argparse_errors(argv, expected, capsys):
 
 def _no_measuring(monkeypatch):
     """Make any measurement fail the test: these errors must come before the work."""
-    monkeypatch.setattr(bench, "run_suite", lambda *a, **k: pytest.fail("measured despite bad use"))
+    monkeypatch.setattr(bench_cli, "run_suite", lambda *a, **k: pytest.fail("measured despite bad use"))
 
 
 def test_summary_names_a_file_that_is_not_a_bench_result(tmp_path, capsys):
@@ -235,7 +236,7 @@ def test_derived_json_paths_are_checked_before_measuring(tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert err.startswith("threefactor bench: error: --json: ") and "suite-step.json is a folder" in err
     (tmp_path / "default").write_text("a file where the default path wants a folder")
-    monkeypatch.setattr(bench, "default_json_path", lambda kind="update": str(tmp_path / "default" / "x.json"))
+    monkeypatch.setattr(bench_cli, "default_json_path", lambda kind="update": str(tmp_path / "default" / "x.json"))
     assert cli.main(["bench", "--quick", "--backend", "numpy"]) == 2
     assert "threefactor bench: error: --json: cannot create" in capsys.readouterr().err
 
@@ -264,10 +265,10 @@ def test_shapes_that_do_not_suit_a_rule_are_a_usage_error(capsys, monkeypatch):
 
 
 def test_rules_accept_the_other_commands_spellings():
-    assert [bench._rule_name(t) for t in ("gaussian", "cosine-grp+div", "gaussian-grpdiv", "cossim", "gauss")] \
+    assert [bench_cli._rule_name(t) for t in ("gaussian", "cosine-grp+div", "gaussian-grpdiv", "cossim", "gauss")] \
         == ["gauss", "cossim-grp+div", "gauss-grp+div", "cossim", "gauss"]
     parser, sub = cli.build_parser()
-    bench.configure_parser(sub.choices["bench"])
+    bench_cli.configure_parser(sub.choices["bench"])
     args = parser.parse_args(["bench", "--rules", "gaussian-grp+div", "cosine"])
     assert args.rules == ["gauss-grp+div", "cossim"]
 

@@ -31,8 +31,10 @@ import argparse
 import numpy as np
 
 from . import bench
+from .atomic import write_json
 from .backends import BACKENDS, get_backend
 from .cli import HelpFormatter, at_least, output_file, writable_file_problem
+from .machine import set_threads
 from .networks import MLP
 from .rules import Rule
 
@@ -235,7 +237,7 @@ def main(argv=None):
     if problem:
         ap.error(f"--json: {problem}")
     timing = bench.timing_settings(args.quick, args.budget)
-    threads_set = bench.set_threads(args.threads) if args.threads else None
+    threads_set = set_threads(args.threads) if args.threads else None
     settings = {"backends": args.backend, "dtype": args.dtype, "batch": args.batch,
                 "hidden": args.hidden, "groups": args.groups, "timing": timing,
                 "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None,
@@ -246,6 +248,6 @@ def main(argv=None):
     print(HEADER)
     records, skipped = run_steps(args.backend, args.hidden, args.batch, args.groups, args.dtype, timing,
                                  not args.no_autograd, log=lambda s: print(s, flush=True))
-    bench.write_json(path, bench.document("step", records, settings, skipped))
+    write_json(path, bench.document("step", records, settings, skipped))
     print(f"wrote {path}")
     return 0

@@ -23,7 +23,7 @@ from . import __version__
 COMMANDS = {
     "train": ("threefactor.train", "train a network with explicit local rules (default: Fashion-MNIST, Gaussian grp+div)"),
     "check": ("threefactor.check_cli", "prove every rule's update equals -dL/dW (finite differences, complex step, autograd)"),
-    "bench": ("threefactor.bench", "measure update throughput against the GEMM floor and autograd"),
+    "bench": ("threefactor.bench_cli", "measure update throughput against the GEMM floor and autograd"),
     "table": ("threefactor.report", "print a Table 1-style Markdown table from run directories"),
 }
 
