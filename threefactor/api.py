@@ -140,8 +140,8 @@ def _labels(be, y, m, n_classes, checks=None):
         if y.dtype.kind == "f":
             mine.add((y == xp.round(y)).all(), _fail(ValueError("integer labels y must be whole numbers")))
             mine.add((xp.abs(y) < 2.0 ** 53).all(),      # before the cast to int64, which would wrap
-                     _fail(ValueError(f"labels y must be class indices in [0, n_classes); "
-                                      f"got a label of magnitude >= 2**53")))
+                     _fail(ValueError("labels y must be class indices in [0, n_classes); "
+                                      "got a label of magnitude >= 2**53")))
         labels = y.astype(np.int64)
         mine.add(labels.min() >= 0, _fail(ValueError("labels y must be >= 0")))
         if n_classes is None:        # the class count is needed now: read it with the flags (one read-back)
