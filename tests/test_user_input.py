@@ -127,3 +127,24 @@ def test_unusable_arrays_and_labels_are_named(problem):
             tf.local_update(x, w, np.where(y == 2, 1e30, y).astype(np.float64), n_classes=3)
     with pytest.raises(TypeError, match=r"divisive must be True or False, got str 'no'"):
         tf.layer_output(x, w, groups=2, divisive="no")
+
+
+@pytest.mark.gpu
+def test_a_user_kernel_on_the_cupy_backend_is_checked_too(problem):
+    """(a GPU, or the CPU emulator: THREEFACTOR_EMULATE_CUPY=1 ... -m gpu)"""
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install threefactor[gpu])")
+    try:
+        usable = cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver / no device
+        usable = False
+    if not usable:
+        pytest.skip("CuPy is installed but no GPU is usable")
+    x, w, y = problem
+    x, w = cupy.asarray(x.astype(np.float32)), cupy.asarray(w.astype(np.float32))
+    with pytest.raises(ValueError, match=r"_Kernel.pullback returned shape \(16, 16\); expected \(16, 2\)"):
+        tf.local_update(x, w, y, n_classes=3, kernel=_Kernel(pullback=lambda g: g @ g.T), groups=2, backend="cupy")
+    wide = _Kernel(matrix=lambda K: K.astype(cupy.float64), pullback=lambda g: g.astype(cupy.float64))
+    dw = tf.local_update(x, w, y, n_classes=3, kernel=wide, groups=2, backend="cupy")
+    assert isinstance(dw, cupy.ndarray) and dw.dtype == np.float32
+    ref = tf.local_update(x, w, y, n_classes=3, kernel="linear", groups=2, backend="cupy")
+    np.testing.assert_allclose(cupy.asnumpy(dw), cupy.asnumpy(ref), rtol=1e-5, atol=1e-6)
