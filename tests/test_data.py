@@ -275,6 +275,30 @@ def test_wrong_image_size_and_label_range(tmp_path):
     assert "t10k-labels-idx1-ubyte.gz" in str(exc.value)
 
 
+@pytest.mark.parametrize("key", ["train_images", "test_labels"])
+def test_zero_sample_idx_file_is_named(tmp_path, key):
+    """An IDX file whose header says N = 0 is refused by name (not numpy's 'cannot reshape array of size 0')."""
+    d = tmp_path / "mnist"
+    make_mnist_dir(d)
+    images = key.endswith("images")
+    empty = np.zeros((0, 28, 28) if images else (0,), dtype=np.uint8)
+    path = d / (data.IDX_FILES[key] + ".gz")
+    path.write_bytes(gzip.compress(idx_bytes(0x803 if images else 0x801, empty.shape, b"")))
+    with pytest.raises(DataError, match="holds 0") as exc:
+        load_dataset("mnist", root=tmp_path, download=False)
+    assert str(exc.value).startswith(str(path))
+
+
+def test_empty_cifar_batch_is_named(tmp_path):
+    make_cifar_dir(tmp_path / "cifar10")
+    path = tmp_path / "cifar10" / data.CIFAR_BATCH_DIR / "test_batch"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, f, protocol=4)
+    with pytest.raises(DataError, match="holds 0 images") as exc:
+        load_dataset("cifar10", root=tmp_path, download=False)
+    assert str(path) in str(exc.value)
+
+
 def test_missing_file_raises(tmp_path):
     d = tmp_path / "mnist"
     make_mnist_dir(d)
@@ -531,6 +555,18 @@ def test_download_file_sha256_and_http_error(http_server, tmp_path):
         data_download.download_file(base + "missing", tmp_path / "dl" / "missing", progress=False)
     assert str(tmp_path / "dl" / "missing") in str(exc.value)
     assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["blob"]
+
+
+def test_downloads_get_the_umask_mode(http_server, tmp_path):
+    """A download is written to a mkstemp file (0600): it must end up 0666 & ~umask like any file."""
+    base, served, _ = http_server
+    (served / "blob").write_bytes(b"hello")
+    old = os.umask(0o022)
+    try:
+        dest = data_download.download_file(base + "blob", tmp_path / "dl" / "blob", None, progress=False)
+    finally:
+        os.umask(old)
+    assert dest.stat().st_mode & 0o777 == 0o644
 
 
 def test_download_tries_next_mirror(http_server, monkeypatch):

@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from .data_formats import CIFAR_BATCH_DIR, CIFAR_FILES, IDX_FILES, DataError, _idx_path
+from .atomic import umask_mode
 
 __all__ = [
     "SYSTEM_DIRS",
@@ -228,6 +229,8 @@ def download_file(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, umask_mode())   # mkstemp makes 0600: the data should read like any download
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -238,7 +241,7 @@ def download_file(
                         unit_scale=True,
                         unit_divisor=1024,
                         desc=dest.name,
-                        disable=not progress,
+                        disable=None if progress else True,   # None: none where stderr is no terminal
                         leave=False,
                     ) as bar:
                         while chunk := resp.read(_CHUNK):
@@ -326,6 +329,7 @@ def extract_cifar10(archive: str | os.PathLike, directory: str | os.PathLike) ->
             raise DataError(f"{archive}: archive lacks {CIFAR_BATCH_DIR}/{missing[0]}")
         if target.exists():
             shutil.rmtree(target)
+        os.chmod(tmp, umask_mode(0o777))      # mkdtemp makes 0700
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -146,6 +146,9 @@ def load_mnist_dir(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
             raise DataError(f"{directory / stem}: file not found (nor {stem}.gz)")
         kind = key.split("_")[1]
         arr = read_idx(path, kind)
+        if len(arr) == 0:
+            raise DataError(f"{path}: holds 0 {kind} (its header says N = 0); expected a non-empty "
+                            f"{key.replace('_', ' ')} file")
         if kind == "images" and arr.shape[1:] != (28, 28):
             raise DataError(f"{path}: expected 28x28 images, found {arr.shape[1]}x{arr.shape[2]}")
         if kind == "labels" and arr.size and arr.max() >= N_CLASSES:
@@ -205,6 +208,8 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: 'labels' are not integers: {exc}") from exc
     if len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if len(data) == 0:
+        raise DataError(f"{path}: holds 0 images; expected a non-empty CIFAR-10 batch")
     if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
         raise DataError(f"{path}: labels out of range 0..{N_CLASSES - 1}")
     return data.reshape(-1, 3, 32, 32), labels
