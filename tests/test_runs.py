@@ -1,5 +1,7 @@
 """Run directories: metrics files, atomic checkpoints, plots and the `threefactor table` command."""
 import json
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -61,6 +63,167 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint.npz").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="unreadable checkpoint"):
         rd.load_checkpoint()
+
+
+def _strict(line):
+    """json.loads that refuses NaN / Infinity (as strict parsers do)."""
+    def refuse(name):
+        raise ValueError(f"non-JSON constant {name}")
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("truncate", "truncated or not an .npz"),
+    ("empty", "empty file"),
+    ("no_rng_state", "lacks rng_state"),
+    ("meta_list", "expected an object"),
+    ("no_meta", "no 'meta' entry"),
+    ("missing_buffer", "entry .* is missing"),
+])
+def test_damaged_checkpoint_names_the_file_and_the_fault(tmp_path, damage, match):
+    rd = RunDir(tmp_path / "run")
+    rd.save_checkpoint(*_state(3))
+    path = rd.checkpoint_path
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[:len(raw) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        with np.load(path) as z:
+            arrays = dict(z)
+        meta = json.loads(str(arrays["meta"]))
+        if damage == "no_rng_state":
+            del meta["rng_state"]
+        elif damage == "meta_list":
+            meta = [1, 2]
+        elif damage == "missing_buffer":
+            del arrays["opt/hidden.0/0"]
+        arrays["meta"] = np.array(json.dumps(meta))
+        if damage == "no_meta":
+            del arrays["meta"]
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=match) as exc:
+        rd.load_checkpoint()
+    assert str(path) in str(exc.value)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "empty file"), ("{\n", "not valid JSON"), ("[1, 2]", "expected a JSON object"),
+])
+def test_bad_config_names_the_file(tmp_path, text, match):
+    rd = RunDir(tmp_path)
+    rd.config_path.write_text(text)
+    with pytest.raises(ValueError, match=match) as exc:
+        rd.read_config()
+    assert str(rd.config_path) in str(exc.value)
+
+
+def test_every_json_written_is_strict(tmp_path):
+    """Non-finite metrics become null (a diverged epoch); a NaN config or checkpoint meta is refused."""
+    rd = RunDir(tmp_path / "run")
+    rd.append_metrics(_record(1, 50.0))
+    rd.append_metrics(_record(2, 10.0, train_loss=float("nan"), local_objective=[float("inf"), np.float32("nan")],
+                              local_objective_1=float("-inf"), diverged=True))
+    lines = [_strict(x) for x in rd.metrics_path.read_text().splitlines()]
+    assert lines[1]["train_loss"] is None and lines[1]["local_objective"] == [None, None]
+    assert lines[1]["local_objective_1"] is None and lines[1]["test_accuracy"] == 10.0
+    rd.keep_metrics_upto(2)
+    assert [_strict(x)["epoch"] for x in rd.metrics_path.read_text().splitlines()] == [1, 2]
+    assert rd.plot(title="diverged").is_file()                    # nulls are gaps, not a crash
+    with pytest.raises(ValueError):
+        rd.write_config({"lr_out": float("nan")})
+    with pytest.raises(ValueError):
+        rd.save_checkpoint(*_state(1)[:2], {"epoch": 1, "rng_state": {}, "loss": float("inf")})
+    assert not rd.config_path.exists() and not rd.has_checkpoint()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_files_get_the_umask_mode_and_keep_an_existing_one(tmp_path, umask):
+    from threefactor.atomic import atomic_create, write_json
+    old = os.umask(umask)
+    try:
+        rd = RunDir(tmp_path / "run")
+        rd.write_config({"a": 1})
+        rd.save_checkpoint(*_state(1))
+        rd.append_metrics(_record(1, 50.0))
+        rd.plot()
+        write_json(tmp_path / "bench.json", {"x": 1})
+        atomic_create(tmp_path / "new.json", lambda f: f.write(b"{}"))
+        want = 0o666 & ~umask
+        for path in (rd.config_path, rd.checkpoint_path, rd.metrics_path, rd.path / "metrics.csv",
+                     rd.path / "curves.png", tmp_path / "bench.json", tmp_path / "new.json"):
+            assert path.stat().st_mode & 0o777 == want, (path.name, oct(path.stat().st_mode))
+        os.chmod(rd.metrics_path, 0o640)
+        os.chmod(rd.checkpoint_path, 0o604)
+        rd.keep_metrics_upto(1)                                    # what --resume does to metrics.jsonl
+        rd.save_checkpoint(*_state(2))
+        assert rd.metrics_path.stat().st_mode & 0o777 == 0o640
+        assert rd.checkpoint_path.stat().st_mode & 0o777 == 0o604
+    finally:
+        os.umask(old)
+
+
+def test_atomic_create_never_replaces(tmp_path):
+    from threefactor.atomic import atomic_create
+    path = tmp_path / "config.json"
+    atomic_create(path, lambda f: f.write(b"first"))
+    with pytest.raises(FileExistsError):
+        atomic_create(path, lambda f: f.write(b"second"))
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_claiming_a_run_dir(tmp_path):
+    cfg = {"a": 1}
+    rd, created = runs.claim_run_dir(tmp_path / "new", cfg)
+    assert created and json.loads(rd.config_path.read_text()) == cfg
+    with pytest.raises(ValueError, match="already holds a run that has not finished an epoch .*still be running"):
+        runs.claim_run_dir(tmp_path / "new", cfg)                  # config.json alone (a run in epoch 1)
+    (tmp_path / "empty").mkdir()
+    assert runs.claim_run_dir(tmp_path / "empty", cfg)[1] is False   # an existing empty folder is fine
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "checkpoint.npz").write_bytes(b"x")
+    with pytest.raises(ValueError, match="already holds a run; resume it with --resume"):
+        runs.claim_run_dir(tmp_path / "old", cfg)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"--out .*afile: exists and is not a directory"):
+        runs.claim_run_dir(tmp_path / "afile", cfg)
+    with pytest.raises(ValueError, match=r"--out .*afile/sub: has a part that is not a directory"):
+        runs.claim_run_dir(tmp_path / "afile" / "sub", cfg)
+    assert runs.release_run_dir(rd, created) and not rd.path.exists()
+
+
+def test_runs_started_at_once_never_share_a_directory(tmp_path):
+    """Many claims of one name at the same moment: each gets its own directory (base, base-2, ...),
+    and of many claims of one explicit directory exactly one wins."""
+    base = tmp_path / "runs" / "fmnist-gaussian-grpdiv-s0-20240101-120000"
+    got, errors = [], []
+    barrier = threading.Barrier(8)
+
+    def default(i):
+        barrier.wait()
+        got.append(runs.claim_new_run_dir(base, {"i": i})[0].path)
+
+    def explicit(i):
+        barrier.wait()
+        try:
+            got.append(runs.claim_run_dir(tmp_path / "shared", {"i": i})[0].path)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    for target in (default, explicit):
+        got.clear()
+        threads = [threading.Thread(target=target, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if target is default:
+            assert sorted(p.name for p in got) == sorted([base.name] + [f"{base.name}-{k}" for k in range(2, 9)])
+            assert sorted(json.loads((p / "config.json").read_text())["i"] for p in got) == list(range(8))
+        else:
+            assert len(got) == 1 and len(errors) == 7 and all("already holds a run" in e for e in errors)
 
 
 def test_metrics_jsonl_csv_and_plot(tmp_path):
