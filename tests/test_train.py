@@ -169,6 +169,19 @@ def test_help_teaches(capsys):
     for word in ("gaussian", "cossim", "backprop", "last-layer", "Eq. 9", "grp+div", "example",
                  "--lr-local", "--resume", "--subset", "--milestones"):
         assert word in text, word
+    flat = " ".join(text.split())
+    # --groups, --lr-local, --lr-out say what they are and where their default comes from
+    for option, what in (("--groups C", "number of groups c per hidden layer"),
+                         ("--lr-local ETA_L", "eta_l, the local learning rate"),
+                         ("--lr-out ETA_F", "eta_f, the learning rate of the output layer")):
+        help_text = flat.split(option + " ")[-1][:400]
+        assert help_text.startswith(what) and "default from the preset: Table 3" in help_text, help_text
+    assert "(preset)" not in flat
+    assert "(default sgd;" in flat.split("--optimizer OPTIMIZER ")[-1][:200]
+    mode, b3 = flat.split("--mode MODE ")[-1], flat.split("--per-stream-b3 ")[-1]
+    assert "lr_local defaults to 0.3" in mode[:500] and "lr_local" not in b3[:100]
+    examples = text.split("examples:")[1]
+    assert not any("  --" in line.strip() for line in examples.splitlines()), examples   # no line joined by '\'
 
 
 def test_presets_cover_table3():

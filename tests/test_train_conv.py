@@ -123,6 +123,10 @@ def test_conv_arch_takes_the_table6_cell_of_its_column():
     cfg = resolve_config(arch="small", dataset="fmnist", rule="gaussian", grouping="grp+div", groups=16,
                          backend="numpy")
     assert cfg["preset"] == "cifar10-vgg-gaussian-grpdiv" and "small on fmnist" in cfg["preset_note"]
+    # no fmnist conv cell in the paper: the note says whose settings these are, why, and what to set
+    assert "only for vgg on cifar10 (Table 6)" in cfg["preset_note"]
+    assert "its lr_out, lr_local" in cfg["preset_note"] and "groups" not in cfg["preset_note"].split("its")[1][:20]
+    assert "set --lr-out / --lr-local" in cfg["preset_note"]
     assert (cfg["lr_local"], cfg["groups"], cfg["epochs"], cfg["activation"]) == (0.4, 16, 2, "selu")
     assert cfg["eval_batch_size"] == 2000 and cfg["augment"] is False
     assert default_out(cfg).name.startswith("fmnist-small-gaussian-grpdiv-s0-")
@@ -223,7 +227,9 @@ def test_cli_conv_run_and_resume(data_root, tmp_path, capsys):  # noqa: F811
             "--subset", "128", "--data-root", str(data_root), "--backend", "numpy", "--out", str(out),
             "--no-progress", "--eval-batch-size", "50"]
     assert cli.main(argv) == 0
-    assert f"arch {TINY} x1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"arch {TINY} x1" in printed and "no mnist conv preset in the paper" in printed
+    assert "note: the paper has conv-net hyperparameters only for vgg on cifar10" in printed
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["arch"], cfg["width"], cfg["hidden"], cfg["augment"], cfg["eval_batch_size"]) == \
         (TINY, 1, None, False, 50)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +25,14 @@ import numpy as np
 from . import presets
 from .backends import BackendUnavailable, get_backend
 from .conv_layers import ARCHS, build_convnet
+from .epochs import (  # noqa: F401  (re-exported: run_epochs and _augmenter were defined here)
+    _ONLINE, TrainingDiverged, TrainingInterrupted, _augmenter, _epoch_sums, _load_online_state, run_epochs)
 from .networks import MLP
-from .optim import multistep_lr
 from .presets import TABLE6
-from .runs import RunDir
+from .runs import RunDir, claim_new_run_dir, claim_run_dir, release_run_dir
 from .train_config import (  # noqa: F401  (re-exported: the Python API of ``threefactor.train``)
     DEFAULTS, MODES, ONLINE_LR_LOCAL, _RESUMABLE, _validate, conv_eval_batch_size, default_backend,
-    make_rule, resolve_config)
+    make_rule, resolve_config, validate_saved)
 
 
 def build_network(cfg, n_in, n_classes, backend, rng):
@@ -52,31 +53,21 @@ def build_network(cfg, n_in, n_classes, backend, rng):
     return net
 
 
-_ONLINE = "online/"   # checkpoint keys of the online streams' state (previous sample, b3)
-
-
-def _online_state(net):
-    return {f"{_ONLINE}{k}/{key}": v for k, layer in enumerate(net.hidden) if hasattr(layer, "online")
-            for key, v in layer.online.state().items()}
-
-
-def _load_online_state(net, arrays):
-    for k, layer in enumerate(net.hidden):
-        if hasattr(layer, "online"):
-            prefix = f"{_ONLINE}{k}/"
-            layer.online.load_state({key[len(prefix):]: v for key, v in arrays.items() if key.startswith(prefix)})
-
-
 def load_data(cfg, progress=True):
     """(x_train, y_train, x_test, y_test, n_classes) as numpy arrays of the config's dtype.
 
-    x is (N, features) for the MLP and (N, C, H, W) for conv archs.
+    x is (N, features) for the MLP and (N, C, H, W) for conv archs.  ValueError if
+    ``subset`` asks for more samples than the training set has.
     """
     from .data import load_dataset
     flatten = cfg.get("arch", "mlp") == "mlp"
     ds = load_dataset(cfg["dataset"], root=cfg["data_root"], flatten=flatten, validation=cfg["validation"],
                       seed=0, progress=progress)
     x_tr, y_tr = ds.x_train, ds.y_train
+    if cfg["subset"] is not None and cfg["subset"] > len(y_tr):
+        part = "training part (90%, --validation)" if cfg["validation"] else "training set"
+        raise ValueError(f"subset={cfg['subset']} (--subset) is more than the {len(y_tr)} samples of the "
+                         f"{cfg['dataset']} {part}; give at most {len(y_tr)}, or leave --subset out")
     if cfg["subset"] is not None and cfg["subset"] < len(y_tr):
         keep = np.sort(np.random.default_rng(0).permutation(len(y_tr))[:cfg["subset"]])
         x_tr, y_tr = x_tr[keep], y_tr[keep]
@@ -86,7 +77,11 @@ def load_data(cfg, progress=True):
 
 
 def default_out(cfg):
-    """runs/<name>-s<seed>-<time>: the preset for the MLP; dataset, arch, width and column for conv nets."""
+    """runs/<name>-s<seed>-<time>: the preset for the MLP; dataset, arch, width and column for conv nets.
+
+    Only the base name: :func:`train` claims it with ``os.mkdir`` and adds ``-2``, ``-3``, ...
+    where a run started the same second took it (:func:`threefactor.runs.claim_new_run_dir`).
+    """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = cfg["preset"]
     if cfg.get("arch", "mlp") != "mlp":
@@ -97,148 +92,130 @@ def default_out(cfg):
     return Path("runs") / f"{name}-s{cfg['seed']}-{stamp}"
 
 
-def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
-    """Train (or, with ``resume=True``, continue) a run; returns its :class:`RunDir`.
+def _read_resume_state(rd):
+    """``rd``'s checkpoint (params, optimiser states, meta), refused if it holds NaN or Inf."""
+    params, states, meta = rd.load_checkpoint()
+    bad = [k for k, v in params.items() if not np.all(np.isfinite(v))]
+    bad += [f"{layer} optimiser buffer" for layer, st in states.items()
+            if not all(np.all(np.isfinite(b)) for b in st["buffers"])]
+    if bad:
+        raise ValueError(f"{rd.checkpoint_path}: holds non-finite values (NaN or Inf) in {', '.join(bad[:3])}"
+                         f"{' ...' if len(bad) > 3 else ''} (a diverged run): it cannot be resumed; start a new "
+                         f"run with a lower learning rate")
+    return params, states, meta
 
-    ``cfg`` is a dict from :func:`resolve_config`; ``out`` the run directory;
-    ``data`` optionally the tuple of :func:`load_data` (to share it between runs).
-    """
-    rd = RunDir(out if out is not None else default_out(cfg))
-    if not resume and (rd.has_checkpoint() or rd.metrics_path.exists()):
-        raise ValueError(f"out={str(rd.path)!r} already holds a run; resume it with --resume "
-                         f"{rd.path} or choose another --out")
-    backend = get_backend(cfg["backend"])
-    x_tr, y_tr, x_te, y_te, n_classes = data if data is not None else load_data(cfg, progress)
-    rng = np.random.default_rng(cfg["seed"])
-    is_conv = cfg.get("arch", "mlp") != "mlp"
-    net = build_network(cfg, x_tr.shape[1:] if is_conv else x_tr.shape[1], n_classes, backend, rng)
-    opts = net.make_optimizers(cfg["lr_local"], cfg["lr_out"], weight_decay_local=cfg["weight_decay_local"],
-                               weight_decay_out=cfg["weight_decay_out"], momentum=cfg["momentum"],
-                               optimizer=cfg["optimizer"])
-    start = 0
-    if resume:
-        params, states, meta = rd.load_checkpoint()
+
+def _load_resume_state(rd, checkpoint, net, opts, rng):
+    """Load a checkpoint of ``rd`` (:func:`_read_resume_state`) into the network, optimisers and RNG."""
+    params, states, meta = checkpoint
+    try:
         _load_online_state(net, params)
         net.load_parameters({k: v for k, v in params.items() if not k.startswith(_ONLINE)})
         if set(states) != set(opts):
-            raise ValueError(f"{rd.path}: checkpoint optimisers {sorted(states)} != {sorted(opts)}")
+            raise ValueError(f"checkpoint optimisers {sorted(states)} != {sorted(opts)}")
         for name, opt in opts.items():
             opt.load_state(states[name])
         rng.bit_generator.state = meta["rng_state"]
-        start = int(meta["epoch"])
-        rd.keep_metrics_upto(start)
-        log(f"resuming {rd.path} after epoch {start}")
-    rd.write_config(cfg)
-    if not resume:
-        log(f"{cfg['dataset']} {cfg['column']}: preset {cfg['preset']} (lr_out {cfg['lr_out']}, "
-            f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), "
-            + (f"arch {cfg['arch']} x{cfg['width']}, " if is_conv else f"hidden {cfg['hidden']}, ")
-            + ("augmented, " if cfg.get("augment") else "")
-            + ("batchnorm + " + cfg["optimizer"] + " (not biologically plausible), " if cfg.get("batchnorm") else "") +
-            f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
-            + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
-            + f" -> {rd.path}")
-        if cfg["preset_note"] and cfg["preset_note"] not in ("Table 3", "Table 6"):
-            log(f"note: {cfg['preset_note']}")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{rd.checkpoint_path}: does not fit this run's config.json ({exc})") from None
+
+
+def _check_resume_epochs(cfg, rd, start, log):
+    """Whether there is anything left to train after the checkpoint's epoch ``start``."""
+    if cfg["epochs"] < start:
+        raise ValueError(f"epochs={cfg['epochs']} (--epochs) is fewer than the {start} epochs {rd.path} has "
+                         f"already done; give --epochs {start + 1} or more to train further")
+    if cfg["epochs"] == start:
+        log(f"{rd.path} has already finished its {start} epochs: nothing to train "
+            f"(give --epochs {start + 1} or more to continue it)")
+        return False
+    return True
+
+
+def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
+    """Train (or, with ``resume=True``, continue) a run; returns its :class:`RunDir`.
+
+    ``cfg`` is a dict from :func:`resolve_config`; ``out`` the run directory (default
+    :func:`default_out`, made unique); ``data`` optionally the tuple of :func:`load_data`
+    (to share it between runs).  A new run claims its directory race-free and refuses one
+    that already holds a run.  Raises :class:`TrainingDiverged` (a ValueError) when the loss
+    or weights stop being finite (the last finite checkpoint is kept) and
+    :class:`TrainingInterrupted` (a KeyboardInterrupt) on Ctrl-C.
+    """
+    rd, created, start = None, False, 0
+    backend = get_backend(cfg["backend"])
+    rng = np.random.default_rng(cfg["seed"])
+    if resume:
+        rd = RunDir(out)
+        rd.read_config()
+        checkpoint = _read_resume_state(rd)
+        start = int(checkpoint[2]["epoch"])
+        if not _check_resume_epochs(cfg, rd, start, log):
+            return rd
+    try:
+        x_tr, y_tr, x_te, y_te, n_classes = data if data is not None else load_data(cfg, progress)
+        is_conv = cfg.get("arch", "mlp") != "mlp"
+        net = build_network(cfg, x_tr.shape[1:] if is_conv else x_tr.shape[1], n_classes, backend, rng)
+        opts = net.make_optimizers(cfg["lr_local"], cfg["lr_out"], weight_decay_local=cfg["weight_decay_local"],
+                                   weight_decay_out=cfg["weight_decay_out"], momentum=cfg["momentum"],
+                                   optimizer=cfg["optimizer"])
+        if resume:
+            _load_resume_state(rd, checkpoint, net, opts, rng)
+            rd.keep_metrics_upto(start)
+            rd.write_config(cfg)
+            log(f"resuming {rd.path} after epoch {start}")
+        else:
+            if out is None:
+                rd, created = claim_new_run_dir(default_out(cfg), cfg)
+            else:
+                rd, created = claim_run_dir(out, cfg)
+            log(_start_line(cfg, rd, is_conv))
+            if cfg["preset_note"] and cfg["preset_note"] not in ("Table 3", "Table 6"):
+                log(f"note: {cfg['preset_note']}")
+    except KeyboardInterrupt:
+        _release(rd, created, resume)
+        raise TrainingInterrupted(None, start, rd.path if resume else None) from None
+    except BaseException:
+        _release(rd, created, resume)
+        raise
     if backend.xp is np:
         from .machine import busy_machine_note, gpu_note
         for note in (busy_machine_note(), gpu_note()):
             if note:
                 log(note)
-    run_epochs(cfg, rd, net, opts, rng, backend, (x_tr, y_tr, x_te, y_te), start,
-               progress=progress, log=log)
+    try:
+        run_epochs(cfg, rd, net, opts, rng, backend, (x_tr, y_tr, x_te, y_te), start,
+                   progress=progress, log=log)
+    except TrainingInterrupted as exc:
+        if not exc.saved and _release(rd, created, resume):
+            exc.path = None
+        raise
+    except BaseException:
+        _release(rd, created, resume)
+        raise
     return rd
 
 
-def _epoch_sums(backend, losses, hits, objectives, sizes):
-    """(Σ loss_b·m_b, Σ hits_b, [Σ L_k,b·m_b per layer k]) of an epoch's steps, from the per-step
-    0-d arrays: one read-back per kind (:meth:`scalars`), summed on the host in float64."""
-    m = np.asarray(sizes, dtype=np.float64)
-    layers = len(objectives[0]) if objectives else 0
-    obj = backend.scalars([o for step in objectives for o in step]).reshape(len(objectives), layers)
-    return (float(backend.scalars(losses) @ m), int(backend.scalars(hits).sum()),
-            [float(obj[:, k] @ m) for k in range(layers)])
+def _release(rd, created, resume):
+    """A new run that failed before recording an epoch gives its directory back; True if it did."""
+    if rd is None or resume:
+        return False
+    return release_run_dir(rd, created)
 
 
-def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True, log=print):
-    """Epochs ``start+1 .. cfg["epochs"]``: train, test, checkpoint, log, plot."""
-    from tqdm.auto import tqdm
-    x_tr, y_tr, x_te, y_te = data
-    X, Y = backend.asarray(x_tr), backend.asarray(y_tr)
-    Xt, Yt = backend.asarray(x_te), backend.asarray(y_te)
-    n, bs = len(y_tr), cfg["batch_size"]
-    host_index = backend.xp is np
-    augment = _augmenter(cfg, backend) if cfg.get("augment") else None
-    last_plot = time.perf_counter()
-    for epoch in range(start + 1, cfg["epochs"] + 1):
-        lr_out = multistep_lr(cfg["lr_out"], epoch, cfg["milestones"], cfg["lr_factor"])
-        lr_local = None if cfg["lr_local"] is None else \
-            multistep_lr(cfg["lr_local"], epoch, cfg["milestones"], cfg["lr_factor"])
-        for name, opt in opts.items():
-            opt.lr = lr_out if name == "output" or net.learning == "backprop" else lr_local
-        perm = rng.permutation(n)
-        if not host_index:    # the epoch's order uploaded once: a pageable copy per step would wait for the GPU
-            perm = backend.asarray(perm)
-        # per-step statistics stay where they were computed (0-d arrays) and are summed once per epoch,
-        # so a GPU step queues no extra kernels for them
-        losses, hits, objectives, sizes = [], [], [], []
-        bar = tqdm(total=n, unit="sample", unit_scale=True, leave=False, disable=not progress,
-                   desc=f"epoch {epoch}/{cfg['epochs']}")
-        backend.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        for b, s in enumerate(range(0, n, bs)):
-            idx = perm[s:s + bs]
-            xb = X[idx] if augment is None else augment(X[idx], rng)
-            stats = net.train_step(xb, Y[idx], opts, rng)
-            m = len(idx)
-            losses.append(stats.loss)
-            hits.append(stats.correct)
-            objectives.append(stats.objectives)
-            sizes.append(m)
-            bar.update(m)
-            if progress and host_index and b % 20 == 0:   # on a GPU reading the loss would wait for it
-                bar.set_postfix(loss=f"{float(stats.loss):.4f}", refresh=False)
-        backend.synchronize()
-        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-        bar.close()
-        loss_sum, correct, obj_sums = _epoch_sums(backend, losses, hits, objectives, sizes)
-        test_correct, _ = net.evaluate(Xt, Yt, cfg["eval_batch_size"])
-        record = dict(epoch=epoch, train_loss=float(loss_sum) / n, train_accuracy=100.0 * int(correct) / n,
-                      test_accuracy=100.0 * test_correct / len(y_te), seconds=seconds,
-                      samples_per_s=n / seconds, cpu_seconds=cpu_seconds, lr_out=lr_out, lr_local=lr_local)
-        if net.learning == "local":
-            objs = [float(o) / n for o in obj_sums]
-            record["local_objective"] = objs
-            record.update({f"local_objective_{k + 1}": o for k, o in enumerate(objs)})
-        params = {k: backend.to_numpy(v) for k, v in net.state().items()}
-        params.update(_online_state(net))
-        states = {}
-        for name, opt in opts.items():
-            st = opt.state()
-            states[name] = dict(st, buffers=[backend.to_numpy(a) for a in st["buffers"]])
-        # metrics first: a kill between the two leaves a record newer than the checkpoint,
-        # which --resume drops and recomputes (the other order would lose the record)
-        rd.append_metrics(record)
-        rd.save_checkpoint(params, states, dict(epoch=epoch, rng_state=rng.bit_generator.state, config=cfg))
-        if epoch == cfg["epochs"] or time.perf_counter() - last_plot > 60:   # plotting costs ~0.5 s
-            rd.plot(title=f"{cfg['dataset']} {cfg['column']} (seed {cfg['seed']})")
-            last_plot = time.perf_counter()
-        objs = record.get("local_objective")
-        log(f"epoch {epoch:3d}/{cfg['epochs']}  loss {record['train_loss']:.4f}  "
-            f"train {record['train_accuracy']:.2f}%  {'val' if cfg['validation'] else 'test'} "
-            f"{record['test_accuracy']:.2f}%  {seconds:.1f}s  {record['samples_per_s']:.0f} samples/s"
-            + (f"  L = {', '.join(f'{o:.3g}' for o in objs)}" if objs else ""))
-
-
-def _augmenter(cfg, backend):
-    """``augment(x, rng)``: App. D.3 crop and flip of a training batch (images or flattened images)."""
-    from .augment import pad_fill, random_crop_flip
-    from .data import IMAGE_SHAPES
-    shape, fill, xp = IMAGE_SHAPES[cfg["dataset"]], pad_fill(cfg["dataset"]), backend.xp
-
-    def augment(x, rng):
-        return random_crop_flip(x.reshape((x.shape[0],) + shape), rng, fill=fill, xp=xp).reshape(x.shape)
-    return augment
+def _start_line(cfg, rd, is_conv):
+    """The first line a new run logs: what is trained, with which hyperparameters, where."""
+    borrowed = is_conv and cfg["preset"] in TABLE6 and (cfg["dataset"], cfg["arch"]) != ("cifar10", "vgg")
+    source = (f"no {cfg['dataset']} conv preset in the paper, Table 6 cell {cfg['preset']} stands in (see note)"
+              if borrowed else f"preset {cfg['preset']}")
+    return (f"{cfg['dataset']} {cfg['column']}: {source} (lr_out {cfg['lr_out']}, "
+            f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), "
+            + (f"arch {cfg['arch']} x{cfg['width']}, " if is_conv else f"hidden {cfg['hidden']}, ")
+            + ("augmented, " if cfg.get("augment") else "")
+            + ("batchnorm + " + cfg["optimizer"] + " (not biologically plausible), " if cfg.get("batchnorm") else "")
+            + f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
+            + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
+            + f" -> {rd.path}")
 
 
 # -- command line ------------------------------------------------------------
@@ -281,8 +258,8 @@ examples:
   threefactor train --mode online --streams 256 --epochs 3   # two-point rule in time
   threefactor train --preset cifar10-vgg-gaussian-grpdiv --epochs 500   # Table 6 / Table 7 cell
   threefactor train --preset cifar10-vgg-bn-gaussian-grpdiv   # AdamW + batchnorm row (not plausible)
-  threefactor train --arch small --dataset fmnist --rule gaussian --grouping grp+div --groups 16 \
-                    --lr-local 0.4 --epochs 2 --subset 20000            # a small conv net on the CPU
+  threefactor train --arch small --dataset fmnist --rule gaussian --grouping grp+div \\
+                    --groups 16 --lr-local 0.4 --epochs 2 --subset 20000   # a small conv net on the CPU
   threefactor train --arch conv16-pool-conv32-pool-fc64 --dataset mnist --rule backprop --epochs 1
   threefactor train --resume runs/fmnist-gaussian-grpdiv-s0-20240101-120000 --epochs 100
   threefactor table runs/*               # Table 1-style summary of finished runs
@@ -293,7 +270,11 @@ epoch), checkpoint.npz (written atomically every epoch) and curves.png.
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    pass
+    """Raw description and epilog; option help wrapped at spaces only (preset names stay whole)."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
 
 
 def configure_parser(parser):
@@ -320,16 +301,28 @@ def configure_parser(parser):
                    help="conv channel multiplier (2: the paper's 2x VGG; default 1)")
     g.add_argument("--hidden", type=int, nargs="+", default=S, metavar="N",
                    help="MLP hidden widths (default 1024 1024 1024; conv archs: write fc layers in --arch)")
-    g.add_argument("--groups", type=int, default=S, metavar="C", help="number of groups c per layer (preset)")
+    g.add_argument("--groups", type=int, default=S, metavar="C",
+                   help="number of groups c per hidden layer for grp / grp+div (Eq. 17-19; must divide each "
+                        "width); default from the preset: Table 3 for the MLP (e.g. 32 for "
+                        "fmnist-gaussian-grpdiv), Table 6 for conv nets")
     h = parser.add_argument_group("optimisation (App. D.4-D.5)")
     h.add_argument("--epochs", type=int, default=S, help="epochs (default 2; the paper: 100)")
-    h.add_argument("--lr-local", dest="lr_local", type=float, default=S, help="eta_l of the hidden layers (preset)")
-    h.add_argument("--lr-out", dest="lr_out", type=float, default=S, help="eta_f of the output / backprop (preset)")
+    h.add_argument("--lr-local", dest="lr_local", type=float, default=S, metavar="ETA_L",
+                   help="eta_l, the local learning rate of the hidden layers (cossim and gaussian rules "
+                        "only); default from the preset: Table 3 for the MLP (e.g. 1.0 for "
+                        f"fmnist-gaussian-grpdiv), Table 6 for conv nets; --mode online: {ONLINE_LR_LOCAL}")
+    h.add_argument("--lr-out", dest="lr_out", type=float, default=S, metavar="ETA_F",
+                   help="eta_f, the learning rate of the output layer (with --rule backprop: of every "
+                        "layer); default from the preset: Table 3 for the MLP (e.g. 5e-3 for "
+                        "fmnist-gaussian-grpdiv), Table 6 for conv nets")
     h.add_argument("--milestones", type=int, nargs="*", default=S, metavar="EPOCH",
-                   help="epochs after which the learning rates are multiplied by 0.25 (default 50 75 90)")
+                   help="epochs (>= 1, increasing) after which the learning rates are multiplied by 0.25 "
+                        "(default 50 75 90; conv nets: Table 6's)")
     h.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="default 256")
     h.add_argument("--dropout", type=float, default=S, help="dropout after each hidden layer (default 0.01)")
-    h.add_argument("--optimizer", default=S, help="sgd (the paper's, momentum 0.95) or adamw")
+    h.add_argument("--optimizer", default=S,
+                   help="sgd (the paper's, momentum 0.95) or adamw (default sgd; adamw for conv nets "
+                        "with --batchnorm)")
     h.add_argument("--batchnorm", action="store_true", default=S,
                    help="batchnorm between each hidden layer's linear/conv operation and f, its "
                         "gradient written out, gamma and beta learned with W (Table 7's AdamW + "
@@ -340,19 +333,21 @@ def configure_parser(parser):
     o.add_argument("--mode", default=S, metavar="MODE",
                    help="batch (the paper's batch rule, Eq. 10) or online: B independent streams, each "
                         "sample paired with its stream's previous one, third factor from the circuit "
-                        "variables b1, b2, b3 (Eq. 59-66); Gaussian rules only (default batch)")
+                        "variables b1, b2, b3 (Eq. 59-66); Gaussian rules only (default batch). "
+                        f"Online, lr_local defaults to {ONLINE_LR_LOCAL} (the batch presets' eta_l is "
+                        "unstable for two-point updates)")
     o.add_argument("--streams", type=int, default=S, metavar="B",
                    help="online: streams stepped together, one sample each per step (default: batch size 256)")
     o.add_argument("--beta", type=float, default=S, help="online: rate of the running average b3 (Eq. 61; default 0.01)")
     o.add_argument("--per-stream-b3", dest="shared_b3", action="store_false", default=S,
-                   help=f"online: each stream keeps its own b3 (default: one b3 shared by all streams); "
-                        f"online lr_local defaults to {ONLINE_LR_LOCAL}")
+                   help="online: each stream keeps its own b3 (default: one b3 shared by all streams)")
     r = parser.add_argument_group("data, hardware and output")
     r.add_argument("--data-root", dest="data_root", default=S, metavar="DIR",
                    help="where datasets live (default: $THREEFACTOR_DATA, system dirs, ~/.cache/threefactor)")
     r.add_argument("--validation", action="store_true", default=S,
                    help="hold out 10%% of the training set and report accuracy on it instead of the test set")
-    r.add_argument("--subset", type=int, default=S, metavar="N", help="train on N training samples (quick runs)")
+    r.add_argument("--subset", type=int, default=S, metavar="N",
+                   help="train on N training samples, at most the training set's size (quick runs)")
     r.add_argument("--augment", action=argparse.BooleanOptionalAction, default=S,
                    help="App. D.3 crop (zero padding 4) and horizontal flip of training batches "
                         "(default: on for cifar10, off otherwise)")
@@ -360,14 +355,17 @@ def configure_parser(parser):
                    help="test-set batch (default 2000; conv nets: what keeps im2col under 2 GiB, vgg 450)")
     r.add_argument("--backend", default=S, help="numpy, numba or cupy (default numba if available)")
     r.add_argument("--dtype", default=S, help="float32 (default) or float64")
-    r.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/<preset>-s<seed>-<time>)")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="run directory, new or holding no run (default runs/<preset>-s<seed>-<time>, "
+                        "with -2, -3, ... if that is taken)")
     r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    r.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (there are none anyway when stderr is not a terminal)")
     return parser
 
 
 def run(args):
-    """Entry point of ``threefactor train``; returns the exit status."""
+    """Entry point of ``threefactor train``; returns the exit status (130 after Ctrl-C)."""
     options = {k: v for k, v in vars(args).items() if k in DEFAULTS}
     try:
         if args.resume is not None:
@@ -375,6 +373,7 @@ def run(args):
                 raise ValueError("give either --out or --resume, not both")
             rd = RunDir(args.resume)
             cfg = rd.read_config()
+            validate_saved(cfg, rd.config_path)
             changed = sorted(k for k in options if k not in _RESUMABLE and options[k] != cfg.get(k))
             if changed:
                 raise ValueError(f"cannot change {', '.join(changed)} when resuming (only --epochs)")
@@ -384,6 +383,15 @@ def run(args):
         else:
             cfg = resolve_config(**options)
             train(cfg, args.out, progress=args.progress)
+    except TrainingDiverged as exc:      # not bad use: the run failed (status 1, not the usage status 2)
+        print(f"threefactor train: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError, BackendUnavailable) as exc:
         raise SystemExit(f"threefactor train: error: {exc}")
+    except TrainingInterrupted as exc:
+        print(exc.message(), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     return 0

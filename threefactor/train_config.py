@@ -7,6 +7,8 @@ dict, saved as the run's ``config.json``.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from . import conv, presets
@@ -109,7 +111,11 @@ def resolve_config(**options):
         if "streams" in given and "batch_size" in given and given["streams"] != given["batch_size"]:
             raise ValueError("streams and batch_size disagree: in online mode B streams step together, "
                              "one sample each, so give only --streams")
-        cfg["batch_size"] = cfg["streams"] = given.get("streams", cfg["batch_size"])
+        streams = given.get("streams", cfg["batch_size"])
+        if isinstance(streams, bool) or not isinstance(streams, (int, np.integer)) or streams < 1:
+            raise ValueError(f"streams must be a positive integer (the number of streams stepped together), "
+                             f"got {streams!r}")
+        cfg["batch_size"] = cfg["streams"] = streams
         if "lr_local" not in given:
             cfg["lr_local"] = ONLINE_LR_LOCAL
             cfg["preset_note"] = (f"{preset.note} Online mode: lr_local {ONLINE_LR_LOCAL} "
@@ -117,8 +123,9 @@ def resolve_config(**options):
         if not 0 < cfg["beta"] <= 1:
             raise ValueError(f"beta must be in (0, 1], got {cfg['beta']!r}")
     else:
-        if "streams" in given:
-            raise ValueError("streams needs mode='online' (--mode online)")
+        for key, flag in (("streams", "--streams"), ("beta", "--beta"), ("shared_b3", "--per-stream-b3")):
+            if key in given:
+                raise ValueError(f"{key} needs mode='online' ({flag} needs --mode online)")
         cfg["streams"] = None
     cfg["column"] = presets.column_name(cfg["rule"], cfg["grouping"])
     if not isinstance(cfg["batchnorm"], bool):
@@ -199,10 +206,9 @@ def _conv_preset(cfg, given, cell):
         fields["milestones"] = TABLE6_SHARED["milestones_backprop"]
     if name in TABLE6:
         fields.update({k: TABLE6[name][k] for k in ("lr_out", "lr_local", "groups")})
-        same = (cfg["dataset"], cfg["arch"]) == ("cifar10", "vgg")
-        return fields, name, f"Table 6 cell {name}" + ("" if same else
-                                                      f" (tuned for vgg on cifar10; used here for "
-                                                      f"{cfg['arch']} on {cfg['dataset']})")
+        if (cfg["dataset"], cfg["arch"]) == ("cifar10", "vgg"):
+            return fields, name, f"Table 6 cell {name}"
+        return fields, name, _borrowed_note(cfg, given, name)
     need = [k for k, flag in (("lr_out", True), ("lr_local", cfg["rule"] in ("cossim", "gaussian")),
                               ("groups", cfg["grouping"] != "plain")) if flag and k not in given]
     if need:
@@ -210,6 +216,17 @@ def _conv_preset(cfg, given, cell):
                          f"(cells: {', '.join(sorted(TABLE6))}): give {', '.join(need)}")
     arch = cfg["arch"] if cfg["arch"] in ARCHS else "conv"
     return fields, f"{cfg['dataset']}-{arch}-{bn}{rule}{suffix}", "no Table 6 cell: learning rates given"
+
+
+def _borrowed_note(cfg, given, name):
+    """Why a conv net other than vgg on cifar10 runs with a Table 6 cell's settings."""
+    taken = [k for k in ("lr_out", "lr_local", "groups") if k not in given and TABLE6[name][k] is not None]
+    what = (f"its {', '.join(taken)} and " if taken else "") + "Table 6's shared settings (SELU, alpha dropout " \
+        "0.05, batch 128, SGD momentum 0.95, milestones)"
+    flags = " / ".join(f"--{k.replace('_', '-')}" for k in taken)
+    return (f"the paper has conv-net hyperparameters only for vgg on cifar10 (Table 6), none for "
+            f"{cfg['arch']} on {cfg['dataset']}: using Table 6 cell {name}, {what}"
+            + (f"; they were tuned for vgg on cifar10, so set {flags} for this net" if taken else ""))
 
 
 def conv_shapes(blocks, in_shape, kernel_size=3, padding=1):
@@ -256,7 +273,8 @@ def _validate(cfg):
                          f"samples in a batch (Eq. 9), so one sample gives no update; got {cfg['batch_size']} "
                          f"(for one sample at a time use --mode online)")
     is_conv = cfg.get("arch", "mlp") != "mlp"
-    if not is_conv and (not cfg["hidden"] or any(int(h) < 1 for h in cfg["hidden"])):
+    if not is_conv and (not isinstance(cfg["hidden"], (list, tuple)) or not cfg["hidden"] or any(
+            isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in cfg["hidden"])):
         raise ValueError(f"hidden must list positive widths, got {cfg['hidden']!r}")
     if not isinstance(cfg.get("augment", False), bool):
         raise TypeError(f"augment must be True or False, got {cfg['augment']!r}")
@@ -272,8 +290,10 @@ def _validate(cfg):
         raise choice_error("dtype", cfg["dtype"], DTYPES)
     if cfg["optimizer"] not in OPTIMIZERS:
         raise choice_error("optimizer", cfg["optimizer"], OPTIMIZERS)
-    if list(cfg["milestones"]) != sorted(cfg["milestones"]):
-        raise ValueError(f"milestones must be increasing, got {cfg['milestones']!r}")
+    _check_milestones(cfg["milestones"])
+    if cfg["data_root"] is not None and not Path(cfg["data_root"]).is_dir():
+        raise ValueError(f"data_root (--data-root) {str(cfg['data_root'])!r} is not a directory: give an "
+                         f"existing folder holding the dataset (DIR/{cfg['dataset']}/ or its files in DIR)")
     if cfg["groups"] is not None and not is_conv:
         for h in cfg["hidden"]:
             make_rule(cfg).check_width(int(h))
@@ -286,6 +306,49 @@ def _validate(cfg):
                                  f"conv layer {block} (a conv group is a block of whole channels)")
             if rule is not None:
                 rule.check_width(int(np.prod(out)))
+
+
+def _check_milestones(milestones):
+    """Epochs after which the learning rates drop: integers >= 1, strictly increasing."""
+    ms = list(milestones)
+    if any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) for m in ms):
+        raise ValueError(f"milestones must be integer epochs, got {ms!r}")
+    if any(m < 1 for m in ms):
+        raise ValueError(f"milestones must be epochs >= 1 (the learning rates drop after each; 0 or less "
+                         f"would lower them from epoch 1), got {ms!r}")
+    if any(b <= a for a, b in zip(ms, ms[1:])):
+        raise ValueError(f"milestones must be strictly increasing, got {ms!r}")
+
+
+#: Settings that ``threefactor train`` reads from a resumed run's config.json (the rest have
+#: defaults for configs written before they existed: arch, width, mode, augment, batchnorm, ...).
+RESUME_KEYS = ("dataset", "rule", "grouping", "epochs", "seed", "lr_local", "lr_out", "groups", "data_root",
+               "validation", "subset", "backend", "dtype", "eval_batch_size", "hidden", "milestones",
+               "lr_factor", "batch_size", "dropout", "activation", "slope", "momentum", "weight_decay_local",
+               "weight_decay_out", "sigma", "gamma", "delta", "label_kernel", "optimizer", "column")
+
+
+def validate_saved(cfg, path):
+    """Check a run's saved config (``path``: its config.json) before resuming it.
+
+    ValueError naming the file and the missing or bad setting.
+    """
+    missing = [k for k in RESUME_KEYS if k not in cfg]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"{path}: lacks the settings {', '.join(missing[:5])}{more} (expected the config.json "
+                         f"that threefactor train wrote for the run)")
+    try:
+        if cfg["dataset"] not in presets.DATASETS:
+            raise choice_error("dataset", cfg["dataset"], presets.DATASETS)
+        presets.check_column(cfg["rule"], cfg["grouping"])
+        if cfg.get("mode", "batch") not in MODES:
+            raise choice_error("mode", cfg["mode"], MODES)
+        if cfg.get("mode") == "online" and not all(k in cfg for k in ("streams", "beta", "shared_b3")):
+            raise ValueError("online mode needs streams, beta and shared_b3")
+        _validate(cfg)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def make_rule(cfg):
