@@ -62,9 +62,12 @@ def main(argv=None):
     data, dirs = None, []
     for rule, grouping in columns:
         for seed in args.seeds:
-            cfg = resolve_config(dataset=args.dataset, rule=rule, grouping=grouping, epochs=args.epochs,
-                                 seed=seed, subset=args.subset, hidden=args.hidden, backend=args.backend,
-                                 data_root=args.data_root, validation=args.validation or None)
+            try:
+                cfg = resolve_config(dataset=args.dataset, rule=rule, grouping=grouping, epochs=args.epochs,
+                                     seed=seed, subset=args.subset, hidden=args.hidden, backend=args.backend,
+                                     data_root=args.data_root, validation=args.validation or None)
+            except ValueError as exc:
+                ap.error(f"{column_name(rule, grouping)}: {exc}")
             rd = RunDir(out / f"{preset_name(args.dataset, rule, grouping)}-s{seed}")
             dirs.append(rd)
             done = rd.read_metrics()
@@ -79,6 +82,11 @@ def main(argv=None):
             resume = rd.has_checkpoint()
             if resume:
                 cfg = dict(rd.read_config(), epochs=args.epochs)
+            elif rd.config_path.is_file() and not rd.metrics_path.exists():
+                # this script runs its cells one after another: a config.json with no finished epoch
+                # is one of its own runs stopped during epoch 1, not a run still going
+                print(f"   {rd.path}: stopped during its first epoch; starting it again")
+                rd.config_path.unlink()
             train(cfg, rd.path, resume=resume, progress=args.progress, data=data)
             print(f"   {time.perf_counter() - t0:.0f} s")
     print()

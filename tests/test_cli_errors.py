@@ -77,3 +77,12 @@ def test_exit_status_from_the_shell(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
         assert re.search("^" + re.escape(prefix), proc.stderr, re.M), proc.stderr
+
+
+def test_ctrl_c_outside_a_command_is_one_line_and_status_130(capsys, monkeypatch):
+    """Ctrl-C while a command's module loads or its arguments are parsed: no traceback."""
+    def interrupted(name, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert cli.main(["bench", "--quick"]) == cli.INTERRUPTED == 130
+    assert capsys.readouterr().err == "threefactor: interrupted\n"

@@ -112,7 +112,20 @@ def build_parser():
     return parser, sub
 
 
+INTERRUPTED = 130        # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
 def main(argv=None) -> int:
+    """Run ``threefactor COMMAND ...``; Ctrl-C anywhere (loading, parsing, a command that does not
+    handle it itself) prints one line and returns 130, never a traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("threefactor: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, sub = build_parser()
     # Let the chosen command's module add its own arguments before parsing.
