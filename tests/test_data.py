@@ -233,6 +233,7 @@ def test_load_mnist_family_from_root(tmp_path, gz):
     np.testing.assert_allclose(ds.x_train, expected, atol=1e-6)
     np.testing.assert_array_equal(ds.y_test, arrays["test_labels"])
     assert "kmnist" in repr(ds) and "(50, 784)" in repr(ds)
+    assert ds.source == str(tmp_path / "root" / "kmnist")       # where it was found, for the run's log
 
 
 def test_load_mnist_unflattened_and_root_itself(tmp_path):

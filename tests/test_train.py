@@ -116,6 +116,7 @@ def test_cli_writes_the_contract(data_root, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "epoch   1/2" in printed and "samples/s" in printed
+    assert f"data: mnist from {data_root}" in printed            # which copy of the data the run read
     for name in ("config.json", "metrics.jsonl", "metrics.csv", "checkpoint.npz", "curves.png"):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "config.json").read_text())

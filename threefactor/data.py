@@ -70,6 +70,8 @@ class Dataset:
         Number of classes (10 for all datasets here).
     image_shape : tuple of int
         Shape ``(C, H, W)`` of one image, whether or not ``x`` is flattened.
+    source : str or None
+        The directory the files were read from (None when built by hand).
     """
 
     name: str
@@ -79,6 +81,7 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     image_shape: tuple
+    source: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -254,6 +257,7 @@ def load_dataset(
         y_test=y_te.astype(np.int64),
         n_classes=N_CLASSES,
         image_shape=IMAGE_SHAPES[name],
+        source=str(directory),
     )
 
 

@@ -53,16 +53,21 @@ def build_network(cfg, n_in, n_classes, backend, rng):
     return net
 
 
-def load_data(cfg, progress=True):
+def load_data(cfg, progress=True, log=None):
     """(x_train, y_train, x_test, y_test, n_classes) as numpy arrays of the config's dtype.
 
     x is (N, features) for the MLP and (N, C, H, W) for conv archs.  ValueError if
-    ``subset`` asks for more samples than the training set has.
+    ``subset`` asks for more samples than the training set has.  ``log`` (if given) gets one
+    line saying which directory the data came from (``--data-root`` is searched first, then
+    the usual places: :func:`threefactor.data.load_dataset`).
     """
     from .data import load_dataset
     flatten = cfg.get("arch", "mlp") == "mlp"
     ds = load_dataset(cfg["dataset"], root=cfg["data_root"], flatten=flatten, validation=cfg["validation"],
                       seed=0, progress=progress)
+    if log is not None:
+        log(f"data: {cfg['dataset']} from {ds.source} ({len(ds.y_train)} training, {len(ds.y_test)} "
+            f"{'validation' if cfg['validation'] else 'test'} samples)")
     x_tr, y_tr = ds.x_train, ds.y_train
     if cfg["subset"] is not None and cfg["subset"] > len(y_tr):
         part = "training part (90%, --validation)" if cfg["validation"] else "training set"
@@ -153,7 +158,7 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
         if not _check_resume_epochs(cfg, rd, start, log):
             return rd
     try:
-        x_tr, y_tr, x_te, y_te, n_classes = data if data is not None else load_data(cfg, progress)
+        x_tr, y_tr, x_te, y_te, n_classes = data if data is not None else load_data(cfg, progress, log)
         is_conv = cfg.get("arch", "mlp") != "mlp"
         net = build_network(cfg, x_tr.shape[1:] if is_conv else x_tr.shape[1], n_classes, backend, rng)
         opts = net.make_optimizers(cfg["lr_local"], cfg["lr_out"], weight_decay_local=cfg["weight_decay_local"],
