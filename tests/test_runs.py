@@ -272,7 +272,10 @@ def test_table(tmp_path, capsys):
     assert cells[(("fmnist", ""), "gaussian grp+div")]["values"] == [88.5, 89.1]
     assert "best-epoch" in markdown_table(cells, "best")
     assert cli.main(["table", str(tmp_path / "nowhere")]) == 2
-    assert "threefactor table: error:" in capsys.readouterr().err
+    assert "threefactor table: error: " + str(tmp_path / "nowhere") + ": no such run" in capsys.readouterr().err
+    (tmp_path / "runs" / "log.txt").write_text("a log beside the runs")       # what runs/* also matches
+    assert cli.main(["table", *map(str, sorted((tmp_path / "runs").iterdir()))]) == 0
+    assert capsys.readouterr().out.splitlines()[3] == "| fashion-MNIST | 90.2 (0.0, n=1) | 88.8 (0.6, n=2) |"
 
 
 def test_table_with_the_papers_numbers(tmp_path, capsys):

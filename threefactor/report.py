@@ -35,15 +35,18 @@ NOT_SETTINGS = frozenset({"seed", "data_root", "backend", "eval_batch_size", "ve
 
 
 def find_runs(paths):
-    """Run directories among ``paths`` (each a run dir or a folder of run dirs); ValueError if none."""
+    """Run directories among ``paths`` (each a run dir or a folder of run dirs); ValueError if none.
+
+    Plain files among them are passed over (``runs/*`` also matches log files); a path that does
+    not exist is an error."""
     runs = []
     for p in map(Path, paths):
         if (p / "config.json").is_file():
             runs.append(RunDir(p))
         elif p.is_dir():
             runs.extend(RunDir(q) for q in sorted(p.iterdir()) if (q / "config.json").is_file())
-        else:
-            raise ValueError(f"{p}: not a run directory (no config.json) nor a folder of run directories")
+        elif not p.exists():
+            raise ValueError(f"{p}: no such run directory or folder of run directories")
     if not runs:
         raise ValueError(f"no run found under {', '.join(map(str, paths))} (a run directory holds "
                          "config.json; a folder is searched one level down)")
