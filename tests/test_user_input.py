@@ -148,3 +148,20 @@ def test_a_user_kernel_on_the_cupy_backend_is_checked_too(problem):
     assert isinstance(dw, cupy.ndarray) and dw.dtype == np.float32
     ref = tf.local_update(x, w, y, n_classes=3, kernel="linear", groups=2, backend="cupy")
     np.testing.assert_allclose(cupy.asnumpy(dw), cupy.asnumpy(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_a_conv_layer_that_overflows_is_an_error_not_nan():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(4, 2, 6, 6)) * 1e20).astype(np.float32)
+    w = (rng.normal(size=(4, 2, 3, 3)) * 1e20).astype(np.float32)
+    for f in (tf.local_update, tf.local_objective):
+        with pytest.raises(ValueError, match=r"conv\(x, w\) overflows .* too large for float32"):
+            f(x, w, [0, 1, 2, 0], n_classes=3)
+
+
+def test_padding_is_checked_on_a_dense_layer_too(problem):
+    x, w, y = problem
+    with pytest.raises(ValueError, match=r"padding must be >= 0, got -5"):
+        tf.local_update(x, w, y, n_classes=3, padding=-5)
+    with pytest.raises(TypeError, match=r"padding must be an int, got str"):
+        tf.local_objective(x, w, y, n_classes=3, padding="x")

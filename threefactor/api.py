@@ -209,12 +209,15 @@ def _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kerne
                 groups=groups, p=p, delta=delta, label_kernel=label_kernel)
 
 
-def _conv_layer(x, w, pool):
-    """Whether (x, w) is a conv layer (4-D); ``pool`` only makes sense there."""
+def _conv_layer(x, w, pool, padding=1):
+    """Whether (x, w) is a conv layer (4-D); ``pool`` only makes sense there, and ``padding``, which a
+    dense layer ignores, must still be valid (so a typo is not passed over)."""
     if np.ndim(x) == 4 or np.ndim(w) == 4:
         return True
     if pool is not None:
         raise ValueError(f"pool={pool!r} needs a conv layer: x (m, C_in, H, W) and w (C_out, C_in, kh, kw)")
+    from .conv_rule import check_padding
+    check_padding(padding)
     return False
 
 
@@ -285,7 +288,7 @@ def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activat
     (zero padding of the stride-1 convolution) and ``pool`` (None or "max", 2×2)
     apply, and ``groups`` must divide C_out (groups are blocks of whole channels).
     """
-    if _conv_layer(x, w, pool):
+    if _conv_layer(x, w, pool, padding):
         rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
         return _conv("local_objective", x, w, y, rule, padding, pool, backend, n_classes)
     _, _, _, lp, _, check = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p, delta,
@@ -306,7 +309,7 @@ def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
     through the graph Laplacian of A = (2 k̊z - γ k̊y) ⊙ K / m²: one update GEMM
     plus one kernel GEMM, never a pair loop.  A conv layer returns (C_out, C_in, kh, kw).
     """
-    if _conv_layer(x, w, pool):
+    if _conv_layer(x, w, pool, padding):
         rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
         return _conv("local_update", x, w, y, rule, padding, pool, backend, n_classes)
     _, be, x, lp, to_user, check = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
@@ -329,7 +332,7 @@ def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
     if kernel != "gaussian":
         raise ValueError(f"third_factor is defined for kernel='gaussian' only (the 3-factor form of "
                          f"Eq. 12 / 22), got kernel={kernel!r}")
-    if _conv_layer(x, w, pool):
+    if _conv_layer(x, w, pool, padding):
         rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
         return _conv("third_factor", x, w, y, rule, padding, pool, backend, n_classes)
     rule, be, x, lp, to_user, check = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
@@ -351,7 +354,7 @@ def layer_output(x, w, *, activation="lrelu", slope=0.01, groups=None, p=0.2, de
     """
     rule = Rule(activation=activation, slope=slope, groups=groups, p=p, delta=delta)
     rule.check_divisive(divisive)
-    if _conv_layer(x, w, pool):
+    if _conv_layer(x, w, pool, padding):
         from . import conv_rule
         return conv_rule.layer_output(x, w, rule, divisive, padding, pool, backend)
     be, x, w, _, _, to_user = prepare(x, w, None, backend, need_labels=False)

@@ -142,6 +142,14 @@ def conv_local_step(rule: Rule, x, w, labels, n_classes: int, backend, padding=1
 
 # -- validation and the public functions (dispatched from threefactor.api) ----------
 
+def check_padding(padding):
+    """``padding`` must be an int >= 0 (the zero padding of a stride-1 convolution)."""
+    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)):
+        raise TypeError(f"padding must be an int, got {type(padding).__name__}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+
+
 def check_geometry(x_shape, w_shape, padding, pool, groups=None):
     """Validate a conv layer's shapes and options; returns (C_out, H', W')."""
     if len(x_shape) != 4:
@@ -153,10 +161,7 @@ def check_geometry(x_shape, w_shape, padding, pool, groups=None):
                          f"(w shape {tuple(w_shape)})")
     if min(w_shape) < 1:
         raise ValueError(f"w shape {tuple(w_shape)} has an empty dimension")
-    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)):
-        raise TypeError(f"padding must be an int, got {type(padding).__name__}")
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
+    check_padding(padding)
     if pool not in conv.POOLS:
         raise choice_error("pool", pool, conv.POOLS)
     ho, wo = conv.conv_out_size(x_shape[2], x_shape[3], w_shape[2], w_shape[3], int(padding))
@@ -200,7 +205,12 @@ def _pass(x, w, y, rule, padding, pool, backend, n_classes):
     be, x, w, labels, n, to_user = prepare_conv(x, w, y, backend, n_classes, padding, pool, rule.groups)
     c_out, h2, w2 = check_geometry(x.shape, w.shape, padding, pool)
     rule.check_width(c_out * h2 * w2)
-    return be, conv_layer_pass(rule, x, w, labels, n, be, int(padding), pool), to_user
+    with np.errstate(over="ignore", invalid="ignore"):     # reported just below
+        cp = conv_layer_pass(rule, x, w, labels, n, be, int(padding), pool)
+    if not bool(be.xp.isfinite(cp.lp.z).all()):
+        raise ValueError("conv(x, w) overflows (Inf or NaN in the layer's activity): x and w are finite but "
+                         f"too large for {cp.lp.z.dtype}")
+    return be, cp, to_user
 
 
 def local_objective(x, w, y, rule, padding=1, pool=None, backend="numpy", n_classes=None):
