@@ -307,3 +307,14 @@ def test_cli_trains_the_vgg_net_on_the_gpu(tmp_path):
     assert set(METRIC_KEYS) <= set(rec) and np.isfinite(rec["train_loss"]) and len(rec["local_objective"]) == 5
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["arch"], cfg["backend"], cfg["groups"]) == ("vgg", "cupy", 64)
+
+
+def test_a_borrowed_cells_groups_are_fitted_to_a_narrower_net():
+    """`--arch small` (32 and 64 channels) on Fashion-MNIST borrows the vgg cell's 64 groups, which do not
+    divide 32 channels: it runs with 32 and says so (it used to stop with an error by default)."""
+    cfg = resolve_config(dataset="fmnist", arch="small", backend="numpy")
+    assert cfg["groups"] == 32 and "groups 32 instead of the cell's 64" in cfg["preset_note"]
+    assert resolve_config(dataset="fmnist", arch="small", groups=16, backend="numpy")["groups"] == 16
+    assert resolve_config(dataset="cifar10", arch="vgg", backend="numpy")["groups"] == 64
+    with pytest.raises(ValueError, match=r"groups=64 does not divide the 32 channels"):
+        resolve_config(dataset="fmnist", arch="small", groups=64, backend="numpy")

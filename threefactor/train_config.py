@@ -208,7 +208,14 @@ def _conv_preset(cfg, given, cell):
         fields.update({k: TABLE6[name][k] for k in ("lr_out", "lr_local", "groups")})
         if (cfg["dataset"], cfg["arch"]) == ("cifar10", "vgg"):
             return fields, name, f"Table 6 cell {name}"
-        return fields, name, _borrowed_note(cfg, given, name)
+        note = _borrowed_note(cfg, given, name)
+        if fields["groups"] and "groups" not in given:
+            fitted = _fitting_groups(cfg, fields["groups"])
+            if fitted != fields["groups"]:
+                note += (f"; groups {fitted} instead of the cell's {fields['groups']}, the largest count that "
+                         f"divides every conv layer's channels of {cfg['arch']}")
+                fields["groups"] = fitted
+        return fields, name, note
     need = [k for k, flag in (("lr_out", True), ("lr_local", cfg["rule"] in ("cossim", "gaussian")),
                               ("groups", cfg["grouping"] != "plain")) if flag and k not in given]
     if need:
@@ -216,6 +223,13 @@ def _conv_preset(cfg, given, cell):
                          f"(cells: {', '.join(sorted(TABLE6))}): give {', '.join(need)}")
     arch = cfg["arch"] if cfg["arch"] in ARCHS else "conv"
     return fields, f"{cfg['dataset']}-{arch}-{bn}{rule}{suffix}", "no Table 6 cell: learning rates given"
+
+
+def _fitting_groups(cfg, groups):
+    """The largest divisor of ``groups`` that divides the channel count of every conv layer of the net
+    (a borrowed Table 6 cell's count may not fit a narrower net, e.g. 64 groups for 32 channels)."""
+    channels = [block[1] for block in parse_arch(cfg["arch"], cfg["width"]) if block[0] == "conv"]
+    return int(np.gcd.reduce([int(groups), *channels]))
 
 
 def _borrowed_note(cfg, given, name):
