@@ -14,15 +14,18 @@ B. stimuli separated by long, variable gaps at the background μ: the memory
 The circuit of App. C.1 turns the read-outs into the third factor
 (:mod:`threefactor.online`): b1 = ‖Δz‖², b2 = γ k(y_t, y_{t-Δt}) - 2 e^{-b1/2σ²},
 M = -(b2 - b3) e^{-b1/2σ²}/σ², with k(y, y') = 1 or -1/(n-1) given from outside
-at each switch and b3 a running average of b2 updated once per switch with the
-b2 of the read-out's peak (c1 after the switch), once that switch's read-out has
-died away: a switch is centred with the average of the switches before it, as
-in the discrete rule.  The weights change continuously,
+at each switch's onset (the whole of its read-out bump uses this switch's label)
+and b3 a running average of b2 updated once per switch with the b2 of the
+read-out's peak (c1 after the switch), once that switch's read-out has died
+away: a switch is centred with the average of the switches before it, as in the
+discrete rule.  The weights change continuously,
 dW/dt = η M(t) Δz(t) Δx(t)ᵀ, which is non-zero only around stimulus switches.
 M(t) is computed from the read-out as it rises and falls, so during a switch's
 bump it is at first the factor of a smaller jump (b1 small) and may even change
 sign: the net change of a switch is close to, not equal to, the discrete
-two-point update of :class:`threefactor.online_layer.OnlineLayer`.
+two-point update of :class:`threefactor.online_layer.OnlineLayer` (with seed 0
+and 10 stimuli the cosine of the two is at least 0.8 for every switch with a b3,
+in both scenarios: tests/test_examples.py).
 
 Usage::
 
@@ -66,6 +69,7 @@ def simulate(rng, prototypes, background, w0, trule, n_stimuli, gaps):
     mem_z = MemoryVariable(N_OUT, DT, LEAK, TAU_OMEGA, UNIT)
     mem_x = MemoryVariable(N_IN, DT, LEAK, TAU_OMEGA, UNIT)
     lag = readout_lag(DT, C1, C2)
+    switches = {on: i for i, on in enumerate(onsets)}
     peaks = {on + lag: i for i, on in enumerate(onsets)}
     ends = {on + lag + int(9.0 / C2 / DT): i for i, on in enumerate(onsets)}   # read-out back near 0
     pending = None
@@ -81,9 +85,10 @@ def simulate(rng, prototypes, background, w0, trule, n_stimuli, gaps):
         else:                                    # Eq. 14: κ on the activity itself
             held = z - mu
             dz, dx = read_z.step(z), read_x.step(x)
+        j = switches.get(t)
+        if j is not None and j > 0:              # the label signal arrives with the switch, at its onset:
+            same = np.array([classes[j] == classes[j - 1]])   # the whole read-out bump uses this pair's label
         i = peaks.get(t)
-        if i is not None and i > 0:              # the label signal arrives with the switch
-            same = np.array([classes[i] == classes[i - 1]])
         b1, k, b2 = change_b2(trule, dz[None, :], same)
         centre = b2 if b3 is None else b3
         circ = centred_factor(trule, dz[None, :], b1, k, b2, centre)

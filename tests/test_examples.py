@@ -89,3 +89,40 @@ def test_examples_on_the_gpu(tmp_path, name, argv):
         pytest.skip("too slow on the CuPy emulator")
     extra = ["--out", str(tmp_path / "fig.png")] if name == "third_factor_anatomy" else []
     assert _load(name).main(argv + ["--backend", "cupy"] + extra) is not None
+
+
+def _switch_cosines(ex, run, trule):
+    """Per stimulus switch i >= 2 (switch 1 has no b3 yet, so M = 0): cosine of the net ΔW over the
+    switch's plasticity window with the discrete two-point update of the same pair (Eq. 57)."""
+    from threefactor.online import two_point_update
+    dt, on = ex.DT, np.rint(run["onsets"] / ex.DT).astype(int)
+    window = int((ex.C1 + 9.0 / ex.C2) / dt) + int(run["lag"] / dt)
+    cosines = []
+    for i in range(2, len(on)):
+        start, end = on[i] - 1, min(on[i] + window, len(run["t"]) - 1)
+        net = (run["w"][end] - run["w"][start]).ravel()
+        c = run["classes"]
+        settle = int(5.0 / dt)                       # the input has settled on its pattern (τ_x ≪ 5)
+        x_prev, x_now = run["x"][on[i - 1] + settle], run["x"][on[i] + settle]
+        ref = two_point_update(x_now[None], x_prev[None], run["w"][start], c[i:i + 1], c[i - 1:i], trule,
+                               b3=run["b3"][start]).ravel()
+        cosines.append(net @ ref / (np.linalg.norm(net) * np.linalg.norm(ref)))
+    return np.array(cosines)
+
+
+@pytest.mark.parametrize("gaps", [False, True])
+def test_online_circuit_switches_follow_the_discrete_two_point_update(gaps):
+    """Each switch's net weight change points along the discrete two-point update of its pair: the
+    label signal c1 of a switch must act from its onset (it once arrived at the read-out's peak, so
+    the first part of each bump used the previous switch's label: cosines down to -0.98)."""
+    ex = _load("online_circuit")
+    from threefactor.online import TwoPointRule
+    from threefactor.rules import Rule
+    rng = np.random.default_rng(0)
+    background = np.full(ex.N_IN, 0.2)
+    prototypes = background + 1.5 * rng.standard_normal((ex.N_CLASSES, ex.N_IN))
+    w0 = rng.standard_normal((ex.N_OUT, ex.N_IN)) / np.sqrt(ex.N_IN)
+    trule = TwoPointRule(Rule(sigma=2.0, gamma=2.0, activation="linear"), n_classes=ex.N_CLASSES, beta=ex.BETA)
+    run = ex.simulate(np.random.default_rng(1), prototypes, background, w0, trule, 10, gaps)
+    cos = _switch_cosines(ex, run, trule)
+    assert len(cos) == 8 and np.all(cos >= 0.8), np.round(cos, 2)
