@@ -83,3 +83,87 @@ def test_online_mode_on_the_gpu_matches_numpy(data_root, tmp_path):  # noqa: F81
     d = train(cfg, tmp_path / "d", progress=False, log=_quiet).load_checkpoint()[0]
     for k in c:
         assert np.array_equal(c[k], d[k]), k
+
+
+# -- the batch size must be the number of streams ------------------------------------------------
+@pytest.mark.parametrize("extra", [["--streams", "400"], ["--streams", "256", "--subset", "100"]])
+def test_more_streams_than_training_samples_is_refused(data_root, tmp_path, extra):  # noqa: F811
+    """No step would be full, so the hidden layers would never learn: an error naming --streams, before
+    any training (it once exited 0 with a checkpoint holding no online state)."""
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist", "--hidden", "32", "32", "--groups", "8", "--mode", "online",
+            "--epochs", "1", "--data-root", str(data_root), "--backend", "numpy", "--no-progress",
+            "--out", str(out), *extra]
+    with pytest.raises(SystemExit, match=r"streams=\d+ \(--streams\) is more than the \d+ training samples"):
+        cli.main(argv)
+    assert not (out / "checkpoint.npz").exists()
+
+
+def test_short_last_batch_is_dropped_and_hidden_layers_learn(data_root, tmp_path):  # noqa: F811
+    """100 samples in streams of 32: three full steps and a last batch of 4 the hidden layers pass
+    through; they learn from the full ones and the streams' state is saved."""
+    cfg = _online(data_root, epochs=2, subset=100)
+    rd = train(cfg, tmp_path / "run", progress=False, log=_quiet)
+    init = build_network(cfg, 784, 10, __import__("threefactor").get_backend("numpy"),
+                         np.random.default_rng(cfg["seed"])).parameters()
+    params, _, _ = rd.load_checkpoint()
+    assert "online/0/b3" in params and "online/1/b3" in params
+    # weight decay alone (1e-7 at lr 0.2, 6 steps, momentum) moves them by < 1e-7; learning by > 2e-5
+    for k in range(2):
+        change = np.abs(params[f"hidden.{k}.w"] - init[f"hidden.{k}.w"]).max()
+        assert change > 1e-6, (k, change)
+
+
+def _small_online_net(streams):
+    from threefactor import Rule, get_backend
+    from threefactor.networks import MLP
+    from threefactor.online_layer import make_online
+    rng = np.random.default_rng(0)
+    net = MLP(20, [16], 4, Rule(sigma=2.0, gamma=2.0, groups=4), dropout=0.0,
+              backend=get_backend("numpy"), rng=rng)
+    make_online(net, streams=streams)
+    return net, net.make_optimizers(0.1, 0.05), rng
+
+
+@pytest.mark.parametrize("sizes", [[64], [16], [32, 16, 16], [32, 64]])
+def test_train_step_refuses_batches_that_are_not_the_streams(sizes):
+    """make_online(net, streams=32) then batches of another size: a ValueError naming streams (it once
+    changed the hidden weights by weight decay only, without a word).  A short batch is taken only
+    right after a full one (an epoch's last)."""
+    net, opts, rng = _small_online_net(32)
+    x = rng.standard_normal((64, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 64)
+    w0 = net.hidden[0].w.copy()
+    for m in sizes[:-1]:
+        net.train_step(x[:m], y[:m], opts, rng)
+    w1 = net.hidden[0].w.copy()
+    with pytest.raises(ValueError, match=rf"a batch of {sizes[-1]} samples, but the online layer steps "
+                                         r"streams=32 streams"):
+        net.train_step(x[:sizes[-1]], y[:sizes[-1]], opts, rng)
+    assert np.array_equal(net.hidden[0].w, w1)          # refused before any weight moved
+    if len(sizes) == 1:
+        assert np.array_equal(w1, w0)
+
+
+def test_short_batch_after_a_full_one_passes_through():
+    net, opts, rng = _small_online_net(32)
+    x = rng.standard_normal((96, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 96)
+    for _ in range(2):                                  # two "epochs" of 32 + 32 + 8
+        for s, e in ((0, 32), (32, 64), (64, 72)):
+            net.train_step(x[s:e], y[s:e], opts, rng)
+    assert net.hidden[0].online.t == 4                  # only the full batches stepped the streams
+
+
+def test_streams_equal_to_the_training_set_is_one_step_an_epoch(data_root, tmp_path):  # noqa: F811
+    """One step an epoch: after epoch 1 there is no pair yet (no b3), and the checkpoint must still
+    save, load and resume (b3 was saved as an object array holding None)."""
+    cfg = _online(data_root, epochs=2, subset=32)
+    full = train(cfg, tmp_path / "full", progress=False, log=_quiet)
+    part = train(dict(cfg, epochs=1), tmp_path / "part", progress=False, log=_quiet)
+    assert part.load_checkpoint()[0]["online/0/b3"].shape == (0,)
+    train(cfg, part.path, resume=True, progress=False, log=_quiet)
+    a, b = full.load_checkpoint()[0], part.load_checkpoint()[0]
+    assert a["online/0/b3"].shape == (32,) or a["online/0/b3"].shape == ()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k

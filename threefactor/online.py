@@ -90,8 +90,14 @@ class TwoPointRule:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
             raise ValueError(f"n_classes must be an integer >= 2 (Eq. 35), got {n!r}")
         self.rule.check_divisive(self.divisive)
-        if self.b3_init is not None and not np.isfinite(float(self.b3_init)):
-            raise ValueError(f"b3_init must be a finite number or None, got {self.b3_init!r}")
+        if self.b3_init is not None:
+            try:
+                b3_init = float(self.b3_init)
+            except (TypeError, ValueError):
+                raise TypeError(f"b3_init must be a finite number or None (the initial running average b3, "
+                                f"Eq. 61), got {type(self.b3_init).__name__} {self.b3_init!r}") from None
+            if not np.isfinite(b3_init):
+                raise ValueError(f"b3_init must be a finite number or None, got {self.b3_init!r}")
         object.__setattr__(self, "beta", beta)
         object.__setattr__(self, "n_classes", int(n))
 
@@ -117,6 +123,65 @@ def check_beta(beta) -> float:
     return b
 
 
+def check_lr(lr) -> float:
+    """The learning rate as a float, finite and >= 0, else an error naming ``lr``."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)):
+        raise TypeError(f"lr must be a real number >= 0, got {type(lr).__name__} {lr!r}")
+    if not (np.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    return float(lr)
+
+
+def real_array(be, value, name):
+    """``value`` as it is (an array of backend ``be``) or as a numpy array; a TypeError naming
+    ``name`` unless it holds real numbers (lists are fine; strings, objects, complex are not)."""
+    if not be.is_native(value):
+        if hasattr(value, "__cuda_array_interface__"):
+            raise TypeError(f"{name} is a GPU array but backend={be.name!r} works on host arrays: use "
+                            f"backend='cupy', or copy it to the host first")
+        try:
+            value = np.asarray(value)
+        except Exception as exc:
+            raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__}: {exc}") from None
+    if value.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    return value
+
+
+def check_finite_host(arr, name):
+    """A ValueError naming ``name`` if the host array ``arr`` holds NaN or Inf.  Device arrays pass
+    unread: reading a flag back would wait for the GPU at every step."""
+    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_labels(be, labels, name, shape, n_classes):
+    """Integer labels of shape ``shape`` as an int64 backend array, else an error naming ``name``.
+
+    Host labels are range-checked ([0, n_classes)); labels already on the device are not, since
+    reading their min and max would synchronise every step (the data loaders check a data set's labels).
+    """
+    labels = real_array(be, labels, name)
+    if labels.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (one integer label per stream or pair), "
+                         f"got {tuple(labels.shape)}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")
+    if labels.size and isinstance(labels, np.ndarray) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"{name} must be in [0, n_classes) = [0, {n_classes}), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return be.asarray(labels, dtype=np.int64)
+
+
+def _forward_error(x, w, what):
+    """The error for a non-finite pre-activation x wᵀ on the host: which input is to blame."""
+    for arr, name in ((w, "w"), (x, what)):
+        if not np.isfinite(arr).all():
+            return ValueError(f"{name} contains NaN or Inf")
+    return ValueError(f"{what} @ wᵀ overflowed {x.dtype} (not finite although {what} and w are): "
+                      f"the weights or inputs are far too large")
+
+
 class Activity(NamedTuple):
     """A layer's activity at one time, for B streams (backend arrays).
 
@@ -133,10 +198,17 @@ class Activity(NamedTuple):
     out: Any
 
 
-def layer_activity(trule: TwoPointRule, x, w, backend) -> Activity:
-    """The forward pass of one time step (Eq. 1, 17-18, 21): one GEMM plus elementwise work."""
+def layer_activity(trule: TwoPointRule, x, w, backend, what="x") -> Activity:
+    """The forward pass of one time step (Eq. 1, 17-18, 21): one GEMM plus elementwise work.
+
+    On the host the pre-activation a = x wᵀ (B, n_out) is checked to be finite (cheap next to the
+    GEMM; a NaN or Inf in row n of w makes column n of a non-finite), else a ValueError naming w or
+    ``what`` (x's name in the error).  Device arrays are not read back.
+    """
     rule = trule.rule
-    _, z, fp = backend.forward(x, w, rule.activation, rule.slope)
+    a, z, fp = backend.forward(x, w, rule.activation, rule.slope)
+    if isinstance(a, np.ndarray) and not np.isfinite(a).all():
+        raise _forward_error(x, w, what)
     if not rule.grouped:
         return Activity(x, z, fp, z, z)
     zhat, u, v = backend.group_stats(z, rule.groups, rule.p, rule.delta)
@@ -227,12 +299,44 @@ def two_point_update(x_now, x_prev, w, labels_now, labels_prev, trule: TwoPointR
     b3 : float, array (B,) or None
         Centring of b2.  None: exact centring, the mean of b2 over the B pairs
         given; with all m² ordered pairs of a batch the result is ``local_update``.
+
+    Inputs are checked (shapes, real dtypes, integer labels in [0, n_classes) on the host,
+    finiteness); for device arrays the finiteness of x_now, x_prev and w is one read-back.
     """
+    if not isinstance(trule, TwoPointRule):
+        raise TypeError(f"trule must be a threefactor.online.TwoPointRule, got {type(trule).__name__}")
     be = get_backend(backend)
     xp = be.xp
-    now = layer_activity(trule, x_now, w, be)
-    prev = layer_activity(trule, x_prev, w, be)
-    same = xp.asarray(labels_now) == xp.asarray(labels_prev)
+    x_now, x_prev, w = (real_array(be, a, name) for a, name in ((x_now, "x_now"), (x_prev, "x_prev"), (w, "w")))
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (n_out, n_in), got shape {tuple(w.shape)}")
+    trule.rule.check_width(w.shape[0])
+    if x_now.ndim != 2 or x_now.shape[1] != w.shape[1] or x_now.shape[0] == 0:
+        raise ValueError(f"x_now must have shape (B, n_in) = (B, {w.shape[1]}) with B >= 1 pairs, "
+                         f"got {tuple(x_now.shape)}")
+    if x_prev.shape != x_now.shape:
+        raise ValueError(f"x_prev must have the shape of x_now {tuple(x_now.shape)} (one pair per row), "
+                         f"got {tuple(x_prev.shape)}")
+    B = x_now.shape[0]
+    labels_now = check_labels(be, labels_now, "labels_now", (B,), trule.n_classes)
+    labels_prev = check_labels(be, labels_prev, "labels_prev", (B,), trule.n_classes)
+    dt = np.result_type(x_now.dtype, x_prev.dtype, w.dtype)
+    dt = dt if dt in (np.float32, np.float64) else np.dtype(np.float64)
+    x_now, x_prev, w = (be.asarray(a, dtype=dt) for a in (x_now, x_prev, w))
+    if xp is np:
+        for arr, name in ((x_now, "x_now"), (x_prev, "x_prev"), (w, "w")):
+            check_finite_host(arr, name)
+    elif not be.scalars([xp.isfinite(x_now).all() & xp.isfinite(x_prev).all() & xp.isfinite(w).all()])[0]:
+        raise ValueError("x_now, x_prev or w contains NaN or Inf")
+    if b3 is not None:
+        b3 = real_array(be, b3, "b3")
+        if b3.shape not in ((), (B,)):
+            raise ValueError(f"b3 must be a number or an array of shape (B,) = ({B},), got shape {tuple(b3.shape)}")
+        check_finite_host(b3, "b3")
+        b3 = be.asarray(b3, dtype=dt)
+    now = layer_activity(trule, x_now, w, be, "x_now")
+    prev = layer_activity(trule, x_prev, w, be, "x_prev")
+    same = labels_now == labels_prev
     parts = circuit_b2(trule, now, prev, same, xp)
     circ = centred_factor(trule, *parts, parts[3].mean() if b3 is None else b3)
     post = two_point_post(trule, circ, now, prev, trule.update_scale(w.shape[0]) / x_now.shape[0], xp)
@@ -245,8 +349,18 @@ def apply_update(w, update: TwoPointUpdate, lr, fused=True):
     numpy arrays use the Numba kernel (:mod:`threefactor.backends._online_kernels`)
     or in-place BLAS; cupy arrays the CUDA kernel of ``_online_cupy``;
     ``fused=False`` is the reference ``w += lr * postᵀ pre``.
+
+    ``lr`` must be a finite number >= 0 and the update's shapes must fit w; a host update with
+    NaN or Inf is refused before w is touched (device updates are not read back).
     """
-    if update.post.shape[0] == 0 or lr == 0:
+    lr = check_lr(lr)
+    R = update.post.shape[0]
+    if update.post.shape != (R, w.shape[0]) or update.pre.shape != (R, w.shape[1]):
+        raise ValueError(f"update has post {tuple(update.post.shape)} and pre {tuple(update.pre.shape)}; "
+                         f"w {tuple(w.shape)} needs (R, {w.shape[0]}) and (R, {w.shape[1]})")
+    check_finite_host(update.post, "update.post")
+    check_finite_host(update.pre, "update.pre")
+    if R == 0 or lr == 0:
         return w
     if not isinstance(w, np.ndarray):
         from .backends import _online_cupy

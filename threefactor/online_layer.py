@@ -21,8 +21,8 @@ import numpy as np
 
 from .backends import get_backend
 from .layers import HiddenLayer
-from .online import (Activity, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, circuit_b2,
-                     layer_activity, two_point_post)
+from .online import (Activity, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, check_finite_host,
+                     check_labels, circuit_b2, layer_activity, real_array, two_point_post)
 from .rules import Rule
 
 
@@ -95,7 +95,10 @@ class OnlineLayer:
     Parameters
     ----------
     w : array (n_out, n_in)
-        Weights (float32 or float64; kept, updated in place by :meth:`apply`).
+        Weights, finite and C-contiguous (a view such as ``W.T`` is refused: pass
+        ``np.ascontiguousarray(W.T)``, which the layer then owns).  float32 or float64
+        arrays are kept and updated in place by :meth:`apply`; other real dtypes are
+        copied to float64, and a host array given to the cupy backend is copied to the device.
     rule : Rule or TwoPointRule
         The layer's rule; a plain :class:`~threefactor.rules.Rule` is wrapped in a
         :class:`~threefactor.online.TwoPointRule` with the keywords below.
@@ -120,12 +123,19 @@ class OnlineLayer:
         if isinstance(streams, bool) or not isinstance(streams, (int, np.integer)) or streams < 1:
             raise ValueError(f"streams must be an integer >= 1 (B, the number of streams), got {streams!r}")
         self.streams = int(streams)
-        if not be.is_native(w):
-            w = np.asarray(w)
+        w = real_array(be, w, "w")
         if w.ndim != 2:
             raise ValueError(f"w must be 2-D (n_out, n_in), got shape {tuple(w.shape)}")
         if w.dtype not in (np.float32, np.float64):
-            w = w.astype(np.float64)
+            w = np.ascontiguousarray(w, dtype=np.float64) if isinstance(w, np.ndarray) else w.astype(np.float64)
+        if not w.flags.c_contiguous:
+            raise ValueError(f"w must be C-contiguous (the layer updates it in place, row by row), got a "
+                             f"non-contiguous view of shape {tuple(w.shape)} (e.g. W.T): pass "
+                             f"np.ascontiguousarray(w), which the layer then owns and updates")
+        if isinstance(w, np.ndarray):
+            check_finite_host(w, "w")
+        elif not be.scalars([be.xp.isfinite(w).all()])[0]:          # once, at construction
+            raise ValueError("w contains NaN or Inf")
         self.w = be.asarray(w)
         self.scale = self.trule.update_scale(w.shape[0])
         self.record: Optional[CircuitRecord] = CircuitRecord() if record else None
@@ -150,62 +160,96 @@ class OnlineLayer:
     def state(self):
         """The streams' state as host arrays (for checkpoints): {} before the first step.
 
-        Keys: t; b3 (scalar or (B,)); labels (B,); and the previous activity
+        Keys: t; b3 (scalar or (B,); shape (0,) before the first pair, which starts it); labels (B,);
+        and the previous activity
         ``prev.x`` (B, n_in), ``prev.z``, ``prev.h``, ``prev.out`` (B, n_out), ``prev.v`` (B, d).
         """
         if self._prev is None:
             return {}
         to_np = self.backend.to_numpy
-        out = {"t": np.asarray(self.t), "b3": np.asarray(to_np(self.b3)), "labels": to_np(self._prev_labels)}
+        b3 = np.zeros(0, self.w.dtype) if self.b3 is None else np.asarray(to_np(self.b3))
+        out = {"t": np.asarray(self.t), "b3": b3, "labels": to_np(self._prev_labels)}
         out.update({f"prev.{k}": to_np(v) for k, v in self._prev._asdict().items()})
         return out
 
     def load_state(self, state):
-        """Restore what :meth:`state` returned (an empty dict resets the streams)."""
+        """Restore what :meth:`state` returned (an empty dict resets the streams).
+
+        Everything is checked before anything is kept: the keys, each array's shape against this
+        layer (streams, n_in, n_out, groups), finiteness, integer labels in [0, n_classes), and b3's
+        form: one value (``shared_b3=True``) or one per stream.  A ValueError names what does not fit.
+        """
         self.reset()
         if not state:
             return
+        arrays = self._checked_state(state)
         be = self.backend
-        self._prev = Activity(**{k: be.asarray(np.asarray(state[f"prev.{k}"]), dtype=self.w.dtype)
-                                 for k in Activity._fields})
-        if self._prev.x.shape != (self.streams, self.w.shape[1]):
-            raise ValueError(f"state holds {self._prev.x.shape[0]} streams of {self._prev.x.shape[1]} inputs, "
-                             f"the layer has {self.streams} of {self.w.shape[1]}")
-        self._prev_labels = be.asarray(np.asarray(state["labels"]), dtype=np.int64)
-        b3 = np.asarray(state["b3"])
-        self.b3 = b3.astype(self.w.dtype)[()] if b3.ndim == 0 else be.asarray(b3, dtype=self.w.dtype)
-        self.t = int(state["t"])
+        self._prev = Activity(**{k: be.asarray(arrays[f"prev.{k}"], dtype=self.w.dtype) for k in Activity._fields})
+        self._prev_labels = be.asarray(arrays["labels"], dtype=np.int64)
+        b3 = arrays["b3"]
+        if b3.shape == (0,):                           # saved before the first pair: b3 not started
+            self.b3 = None
+        else:
+            self.b3 = b3.astype(self.w.dtype)[()] if b3.ndim == 0 else be.asarray(b3, dtype=self.w.dtype)
+        self.t = int(arrays["t"])
+
+    def _checked_state(self, state):
+        """The arrays of ``state`` on the host, each checked against this layer (see :meth:`load_state`)."""
+        keys = ("t", "b3", "labels") + tuple(f"prev.{k}" for k in Activity._fields)
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"state lacks {', '.join(missing)} (expected the dict of OnlineLayer.state())")
+        be, B, (n_out, n_in) = self.backend, self.streams, self.w.shape
+        arrays = {k: real_array(be, state[k], f"state[{k!r}]") for k in keys}
+        arrays = {k: be.to_numpy(v) if be.is_native(v) else v for k, v in arrays.items()}
+        x = arrays["prev.x"]
+        if x.shape != (B, n_in):
+            raise ValueError(f"state holds {x.shape[0] if x.ndim else 0} streams of "
+                             f"{x.shape[1] if x.ndim == 2 else '?'} inputs, the layer has {B} of {n_in}")
+        rule = self.trule.rule
+        d = rule.groups if rule.grouped else n_out
+        for k, shape in (("z", (B, n_out)), ("h", (B, n_out)), ("out", (B, n_out)), ("v", (B, d))):
+            if arrays[f"prev.{k}"].shape != shape:
+                what = f"{d} groups" if rule.grouped and k == "v" else f"{n_out} neurons"
+                raise ValueError(f"state['prev.{k}'] has shape {arrays[f'prev.{k}'].shape}, this layer needs "
+                                 f"{shape} ({B} streams, {what})")
+        for k in keys:
+            check_finite_host(arrays[k], f"state[{k!r}]")
+        check_labels(be, arrays["labels"], "state['labels']", (B,), self.trule.n_classes)
+        b3 = arrays["b3"]
+        if b3.shape == (0,):
+            pass
+        elif self.trule.shared_b3 and b3.ndim != 0:
+            raise ValueError(f"state['b3'] has shape {b3.shape}, one b3 per stream, but this layer shares one "
+                             f"b3 across its streams (shared_b3=True): the state comes from a per-stream layer")
+        elif not self.trule.shared_b3 and b3.shape != (B,):
+            raise ValueError(f"state['b3'] has shape {b3.shape}, this layer keeps one b3 per stream, shape "
+                             f"({B},) (shared_b3=False)" + (": the state comes from a shared-b3 layer"
+                                                              if b3.ndim == 0 else ""))
+        t = arrays["t"]
+        if t.shape != () or t.dtype.kind not in "iu" or t < 1:
+            raise ValueError(f"state['t'] must be a step count >= 1 (an integer), got {t!r}")
+        return arrays
 
     # -- input checks ---------------------------------------------------
-    def _input(self, x):
-        be, (n_out, n_in) = self.backend, self.w.shape
-        if not be.is_native(x):
-            x = np.asarray(x)
-        if x.ndim != 2 or x.shape != (self.streams, n_in):
+    # Per step on the host: shapes, dtypes, label range and finiteness of x (cheap next to the GEMM);
+    # the pre-activation's finiteness covers w (layer_activity).  Device arrays are never read back.
+    def _input(self, x, rows=None):
+        be, n_in = self.backend, self.w.shape[1]
+        x = real_array(be, x, "x")
+        if rows is None and x.shape != (self.streams, n_in):
             raise ValueError(f"x must have shape (streams, n_in) = ({self.streams}, {n_in}): one sample "
                              f"per stream, got shape {tuple(x.shape)}")
-        if x.dtype.kind not in "biuf":
-            raise TypeError(f"x must hold real numbers, got dtype {x.dtype}")
+        if rows is not None and (x.ndim != 2 or x.shape[1] != n_in):
+            raise ValueError(f"x must have shape (m, n_in) = (m, {n_in}), got shape {tuple(x.shape)}")
+        check_finite_host(x, "x")
         return be.asarray(x, dtype=self.w.dtype)
 
     def _labels(self, labels):
         if labels is None:
             raise ValueError(f"labels are missing for step {self.t}: step(x, labels) needs one integer "
                              f"label per stream, shape ({self.streams},)")
-        be = self.backend
-        if not be.is_native(labels):
-            labels = np.asarray(labels)
-        if labels.shape != (self.streams,):
-            raise ValueError(f"labels must have shape (streams,) = ({self.streams},), got {tuple(labels.shape)}")
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-        n = self.trule.n_classes
-        # Host labels are range-checked here; labels already on the device are not, since reading
-        # their min and max would synchronise every step (the data loaders check a data set's labels).
-        if self.streams and isinstance(labels, np.ndarray) and (labels.min() < 0 or labels.max() >= n):
-            raise ValueError(f"labels must be in [0, n_classes) = [0, {n}), got values in "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
-        return be.asarray(labels, dtype=np.int64)
+        return check_labels(self.backend, labels, "labels", (self.streams,), self.trule.n_classes)
 
     # -- the step -------------------------------------------------------
     def _centre(self, b2):
@@ -266,9 +310,7 @@ class OnlineLayer:
 
     def forward(self, x):
         """Output for any number of samples (m, n_in) -> (m, n_out), no learning, no state change."""
-        be = self.backend
-        x = be.asarray(x if be.is_native(x) else np.asarray(x), dtype=self.w.dtype)
-        return layer_activity(self.trule, x, self.w, be).out
+        return layer_activity(self.trule, self._input(x, rows=True), self.w, self.backend).out
 
 
 class BatchKernels(NamedTuple):
@@ -287,8 +329,13 @@ class OnlineHiddenLayer(HiddenLayer):
     :meth:`local_forward` returns ΔW = the mean two-point update over the B pairs
     (Eq. 57 / 63a), which estimates -dL/dW on the batch rule's scale (noisier, so smaller
     rates: ``threefactor train --mode online`` uses 0.3 where the batch rule uses 1.0).
-    A batch of another size (the epoch's short last one) is passed through
-    without learning and leaves the streams' state alone.
+
+    Every training batch must have B rows, with one exception: the short last batch
+    of an epoch whose size is not a multiple of B.  It is taken only right after a
+    full batch, and deliberately dropped by the hidden layers: passed through without
+    learning, leaving the streams' state alone (the output layer still learns from it).
+    Any other batch size is a ValueError naming ``streams``: a larger batch, or smaller
+    ones in a row (which would leave the hidden layers never learning).
     """
 
     def __init__(self, w, rule: Rule, divisive=False, *, streams, n_classes, beta=0.01, shared_b3=False,
@@ -297,6 +344,7 @@ class OnlineHiddenLayer(HiddenLayer):
         self.online = OnlineLayer(w, rule, beta=beta, streams=streams, n_classes=n_classes,
                                   divisive=divisive, shared_b3=shared_b3, backend=backend, record=record)
         self.w = self.online.w                       # the same array: optimisers update it in place
+        self._after_full = False                     # whether the last batch was a full step of B streams
 
     def local_forward(self, x, labels, n_classes, backend, mask=None):
         """(out (B, n_out), [ΔW (n_out, n_in)], BatchKernels) of one online step."""
@@ -305,13 +353,22 @@ class OnlineHiddenLayer(HiddenLayer):
             raise ValueError(f"n_classes={n_classes} but the online rule was built for "
                              f"{online.trule.n_classes} classes")
         online.w = self.w
-        if x.shape[0] == online.streams:
+        m, B = x.shape[0], online.streams
+        if m == B:
             out, update = online.step(x, labels)
             dw = update.dense()
             act = online.activity
-        else:
+        elif m < B and self._after_full:                # the epoch's short last batch: dropped on purpose
             act = layer_activity(online.trule, x, self.w, backend)
             out, dw = act.out, backend.xp.zeros_like(self.w)
+        else:
+            raise ValueError(
+                f"a batch of {m} samples, but the online layer steps streams={B} streams, one sample each: "
+                f"training batches must have exactly {B} rows (only an epoch's short last batch, right after "
+                f"a full one, may be smaller; it is passed through without learning).  Use batches of {B}, "
+                f"or make_online(net, streams={m}); with `threefactor train --mode online`, --streams at most "
+                f"the number of training samples")
+        self._after_full = m == B
         rule = self.rule
         kern = BatchKernels(backend.gaussian_kernel(act.v, rule.sigma),
                             backend.label_kernel(labels, n_classes, rule.label_kernel, act.z.dtype))
@@ -325,7 +382,9 @@ def make_online(net, *, streams, beta=0.01, shared_b3=False):
 
     Each ``net.hidden[k]`` becomes an :class:`OnlineHiddenLayer` on the same weight
     array, so optimisers made before or after keep working.  ``streams`` must be the
-    training batch size.  Returns ``net``.
+    training batch size: ``net.train_step`` raises a ValueError for any other size,
+    except an epoch's short last batch right after a full one, which the hidden layers
+    pass through without learning (:class:`OnlineHiddenLayer`).  Returns ``net``.
     """
     if getattr(net, "learning", "local") != "local":
         raise ValueError(f"online learning needs a local-learning network, got learning={net.learning!r}")

@@ -159,6 +159,11 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
             return rd
     try:
         x_tr, y_tr, x_te, y_te, n_classes = data if data is not None else load_data(cfg, progress, log)
+        if cfg.get("mode") == "online" and cfg["streams"] > len(y_tr):
+            raise ValueError(f"streams={cfg['streams']} (--streams) is more than the {len(y_tr)} training samples"
+                             f"{' (--subset)' if cfg['subset'] is not None else ''}: each online step takes one "
+                             f"sample per stream, so no step would be full and the hidden layers would never "
+                             f"learn; give --streams {len(y_tr)} or fewer")
         is_conv = cfg.get("arch", "mlp") != "mlp"
         net = build_network(cfg, x_tr.shape[1:] if is_conv else x_tr.shape[1], n_classes, backend, rng)
         opts = net.make_optimizers(cfg["lr_local"], cfg["lr_out"], weight_decay_local=cfg["weight_decay_local"],
