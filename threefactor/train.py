@@ -347,7 +347,9 @@ def configure_parser(parser):
                         f"Online, lr_local defaults to {ONLINE_LR_LOCAL} (the batch presets' eta_l is "
                         "unstable for two-point updates)")
     o.add_argument("--streams", type=int, default=S, metavar="B",
-                   help="online: streams stepped together, one sample each per step (default: batch size 256)")
+                   help="online: streams stepped together, one sample each per step (default: batch size 256); at most "
+                        "the training set's size; an epoch's short last step (when B does not divide the "
+                        "training set) trains only the output layer")
     o.add_argument("--beta", type=float, default=S, help="online: rate of the running average b3 (Eq. 61; default 0.01)")
     o.add_argument("--per-stream-b3", dest="shared_b3", action="store_false", default=S,
                    help="online: each stream keeps its own b3 (default: one b3 shared by all streams)")
