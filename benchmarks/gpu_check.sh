@@ -104,5 +104,9 @@ fi
 for f in bench_update_gpu bench_step_gpu; do   # Markdown tables for RESULTS.md, appended to the logs
   [ -s "$OUT/$f.json" ] && "$PY" -m threefactor bench --summary "$OUT/$f.json" >>"$OUT/$f.log" 2>&1
 done
+if [ -s "$OUT/bench_update_gpu.json" ]; then   # the speed targets judged on this run (RESULTS "Targets at a glance")
+  { echo "== targets"; "$PY" -m threefactor bench --targets "$OUT/bench_update_gpu.json"; } \
+    >>"$OUT/bench_update_gpu.log" 2>&1 || status=1
+fi
 echo "gpu_check: results in $OUT (status $status)"
 exit $status
