@@ -283,3 +283,12 @@ def test_bench_step_script_refuses_bad_use(tmp_path, capsys):
             bench_step.main(argv)
         assert exc.value.code == 2
         assert re.search(expected, capsys.readouterr().err)
+
+
+def test_names_that_moved_out_of_bench_still_import():
+    from threefactor import atomic, machine
+    assert bench.configure_parser is bench_cli.configure_parser and bench.run is bench_cli.run
+    assert bench.markdown_summary is bench_cli.markdown_summary
+    assert bench.write_json is atomic.write_json and bench.set_threads is machine.set_threads
+    with pytest.raises(AttributeError):
+        bench.no_such_name

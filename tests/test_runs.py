@@ -194,6 +194,22 @@ def test_claiming_a_run_dir(tmp_path):
     assert runs.release_run_dir(rd, created) and not rd.path.exists()
 
 
+def test_a_failed_claim_gives_its_new_directory_back(tmp_path, monkeypatch):
+    """config.json cannot be written (a full disk, a config with NaN): the directory the claim made
+    is removed, and the error names the flag; no empty run directory is left to block the next run."""
+    def full_disk(self, config):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(RunDir, "create_config", full_disk)
+    for claim, path in ((runs.claim_new_run_dir, tmp_path / "runs" / "base"), (runs.claim_run_dir, tmp_path / "x")):
+        with pytest.raises(ValueError, match=r"--out .*: cannot write config.json there \(No space left"):
+            claim(path, {"a": 1})
+        assert not path.exists()
+    (tmp_path / "kept").mkdir()                         # a folder the user made stays
+    with pytest.raises(ValueError, match="cannot write config.json"):
+        runs.claim_run_dir(tmp_path / "kept", {"a": 1})
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_runs_started_at_once_never_share_a_directory(tmp_path):
     """Many claims of one name at the same moment: each gets its own directory (base, base-2, ...),
     and of many claims of one explicit directory exactly one wins."""

@@ -66,6 +66,29 @@ def test_divergence_keeps_the_last_good_checkpoint(data_root, tmp_path, monkeypa
     assert [r["epoch"] for r in recs] == [1, 2] and recs[1]["diverged"] and "diverged" not in recs[0]
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_online_divergence_mid_epoch_is_reported_as_divergence(data_root, tmp_path, monkeypatch, backend):  # noqa: F811
+    """An online step checks its input on the host and meets the NaN/Inf weights in the middle of an
+    epoch: a diverged run (status 1, last good checkpoint kept), not a usage error that removed the run."""
+    cfg = _config(data_root, "gaussian", "grp+div", epochs=1, mode="online", streams=32, backend=backend)
+    rd = train(cfg, tmp_path / "run", progress=False, log=_quiet)
+    real_step = MLP.train_step
+    steps = []
+
+    def poisoned(self, x, labels, optimizers, rng):     # a hidden weight blows up in epoch 2, step 2
+        stats = real_step(self, x, labels, optimizers, rng)
+        steps.append(1)
+        if len(steps) == 2:
+            self.hidden[0].w[0, 0] = np.inf
+        return stats
+
+    monkeypatch.setattr(MLP, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 2: NaN or Inf in w during the epoch; "
+                                               r"the last good checkpoint \(epoch 1\) is kept"):
+        train(dict(cfg, epochs=2), rd.path, resume=True, progress=False, log=_quiet)
+    assert len(steps) == 2 and rd.load_checkpoint()[2]["epoch"] == 1 and rd.path.is_dir()
+
+
 def test_resuming_a_checkpoint_with_nan_weights_is_refused(data_root, tmp_path):  # noqa: F811
     cfg = _config(data_root, "backprop", "plain", epochs=1)
     rd = train(cfg, tmp_path / "run", progress=False, log=_quiet)
@@ -242,7 +265,7 @@ def test_default_out_is_claimed_once(data_root, tmp_path, monkeypatch):  # noqa:
     (["--beta", "0.5"], "beta needs mode='online' .*--beta"),
     (["--per-stream-b3"], "shared_b3 needs mode='online' .*--per-stream-b3"),
     (["--mode", "online", "--streams", "0"], "streams must be a positive integer"),
-    (["--data-root", "/nonexistent/threefactor"], "--data-root.*'/nonexistent/threefactor' is not a directory"),
+    (["--data-root", "/etc/passwd"], "--data-root.*'/etc/passwd' is a file"),
 ])
 def test_nonsense_options_are_refused(argv, expected):
     with pytest.raises(SystemExit, match=expected) as exc:

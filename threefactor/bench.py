@@ -333,3 +333,15 @@ def timing_settings(quick, budget=None):
     if quick:
         return {"budget": 0.05 if budget is None else budget, "min_repeats": 3, "warmup": 1}
     return {"budget": 1.0 if budget is None else budget, "min_repeats": 5, "warmup": 2}
+
+
+#: names that moved out of this module (session 7), still importable from it
+_MOVED = {"configure_parser": "bench_cli", "run": "bench_cli", "markdown_summary": "bench_cli",
+          "write_json": "atomic", "set_threads": "machine"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from .online import NonFiniteError
 from .optim import multistep_lr
 
 
@@ -81,7 +82,12 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
     saved, epoch = start, None
     try:
         for epoch in range(start + 1, cfg["epochs"] + 1):
-            record, params, states = _train_epoch(cfg, net, opts, rng, backend, arrays, augment, epoch, progress)
+            try:
+                record, params, states = _train_epoch(cfg, net, opts, rng, backend, arrays, augment, epoch,
+                                                      progress)
+            except NonFiniteError as exc:       # an online step met NaN/Inf mid-epoch: the run diverged
+                raise TrainingDiverged(_diverged_message(cfg, rd, epoch, [f"{exc.what} during the epoch"],
+                                                         net.learning)) from None
             bad = _non_finite(record, params, states)
             if bad:
                 record["diverged"] = True

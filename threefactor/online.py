@@ -156,11 +156,21 @@ def real_array(be, value, name):
     return value
 
 
+class NonFiniteError(ValueError):
+    """An input or the weights of an online step hold NaN or Inf (``what`` names which).
+
+    Training (:mod:`threefactor.epochs`) reports it as a diverged run, not as bad use."""
+
+    def __init__(self, what, message=None):
+        super().__init__(message or f"{what} contains NaN or Inf")
+        self.what = what
+
+
 def check_finite_host(arr, name):
-    """A ValueError naming ``name`` if the host array ``arr`` holds NaN or Inf.  Device arrays pass
-    unread: reading a flag back would wait for the GPU at every step."""
+    """A :class:`NonFiniteError` naming ``name`` if the host array ``arr`` holds NaN or Inf.  Device
+    arrays pass unread: reading a flag back would wait for the GPU at every step."""
     if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise NonFiniteError(name)
 
 
 def check_labels(be, labels, name, shape, n_classes):
@@ -185,9 +195,9 @@ def _forward_error(x, w, what):
     """The error for a non-finite pre-activation x wᵀ on the host: which input is to blame."""
     for arr, name in ((w, "w"), (x, what)):
         if not np.isfinite(arr).all():
-            return ValueError(f"{name} contains NaN or Inf")
-    return ValueError(f"{what} @ wᵀ overflowed {x.dtype} (not finite although {what} and w are): "
-                      f"the weights or inputs are far too large")
+            return NonFiniteError(name)
+    return NonFiniteError(f"{what} @ wᵀ", f"{what} @ wᵀ overflowed {x.dtype} (not finite although {what} and w "
+                          f"are): the weights or inputs are far too large")
 
 
 class Activity(NamedTuple):
@@ -335,7 +345,7 @@ def two_point_update(x_now, x_prev, w, labels_now, labels_prev, trule: TwoPointR
         for arr, name in ((x_now, "x_now"), (x_prev, "x_prev"), (w, "w")):
             check_finite_host(arr, name)
     elif not be.scalars([xp.isfinite(x_now).all() & xp.isfinite(x_prev).all() & xp.isfinite(w).all()])[0]:
-        raise ValueError("x_now, x_prev or w contains NaN or Inf")
+        raise NonFiniteError("x_now, x_prev or w")
     if b3 is not None:
         b3 = real_array(be, b3, "b3")
         if b3.shape not in ((), (B,)):

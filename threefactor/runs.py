@@ -325,14 +325,19 @@ def claim_run_dir(path, config, *, flag="--out"):
                     raise
     except OSError as exc:
         raise _dir_error(path, exc, flag) from None
-    if rd.holds_run():
-        raise _taken(rd, flag)
     try:
-        rd.create_config(config)
-    except FileExistsError:
-        raise _taken(rd, flag) from None
-    except OSError as exc:
-        raise ValueError(f"{flag} {path}: cannot write config.json there ({exc.strerror or exc})") from None
+        if rd.holds_run():
+            raise _taken(rd, flag)
+        try:
+            rd.create_config(config)
+        except FileExistsError:
+            raise _taken(rd, flag) from None
+        except OSError as exc:
+            raise ValueError(f"{flag} {path}: cannot write config.json there ({exc.strerror or exc})") from None
+    except BaseException:
+        if created:                 # give back the directory this claim made
+            _remove_empty(path)
+        raise
     return rd, created
 
 
@@ -358,8 +363,21 @@ def claim_new_run_dir(base, config, *, flag="--out", tries=1000):
             rd.create_config(config)
         except FileExistsError:    # someone claimed it with an explicit --out in between
             continue
+        except BaseException as exc:
+            _remove_empty(path)    # the directory this claim made, left empty
+            if isinstance(exc, OSError):
+                raise ValueError(f"{flag} {path}: cannot write config.json there ({exc.strerror or exc})") from None
+            raise
         return rd, True
     raise ValueError(f"{flag}: {base} and its next {tries - 1} numbered variants are all taken")
+
+
+def _remove_empty(path):
+    """Remove the folder ``path`` if it is empty (a claim's directory given back)."""
+    try:
+        Path(path).rmdir()
+    except OSError:
+        pass
 
 
 def release_run_dir(rd, created):
@@ -372,8 +390,5 @@ def release_run_dir(rd, created):
     except FileNotFoundError:
         pass
     if created:
-        try:
-            rd.path.rmdir()
-        except OSError:
-            pass
+        _remove_empty(rd.path)
     return True

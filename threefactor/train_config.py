@@ -305,9 +305,11 @@ def _validate(cfg):
     if cfg["optimizer"] not in OPTIMIZERS:
         raise choice_error("optimizer", cfg["optimizer"], OPTIMIZERS)
     _check_milestones(cfg["milestones"])
-    if cfg["data_root"] is not None and not Path(cfg["data_root"]).is_dir():
-        raise ValueError(f"data_root (--data-root) {str(cfg['data_root'])!r} is not a directory: give an "
-                         f"existing folder holding the dataset (DIR/{cfg['dataset']}/ or its files in DIR)")
+    # A data root that does not exist yet is fine (searched first, then the usual places; a download goes
+    # there, and the run logs which directory it read); a file cannot be one.
+    if cfg["data_root"] is not None and Path(cfg["data_root"]).is_file():
+        raise ValueError(f"data_root (--data-root) {str(cfg['data_root'])!r} is a file: give a folder holding "
+                         f"the dataset (DIR/{cfg['dataset']}/ or its files in DIR), or where to download it")
     if cfg["groups"] is not None and not is_conv:
         for h in cfg["hidden"]:
             make_rule(cfg).check_width(int(h))
