@@ -36,6 +36,15 @@ from .rules import Rule, choice_error
 LEARNING = ("local", "backprop", "last-layer")
 
 
+def _count(argument, value, least):
+    """``value`` as an int >= ``least``, else an error naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{argument} must be an int, got {type(value).__name__} {value!r}")
+    if value < least:
+        raise ValueError(f"{argument} must be >= {least}, got {value}")
+    return int(value)
+
+
 def check_learning(learning, batchnorm=False):
     """Validate ``learning`` (one of :data:`LEARNING`) and its combination with batchnorm."""
     if learning not in LEARNING:
@@ -56,6 +65,28 @@ class StepStats:
     loss: Any
     correct: Any
     objectives: List[Any] = field(default_factory=list)
+
+
+def _real_array(be, value, name):
+    """``value`` as it is (an array of backend ``be``) or as a numpy array; a TypeError naming
+    ``name`` unless it holds real numbers."""
+    if not be.is_native(value):
+        try:
+            value = np.asarray(value)
+        except Exception as exc:
+            raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__}: {exc}") from None
+    if value.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    return value
+
+
+def _checked(net, x, labels=None):
+    """``net.check_batch(x, labels)`` where the net has one; as given otherwise (the conv nets of
+    :mod:`threefactor.conv_layers` borrow :meth:`MLP.logits` and :meth:`MLP.evaluate`)."""
+    check = getattr(net, "check_batch", None)
+    if check is not None:
+        return check(x, labels)
+    return x if labels is None else (x, labels)
 
 
 class MLP:
@@ -91,8 +122,13 @@ class MLP:
         check_learning(learning, batchnorm)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not hidden:
-            raise ValueError("hidden must list at least one hidden width")
+        n_in, n_classes = _count("n_in", n_in, 1), _count("n_classes", n_classes, 2)
+        if isinstance(hidden, (int, np.integer)) or not hidden:
+            raise ValueError(f"hidden must list at least one hidden width, got {hidden!r}")
+        hidden = [_count("hidden width", n, 1) for n in hidden]
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        self.n_in = n_in
         self.rule, self.learning, self.dropout = rule, learning, float(dropout)
         self.backend, self.dtype, self.n_classes = backend, np.dtype(dtype), int(n_classes)
         self.hidden = []
@@ -158,6 +194,33 @@ class MLP:
                                         weight_decay_out, momentum)
         return opts
 
+    # -- inputs ----------------------------------------------------------
+    def check_batch(self, x, labels=None):
+        """``x`` (m, n_in) as a backend array of the net's dtype and ``labels`` (m,) as int64, or an
+        error naming the argument.  Host arrays are also checked for NaN/Inf (x) and for labels
+        outside [0, n_classes); arrays already on a device are not read (no synchronisation)."""
+        be = self.backend
+        x = _real_array(be, x, "x")
+        if x.ndim != 2 or x.shape[1] != self.n_in:
+            raise ValueError(f"x must have shape (m, n_in={self.n_in}), got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("x has no samples (m=0)")
+        if isinstance(x, np.ndarray) and not np.isfinite(x).all():
+            raise ValueError("x contains NaN or Inf")
+        x = be.asarray(x, dtype=self.dtype)
+        if labels is None:
+            return x
+        labels = _real_array(be, labels, "labels")
+        if labels.shape != (x.shape[0],):
+            raise ValueError(f"labels must have shape (m,) = ({x.shape[0]},) (one integer class per row of x), "
+                             f"got {tuple(labels.shape)}")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+        if isinstance(labels, np.ndarray) and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise ValueError(f"labels must be in [0, n_classes) = [0, {self.n_classes}), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        return x, be.asarray(labels, dtype=np.int64)
+
     # -- passes ----------------------------------------------------------
     def _masks(self, rng, m):
         return [dropout_mask(self.backend, rng, (m, layer.shape[0]), self.dropout, self.dtype)
@@ -172,15 +235,16 @@ class MLP:
 
     def logits(self, x):
         """Test-time logits (m, n_classes): no dropout."""
-        return self.output.forward(self.features(x), self.backend)
+        return self.output.forward(self.features(_checked(self, x)), self.backend)
 
     def evaluate(self, x, labels, batch_size=2000):
         """(number correct, summed cross-entropy) over a data set, as Python numbers."""
         xp = self.backend.xp
         losses, hits, sizes = [], [], []
+        x, labels = _checked(self, x, labels)
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start:start + batch_size], labels[start:start + batch_size]
-            lb, _, cb = softmax_cross_entropy(self.logits(xb), yb, xp)
+            lb, _, cb = softmax_cross_entropy(self.output.forward(self.features(xb), self.backend), yb, xp)
             losses.append(lb)
             hits.append(cb)
             sizes.append(xb.shape[0])
@@ -195,6 +259,7 @@ class MLP:
         per mask, the mask made on the device: :mod:`threefactor.dropout`), one per
         hidden layer in order, so a seeded run is reproducible bit for bit.
         """
+        x, labels = self.check_batch(x, labels)
         masks = self._masks(rng, x.shape[0])
         if self.learning == "backprop":
             loss, correct, hidden_grads, out_grads = backprop.forward_backward(

@@ -41,6 +41,14 @@ def _xp(a):
     return np
 
 
+def _check_nonneg(name, value, positive=False):
+    """``value`` as a finite float >= 0 (> 0 with ``positive``), else a ValueError naming ``name``."""
+    value = float(value)
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value}")
+    return value
+
+
 def _check_lr(lr):
     lr = float(lr)
     if not (math.isfinite(lr) and lr >= 0):
@@ -115,10 +123,8 @@ class SGD:
         self.lr = _check_lr(lr)
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if float(weight_decay) < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = _check_nonneg("weight_decay", weight_decay)
         self.buffers = [_xp(p).zeros_like(p) for p in self.params]
         self.steps = 0
 
@@ -188,7 +194,8 @@ class AdamW:
         b1, b2 = (float(b) for b in betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
-        self.betas, self.eps, self.weight_decay = (b1, b2), float(eps), float(weight_decay)
+        self.betas, self.eps = (b1, b2), _check_nonneg("eps", eps, positive=True)
+        self.weight_decay = _check_nonneg("weight_decay", weight_decay)
         self.m = [_xp(p).zeros_like(p) for p in self.params]
         self.v = [_xp(p).zeros_like(p) for p in self.params]
         self.steps = 0
