@@ -42,7 +42,12 @@ def parse_args(argv=None):
     p.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"], help="where to train")
     p.add_argument("--seed", type=int, default=0, help="initial weights, batch order and dropout")
     p.add_argument("--out", default="third_factor.png", help="the figure (PNG)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.batch < 10:
+        p.error(f"--batch must be >= 10 (at least one test sample per class), got {args.batch}")
+    if args.epochs < 0:
+        p.error(f"--epochs must be >= 0, got {args.epochs}")
+    return args
 
 
 def pictured_batch(ds, per_class):
@@ -76,7 +81,7 @@ def train(net, opts, ds, epochs, subset, rng, batch_size):
         correct, _ = net.evaluate(be.asarray(ds.x_test), be.asarray(ds.y_test))
         history.append(sums / n)
         print(f"epoch {epoch}: test accuracy {100.0 * correct / len(ds.y_test):.2f} %, "
-              f"L = {', '.join(f'{o:.4f}' for o in history[-1])}")
+              f"L = {', '.join(f'{o:.3e}' for o in history[-1])}")
     return np.array(history)
 
 
@@ -140,8 +145,8 @@ def main(argv=None):
     after = first_layer_matrices(net, xb, yb)
     for name, (K, A, kyc, gamma) in (("before", before), ("after", after)):
         same = yb[:, None] == yb[None, :]
-        print(f"{name}: mean K same class {K[same].mean():.3f}, other {K[~same].mean():.3f}; "
-              f"L on the pictured batch {float(layer_objective(K, kyc, gamma)):.4f}")
+        print(f"{name}: mean K same class {K[same].mean():.5f}, other {K[~same].mean():.5f}; "
+              f"L on the pictured batch {float(layer_objective(K, kyc, gamma)):.3e}")
     plot(before, after, history, yb, args.out)
     return before, after, history
 

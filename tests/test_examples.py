@@ -126,3 +126,13 @@ def test_online_circuit_switches_follow_the_discrete_two_point_update(gaps):
     run = ex.simulate(np.random.default_rng(1), prototypes, background, w0, trule, 10, gaps)
     cos = _switch_cosines(ex, run, trule)
     assert len(cos) == 8 and np.all(cos >= 0.8), np.round(cos, 2)
+
+
+@pytest.mark.parametrize("argv, message", [(["--batch", "5"], "--batch must be >= 10"),
+                                           (["--epochs", "-1"], "--epochs must be >= 0")])
+def test_third_factor_anatomy_refuses_a_batch_without_every_class(argv, message, capsys):
+    # --batch 5 gave 0 samples per class and crashed on an empty array after loading the data
+    ex = _load("third_factor_anatomy")
+    with pytest.raises(SystemExit):
+        ex.parse_args(argv)
+    assert message in capsys.readouterr().err
