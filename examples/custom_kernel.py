@@ -61,7 +61,8 @@ def parse_args(argv=None):
 
 
 def check(kernel):
-    """check_rule for the plain and the grp+div form of the rule; prints one line per check."""
+    """check_rule for the plain and the grouped form of the rule (grp and grp+div have the same update:
+    divisive normalisation changes only what the layer passes on); prints one line per check."""
     results = []
     for rule in (Rule(kernel=kernel), Rule(kernel=kernel, groups=4, p=0.2)):
         for r in check_rule(rule, raise_on_failure=True):

@@ -123,3 +123,26 @@ def test_optimizers_refuse_nonsense_hyperparameters(make, match):
 def test_make_optimizers_names_a_bad_adamw_weight_decay():
     with pytest.raises(ValueError, match=r"weight_decay must be"):
         _net().make_optimizers(0.1, 0.1, weight_decay_out=-1e-6, optimizer="adamw")
+
+
+def test_a_conv_net_checks_its_batches_too():
+    """ConvNet borrowed MLP.logits/evaluate without a check of its own: a label of -1 indexed the last
+    class and a wrongly shaped image failed deep inside im2col."""
+    from threefactor.backends import get_backend
+    from threefactor.conv_layers import ConvNet
+    from threefactor.rules import Rule
+    rng = np.random.default_rng(0)
+    net = ConvNet((1, 8, 8), "conv4-pool-fc8", 3, Rule(groups=2), backend=get_backend("numpy"), rng=rng)
+    opts = net.make_optimizers(0.1, 0.1)
+    x, y = rng.normal(size=(6, 1, 8, 8)), np.array([0, 1, 2, 0, 1, 2])
+    before = [p.copy() for p in net.parameters().values()]
+    for bad_x, bad_y, match in ((x[:, :, :7], y, r"x must have shape \(m, C, H, W\) = \(m, 1, 8, 8\), got \(6, 1, 7, 8\)"),
+                                (x, y - 1, r"labels must be in \[0, n_classes\) = \[0, 3\)"),
+                                (np.where(x > 2, np.nan, x), y, r"x contains NaN or Inf")):
+        with pytest.raises(ValueError, match=match):
+            net.train_step(bad_x, bad_y, opts, rng)
+        with pytest.raises(ValueError, match=match):
+            net.evaluate(bad_x, bad_y)
+    assert all(np.array_equal(a, b) for a, b in zip(before, net.parameters().values()))   # nothing moved
+    stats = net.train_step(x, y, opts, rng)                    # float64 batch, float32 net: cast, trains
+    assert stats.loss.dtype == np.float32 and np.isfinite(stats.loss)

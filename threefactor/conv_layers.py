@@ -27,7 +27,7 @@ from . import backprop, batchnorm, conv, conv_rule, presets
 from .batchnorm import BatchNorm
 from .dropout import alpha_dropout, dropout_mask  # noqa: F401  (alpha_dropout re-exported)
 from .layers import HiddenLayer, OutputLayer, softmax_cross_entropy, uniform_init
-from .networks import MLP, StepStats, check_learning
+from .networks import MLP, StepStats, check_batch, check_learning
 from .presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table6_preset  # noqa: F401  (re-exported)
 from .rules import Rule
 
@@ -201,6 +201,7 @@ class ConvNet:
             raise ValueError(f"in_shape must be (C, H, W), got {tuple(in_shape)}")
         self.rule, self.learning, self.dropout = rule, learning, float(dropout)
         self.backend, self.dtype, self.n_classes = backend, np.dtype(dtype), int(n_classes)
+        self.in_shape = tuple(int(s) for s in in_shape)
         self.alpha_dropout = rule.activation == "selu"
         self.blocks = parse_arch(arch, width)
         self.hidden, self.out_shapes = [], []
@@ -259,8 +260,15 @@ class ConvNet:
                 h = h + add
         return h.reshape(h.shape[0], -1)
 
+    def check_batch(self, x, labels=None):
+        """``x`` (m, C, H, W) as a backend array of the net's dtype and ``labels`` (m,) as int64, or an
+        error naming the argument (:func:`threefactor.networks.check_batch`)."""
+        c, h, w = self.in_shape
+        return check_batch(self, x, labels, self.in_shape, f"(m, C, H, W) = (m, {c}, {h}, {w})")
+
     def train_step(self, x, labels, optimizers, rng):
         """One mini-batch of learning (local rules step during the forward pass); :class:`StepStats`."""
+        x, labels = self.check_batch(x, labels)
         be = self.backend
         drops = self._drops(rng, x.shape[0])
         if self.learning == "backprop":

@@ -89,6 +89,34 @@ def _checked(net, x, labels=None):
     return x if labels is None else (x, labels)
 
 
+def check_batch(net, x, labels, sample_shape, expected):
+    """A training or test batch of ``net`` (its ``backend``, ``dtype``, ``n_classes``): ``x`` of shape
+    (m, *sample_shape) as a backend array of the net's dtype and ``labels`` (m,) as int64, or an error
+    naming the argument (``expected`` spells x's shape).  Host arrays are also checked for NaN/Inf (x)
+    and for labels outside [0, n_classes); arrays already on a device are not read (no synchronisation)."""
+    be = net.backend
+    x = _real_array(be, x, "x")
+    if tuple(x.shape[1:]) != tuple(sample_shape):
+        raise ValueError(f"x must have shape {expected}, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x has no samples (m=0)")
+    if isinstance(x, np.ndarray) and not np.isfinite(x).all():
+        raise ValueError("x contains NaN or Inf")
+    x = be.asarray(x, dtype=net.dtype)
+    if labels is None:
+        return x
+    labels = _real_array(be, labels, "labels")
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape (m,) = ({x.shape[0]},) (one integer class per row of x), "
+                         f"got {tuple(labels.shape)}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    if isinstance(labels, np.ndarray) and (labels.min() < 0 or labels.max() >= net.n_classes):
+        raise ValueError(f"labels must be in [0, n_classes) = [0, {net.n_classes}), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return x, be.asarray(labels, dtype=np.int64)
+
+
 class MLP:
     """Fully connected net: ``n_in -> hidden[0] -> ... -> hidden[-1] -> n_classes``.
 
@@ -197,29 +225,8 @@ class MLP:
     # -- inputs ----------------------------------------------------------
     def check_batch(self, x, labels=None):
         """``x`` (m, n_in) as a backend array of the net's dtype and ``labels`` (m,) as int64, or an
-        error naming the argument.  Host arrays are also checked for NaN/Inf (x) and for labels
-        outside [0, n_classes); arrays already on a device are not read (no synchronisation)."""
-        be = self.backend
-        x = _real_array(be, x, "x")
-        if x.ndim != 2 or x.shape[1] != self.n_in:
-            raise ValueError(f"x must have shape (m, n_in={self.n_in}), got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError("x has no samples (m=0)")
-        if isinstance(x, np.ndarray) and not np.isfinite(x).all():
-            raise ValueError("x contains NaN or Inf")
-        x = be.asarray(x, dtype=self.dtype)
-        if labels is None:
-            return x
-        labels = _real_array(be, labels, "labels")
-        if labels.shape != (x.shape[0],):
-            raise ValueError(f"labels must have shape (m,) = ({x.shape[0]},) (one integer class per row of x), "
-                             f"got {tuple(labels.shape)}")
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-        if isinstance(labels, np.ndarray) and (labels.min() < 0 or labels.max() >= self.n_classes):
-            raise ValueError(f"labels must be in [0, n_classes) = [0, {self.n_classes}), got values in "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
-        return x, be.asarray(labels, dtype=np.int64)
+        error naming the argument (:func:`check_batch`)."""
+        return check_batch(self, x, labels, (self.n_in,), f"(m, n_in={self.n_in})")
 
     # -- passes ----------------------------------------------------------
     def _masks(self, rng, m):
