@@ -16,16 +16,10 @@ import pytest
 
 import threefactor as tf
 from threefactor import pairwise
-from threefactor.backends import BackendUnavailable, get_backend
+from threefactor.backends import get_backend
 from threefactor.rules import Rule
 
-
-def backend_usable(name):
-    try:
-        get_backend(name)
-    except (BackendUnavailable, ImportError):
-        return False
-    return True
+from conftest import backend_usable
 
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}

@@ -19,26 +19,18 @@ import warnings
 import numpy as np
 
 from . import engine
+from .arrays import as_array, type_name
 from .backends import get_backend
 from .rules import Rule
 from .third_factor import third_factor_grouped, third_factor_plain
 
 
 def _array(be, value, argument):
-    """``value`` as an array of ``be`` (as it is) or of numpy; a TypeError naming ``argument`` when
-    it is not an array of numbers (None, strings, a device array given to a host backend)."""
-    if be.is_native(value):
-        return value
-    kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
-    if hasattr(value, "__cuda_array_interface__"):
-        raise TypeError(f"{argument} is a GPU array ({kind}) but backend={be.name!r} works on host arrays: "
-                        f"use backend='cupy', or copy it to the host first (e.g. {argument}.get())")
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:
-        raise TypeError(f"{argument} must be an array of numbers, got {kind}: {exc}") from None
-    if arr.dtype.kind in "OUSV":
-        raise TypeError(f"{argument} must be an array of numbers, got {kind}"
+    """``value`` as an array of ``be`` (as it is) or of numpy (:func:`threefactor.arrays.as_array`); a
+    TypeError naming ``argument`` when what was given is not an array of numbers (None, strings)."""
+    arr = as_array(be, value, argument)
+    if not be.is_native(value) and arr.dtype.kind in "OUSV":
+        raise TypeError(f"{argument} must be an array of numbers, got {type_name(value)}"
                         + (f" of dtype {arr.dtype}" if arr.dtype.kind != "O" else ""))
     return arr
 

@@ -27,6 +27,7 @@ from typing import Any, List
 import numpy as np
 
 from . import backprop
+from .arrays import real_array
 from .batchnorm import BatchNorm
 from .dropout import dropout_mask
 from .layers import HiddenLayer, OutputLayer, softmax_cross_entropy, uniform_init
@@ -67,19 +68,6 @@ class StepStats:
     objectives: List[Any] = field(default_factory=list)
 
 
-def _real_array(be, value, name):
-    """``value`` as it is (an array of backend ``be``) or as a numpy array; a TypeError naming
-    ``name`` unless it holds real numbers."""
-    if not be.is_native(value):
-        try:
-            value = np.asarray(value)
-        except Exception as exc:
-            raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__}: {exc}") from None
-    if value.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
-    return value
-
-
 def _checked(net, x, labels=None):
     """``net.check_batch(x, labels)`` where the net has one; as given otherwise (the conv nets of
     :mod:`threefactor.conv_layers` borrow :meth:`MLP.logits` and :meth:`MLP.evaluate`)."""
@@ -95,7 +83,7 @@ def check_batch(net, x, labels, sample_shape, expected):
     naming the argument (``expected`` spells x's shape).  Host arrays are also checked for NaN/Inf (x)
     and for labels outside [0, n_classes); arrays already on a device are not read (no synchronisation)."""
     be = net.backend
-    x = _real_array(be, x, "x")
+    x = real_array(be, x, "x")
     if tuple(x.shape[1:]) != tuple(sample_shape):
         raise ValueError(f"x must have shape {expected}, got {tuple(x.shape)}")
     if x.shape[0] == 0:
@@ -105,7 +93,7 @@ def check_batch(net, x, labels, sample_shape, expected):
     x = be.asarray(x, dtype=net.dtype)
     if labels is None:
         return x
-    labels = _real_array(be, labels, "labels")
+    labels = real_array(be, labels, "labels")
     if labels.shape != (x.shape[0],):
         raise ValueError(f"labels must have shape (m,) = ({x.shape[0]},) (one integer class per row of x), "
                          f"got {tuple(labels.shape)}")

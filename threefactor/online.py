@@ -50,6 +50,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
+from .arrays import real_array
 from .backends import get_backend
 from .rules import Rule
 
@@ -138,22 +139,6 @@ def check_lr(lr) -> float:
     if not (np.isfinite(lr) and lr >= 0):
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     return float(lr)
-
-
-def real_array(be, value, name):
-    """``value`` as it is (an array of backend ``be``) or as a numpy array; a TypeError naming
-    ``name`` unless it holds real numbers (lists are fine; strings, objects, complex are not)."""
-    if not be.is_native(value):
-        if hasattr(value, "__cuda_array_interface__"):
-            raise TypeError(f"{name} is a GPU array but backend={be.name!r} works on host arrays: use "
-                            f"backend='cupy', or copy it to the host first")
-        try:
-            value = np.asarray(value)
-        except Exception as exc:
-            raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__}: {exc}") from None
-    if value.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
-    return value
 
 
 class NonFiniteError(ValueError):

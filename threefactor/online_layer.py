@@ -19,10 +19,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .arrays import real_array
 from .backends import get_backend
 from .layers import HiddenLayer
 from .online import (Activity, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, check_finite_host,
-                     check_labels, circuit_b2, layer_activity, real_array, two_point_post)
+                     check_labels, circuit_b2, layer_activity, two_point_post)
 from .rules import Rule
 
 

@@ -112,7 +112,11 @@ def read_document(path, flag="--targets"):
 
 def load(paths, flag="--targets"):
     """(label, document) for each bench JSON path (:func:`read_document`)."""
-    return [(_label(path, doc), doc) for path in paths for doc in [read_document(path, flag)]]
+    docs = []
+    for path in paths:
+        doc = read_document(path, flag)
+        docs.append((_label(path, doc), doc))
+    return docs
 
 
 def _label(path, doc):
