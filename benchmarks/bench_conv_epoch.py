@@ -35,12 +35,12 @@ import sys
 
 import numpy as np
 
-from threefactor import bench
-from threefactor.atomic import write_json
+from threefactor.bench import suite as bench
+from threefactor.training.atomic import write_json
 from threefactor.backends import BACKENDS, get_backend
-from threefactor.conv_layers import ConvLayer, parse_arch
-from threefactor.machine import set_threads
-from threefactor.train import build_network, resolve_config
+from threefactor.nn.convnet import ConvLayer, parse_arch
+from threefactor.bench.machine import set_threads
+from threefactor.training.train import build_network, resolve_config
 
 IMAGE, N_CLASSES, N_TRAIN = (3, 32, 32), 10, 50_000
 LR_LOCAL, LR_OUT = 0.4, 1e-4
@@ -73,7 +73,7 @@ def torch_layer(torch, F, h, w, conv, pool, rule, Ky, dropout, divisive=True):
     (threefactor.torch_ref's pieces); r = ẑ/u^p over contiguous groups (Eq. 21), then
     (alpha) dropout with probability ``dropout``.
     """
-    from threefactor import torch_ref as tr
+    from threefactor.verify import torch_ref as tr
 
     a = F.conv2d(h, w, padding=1) if conv else h.reshape(h.shape[0], -1) @ w.T
     if rule.activation == "selu":
@@ -111,7 +111,7 @@ def torch_call(cfg, net, x_h, y_h, device, tf32=False):
     import torch
     import torch.nn.functional as F
 
-    from threefactor import torch_ref as tr
+    from threefactor.verify import torch_ref as tr
 
     tdt = torch.float32 if np.dtype(cfg["dtype"]) == np.float32 else torch.float64
     to_t = lambda a: torch.as_tensor(net.backend.to_numpy(a), device=device, dtype=tdt).clone()

@@ -26,12 +26,13 @@ import argparse
 
 import numpy as np
 
-from threefactor import bench, bench_cli
-from threefactor.atomic import write_json
+from threefactor.bench import suite as bench
+from threefactor.cli import bench as bench_cli
+from threefactor.training.atomic import write_json
 from threefactor.backends import BackendUnavailable, get_backend
-from threefactor.online import TwoPointUpdate, apply_update
-from threefactor.online_layer import OnlineLayer
-from threefactor.rules import Rule
+from threefactor.rule.online import TwoPointUpdate, apply_update
+from threefactor.nn.online_layer import OnlineLayer
+from threefactor.rule.rules import Rule
 
 LR = 1e-7          # tiny: W barely moves however often a candidate runs
 N_CLASSES = 10

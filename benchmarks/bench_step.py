@@ -8,7 +8,7 @@ The benchmark lives in :mod:`threefactor.bench_step` (also ``threefactor bench -
 """
 import sys
 
-from threefactor.bench_step import main
+from threefactor.bench.step import main
 
 if __name__ == "__main__":
     sys.exit(main())

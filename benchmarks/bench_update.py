@@ -8,7 +8,7 @@ See :mod:`threefactor.bench` for what is measured and the JSON keys, :mod:`three
 """
 import sys
 
-from threefactor.cli import main
+from threefactor.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

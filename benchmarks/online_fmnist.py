@@ -21,9 +21,9 @@ import time
 import numpy as np
 
 from threefactor.backends import get_backend
-from threefactor.online_layer import make_online
-from threefactor.runs import RunDir
-from threefactor.train import build_network, load_data, resolve_config, run_epochs
+from threefactor.nn.online_layer import make_online
+from threefactor.training.runs import RunDir
+from threefactor.training.train import build_network, load_data, resolve_config, run_epochs
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@
 Shows how much slower the unavoidable matrix products run inside the pipeline than in isolation.
 """
 import time, numpy as np, collections
-from threefactor.train import resolve_config, build_network
+from threefactor.training.train import resolve_config, build_network
 from threefactor import get_backend
 from threefactor.backends.numpy import NumpyBackend
 cfg = resolve_config(backend="numba")

@@ -33,11 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_conv_epoch as conv  # noqa: E402
 
-from threefactor import bench  # noqa: E402
-from threefactor.atomic import write_json  # noqa: E402
-from threefactor import bench_step as mlp  # noqa: E402
+from threefactor.bench import suite as bench  # noqa: E402
+from threefactor.training.atomic import write_json  # noqa: E402
+from threefactor.bench import step as mlp  # noqa: E402
 from threefactor.backends import get_backend  # noqa: E402
-from threefactor.machine import machine_info  # noqa: E402
+from threefactor.bench.machine import machine_info  # noqa: E402
 
 
 def _sync():
@@ -110,7 +110,7 @@ def ab_choices(small=False):
 
     from threefactor.backends import _conv_cupy
     from threefactor.backends.cupy import CupyBackend
-    from threefactor.conv import im2col
+    from threefactor.rule.conv import im2col
 
     rng = np.random.default_rng(0)
     rows = []
@@ -177,8 +177,8 @@ def workloads(which, device="cuda", small=False):
         found["vgg"] = (conv.ours_call(cfg, net, rng, x_h, y_h),
                         {"autograd_fp32": with_tf32(False), "autograd_tf32": with_tf32(True)})
     if "update" in which:
-        from threefactor import engine
-        from threefactor.bench import VARIANTS, N_CLASSES
+        from threefactor.rule import engine
+        from threefactor.bench.suite import VARIANTS, N_CLASSES
         be = get_backend("cupy")
         rule = VARIANTS["gauss"]
         rng = np.random.default_rng(0)

@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from threefactor.presets import COLUMNS, DATASETS, column_name, preset_name
-from threefactor.report import markdown_table, summarize
-from threefactor.runs import RunDir
-from threefactor.train import load_data, resolve_config, train
+from threefactor.training.presets import COLUMNS, DATASETS, column_name, preset_name
+from threefactor.training.report import markdown_table, summarize
+from threefactor.training.runs import RunDir
+from threefactor.training.train import load_data, resolve_config, train
 
 _ALIASES = {"lastlayer": "last-layer", "grpdiv": "grp+div"}
 

@@ -23,10 +23,10 @@ import argparse
 import numpy as np
 
 import threefactor as tf
-from threefactor.check import check_rule
-from threefactor.rules import Rule
-from threefactor.networks import MLP
-from threefactor.train import make_rule, resolve_config
+from threefactor.verify.gradcheck import check_rule
+from threefactor.rule.rules import Rule
+from threefactor.nn.mlp import MLP
+from threefactor.training.train import make_rule, resolve_config
 
 
 class InverseMultiquadric:

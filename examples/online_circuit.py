@@ -35,9 +35,9 @@ import argparse
 
 import numpy as np
 
-from threefactor.continuous import KappaReadout, MemoryVariable, readout_lag
-from threefactor.online import TwoPointRule, centred_factor, change_b2
-from threefactor.rules import Rule
+from threefactor.rule.continuous import KappaReadout, MemoryVariable, readout_lag
+from threefactor.rule.online import TwoPointRule, centred_factor, change_b2
+from threefactor.rule.rules import Rule
 
 N_IN, N_OUT, N_CLASSES = 8, 5, 3
 DT, TAU_X = 0.01, 0.02                # time step and input rise time (fast next to τ_ω: Eq. 15 needs it)

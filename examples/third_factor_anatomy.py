@@ -27,10 +27,10 @@ import argparse
 import numpy as np
 
 import threefactor as tf
-from threefactor.engine import layer_pass
-from threefactor.objective import layer_objective
-from threefactor.third_factor import gaussian_weights
-from threefactor.train import build_network, resolve_config
+from threefactor.rule.engine import layer_pass
+from threefactor.rule.objective import layer_objective
+from threefactor.rule.third_factor import gaussian_weights
+from threefactor.training.train import build_network, resolve_config
 
 
 def parse_args(argv=None):

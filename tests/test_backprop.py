@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
-from threefactor import backprop
+from threefactor.nn import backprop
 from threefactor.backends import get_backend
-from threefactor.grouping import divisive_norm, group_stats
-from threefactor.dropout import dropout_mask
-from threefactor.layers import softmax_cross_entropy
-from threefactor.networks import MLP
-from threefactor.rules import Rule
+from threefactor.rule.grouping import divisive_norm, group_stats
+from threefactor.nn.dropout import dropout_mask
+from threefactor.nn.layers import softmax_cross_entropy
+from threefactor.nn.mlp import MLP
+from threefactor.rule.rules import Rule
 
 BE = get_backend("numpy")
 

@@ -5,17 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from threefactor import Rule, pairwise
+from threefactor import Rule
+from threefactor.verify import naive as pairwise
 from threefactor.backends import BackendUnavailable, get_backend
-from threefactor.backprop import forward_backward, network_loss
-from threefactor.batchnorm import BatchNorm, naive_batchnorm
-from threefactor.check import complex_step_gradient
-from threefactor.conv_layers import TABLE6, ConvLayer, ConvNet
-from threefactor.conv_rule import naive_objective
-from threefactor.layers import HiddenLayer
-from threefactor.networks import MLP
-from threefactor.report import find_runs, markdown_table, summarize
-from threefactor.train import default_out, resolve_config, train
+from threefactor.nn.backprop import forward_backward, network_loss
+from threefactor.rule.batchnorm import BatchNorm, naive_batchnorm
+from threefactor.verify.gradcheck import complex_step_gradient
+from threefactor.nn.convnet import TABLE6, ConvLayer, ConvNet
+from threefactor.rule.conv_rule import naive_objective
+from threefactor.nn.layers import HiddenLayer
+from threefactor.nn.mlp import MLP
+from threefactor.training.report import find_runs, markdown_table, summarize
+from threefactor.training.train import default_out, resolve_config, train
 
 from test_train import _quiet
 from test_train_conv import _data
@@ -258,7 +259,7 @@ def test_eval_uses_running_statistics_and_checkpoint_holds_them(tmp_path):
     again, _, _ = part.load_checkpoint()
     assert again.keys() == params.keys() and all(np.array_equal(again[k], params[k]) for k in params)
     # evaluation normalises with the running statistics, not the test batch's own
-    from threefactor.train import build_network
+    from threefactor.training.train import build_network
     net = build_network(cfg, (1, 12, 12), 4, NP, np.random.default_rng(0))
     net.load_parameters(params)
     xt = data[2][:50]
@@ -293,7 +294,7 @@ def test_bad_batchnorm_options_are_named(options, match):
 
 
 def test_mlp_with_batchnorm_trains_and_cli_flag(tmp_path, capsys):
-    from threefactor import cli
+    from threefactor.cli import main as cli
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="nothing to learn"):
         MLP(4, [4], 2, Rule(), learning="last-layer", backend=NP, rng=rng, batchnorm=True)
@@ -326,7 +327,7 @@ def test_cupy_batchnorm_net_trains_like_numpy(tmp_path, rule, grouping):
 # -- threefactor check --batchnorm ---------------------------------------------------------
 
 def test_check_batchnorm_matrix_passes_and_catches_a_wrong_gradient(monkeypatch):
-    from threefactor.check_batchnorm import check_batchnorm_all
+    from threefactor.verify.gradcheck_batchnorm import check_batchnorm_all
     results = check_batchnorm_all(backends=("numpy", "numba"), activations=("lrelu", "selu"))
     assert len(results) == 3 * 3 * 2 * 2 * 3 * 2       # kernel x grouping x act x kind x param x backend
     assert all(r.passed for r in results), [r for r in results if not r.passed]
@@ -343,7 +344,7 @@ def test_check_batchnorm_matrix_passes_and_catches_a_wrong_gradient(monkeypatch)
 
 
 def test_check_cli_batchnorm_flag(tmp_path, capsys):
-    from threefactor import cli
+    from threefactor.cli import main as cli
     out = tmp_path / "check.json"
     rc = cli.main(["check", "--batchnorm", "--no-conv", "--kernel", "cosine", "--grouping", "grp",
                    "--activation", "lrelu", "--method", "complex", "--backend", "numpy", "--json", str(out)])

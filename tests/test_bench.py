@@ -6,9 +6,11 @@ import re
 import numpy as np
 import pytest
 
-from threefactor import bench, bench_cli, cli
-from threefactor.atomic import write_json
-from threefactor.machine import blas_threads, machine_info
+from threefactor.bench import suite as bench
+from threefactor.cli import bench as bench_cli
+from threefactor.cli import main as cli
+from threefactor.training.atomic import write_json
+from threefactor.bench.machine import blas_threads, machine_info
 
 RECORD_KEYS = {"backend", "dtype", "rule", "m", "n_in", "n_out", "update_s", "update_iqr_s", "repeats",
                "public_s", "synapses_per_s", "peak_mem_bytes", "mem_method", "gemm", "ratio_floor",
@@ -49,7 +51,7 @@ def test_peak_memory_sees_numpy_buffers():
 
 @pytest.fixture
 def restore_threads():
-    from threefactor.machine import set_threads
+    from threefactor.bench.machine import set_threads
 
     before = blas_threads()
     yield
@@ -148,7 +150,7 @@ def test_bench_step_script_runs_tiny(tmp_path, capsys):
 
 def test_bench_step_flag_adds_the_mlp_step(tmp_path, capsys):
     """threefactor bench --step: the suite's JSON, then the Table 1 MLP step's next to it."""
-    from threefactor import cli
+    from threefactor.cli import main as cli
 
     out = tmp_path / "suite.json"
     assert cli.main(["bench", "--quick", "--backend", "numpy", "--m", "16", "--shapes", "32x64", "--rules",
@@ -274,7 +276,7 @@ def test_rules_accept_the_other_commands_spellings():
 
 
 def test_bench_step_script_refuses_bad_use(tmp_path, capsys):
-    from threefactor import bench_step
+    from threefactor.bench import step as bench_step
 
     for argv, expected in [(["--groups", "3"], "--groups 3 does not suit --hidden 1024"),
                            (["--budget", "inf"], "finite"),
@@ -286,7 +288,8 @@ def test_bench_step_script_refuses_bad_use(tmp_path, capsys):
 
 
 def test_names_that_moved_out_of_bench_still_import():
-    from threefactor import atomic, machine
+    from threefactor.training import atomic
+    from threefactor.bench import machine
     assert bench.configure_parser is bench_cli.configure_parser and bench.run is bench_cli.run
     assert bench.markdown_summary is bench_cli.markdown_summary
     assert bench.write_json is atomic.write_json and bench.set_threads is machine.set_threads

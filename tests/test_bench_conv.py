@@ -6,8 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from threefactor import conv_rule
-from threefactor.rules import Rule
+from threefactor.rule import conv_rule
+from threefactor.rule.rules import Rule
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv_epoch.py"
 _spec = importlib.util.spec_from_file_location("bench_conv_epoch", _PATH)
@@ -52,7 +52,7 @@ def test_torch_layer_loss_is_the_conv_rule_objective():
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
 
-    from threefactor import torch_ref as tr
+    from threefactor.verify import torch_ref as tr
 
     rule = Rule(kernel="gaussian", sigma=5.0, gamma=2.0, activation="selu", groups=2, p=0.2, delta=1.0)
     rng = np.random.default_rng(0)

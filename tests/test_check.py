@@ -10,13 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from threefactor import cli
+from threefactor.cli import main as cli
 from threefactor.backends.numpy import NumpyBackend
-from threefactor.check import (GradcheckError, assert_update_matches, check_all, check_conv_all, check_rule,
-                               relative_error)
-from threefactor.check_cli import write_json
-from threefactor.rules import Rule
-from threefactor.torch_ref import torch_available
+from threefactor.verify.gradcheck import GradcheckError, assert_update_matches, check_all, check_conv_all, check_rule, relative_error
+from threefactor.cli.check import write_json
+from threefactor.rule.rules import Rule
+from threefactor.verify.torch_ref import torch_available
 
 
 class Polynomial:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import threefactor
-from threefactor import cli
+from threefactor.cli import main as cli
 
 
 def _parser(command):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from threefactor.continuous import (kappa, kappa_taps, memory_readout, memory_trace, readout_lag,
-                                    smoothed_derivative)
+from threefactor.rule.continuous import kappa, kappa_taps, memory_readout, memory_trace, readout_lag, smoothed_derivative
 
 
 def _relax(target, tau, dt):
@@ -119,7 +118,7 @@ def test_bad_arguments(call, match):
 
 
 def test_streaming_readouts_equal_the_trace_functions():
-    from threefactor.continuous import KappaReadout, MemoryVariable
+    from threefactor.rule.continuous import KappaReadout, MemoryVariable
     rng = np.random.default_rng(2)
     dt, c1, c2, c = 0.1, 2.0, 1.5, 1e-3
     z = np.repeat(rng.normal(0, 3, (12, 3)), 40, axis=0)

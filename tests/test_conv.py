@@ -12,10 +12,14 @@ import functools
 import numpy as np
 import pytest
 
-from threefactor import conv, conv_rule, layer_output, local_objective, local_update, pairwise, third_factor
+from threefactor import layer_output, local_objective, local_update
+from threefactor.rule import conv
+from threefactor.rule import conv_rule
+from threefactor.verify import naive as pairwise
+from threefactor import third_factor
 from threefactor.backends import BackendUnavailable, get_backend
-from threefactor.check import complex_step_gradient, relative_error
-from threefactor.rules import ACTIVATIONS, KERNELS, Rule
+from threefactor.verify.gradcheck import complex_step_gradient, relative_error
+from threefactor.rule.rules import ACTIVATIONS, KERNELS, Rule
 
 # the functional-API cases omit n_classes for brevity (labels 0..2 of a 3-class problem)
 pytestmark = pytest.mark.filterwarnings("ignore:n_classes not given:UserWarning")
@@ -313,8 +317,7 @@ def test_cupy_update_matches_reference(kernel, grouping, pool):
 
 # -- networks (conv_layers) ----------------------------------------------------------
 
-from threefactor.conv_layers import (ARCHS, TABLE6, ConvNet, alpha_dropout, build_convnet,  # noqa: E402
-                                     parse_arch, table6_preset)
+from threefactor.nn.convnet import ARCHS, TABLE6, ConvNet, alpha_dropout, build_convnet, parse_arch, table6_preset
 
 
 def test_parse_arch():

@@ -11,11 +11,12 @@ import functools
 import numpy as np
 import pytest
 
-from threefactor import layer_output, local_objective, local_update, pairwise, third_factor
-from threefactor.activations import activate
-from threefactor.check import (complex_step_gradient, make_problem, reference_updates,
-                               relative_error, variants)
-from threefactor.rules import ACTIVATIONS, KERNELS, LABEL_KERNELS, Rule
+from threefactor import layer_output, local_objective, local_update
+from threefactor.verify import naive as pairwise
+from threefactor import third_factor
+from threefactor.rule.activations import activate
+from threefactor.verify.gradcheck import complex_step_gradient, make_problem, reference_updates, relative_error, variants
+from threefactor.rule.rules import ACTIVATIONS, KERNELS, LABEL_KERNELS, Rule
 
 VARIANTS = dict(variants(label_kernels=LABEL_KERNELS))
 N_CLASSES = 3
@@ -175,7 +176,7 @@ def test_float32_in_float32_out(backend, make_problem):
 
 def test_torch_objective_equals_definition(make_problem):
     torch = pytest.importorskip("torch")
-    from threefactor.torch_ref import objective_torch, torch_available
+    from threefactor.verify.torch_ref import objective_torch, torch_available
     assert torch_available()
     for name in ["gaussian/grp+div/selu", "cosine/plain/relu", "linear/grp/lrelu/ylinear"]:
         rule = VARIANTS[name]
@@ -190,7 +191,7 @@ def test_torch_objective_equals_definition(make_problem):
 
 def test_layer_objective_is_the_two_phsic_terms():
     """The regrouped sum of objective.layer_objective equals pHSIC(Z,Z) - γ pHSIC(Y,Z) (Eq. 9)."""
-    from threefactor.objective import layer_objective, phsic
+    from threefactor.rule.objective import layer_objective, phsic
     rng = np.random.default_rng(3)
     for m in (1, 5, 64):
         K, Ky = rng.random((m, m)), rng.standard_normal((m, m))

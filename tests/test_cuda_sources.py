@@ -26,10 +26,8 @@ import pytest
 
 from threefactor.backends import _conv_cupy, _online_cupy
 from threefactor.backends import cupy as cupy_backend
-from threefactor.backends._cuda_source import (ElementwiseSource, LazyKernel, RawKernelSource,
-                                               RawModuleSource, lazy_kernels)
-from threefactor.backends._nvrtc_check import (CompileError, NvrtcUnavailable, check_source,
-                                               compile_cuda, elementwise_program, nvrtc_version)
+from threefactor.backends._cuda_source import ElementwiseSource, LazyKernel, RawKernelSource, RawModuleSource, lazy_kernels
+from threefactor.backends._nvrtc_check import CompileError, NvrtcUnavailable, check_source, compile_cuda, elementwise_program, nvrtc_version
 
 #: The modules that declare CUDA kernels (a test below checks that no other module does).
 KERNEL_MODULES = (cupy_backend, _conv_cupy, _online_cupy)

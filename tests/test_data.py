@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from threefactor import data, data_download
-from threefactor.data import DATASETS, DataError, Dataset, load_dataset
+from threefactor.data import datasets as data
+from threefactor.data import download as data_download
+from threefactor.data.datasets import DATASETS, DataError, Dataset, load_dataset
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 STEMS = list(data.IDX_FILES.values())

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from threefactor import dropout
+from threefactor.nn import dropout
 from threefactor.backends import get_backend
-from threefactor.dropout import (SPARSE_DROP_MAX, alpha_dropout, dropout_mask, host_keep, host_select,
-                                 splitmix_keep)
+from threefactor.nn.dropout import SPARSE_DROP_MAX, alpha_dropout, dropout_mask, host_keep, host_select, splitmix_keep
 
 PS = [0.01, SPARSE_DROP_MAX, 0.05, 0.3]
 
@@ -119,7 +118,7 @@ def test_cupy_keep_mask_is_its_reference(dtype):
 
 def _alpha_from_keep(keep, p, dtype):
     """Alpha dropout's (mult, add) by arithmetic on a 0/1 mask of ``dtype`` (the definition)."""
-    from threefactor.activations import SELU_ALPHA, SELU_SCALE
+    from threefactor.rule.activations import SELU_ALPHA, SELU_SCALE
     t, sat = np.dtype(dtype).type, SELU_SCALE * SELU_ALPHA
     a = ((1.0 - p) * (1.0 + p * sat * sat)) ** -0.5
     return keep * t(a), (keep - t(1.0 - p)) * t(a * sat)

@@ -64,7 +64,7 @@ def test_custom_kernel_pullback_is_the_gradient():
 
 
 def _fmnist_found():
-    from threefactor.data_download import find_dataset
+    from threefactor.data.download import find_dataset
     return find_dataset("fmnist", None) is not None
 
 
@@ -94,7 +94,7 @@ def test_examples_on_the_gpu(tmp_path, name, argv):
 def _switch_cosines(ex, run, trule):
     """Per stimulus switch i >= 2 (switch 1 has no b3 yet, so M = 0): cosine of the net ΔW over the
     switch's plasticity window with the discrete two-point update of the same pair (Eq. 57)."""
-    from threefactor.online import two_point_update
+    from threefactor.rule.online import two_point_update
     dt, on = ex.DT, np.rint(run["onsets"] / ex.DT).astype(int)
     window = int((ex.C1 + 9.0 / ex.C2) / dt) + int(run["lag"] / dt)
     cosines = []
@@ -116,8 +116,8 @@ def test_online_circuit_switches_follow_the_discrete_two_point_update(gaps):
     label signal c1 of a switch must act from its onset (it once arrived at the read-out's peak, so
     the first part of each bump used the previous switch's label: cosines down to -0.98)."""
     ex = _load("online_circuit")
-    from threefactor.online import TwoPointRule
-    from threefactor.rules import Rule
+    from threefactor.rule.online import TwoPointRule
+    from threefactor.rule.rules import Rule
     rng = np.random.default_rng(0)
     background = np.full(ex.N_IN, 0.2)
     prototypes = background + 1.5 * rng.standard_normal((ex.N_CLASSES, ex.N_IN))

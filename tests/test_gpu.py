@@ -16,11 +16,11 @@ if _N_GPUS < 1:
     pytest.skip("CuPy is installed but no GPU is visible", allow_module_level=True)
 
 import threefactor as tf  # noqa: E402
-from threefactor import engine  # noqa: E402
+from threefactor.rule import engine  # noqa: E402
 from threefactor.backends import cupy as cupy_backend  # noqa: E402
 from threefactor.backends import get_backend  # noqa: E402
 from threefactor.backends.numpy import NumpyBackend  # noqa: E402
-from threefactor.rules import Rule  # noqa: E402
+from threefactor.rule.rules import Rule  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 DTYPES = (np.float32, np.float64)
@@ -268,8 +268,8 @@ def test_an_update_never_synchronises(rule):
 
 
 def _nets():
-    from threefactor.conv_layers import ConvNet
-    from threefactor.networks import MLP
+    from threefactor.nn.convnet import ConvNet
+    from threefactor.nn.mlp import MLP
     mlp = lambda rng: MLP(64, [32, 32], 10, Rule(groups=4), divisive=True, dropout=0.1, backend=CP, rng=rng)
     conv = lambda rng: ConvNet((2, 8, 8), "conv4-pool-conv8-pool-fc16", 10, Rule(activation="selu", groups=2),
                                divisive=True, dropout=0.2, backend=CP, rng=rng)
@@ -307,7 +307,7 @@ def test_a_training_step_stays_on_the_device(name):
         np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=k)
 
 def test_bench_case_runs_on_the_gpu():
-    from threefactor import bench
+    from threefactor.bench import suite as bench
 
     r = bench.bench_case("cupy", 16, 32, 64, "gauss-grp+div", np.float32,
                          {"budget": 0.01, "min_repeats": 2, "warmup": 1})
@@ -366,7 +366,7 @@ def test_kernel_stats_block_count():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sgd_on_the_gpu_is_one_kernel_with_numpys_arithmetic(dtype):
-    from threefactor.optim import SGD
+    from threefactor.nn.optim import SGD
     rng = np.random.default_rng(3)
     w0 = rng.standard_normal((5, 7)).astype(dtype)
     grads = [rng.standard_normal((5, 7)).astype(dtype) for _ in range(3)]
@@ -387,7 +387,7 @@ def test_sgd_on_the_gpu_is_one_kernel_with_numpys_arithmetic(dtype):
 def test_softmax_cross_entropy_in_one_kernel(dtype, m, k):
     """The output layer's loss, gradient and hit count on the GPU = layers.softmax_cross_entropy on numpy
     (rows of equal logits included: the first maximum wins, as numpy's argmax)."""
-    from threefactor.layers import softmax_cross_entropy
+    from threefactor.nn.layers import softmax_cross_entropy
     rng = np.random.default_rng(m)
     logits = (3 * rng.standard_normal((m, k))).astype(dtype)
     logits[::5] = 0.5                                           # ties: argmax is the first class

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import threefactor as tf
-from threefactor import pairwise
+from threefactor.verify import naive as pairwise
 from threefactor.backends import get_backend
-from threefactor.rules import Rule
+from threefactor.rule.rules import Rule
 
 from conftest import backend_usable
 
@@ -98,7 +98,7 @@ def test_near_identity_update_matches_pair_sums(case, backend):
 @pytest.mark.parametrize("case", ["m2_n1024", "x100_m16", "sigma005_m16", "grouped_m16"])
 def test_the_autograd_oracle_matches_pair_sums_near_the_identity(case):
     pytest.importorskip("torch", reason="PyTorch is not installed (the optional oracle)")
-    from threefactor.torch_ref import autograd_update
+    from threefactor.verify.torch_ref import autograd_update
     x, w, y, rule = near_identity_problem(case)
     err = rel_err(autograd_update(x, w, y, 10, rule), pairwise.pairwise_update(x, w, y, 10, rule))
     assert err <= TOL[np.float64], f"{case}: torch autograd relative error {err:.3g} against the pair sums"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import threefactor as tf
-from threefactor.networks import MLP
-from threefactor.optim import SGD, AdamW
+from threefactor.nn.mlp import MLP
+from threefactor.nn.optim import SGD, AdamW
 
 
 def _net(**kw):
@@ -129,8 +129,8 @@ def test_a_conv_net_checks_its_batches_too():
     """ConvNet borrowed MLP.logits/evaluate without a check of its own: a label of -1 indexed the last
     class and a wrongly shaped image failed deep inside im2col."""
     from threefactor.backends import get_backend
-    from threefactor.conv_layers import ConvNet
-    from threefactor.rules import Rule
+    from threefactor.nn.convnet import ConvNet
+    from threefactor.rule.rules import Rule
     rng = np.random.default_rng(0)
     net = ConvNet((1, 8, 8), "conv4-pool-fc8", 3, Rule(groups=2), backend=get_backend("numpy"), rng=rng)
     opts = net.make_optimizers(0.1, 0.1)

@@ -318,7 +318,7 @@ def test_small_gemms_run_on_one_blas_thread(monkeypatch):
 
 
 def test_openblas_thread_api_round_trip():
-    from threefactor.machine import openblas_thread_api
+    from threefactor.bench.machine import openblas_thread_api
     api = openblas_thread_api()
     if api is None:
         pytest.skip("numpy's BLAS here is not OpenBLAS")

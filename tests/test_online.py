@@ -7,9 +7,8 @@ import pytest
 
 import threefactor as tf
 from threefactor.backends import BackendUnavailable, get_backend
-from threefactor.online import (TwoPointRule, TwoPointUpdate, apply_update, circuit_b2, layer_activity,
-                                two_point_update)
-from threefactor.online_layer import OnlineLayer
+from threefactor.rule.online import TwoPointRule, TwoPointUpdate, apply_update, circuit_b2, layer_activity, two_point_update
+from threefactor.nn.online_layer import OnlineLayer
 
 RULE = dict(sigma=1.3, gamma=1.7)
 
@@ -353,8 +352,8 @@ def test_rule_checks(kwargs, match):
 
 # -- the trainer's hook: an MLP whose hidden layers learn online --------------------------------
 def _train_mlp(online, lr_local, epochs=4):
-    from threefactor.networks import MLP
-    from threefactor.online_layer import make_online
+    from threefactor.nn.mlp import MLP
+    from threefactor.nn.online_layer import make_online
     rng = np.random.default_rng(0)
     n_classes, m, B = 4, 1024, 32
     centres = rng.standard_normal((n_classes, 20))
@@ -375,7 +374,7 @@ def _train_mlp(online, lr_local, epochs=4):
 
 def test_make_online_mlp_learns():
     """Online hidden layers beat frozen random ones (the last-layer baseline) on the same data."""
-    from threefactor.online_layer import OnlineHiddenLayer
+    from threefactor.nn.online_layer import OnlineHiddenLayer
     net, w0, stats, acc, (x, y) = _train_mlp(True, 0.1)
     _, _, _, frozen, _ = _train_mlp(False, 0.0)
     assert all(isinstance(layer, OnlineHiddenLayer) for layer in net.hidden)

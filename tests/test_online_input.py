@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import threefactor as tf
-from threefactor.online import TwoPointRule, TwoPointUpdate, apply_update, two_point_update
-from threefactor.online_layer import OnlineLayer
+from threefactor.rule.online import TwoPointRule, TwoPointUpdate, apply_update, two_point_update
+from threefactor.nn.online_layer import OnlineLayer
 
 RULE = dict(sigma=1.3, gamma=1.7)
 

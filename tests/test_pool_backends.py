@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from threefactor import conv
+from threefactor.rule import conv
 from threefactor.backends import get_backend
 
 numba = pytest.importorskip("numba")

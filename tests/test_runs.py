@@ -6,9 +6,10 @@ import threading
 import numpy as np
 import pytest
 
-from threefactor import cli, runs
-from threefactor.report import markdown_table, summarize, find_runs
-from threefactor.runs import RunDir
+from threefactor.cli import main as cli
+from threefactor.training import runs
+from threefactor.training.report import markdown_table, summarize, find_runs
+from threefactor.training.runs import RunDir
 
 
 def _record(epoch, acc, **kw):
@@ -141,7 +142,7 @@ def test_every_json_written_is_strict(tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_atomic_files_get_the_umask_mode_and_keep_an_existing_one(tmp_path, umask):
-    from threefactor.atomic import atomic_create, write_json
+    from threefactor.training.atomic import atomic_create, write_json
     old = os.umask(umask)
     try:
         rd = RunDir(tmp_path / "run")
@@ -166,7 +167,7 @@ def test_atomic_files_get_the_umask_mode_and_keep_an_existing_one(tmp_path, umas
 
 
 def test_atomic_create_never_replaces(tmp_path):
-    from threefactor.atomic import atomic_create
+    from threefactor.training.atomic import atomic_create
     path = tmp_path / "config.json"
     atomic_create(path, lambda f: f.write(b"first"))
     with pytest.raises(FileExistsError):
@@ -319,8 +320,8 @@ def test_table_with_the_papers_numbers(tmp_path, capsys):
 
 
 def test_paper_numbers_cover_tables_4_and_7():
-    from threefactor.paper_results import PAPER, paper_cell
-    from threefactor.presets import COLUMNS, DATASETS, column_name
+    from threefactor.training.paper_results import PAPER, paper_cell
+    from threefactor.training.presets import COLUMNS, DATASETS, column_name
     for d in DATASETS:                                      # every MLP cell of Tables 4-5
         for r, g in COLUMNS:
             mean, spread = paper_cell(d, "", column_name(r, g))

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from threefactor import cli, targets
+from threefactor.cli import main as cli
+from threefactor.bench import targets
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from threefactor import cli
-from threefactor.presets import COLUMNS, PRESETS, get_preset
-from threefactor.runs import METRIC_KEYS, RunDir
-from threefactor.train import build_network, resolve_config, train
+from threefactor.cli import main as cli
+from threefactor.training.presets import COLUMNS, PRESETS, get_preset
+from threefactor.training.runs import METRIC_KEYS, RunDir
+from threefactor.training.train import build_network, resolve_config, train
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -211,7 +211,7 @@ def test_real_fashion_mnist_one_epoch(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sgd_fused_equals_numpy_and_pytorch_convention(dtype):
-    from threefactor.optim import SGD, multistep_lr
+    from threefactor.nn.optim import SGD, multistep_lr
     rng = np.random.default_rng(0)
     w0 = rng.standard_normal((16, 8)).astype(dtype)
     grads = [rng.standard_normal((16, 8)).astype(dtype) for _ in range(4)]
@@ -232,7 +232,7 @@ def test_sgd_fused_equals_numpy_and_pytorch_convention(dtype):
 
 def test_adamw_matches_torch():
     torch = pytest.importorskip("torch")
-    from threefactor.optim import AdamW
+    from threefactor.nn.optim import AdamW
     rng = np.random.default_rng(1)
     w = rng.standard_normal((5, 3))
     tw = torch.tensor(w.copy(), requires_grad=True)
@@ -267,9 +267,9 @@ def test_local_training_equals_pytorch_autograd_formulation(rule, grouping):
     """Five MLP.train_step calls (float64) equal the authors' recipe written with torch autograd:
     per-layer SGD on the layer's pHSIC loss during the forward pass (App. D.1, D.2, D.4)."""
     torch = pytest.importorskip("torch")
-    from threefactor.presets import GROUPING_P, make_rule
+    from threefactor.training.presets import GROUPING_P, make_rule
     from threefactor.backends import get_backend
-    from threefactor.networks import MLP
+    from threefactor.nn.mlp import MLP
     F = torch.nn.functional
     rng = np.random.default_rng(0)
     m, c = 32, (None if grouping == "plain" else 4)
@@ -350,7 +350,7 @@ def test_cupy_backend_trains_like_numpy(data_root, tmp_path, rule, grouping):
 
 def test_gpu_note(data_root, tmp_path, monkeypatch):
     """A run on a CPU backend says so when CuPy sees a GPU; silent without one."""
-    from threefactor import machine
+    from threefactor.bench import machine
     assert machine.gpu_note(info={}) is None
     monkeypatch.setattr(machine, "gpu_info", lambda: {"name": "NVIDIA H200", "memory_gib": 139.8})
     lines = []
@@ -366,7 +366,7 @@ def test_gpu_note(data_root, tmp_path, monkeypatch):
 
 def test_busy_machine_note(data_root, tmp_path, monkeypatch):
     """A hint to use fewer BLAS threads when the load average says other processes are busy."""
-    from threefactor import machine
+    from threefactor.bench import machine
     assert machine.busy_machine_note(threads=2, load=0.6, cores=2) is None
     assert machine.busy_machine_note(threads=1, load=9.0, cores=2) is None
     note = machine.busy_machine_note(threads=2, load=2.2, cores=2)

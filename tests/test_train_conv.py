@@ -4,14 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from threefactor import cli
-from threefactor.augment import crop_flip, draw, pad_fill, pad_value, random_crop_flip
+from threefactor.cli import main as cli
+from threefactor.data.augment import crop_flip, draw, pad_fill, pad_value, random_crop_flip
 from threefactor.backends import get_backend
-from threefactor.conv_layers import TABLE6, ConvNet
-from threefactor.data import CIFAR_MEAN, CIFAR_STD
-from threefactor.runs import METRIC_KEYS, RunDir
-from threefactor.train import (_augmenter, build_network, conv_eval_batch_size, default_out, resolve_config,
-                               train)
+from threefactor.nn.convnet import TABLE6, ConvNet
+from threefactor.data.datasets import CIFAR_MEAN, CIFAR_STD
+from threefactor.training.runs import METRIC_KEYS, RunDir
+from threefactor.training.train import _augmenter, build_network, conv_eval_batch_size, default_out, resolve_config, train
 
 from test_train import _quiet, data_root  # noqa: F401  (fixture)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from threefactor import cli
-from threefactor import train as train_module
-from threefactor.networks import MLP
-from threefactor.runs import RunDir
-from threefactor.train import TrainingDiverged, TrainingInterrupted, resolve_config, train
+from threefactor.cli import main as cli
+from threefactor.training import train as train_module
+from threefactor.nn.mlp import MLP
+from threefactor.training.runs import RunDir
+from threefactor.training.train import TrainingDiverged, TrainingInterrupted, resolve_config, train
 
 from test_train import _config, _quiet, data_root  # noqa: F401  (fixture)
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from threefactor import cli
-from threefactor.train import ONLINE_LR_LOCAL, build_network, resolve_config, train
+from threefactor.cli import main as cli
+from threefactor.training.train import ONLINE_LR_LOCAL, build_network, resolve_config, train
 
 from test_train import _config, _quiet, data_root  # noqa: F401  (fixture)
 
@@ -116,8 +116,8 @@ def test_short_last_batch_is_dropped_and_hidden_layers_learn(data_root, tmp_path
 
 def _small_online_net(streams):
     from threefactor import Rule, get_backend
-    from threefactor.networks import MLP
-    from threefactor.online_layer import make_online
+    from threefactor.nn.mlp import MLP
+    from threefactor.nn.online_layer import make_online
     rng = np.random.default_rng(0)
     net = MLP(20, [16], 4, Rule(sigma=2.0, gamma=2.0, groups=4), dropout=0.0,
               backend=get_backend("numpy"), rng=rng)

@@ -7,7 +7,7 @@ import pytest
 
 import threefactor as tf
 from threefactor import Rule
-from threefactor.check import check_rule
+from threefactor.verify.gradcheck import check_rule
 
 BACKENDS = ["numpy", "numba"]
 

@@ -8,8 +8,8 @@ import types
 import numpy as np
 import pytest
 
-from threefactor import (BackendUnavailable, Rule, layer_output, local_objective, local_update,
-                         third_factor)
+from threefactor import BackendUnavailable, Rule, layer_output, local_objective, local_update
+from threefactor import third_factor
 
 # most cases here omit n_classes for brevity (labels 0..2 of a 3-class problem)
 pytestmark = pytest.mark.filterwarnings("ignore:n_classes not given:UserWarning")

@@ -10,21 +10,24 @@ checking, data and the online rule are imported on first use.
 """
 import importlib
 
-from .api import available_backends, layer_output, local_objective, local_update, third_factor
-from .backends import BackendUnavailable, get_backend
-from .rules import Rule
+from threefactor.api import available_backends, layer_output, local_objective, local_update, third_factor
+from threefactor.backends import BackendUnavailable, get_backend
+from threefactor.rule.rules import Rule
+from threefactor import _moved
+
+_moved.install()
 
 __version__ = "0.1.0"
 
 #: public name -> module that defines it (imported lazily)
 _LAZY = {
-    "check_rule": "check", "check_all": "check", "assert_update_matches": "check",
-    "GradcheckError": "check",
-    "resolve_config": "train",   # (threefactor.train is the module; train() lives in it)
-    "MLP": "networks", "PRESETS": "presets",
-    "load_dataset": "data", "DataError": "data",
-    "TwoPointRule": "online", "OnlineLayer": "online_layer", "CircuitRecord": "online_layer",
-    "make_online": "online_layer",
+    "check_rule": "verify.gradcheck", "check_all": "verify.gradcheck",
+    "assert_update_matches": "verify.gradcheck", "GradcheckError": "verify.gradcheck",
+    "resolve_config": "training.train",
+    "MLP": "nn.mlp", "PRESETS": "training.presets",
+    "load_dataset": "data.datasets", "DataError": "data.datasets",
+    "TwoPointRule": "rule.online", "OnlineLayer": "nn.online_layer", "CircuitRecord": "nn.online_layer",
+    "make_online": "nn.online_layer",
 }
 
 __all__ = [

@@ -1,6 +1,6 @@
 """``python -m threefactor`` is the ``threefactor`` command."""
 import sys
 
-from .cli import main
+from threefactor.cli.main import main
 
 sys.exit(main())

@@ -18,11 +18,11 @@ import warnings
 
 import numpy as np
 
-from . import engine
-from .arrays import as_array, type_name
-from .backends import get_backend
-from .rules import Rule
-from .third_factor import third_factor_grouped, third_factor_plain
+from threefactor.rule import engine
+from threefactor.arrays import as_array, type_name
+from threefactor.backends import get_backend
+from threefactor.rule.rules import Rule
+from threefactor.rule.third_factor import third_factor_grouped, third_factor_plain
 
 
 def _array(be, value, argument):
@@ -208,14 +208,14 @@ def _conv_layer(x, w, pool, padding=1):
         return True
     if pool is not None:
         raise ValueError(f"pool={pool!r} needs a conv layer: x (m, C_in, H, W) and w (C_out, C_in, kh, kw)")
-    from .conv_rule import check_padding
+    from threefactor.rule.conv_rule import check_padding
     check_padding(padding)
     return False
 
 
 def _conv(name, x, w, y, rule, padding, pool, backend, n_classes):
     """Call the conv layer's version of public function ``name`` (threefactor.conv_rule)."""
-    from . import conv_rule
+    from threefactor.rule import conv_rule
     return getattr(conv_rule, name)(x, w, y, rule, padding, pool, backend, n_classes)
 
 
@@ -347,7 +347,7 @@ def layer_output(x, w, *, activation="lrelu", slope=0.01, groups=None, p=0.2, de
     rule = Rule(activation=activation, slope=slope, groups=groups, p=p, delta=delta)
     rule.check_divisive(divisive)
     if _conv_layer(x, w, pool, padding):
-        from . import conv_rule
+        from threefactor.rule import conv_rule
         return conv_rule.layer_output(x, w, rule, divisive, padding, pool, backend)
     be, x, w, _, _, to_user = prepare(x, w, None, backend, need_labels=False)
     rule.check_width(w.shape[0])
@@ -360,5 +360,5 @@ def layer_output(x, w, *, activation="lrelu", slope=0.01, groups=None, p=0.2, de
 
 def available_backends():
     """Names of the backends usable on this machine, e.g. ``("numpy", "numba")``."""
-    from .backends import available_backends as _available
+    from threefactor.backends import available_backends as _available
     return _available()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from ..rules import choice_error
+from threefactor.rule.rules import choice_error
 
 BACKENDS = ("numpy", "numba", "cupy")
 
@@ -20,14 +20,14 @@ class BackendUnavailable(RuntimeError):
 @functools.lru_cache(maxsize=None)
 def _load(name):
     if name == "numpy":
-        from .numpy import NumpyBackend
+        from threefactor.backends.numpy import NumpyBackend
         return NumpyBackend()
     if name == "numba":
         try:
             import numba  # noqa: F401
         except ImportError as exc:
             raise BackendUnavailable("numba is not installed: pip install numba") from exc
-        from .numba import NumbaBackend
+        from threefactor.backends.numba import NumbaBackend
         return NumbaBackend()
     if name == "cupy":
         try:
@@ -39,7 +39,7 @@ def _load(name):
                 raise BackendUnavailable("cupy is installed but no GPU is visible")
         except cupy.cuda.runtime.CUDARuntimeError as exc:
             raise BackendUnavailable(f"cupy is installed but no GPU is usable: {exc}") from exc
-        from .cupy import CupyBackend
+        from threefactor.backends.cupy import CupyBackend
         return CupyBackend()
     raise choice_error("backend", name, BACKENDS)
 

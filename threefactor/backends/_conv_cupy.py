@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - exercised only where cupy is missing
 
 import numpy as np
 
-from ._cuda_source import ElementwiseSource, LazyKernel, RawModuleSource
+from threefactor.backends._cuda_source import ElementwiseSource, LazyKernel, RawModuleSource
 
 _GEOMETRY = "int32 C, int32 H, int32 W, int32 Ho, int32 Wo, int32 kh, int32 kw, int32 pad"
 

@@ -34,7 +34,7 @@ from typing import Dict, NamedTuple
 
 import numpy as np
 
-from ._cuda_source import ElementwiseSource, RawKernelSource, RawModuleSource
+from threefactor.backends._cuda_source import ElementwiseSource, RawKernelSource, RawModuleSource
 
 #: The architecture compiled for: a real one (H100), so that NVRTC also runs ptxas to a
 #: CUBIN, as CuPy does for the device it runs on; the PTX is read as well.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._cuda_source import LazyKernel, RawKernelSource
+from threefactor.backends._cuda_source import LazyKernel, RawKernelSource
 
 #: From this many rank-one terms on, use cuBLAS instead of the kernel.
 BLAS_FROM = 64

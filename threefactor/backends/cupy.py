@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dropout, objective
-from ..activations import SELU_ALPHA, SELU_SCALE
-from ..grouping import group_size
-from ..rules import ACTIVATIONS, choice_error
-from ._cuda_source import ElementwiseSource, LazyKernel, RawModuleSource
-from .numpy import NumpyBackend
+from threefactor.nn import dropout
+from threefactor.rule import objective
+from threefactor.rule.activations import SELU_ALPHA, SELU_SCALE
+from threefactor.rule.grouping import group_size
+from threefactor.rule.rules import ACTIVATIONS, choice_error
+from threefactor.backends._cuda_source import ElementwiseSource, LazyKernel, RawModuleSource
+from threefactor.backends.numpy import NumpyBackend
 
 try:  # the module must import without CuPy; CupyBackend() reports why it cannot run
     import cupy
@@ -430,7 +431,7 @@ class CupyBackend:
 
     def __init__(self):
         if cupy is None:
-            from . import BackendUnavailable
+            from threefactor.backends import BackendUnavailable
             raise BackendUnavailable("cupy is not installed: pip install threefactor[gpu]")
         self.xp = cupy
 

@@ -31,12 +31,12 @@ import contextlib
 import numba
 import numpy as np
 
-from . import _numba_kernels as _k
-from ..activations import SELU_ALPHA, SELU_SCALE
-from ..machine import openblas_thread_api
-from ..grouping import group_size
-from ..rules import ACTIVATIONS, choice_error
-from .numpy import NumpyBackend
+from threefactor.backends import _numba_kernels as _k
+from threefactor.rule.activations import SELU_ALPHA, SELU_SCALE
+from threefactor.bench.machine import openblas_thread_api
+from threefactor.rule.grouping import group_size
+from threefactor.rule.rules import ACTIVATIONS, choice_error
+from threefactor.backends.numpy import NumpyBackend
 
 _ACTIVATION_CODE = {"linear": _k.LINEAR, "relu": _k.RELU, "lrelu": _k.LRELU, "selu": _k.SELU}
 
@@ -195,21 +195,21 @@ class NumbaBackend(NumpyBackend):
         Single-channel inputs keep numpy's strided copies, which are faster there."""
         if x.dtype.kind != "f" or x.shape[1] < 2:
             return super().im2col(x, kh, kw, padding)
-        from . import _im2col_numba
+        from threefactor.backends import _im2col_numba
         return _im2col_numba.im2col(x, kh, kw, padding)
 
     def max_pool_rows(self, z, *extra):
         """2×2 max pooling with winners (one Numba pass each; same bits as the numpy reference)."""
         if z.dtype.kind != "f" or any(t.dtype.kind != "f" for t in extra):
             return super().max_pool_rows(z, *extra)
-        from . import _pool_numba
+        from threefactor.backends import _pool_numba
         return _pool_numba.max_pool_rows(z, *extra)
 
     def route_rows(self, g, idx, shape):
         """Pooled-unit terms back to the winners, one Numba pass."""
         if g.dtype.kind != "f":
             return super().route_rows(g, idx, shape)
-        from . import _pool_numba
+        from threefactor.backends import _pool_numba
         return _pool_numba.route_rows(g, idx, shape)
 
     def label_kernel(self, labels, n_classes, kind, dtype):

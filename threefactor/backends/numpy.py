@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dropout, grouping, kernels, objective
-from ..activations import activate
-from ..third_factor import gaussian_weights as _gaussian_weights
+from threefactor.nn import dropout
+from threefactor.rule import grouping
+from threefactor.rule import kernels
+from threefactor.rule import objective
+from threefactor.rule.activations import activate
+from threefactor.rule.third_factor import gaussian_weights as _gaussian_weights
 
 
 class NumpyBackend:
@@ -124,17 +127,17 @@ class NumpyBackend:
 
     def im2col(self, x, kh, kw, padding):
         """Patches of x (m, C_in, H, W) as rows (m·Ho·Wo, kh·kw·C_in) (:func:`threefactor.conv.im2col`)."""
-        from .. import conv
+        from threefactor.rule import conv
         return conv.im2col(x, kh, kw, padding, self.xp)
 
     def max_pool_rows(self, z, *extra):
         """2×2 max pooling of channel-last z (m, H, W, C) with winners, and ``extra`` at them."""
-        from .. import conv
+        from threefactor.rule import conv
         return conv.max_pool_rows(z, self.xp, *extra)
 
     def route_rows(self, g, idx, shape):
         """Pooled-unit terms g back to their windows' winners in (m, H, W, C), 0 elsewhere."""
-        from .. import conv
+        from threefactor.rule import conv
         return conv.route_rows(g, idx, shape, self.xp)
 
     def layer_objective(self, K, Ky, gamma):

@@ -1,0 +1,394 @@
+"""A hidden layer that learns online: B streams stepped together, each pairing t with t - Δt.
+
+:class:`OnlineLayer` keeps each stream's previous activity and its circuit state
+(b3, Eq. 61) and runs the two-point rule of :mod:`threefactor.online` one step
+at a time.  A step of B streams is one forward GEMM, O(B n_out) circuit work and
+one pass over W for the update; B = 1 is the strictly sequential case::
+
+    layer = OnlineLayer(w, Rule(sigma=5, gamma=2), beta=0.01, streams=16, n_classes=10)
+    for x_t, y_t in stream:                 # x_t (16, n_in), y_t (16,)
+        out, update = layer.step(x_t, y_t)  # update.dense() is ΔW (n_out, n_in)
+        layer.apply(update, lr=1e-2)        # W += lr ΔW in one fused pass
+
+or ``out = layer.learn(x_t, y_t, lr)``.  With ``record=True`` the circuit
+variables of every step are kept in a :class:`CircuitRecord`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from threefactor.arrays import real_array
+from threefactor.backends import get_backend
+from threefactor.nn.layers import HiddenLayer
+from threefactor.rule.online import Activity, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, check_finite_host, check_labels, circuit_b2, layer_activity, two_point_post
+from threefactor.rule.rules import Rule
+
+
+class CircuitRecord:
+    """The circuit variables of every step with a pair, on the host (App. C, Fig. 1).
+
+    Attributes after ``to_dict()``: t (T,) step index; b1, b2, b3, M (T, B);
+    group (T, B, c) per-group signals b̃_α = Δv_α (grouped rules; the factor of
+    group α is M · b̃_α, Eq. 66); factor (T, B, c) that product.
+    """
+
+    FIELDS = ("b1", "b2", "b3", "M")
+
+    def __init__(self):
+        self._rows = {name: [] for name in ("t",) + self.FIELDS + ("group",)}
+
+    def __len__(self):
+        return len(self._rows["t"])
+
+    def append(self, t, circ, to_numpy):
+        """Store the :class:`~threefactor.online.Circuit` of step ``t``."""
+        self._rows["t"].append(t)
+        for name in self.FIELDS:
+            self._rows[name].append(np.array(to_numpy(getattr(circ, name))))
+        if circ.group is not None:
+            self._rows["group"].append(np.array(to_numpy(circ.group)))
+
+    def to_dict(self):
+        """Arrays by name: t (T,), b1 / b2 / b3 / M (T, B), group / factor (T, B, c) if grouped."""
+        out = {"t": np.asarray(self._rows["t"], dtype=np.int64)}
+        for name in self.FIELDS:
+            rows = self._rows[name]
+            out[name] = np.stack(rows) if rows else np.zeros((0, 0))
+        if self._rows["group"]:
+            out["group"] = np.stack(self._rows["group"])
+            out["factor"] = out["M"][:, :, None] * out["group"]
+        return out
+
+    def plot(self, stream=0, axes=None, path=None):
+        """Plot b1, b2 with b3, M and the per-group factors of one stream against t (matplotlib).
+
+        Returns the figure; saves it to ``path`` if given.
+        """
+        import matplotlib.pyplot as plt
+        d = self.to_dict()
+        n = 4 if "factor" in d else 3
+        if axes is None:
+            fig, axes = plt.subplots(n, 1, sharex=True, figsize=(8, 2 * n))
+        else:
+            fig = axes[0].figure
+        t = d["t"]
+        axes[0].plot(t, d["b1"][:, stream], label="b1 = ‖Δz‖² (Eq. 59)")
+        axes[1].plot(t, d["b2"][:, stream], label="b2 (Eq. 60)")
+        axes[1].plot(t, d["b3"][:, stream], label="b3 running mean (Eq. 61)")
+        axes[2].plot(t, d["M"][:, stream], label="M (Eq. 62)")
+        if "factor" in d:
+            axes[3].plot(t, d["factor"][:, stream, :])
+            axes[3].set_ylabel("M b̃_α (Eq. 66)")
+        for ax in axes[:3]:
+            ax.legend(loc="upper right", fontsize=8)
+        axes[-1].set_xlabel("step t")
+        if path is not None:
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+        return fig
+
+
+class OnlineLayer:
+    """A hidden layer trained by the two-point rule on B streams at once.
+
+    Parameters
+    ----------
+    w : array (n_out, n_in)
+        Weights, finite and C-contiguous (a view such as ``W.T`` is refused: pass
+        ``np.ascontiguousarray(W.T)``, which the layer then owns).  float32 or float64
+        arrays are kept and updated in place by :meth:`apply`; other real dtypes are
+        copied to float64, and a host array given to the cupy backend is copied to the device.
+    rule : Rule or TwoPointRule
+        The layer's rule; a plain :class:`~threefactor.rules.Rule` is wrapped in a
+        :class:`~threefactor.online.TwoPointRule` with the keywords below.
+    beta, n_classes, divisive, shared_b3, b3_init
+        See :class:`~threefactor.online.TwoPointRule` (ignored if ``rule`` is one).
+    streams : int
+        B, the number of independent streams stepped together.
+    backend : str or backend object
+        "numpy", "numba" or "cupy" for the forward pass and the circuit.
+    record : bool
+        Keep the circuit variables of every step in ``self.record``.
+    """
+
+    def __init__(self, w, rule=None, *, beta=0.01, streams=1, n_classes=10, divisive=False,
+                 shared_b3=False, b3_init=None, backend="numpy", record=False):
+        if isinstance(rule, TwoPointRule):
+            self.trule = rule
+        else:
+            self.trule = TwoPointRule(Rule() if rule is None else rule, n_classes=n_classes, beta=beta,
+                                      divisive=divisive, shared_b3=shared_b3, b3_init=b3_init)
+        self.backend = be = get_backend(backend)
+        if isinstance(streams, bool) or not isinstance(streams, (int, np.integer)) or streams < 1:
+            raise ValueError(f"streams must be an integer >= 1 (B, the number of streams), got {streams!r}")
+        self.streams = int(streams)
+        w = real_array(be, w, "w")
+        if w.ndim != 2:
+            raise ValueError(f"w must be 2-D (n_out, n_in), got shape {tuple(w.shape)}")
+        if w.dtype not in (np.float32, np.float64):
+            w = np.ascontiguousarray(w, dtype=np.float64) if isinstance(w, np.ndarray) else w.astype(np.float64)
+        if not w.flags.c_contiguous:
+            raise ValueError(f"w must be C-contiguous (the layer updates it in place, row by row), got a "
+                             f"non-contiguous view of shape {tuple(w.shape)} (e.g. W.T): pass "
+                             f"np.ascontiguousarray(w), which the layer then owns and updates")
+        if isinstance(w, np.ndarray):
+            check_finite_host(w, "w")
+        elif not be.scalars([be.xp.isfinite(w).all()])[0]:          # once, at construction
+            raise ValueError("w contains NaN or Inf")
+        self.w = be.asarray(w)
+        self.scale = self.trule.update_scale(w.shape[0])
+        self.record: Optional[CircuitRecord] = CircuitRecord() if record else None
+        self.reset()
+
+    @property
+    def shape(self):
+        return tuple(self.w.shape)
+
+    @property
+    def activity(self):
+        """The last step's :class:`~threefactor.online.Activity` (None before the first step)."""
+        return self._prev
+
+    def reset(self):
+        """Forget every stream's previous sample and its running average b3."""
+        self._prev = None
+        self._prev_labels = None
+        self.b3 = None
+        self.t = 0
+
+    def state(self):
+        """The streams' state as host arrays (for checkpoints): {} before the first step.
+
+        Keys: t; b3 (scalar or (B,); shape (0,) before the first pair, which starts it); labels (B,);
+        and the previous activity
+        ``prev.x`` (B, n_in), ``prev.z``, ``prev.h``, ``prev.out`` (B, n_out), ``prev.v`` (B, d).
+        """
+        if self._prev is None:
+            return {}
+        to_np = self.backend.to_numpy
+        b3 = np.zeros(0, self.w.dtype) if self.b3 is None else np.asarray(to_np(self.b3))
+        out = {"t": np.asarray(self.t), "b3": b3, "labels": to_np(self._prev_labels)}
+        out.update({f"prev.{k}": to_np(v) for k, v in self._prev._asdict().items()})
+        return out
+
+    def load_state(self, state):
+        """Restore what :meth:`state` returned (an empty dict resets the streams).
+
+        Everything is checked before anything is kept: the keys, each array's shape against this
+        layer (streams, n_in, n_out, groups), finiteness, integer labels in [0, n_classes), and b3's
+        form: one value (``shared_b3=True``) or one per stream.  A ValueError names what does not fit.
+        """
+        self.reset()
+        if not state:
+            return
+        arrays = self._checked_state(state)
+        be = self.backend
+        self._prev = Activity(**{k: be.asarray(arrays[f"prev.{k}"], dtype=self.w.dtype) for k in Activity._fields})
+        self._prev_labels = be.asarray(arrays["labels"], dtype=np.int64)
+        b3 = arrays["b3"]
+        if b3.shape == (0,):                           # saved before the first pair: b3 not started
+            self.b3 = None
+        else:
+            self.b3 = b3.astype(self.w.dtype)[()] if b3.ndim == 0 else be.asarray(b3, dtype=self.w.dtype)
+        self.t = int(arrays["t"])
+
+    def _checked_state(self, state):
+        """The arrays of ``state`` on the host, each checked against this layer (see :meth:`load_state`)."""
+        keys = ("t", "b3", "labels") + tuple(f"prev.{k}" for k in Activity._fields)
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"state lacks {', '.join(missing)} (expected the dict of OnlineLayer.state())")
+        be, B, (n_out, n_in) = self.backend, self.streams, self.w.shape
+        arrays = {k: real_array(be, state[k], f"state[{k!r}]") for k in keys}
+        arrays = {k: be.to_numpy(v) if be.is_native(v) else v for k, v in arrays.items()}
+        x = arrays["prev.x"]
+        if x.shape != (B, n_in):
+            raise ValueError(f"state holds {x.shape[0] if x.ndim else 0} streams of "
+                             f"{x.shape[1] if x.ndim == 2 else '?'} inputs, the layer has {B} of {n_in}")
+        rule = self.trule.rule
+        d = rule.groups if rule.grouped else n_out
+        for k, shape in (("z", (B, n_out)), ("h", (B, n_out)), ("out", (B, n_out)), ("v", (B, d))):
+            if arrays[f"prev.{k}"].shape != shape:
+                what = f"{d} groups" if rule.grouped and k == "v" else f"{n_out} neurons"
+                raise ValueError(f"state['prev.{k}'] has shape {arrays[f'prev.{k}'].shape}, this layer needs "
+                                 f"{shape} ({B} streams, {what})")
+        for k in keys:
+            check_finite_host(arrays[k], f"state[{k!r}]")
+        check_labels(be, arrays["labels"], "state['labels']", (B,), self.trule.n_classes)
+        b3 = arrays["b3"]
+        if b3.shape == (0,):
+            pass
+        elif self.trule.shared_b3 and b3.ndim != 0:
+            raise ValueError(f"state['b3'] has shape {b3.shape}, one b3 per stream, but this layer shares one "
+                             f"b3 across its streams (shared_b3=True): the state comes from a per-stream layer")
+        elif not self.trule.shared_b3 and b3.shape != (B,):
+            raise ValueError(f"state['b3'] has shape {b3.shape}, this layer keeps one b3 per stream, shape "
+                             f"({B},) (shared_b3=False)" + (": the state comes from a shared-b3 layer"
+                                                              if b3.ndim == 0 else ""))
+        t = arrays["t"]
+        if t.shape != () or t.dtype.kind not in "iu" or t < 1:
+            raise ValueError(f"state['t'] must be a step count >= 1 (an integer), got {t!r}")
+        return arrays
+
+    # -- input checks ---------------------------------------------------
+    # Per step on the host: shapes, dtypes, label range and finiteness of x (cheap next to the GEMM);
+    # the pre-activation's finiteness covers w (layer_activity).  Device arrays are never read back.
+    def _input(self, x, rows=None):
+        be, n_in = self.backend, self.w.shape[1]
+        x = real_array(be, x, "x")
+        if rows is None and x.shape != (self.streams, n_in):
+            raise ValueError(f"x must have shape (streams, n_in) = ({self.streams}, {n_in}): one sample "
+                             f"per stream, got shape {tuple(x.shape)}")
+        if rows is not None and (x.ndim != 2 or x.shape[1] != n_in):
+            raise ValueError(f"x must have shape (m, n_in) = (m, {n_in}), got shape {tuple(x.shape)}")
+        check_finite_host(x, "x")
+        return be.asarray(x, dtype=self.w.dtype)
+
+    def _labels(self, labels):
+        if labels is None:
+            raise ValueError(f"labels are missing for step {self.t}: step(x, labels) needs one integer "
+                             f"label per stream, shape ({self.streams},)")
+        return check_labels(self.backend, labels, "labels", (self.streams,), self.trule.n_classes)
+
+    # -- the step -------------------------------------------------------
+    def _centre(self, b2):
+        """b3_{t-1} to centre b2_t with, then b3 ← β b2 + (1 - β) b3 (Eq. 61)."""
+        trule = self.trule
+        sample = b2.mean() if trule.shared_b3 else b2
+        if self.b3 is None:
+            self.b3 = sample + 0 if trule.b3_init is None else sample * 0 + trule.b3_init
+        centre = self.b3
+        self.b3 = trule.beta * sample + (1.0 - trule.beta) * centre
+        return centre
+
+    def step(self, x, labels):
+        """One time step of all streams: forward pass, circuit and update (not applied).
+
+        Parameters
+        ----------
+        x : (streams, n_in)
+            Each stream's sample at time t.
+        labels : (streams,) integers in [0, n_classes)
+
+        Returns
+        -------
+        out : (streams, n_out)
+            What the layer passes on (z, or r if divisive).
+        update : TwoPointUpdate
+            ΔW = update.dense() (n_out, n_in), the mean over streams of Eq. 57 / 63a;
+            zero (no terms) at a stream's first step.
+        """
+        x = self._input(x)
+        labels = self._labels(labels)
+        be, xp, trule = self.backend, self.backend.xp, self.trule
+        now = layer_activity(trule, x, self.w, be)
+        if self._prev is None:
+            update = TwoPointUpdate(xp.zeros((0, self.w.shape[0]), self.w.dtype),
+                                    xp.zeros((0, self.w.shape[1]), self.w.dtype))
+        else:
+            prev = self._prev
+            dv, b1, k, b2 = circuit_b2(trule, now, prev, labels == self._prev_labels, xp)
+            circ = centred_factor(trule, dv, b1, k, b2, self._centre(b2))
+            post = two_point_post(trule, circ, now, prev, self.scale / self.streams, xp)
+            update = TwoPointUpdate(post, xp.concatenate([now.x, prev.x], axis=0))
+            if self.record is not None:
+                self.record.append(self.t, circ, be.to_numpy)
+        self._prev, self._prev_labels = now, labels
+        self.t += 1
+        return now.out, update
+
+    def apply(self, update: TwoPointUpdate, lr, fused=True):
+        """W += lr · ΔW in place, one pass over W (:func:`threefactor.online.apply_update`)."""
+        apply_update(self.w, update, lr, fused=fused)
+
+    def learn(self, x, labels, lr, fused=True):
+        """:meth:`step` then :meth:`apply`; returns the layer's output (streams, n_out)."""
+        out, update = self.step(x, labels)
+        self.apply(update, lr, fused=fused)
+        return out
+
+    def forward(self, x):
+        """Output for any number of samples (m, n_in) -> (m, n_out), no learning, no state change."""
+        return layer_activity(self.trule, self._input(x, rows=True), self.w, self.backend).out
+
+
+class BatchKernels(NamedTuple):
+    """K and Ky (B, B) of one step's samples, for logging the layer objective (Eq. 9)."""
+
+    K: object
+    Ky: object
+
+
+class OnlineHiddenLayer(HiddenLayer):
+    """A :class:`~threefactor.layers.HiddenLayer` that learns by the two-point rule.
+
+    Drop-in for ``MLP.hidden[k]`` (see :func:`make_online`): each mini-batch of
+    B = ``streams`` samples is one step of B streams, so row b of a batch is paired
+    with row b of the previous batch (random pairs under shuffling).
+    :meth:`local_forward` returns ΔW = the mean two-point update over the B pairs
+    (Eq. 57 / 63a), which estimates -dL/dW on the batch rule's scale (noisier, so smaller
+    rates: ``threefactor train --mode online`` uses 0.3 where the batch rule uses 1.0).
+
+    Every training batch must have B rows, with one exception: the short last batch
+    of an epoch whose size is not a multiple of B.  It is taken only right after a
+    full batch, and deliberately dropped by the hidden layers: passed through without
+    learning, leaving the streams' state alone (the output layer still learns from it).
+    Any other batch size is a ValueError naming ``streams``: a larger batch, or smaller
+    ones in a row (which would leave the hidden layers never learning).
+    """
+
+    def __init__(self, w, rule: Rule, divisive=False, *, streams, n_classes, beta=0.01, shared_b3=False,
+                 backend="numpy", record=False):
+        super().__init__(w, rule, divisive)
+        self.online = OnlineLayer(w, rule, beta=beta, streams=streams, n_classes=n_classes,
+                                  divisive=divisive, shared_b3=shared_b3, backend=backend, record=record)
+        self.w = self.online.w                       # the same array: optimisers update it in place
+        self._after_full = False                     # whether the last batch was a full step of B streams
+
+    def local_forward(self, x, labels, n_classes, backend, mask=None):
+        """(out (B, n_out), [ΔW (n_out, n_in)], BatchKernels) of one online step."""
+        online = self.online
+        if n_classes != online.trule.n_classes:
+            raise ValueError(f"n_classes={n_classes} but the online rule was built for "
+                             f"{online.trule.n_classes} classes")
+        online.w = self.w
+        m, B = x.shape[0], online.streams
+        if m == B:
+            out, update = online.step(x, labels)
+            dw = update.dense()
+            act = online.activity
+        elif m < B and self._after_full:                # the epoch's short last batch: dropped on purpose
+            act = layer_activity(online.trule, x, self.w, backend)
+            out, dw = act.out, backend.xp.zeros_like(self.w)
+        else:
+            raise ValueError(
+                f"a batch of {m} samples, but the online layer steps streams={B} streams, one sample each: "
+                f"training batches must have exactly {B} rows (only an epoch's short last batch, right after "
+                f"a full one, may be smaller; it is passed through without learning).  Use batches of {B}, "
+                f"or make_online(net, streams={m}); with `threefactor train --mode online`, --streams at most "
+                f"the number of training samples")
+        self._after_full = m == B
+        rule = self.rule
+        kern = BatchKernels(backend.gaussian_kernel(act.v, rule.sigma),
+                            backend.label_kernel(labels, n_classes, rule.label_kernel, act.z.dtype))
+        if mask is not None:
+            out = out * mask
+        return out, [dw], kern
+
+
+def make_online(net, *, streams, beta=0.01, shared_b3=False):
+    """Turn the hidden layers of a local-learning ``threefactor.networks.MLP`` online, in place.
+
+    Each ``net.hidden[k]`` becomes an :class:`OnlineHiddenLayer` on the same weight
+    array, so optimisers made before or after keep working.  ``streams`` must be the
+    training batch size: ``net.train_step`` raises a ValueError for any other size,
+    except an epoch's short last batch right after a full one, which the hidden layers
+    pass through without learning (:class:`OnlineHiddenLayer`).  Returns ``net``.
+    """
+    if getattr(net, "learning", "local") != "local":
+        raise ValueError(f"online learning needs a local-learning network, got learning={net.learning!r}")
+    net.hidden = [OnlineHiddenLayer(layer.w, layer.rule, layer.divisive, streams=streams,
+                                    n_classes=net.n_classes, beta=beta, shared_b3=shared_b3,
+                                    backend=net.backend) for layer in net.hidden]
+    return net
