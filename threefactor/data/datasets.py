@@ -21,6 +21,7 @@ in :mod:`threefactor.data_download` (``cache_dir``, ``search_dirs`` and
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from threefactor.data.formats import CIFAR_BATCH_DIR, CIFAR_FILES, IDX_FILES, ID
 
 __all__ = [
     "DATASETS",
+    "BUNDLED_CHOICES",
+    "BundledSampleWarning",
     "DataError",
     "Dataset",
     "load_dataset",
@@ -44,6 +47,13 @@ __all__ = [
 _LOCATION_NAMES = ("cache_dir", "search_dirs", "find_dataset")
 
 DATASETS = ("mnist", "fmnist", "kmnist", "cifar10")
+
+#: Values of :func:`load_dataset`'s ``bundled``.
+BUNDLED_CHOICES = ("fallback", "never", "only")
+
+
+class BundledSampleWarning(UserWarning):
+    """:func:`load_dataset` found no full copy and returns the bundled sample instead."""
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.247, 0.243, 0.261)
@@ -70,6 +80,9 @@ class Dataset:
         Shape ``(C, H, W)`` of one image, whether or not ``x`` is flattened.
     source : str or None
         The directory the files were read from (None when built by hand).
+    bundled : bool
+        True when these are the package's bundled sample (:mod:`threefactor.data.sample`),
+        not a full copy of the dataset.
     """
 
     name: str
@@ -80,12 +93,13 @@ class Dataset:
     n_classes: int
     image_shape: tuple
     source: str | None = None
+    bundled: bool = False
 
     def __repr__(self) -> str:
         return (
             f"Dataset(name={self.name!r}, x_train={self.x_train.shape}, "
             f"x_test={self.x_test.shape}, n_classes={self.n_classes}, "
-            f"image_shape={self.image_shape})"
+            f"image_shape={self.image_shape}{', bundled sample' if self.bundled else ''})"
         )
 
 
@@ -174,6 +188,7 @@ def load_dataset(
     seed: int = 0,
     download: bool = True,
     progress: bool = True,
+    bundled: str = "fallback",
 ) -> Dataset:
     """Load and pre-process a dataset, downloading it if needed.
 
@@ -199,19 +214,27 @@ def load_dataset(
         ``$XDG_CACHE_HOME/threefactor/<name>`` (default ``~/.cache/...``).
     progress : bool, default True
         Show download progress bars.
+    bundled : {"fallback", "never", "only"}, default "fallback"
+        The package's bundled sample of Fashion-MNIST (10,000 training and 2,000 test images,
+        :mod:`threefactor.data.sample`): ``"fallback"`` uses it, with a
+        :class:`BundledSampleWarning`, when no full copy is found on disk and no ``root`` is
+        given (nothing is downloaded then); ``"never"`` never uses it; ``"only"`` always does.
+        Datasets without a sample ignore ``"fallback"``.
 
     Returns
     -------
     Dataset
-        float32 images, int64 labels.
+        float32 images, int64 labels; ``bundled`` says whether it is the sample.
 
     Raises
     ------
     ValueError
-        If ``name`` is unknown (the message lists :data:`DATASETS`).
+        If ``name`` is unknown (the message lists :data:`DATASETS`), or ``bundled="only"``
+        names a dataset without a sample.
     DataError
-        If the data are not found and ``download`` is False, the download
-        fails, or a file is corrupt.
+        If the data are not found and ``download`` is False or the download fails (the
+        message says where it looked and how to provide the files; no empty folder is left),
+        or a file is corrupt (a bundled file whose checksum differs included).
 
     Notes
     -----
@@ -219,25 +242,34 @@ def load_dataset(
     :func:`threefactor.data_download.search_dirs`): ``root/<name>`` and
     ``root`` (if given), ``$THREEFACTOR_DATA/<name>``, for Fashion-MNIST the
     Debian package directory ``/usr/share/datasets/fashion-mnist``, then the
-    cache. The
-    first directory holding every file is used. Checksums are verified when
-    downloading, not for files found on disk (Debian re-compresses its
-    copies), which are checked structurally instead.
+    cache. The first directory holding every file is used; when there is none,
+    Fashion-MNIST without ``root`` falls back to the bundled sample (see
+    ``bundled``), the others are downloaded into ``root/<name>`` or the cache.
+    Checksums are verified when downloading and for the bundled sample, not for
+    files found on disk (Debian re-compresses its copies), which are checked
+    structurally instead.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if bundled not in BUNDLED_CHOICES:
+        raise ValueError(f"bundled must be one of {', '.join(map(repr, BUNDLED_CHOICES))}, got {bundled!r}")
     from threefactor.data import download as dl
+    from threefactor.data import sample
 
-    directory = dl.find_dataset(name, root)
+    is_sample = bundled == "only"
+    directory = sample.sample_dir(name) if is_sample else dl.find_dataset(name, root)
+    if directory is None and bundled == "fallback" and root is None and name in sample.SAMPLE_DATASETS:
+        directory, is_sample = sample.sample_dir(name), True
+        warnings.warn(sample.SAMPLE_NOTE, BundledSampleWarning, stacklevel=2)
     if directory is None:
+        target = Path(root) / name if root is not None else dl.cache_dir(name)
         if not download:
-            looked = "; ".join(
-                f"{d} (lacks {', '.join(dl._missing_files(name, d))})" if d.is_dir() else f"{d} (absent)"
-                for d in dl.search_dirs(name, root)
-            )
-            raise DataError(f"{name}: dataset not found and download=False; looked in: {looked}")
-        directory = Path(root) / name if root is not None else dl.cache_dir(name)
-        dl.download_dataset(name, directory, progress=progress)
+            raise DataError(dl.not_found_message(name, root, target, "download=False"))
+        try:
+            dl.download_dataset(name, target, progress=progress)
+        except DataError as exc:
+            raise type(exc)(dl.not_found_message(name, root, target, f"downloading it failed: {exc}")) from exc
+        directory = target
     if name == "cifar10":
         x_tr, y_tr, x_te, y_te = load_cifar10_dir(directory)
     else:
@@ -256,6 +288,7 @@ def load_dataset(
         n_classes=N_CLASSES,
         image_shape=IMAGE_SHAPES[name],
         source=str(directory),
+        bundled=is_sample,
     )
 
 

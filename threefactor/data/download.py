@@ -41,6 +41,7 @@ __all__ = [
     "download_file",
     "download_dataset",
     "extract_cifar10",
+    "not_found_message",
 ]
 
 #: Base URL(s) of each dataset. A value may be a single URL or a tuple of URLs
@@ -99,6 +100,23 @@ def _missing_files(name: str, directory: Path) -> list[str]:
         batch_dir = directory if directory.name == CIFAR_BATCH_DIR else directory / CIFAR_BATCH_DIR
         return [str(batch_dir / f) for f in CIFAR_FILES if not (batch_dir / f).is_file()]
     return [str(directory / s) + "[.gz]" for s in IDX_FILES.values() if _idx_path(directory, s) is None]
+
+
+def not_found_message(name: str, root: str | os.PathLike | None, target: Path, why: str) -> str:
+    """The one message of a dataset that is not on disk and could not be had: why, where it was
+    looked for, and the fixes."""
+    looked = "; ".join(
+        f"{d} (lacks {', '.join(Path(f).name for f in _missing_files(name, d))})" if d.is_dir() else f"{d} (absent)"
+        for d in search_dirs(name, root)
+    )
+    files = (f"{CIFAR_BATCH_DIR}/ (the python version of CIFAR-10)" if name == "cifar10"
+             else "its four IDX files (" + ", ".join(s + "[.gz]" for s in IDX_FILES.values()) + ")")
+    system = [f"apt-get install dataset-fashion-mnist ({', '.join(SYSTEM_DIRS[name])})"] if name in SYSTEM_DIRS else []
+    fixes = system + [f"put {files} in DIR/{name}/ and set $THREEFACTOR_DATA=DIR or give --data-root DIR "
+                      f"(root= in Python)",
+                      f"with network access it is downloaded to {target} (checksums checked; a mirror: "
+                      f"$THREEFACTOR_MIRROR)"]
+    return f"{name}: dataset not found and {why}; looked in: {looked}; fixes: " + "; or ".join(fixes)
 
 
 def cache_dir(name: str | None = None) -> Path:
@@ -345,7 +363,8 @@ def download_dataset(name: str, directory: str | os.PathLike, *, progress: bool 
     name : {"mnist", "fmnist", "kmnist", "cifar10"}
         Dataset to fetch.
     directory : str or path-like
-        Destination directory (created if needed). For the MNIST family the
+        Destination directory (created if needed, and removed again, with the
+        parents this call created, when a failed download leaves it empty). For the MNIST family the
         four ``*-ubyte.gz`` files land there; for CIFAR-10 the archive is
         downloaded there and extracted to ``directory/cifar-10-batches-py``.
     progress : bool, default True
@@ -366,7 +385,20 @@ def download_dataset(name: str, directory: str | os.PathLike, *, progress: bool 
     if name not in MIRRORS:
         raise ValueError(f"unknown dataset {name!r}; choose from {tuple(MIRRORS)}")
     directory = Path(directory)
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
     directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(name, directory, progress)
+    except BaseException:
+        for folder in created:      # deepest first: a failed download leaves no empty folder behind
+            try:
+                folder.rmdir()
+            except OSError:         # not empty (a finished file stays for the next try), or gone
+                break
+        raise
+
+
+def _download_into(name: str, directory: Path, progress: bool) -> Path:
     if name == "cifar10":
         archive = directory / CIFAR_ARCHIVE
         if not archive.is_file():

@@ -7,7 +7,9 @@ epoch instead, for diagnosis.  Runs are grouped by dataset (rows) and
 rule/grouping column (columns, in the order of the paper's Table 4); a cell
 reads ``mean (max − min)`` over the runs (seeds) in it, like Tables 1 and 5.
 A directory without ``config.json`` is searched one level down, so
-``threefactor table runs/`` works.
+``threefactor table runs/`` works. Runs trained on the bundled 10k sample of
+Fashion-MNIST (``"data": "bundled-sample"`` in config.json) get their own row,
+titled so.
 
 Only seeds of one configuration are averaged: runs that share a cell but differ
 in any other setting of ``config.json`` (say ``hidden``, ``subset`` or
@@ -22,6 +24,7 @@ import json
 from pathlib import Path
 
 from threefactor.cli.main import UsageError, at_least
+from threefactor.data.sample import BUNDLED
 from threefactor.training.paper_results import PAPER_SEEDS, paper_cell
 from threefactor.training.presets import COLUMNS, DATASETS, column_name
 from threefactor.training.runs import RunDir
@@ -31,7 +34,8 @@ DATASET_TITLES = {"mnist": "MNIST", "fmnist": "fashion-MNIST", "kmnist": "Kuzush
 METRICS = ("final", "best")
 #: config.json keys that do not change what a run learns: runs that differ only in these (and the
 #: seed) are seeds of one configuration.  The backends compute the same update.
-NOT_SETTINGS = frozenset({"seed", "data_root", "backend", "eval_batch_size", "version", "preset_note"})
+NOT_SETTINGS = frozenset({"seed", "data_root", "backend", "eval_batch_size", "version", "preset_note",
+                          "data", "data_source"})    # data: part of the row's network (_network)
 
 
 def find_runs(paths):
@@ -141,6 +145,8 @@ def _network(cfg):
         parts.append("online")
     if cfg.get("batchnorm", False):
         parts.append("batchnorm")
+    if cfg.get("data") == BUNDLED:      # the 10k sample is another training set, never a seed of the full one
+        parts.append("bundled 10k sample")
     return ", ".join(parts)
 
 

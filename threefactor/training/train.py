@@ -24,6 +24,7 @@ import numpy as np
 
 from threefactor.training import presets
 from threefactor.backends import BackendUnavailable, get_backend
+from threefactor.data.formats import DataError
 from threefactor.nn.convnet import ARCHS, build_convnet
 from threefactor.training.loop import _ONLINE, TrainingDiverged, TrainingInterrupted, _augmenter, _epoch_sums, _load_online_state, run_epochs
 from threefactor.nn.mlp import MLP
@@ -55,19 +56,32 @@ def load_data(cfg, progress=True, log=None):
 
     x is (N, features) for the MLP and (N, C, H, W) for conv archs.  ValueError if
     ``subset`` asks for more samples than the training set has.  ``log`` (if given) gets one
-    line saying which directory the data came from (``--data-root`` is searched first, then
-    the usual places: :func:`threefactor.data.load_dataset`).
+    line saying which data were used (``--data-root`` is searched first, then the usual places:
+    :func:`threefactor.data.load_dataset`; Fashion-MNIST found nowhere: the bundled sample).
+    Records in ``cfg`` which data it used: ``cfg["data"]`` is ``"full"`` or ``"bundled-sample"``,
+    ``cfg["data_source"]`` the folder read; a config that already says (a resumed run) gets the
+    same data again.
     """
-    from threefactor.data.datasets import load_dataset
+    import warnings
+    from threefactor.data.datasets import BundledSampleWarning, load_dataset
+    from threefactor.data.sample import BUNDLED, SAMPLE_NOTE
     flatten = cfg.get("arch", "mlp") == "mlp"
-    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], flatten=flatten, validation=cfg["validation"],
-                      seed=0, progress=progress)
+    bundled = {BUNDLED: "only", "full": "never"}.get(cfg.get("data"),
+                                                     "never" if cfg["data_root"] is not None else "fallback")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BundledSampleWarning)      # said below, in the run's log
+        ds = load_dataset(cfg["dataset"], root=cfg["data_root"], flatten=flatten, validation=cfg["validation"],
+                          seed=0, progress=progress, bundled=bundled)
+    cfg["data"], cfg["data_source"] = (BUNDLED if ds.bundled else "full"), ds.source
     if log is not None:
-        log(f"data: {cfg['dataset']} from {ds.source} ({len(ds.y_train)} training, {len(ds.y_test)} "
+        log(f"data: {SAMPLE_NOTE}" if ds.bundled else
+            f"data: {cfg['dataset']} from {ds.source} ({len(ds.y_train)} training, {len(ds.y_test)} "
             f"{'validation' if cfg['validation'] else 'test'} samples)")
     x_tr, y_tr = ds.x_train, ds.y_train
     if cfg["subset"] is not None and cfg["subset"] > len(y_tr):
         part = "training part (90%, --validation)" if cfg["validation"] else "training set"
+        if ds.bundled:
+            part += " (the bundled sample)"
         raise ValueError(f"subset={cfg['subset']} (--subset) is more than the {len(y_tr)} samples of the "
                          f"{cfg['dataset']} {part}; give at most {len(y_tr)}, or leave --subset out")
     if cfg["subset"] is not None and cfg["subset"] < len(y_tr):
@@ -392,7 +406,7 @@ def run(args):
         else:
             cfg = resolve_config(**options)
             train(cfg, args.out, progress=args.progress)
-    except TrainingDiverged as exc:      # not bad use: the run failed (status 1, not the usage status 2)
+    except (TrainingDiverged, DataError) as exc:   # not bad use: the run or its data failed (status 1, not 2)
         print(f"threefactor train: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, TypeError, BackendUnavailable) as exc:
