@@ -239,7 +239,7 @@ def test_derived_json_paths_are_checked_before_measuring(tmp_path, capsys, monke
     assert err.startswith("threefactor bench: error: --json: ") and "suite-step.json is a folder" in err
     (tmp_path / "default").write_text("a file where the default path wants a folder")
     monkeypatch.setattr(bench_cli, "default_json_path", lambda kind="update": str(tmp_path / "default" / "x.json"))
-    assert cli.main(["bench", "--quick", "--backend", "numpy"]) == 2
+    assert cli.main(["bench", "--backend", "numpy", "--m", "16", "--shapes", "32x64"]) == 2   # --quick: the cache
     assert "threefactor bench: error: --json: cannot create" in capsys.readouterr().err
 
 

@@ -106,7 +106,8 @@ def configure_parser(parser):
                              "(threefactor.bench_step); JSON next to the suite's, ending -step.json")
     parser.add_argument("--json", default=None, metavar="PATH", type=output_file,
                         help="where to write the JSON (default benchmarks/results/<date>-<host>.json; "
-                             "missing folders are created)")
+                             "--quick: ~/.cache/threefactor/bench/<date>-<host>-quick.json; missing folders "
+                             "are created)")
     parser.add_argument("--summary", default=None, metavar="PATH",
                         help="measure nothing: print a bench JSON (update or step) as Markdown tables")
     parser.add_argument("--targets", nargs="+", default=None, metavar="PATH",
@@ -144,7 +145,7 @@ def run(args):
     if not usable:
         raise UsageError("no backend to measure: " + "; ".join(f"--backend {name} is unavailable: {why}"
                                                                 for name, why in unavailable.items()))
-    path = args.json or default_json_path()
+    path = args.json or (quick_json_path() if args.quick else default_json_path())
     step_path = _step_path(path) if args.step else None
     for where in (path, step_path):
         problem = where and writable_file_problem(where)
@@ -176,6 +177,15 @@ def run(args):
     if args.step:
         _run_step(args, dtype, timing, settings, step_path)
     return 0
+
+
+def quick_json_path():
+    """Where ``--quick`` writes without ``--json``: the user's cache
+    (``$XDG_CACHE_HOME/threefactor/bench/<date>-<host>-quick.json``), never the current folder,
+    so that a smoke test run in a checkout adds nothing to the repository."""
+    from threefactor.data.download import cache_dir
+    root, ext = os.path.splitext(os.path.basename(default_json_path()))
+    return str(cache_dir() / "bench" / f"{root}-quick{ext}")
 
 
 def _step_path(suite_path):

@@ -139,13 +139,38 @@ def _fmt(v):
     return "-" if v != v else f"{v: .6e}"
 
 
+def repeated_skips(results):
+    """{(method, note): count} of the skips that share their reason with another (e.g. every torch
+    comparison when torch is not installed): the table leaves them out, :func:`skip_lines` says each once."""
+    counts = {}
+    for r in results:
+        if r.passed is None:
+            counts[(r.method, r.note)] = counts.get((r.method, r.note), 0) + 1
+    return {key: n for key, n in counts.items() if n > 1}
+
+
+def skip_lines(results):
+    """One line per reason shared by several skipped comparisons (:func:`repeated_skips`)."""
+    lines = []
+    for (method, note), n in repeated_skips(results).items():
+        line = f"skipped {n} {method} comparisons: {note or 'no reason given'}"
+        if method == "torch" and "not installed" in note:
+            line += (" (from a checkout: pip install -e \".[autograd]\"; PyTorch's CPU-only build: "
+                     "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+        lines.append(line)
+    return lines
+
+
 def format_table(results):
-    """The results as an aligned text table, one line per (variant, backend, method)."""
+    """The results as an aligned text table, one line per (variant, backend, method); skips that
+    share their reason with others are left out (:func:`skip_lines` says them once)."""
     head = ("variant", "backend", "method", "max rel error", "worst (n, k)", "explicit",
             "reference", "status")
+    repeated = repeated_skips(results)
     rows = [(r.variant, r.backend, r.method, _fmt(r.max_rel_error),
              "-" if r.worst[0] < 0 else f"({r.worst[0]}, {r.worst[1]})", _fmt(r.explicit),
-             _fmt(r.reference), r.status + (f" ({r.note})" if r.note else "")) for r in results]
+             _fmt(r.reference), r.status + (f" ({r.note})" if r.note else "")) for r in results
+            if not (r.passed is None and (r.method, r.note) in repeated)]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     widths[-1] = len(head[-1])
     line = lambda cells: "  ".join(str(c).ljust(wd) for c, wd in zip(cells, widths)).rstrip()
@@ -207,6 +232,8 @@ def run(args) -> int:
         # lacks matrix/pullback or fails in them
         raise UsageError(str(exc)) from None
     print(format_table(results))
+    for line in skip_lines(results):
+        print(line)
     failed = sum(not r.ok for r in results)
     skipped = sum(r.passed is None for r in results)
     print(f"\n{len(results)} comparisons, {failed} failed, {skipped} skipped "

@@ -97,7 +97,7 @@ def output_file(text):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="threefactor",
+        prog="threefactor", allow_abbrev=False,
         description="Explicit, biologically plausible 3-factor Hebbian learning "
                     "(Pogodin & Latham 2020). Every weight change is third factor x "
                     "post-synaptic term x pre-synaptic term, with no autograd.",
@@ -107,9 +107,25 @@ def build_parser():
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
+        # allow_abbrev=False: --epoch is an error (naming --epochs), never silently taken for it
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
+                           allow_abbrev=False)
         p.set_defaults(_module=module)
     return parser, sub
+
+
+def _unrecognized(parser, unknown):
+    """Exit 2 with ``PROG: error: unrecognized arguments: ...`` and the nearest options of ``parser``."""
+    import difflib
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    hints = []
+    for text in unknown:
+        if text.startswith("-"):
+            near = difflib.get_close_matches(text.split("=", 1)[0], options, n=2, cutoff=0.75)
+            if near:
+                hints.append(f"{text.split('=', 1)[0]}: did you mean {' or '.join(near)}?")
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else "")
+                 + f"; see '{parser.prog} --help'")
 
 
 INTERRUPTED = 130        # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -132,7 +148,10 @@ def _main(argv=None) -> int:
     if argv and argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]][0])
         module.configure_parser(sub.choices[argv[0]])
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would report these as "threefactor: error: ...": name the command, suggest the nearest
+        _unrecognized(sub.choices[args.command] if args.command else parser, unknown)
     if args.command is None:
         parser.print_help(sys.stderr)
         print("threefactor: error: a COMMAND is required", file=sys.stderr)

@@ -83,12 +83,15 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
     try:
         for epoch in range(start + 1, cfg["epochs"] + 1):
             try:
-                record, params, states = _train_epoch(cfg, net, opts, rng, backend, arrays, augment, epoch,
-                                                      progress)
+                with _FloatingPointNotes() as fp_notes:
+                    record, params, states = _train_epoch(cfg, net, opts, rng, backend, arrays, augment, epoch,
+                                                          progress)
             except NonFiniteError as exc:       # an online step met NaN/Inf mid-epoch: the run diverged
                 raise TrainingDiverged(_diverged_message(cfg, rd, epoch, [f"{exc.what} during the epoch"],
                                                          net.learning)) from None
             bad = _non_finite(record, params, states)
+            if not bad:     # a diverged epoch's overflow warnings are its clear error below; others are kept
+                fp_notes.warn(epoch)
             if bad:
                 record["diverged"] = True
             # metrics first: a kill between the two leaves a record newer than the checkpoint,
@@ -106,6 +109,38 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
                 raise TrainingDiverged(_diverged_message(cfg, rd, epoch, bad, net.learning))
     except KeyboardInterrupt:
         raise TrainingInterrupted(epoch, saved, rd.path) from None
+
+
+class _FloatingPointNotes:
+    """NumPy's floating-point warnings (overflow, invalid value, divide by zero) of one epoch, held back.
+
+    A diverging run overflows in its matrix products before the epoch's end finds the NaN and says
+    so clearly (:class:`TrainingDiverged`); NumPy's raw RuntimeWarnings would come first. Within the
+    context, errors NumPy would warn about are recorded instead (modes other than 'warn', e.g. a
+    user's 'raise', stay as they are); :meth:`warn` then gives each kind once as a RuntimeWarning,
+    for an epoch that stayed finite.
+    """
+
+    def __init__(self):
+        self.seen = {}
+
+    def _record(self, kind, flag):
+        self.seen[kind] = self.seen.get(kind, 0) + 1
+
+    def __enter__(self):
+        modes = {k: ("call" if v == "warn" else v) for k, v in np.geterr().items()}
+        self._state = np.errstate(call=self._record, **modes)
+        self._state.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._state.__exit__(*exc)
+
+    def warn(self, epoch):
+        import warnings
+        for kind, n in self.seen.items():
+            warnings.warn(f"{kind} encountered {n} time(s) in NumPy operations during epoch {epoch} "
+                          f"(the epoch stayed finite)", RuntimeWarning, stacklevel=3)
 
 
 def _train_epoch(cfg, net, opts, rng, backend, arrays, augment, epoch, progress):

@@ -205,8 +205,10 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
             if note:
                 log(note)
     try:
-        run_epochs(cfg, rd, net, opts, rng, backend, (x_tr, y_tr, x_te, y_te), start,
-                   progress=progress, log=log)
+        from threefactor.backends.compile_note import compile_note
+        with compile_note(log):             # one line if the Numba kernels are compiled (a first run)
+            run_epochs(cfg, rd, net, opts, rng, backend, (x_tr, y_tr, x_te, y_te), start,
+                       progress=progress, log=log)
     except TrainingInterrupted as exc:
         if not exc.saved and _release(rd, created, resume):
             exc.path = None
@@ -214,7 +216,15 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
     except BaseException:
         _release(rd, created, resume)
         raise
+    log(_wrote_line(rd))
     return rd
+
+
+def _wrote_line(rd):
+    """The last line of a finished run: where it is and what it holds."""
+    names = [p.name for p in (rd.config_path, rd.metrics_path, rd.path / "metrics.csv", rd.checkpoint_path,
+                              rd.path / "curves.png") if p.is_file()]
+    return f"wrote {rd.path}: {', '.join(names)}"
 
 
 def _release(rd, created, resume):
