@@ -18,9 +18,9 @@ import pytest
 
 from threefactor.data import datasets as data
 from threefactor.data import download as data_download
+from real_data import FULL_FMNIST, SKIP_REASON
 from threefactor.data.datasets import DATASETS, DataError, Dataset, load_dataset
 
-FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 STEMS = list(data.IDX_FILES.values())
 
 
@@ -639,10 +639,11 @@ def test_published_checksum_table_complete():
 # --------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not FMNIST_SYSTEM_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+@pytest.mark.skipif(FULL_FMNIST is None, reason=SKIP_REASON)
 def test_real_fashion_mnist(monkeypatch):
-    monkeypatch.setattr(data_download, "SYSTEM_DIRS", {"fmnist": (str(FMNIST_SYSTEM_DIR),)})
+    monkeypatch.setattr(data_download, "SYSTEM_DIRS", {"fmnist": (str(FULL_FMNIST),)})
     ds = load_dataset("fmnist", download=False)
+    assert not ds.bundled
     assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)
     assert len(ds.y_train) == 60000 and len(ds.y_test) == 10000
     assert ds.x_train.min() >= -1.0 and ds.x_train.max() <= 1.0

@@ -12,7 +12,7 @@ from threefactor.training.presets import COLUMNS, PRESETS, get_preset
 from threefactor.training.runs import METRIC_KEYS, RunDir
 from threefactor.training.train import build_network, resolve_config, train
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
+from real_data import FULL_FMNIST, SKIP_REASON
 
 
 def _write_idx(path, arr):
@@ -198,12 +198,12 @@ def test_presets_cover_table3():
     assert cfg["hidden"] == [1024, 1024, 1024] and cfg["batch_size"] == 256 and cfg["epochs"] <= 3
 
 
-@pytest.mark.skipif(not FMNIST.is_dir(), reason="real Fashion-MNIST not installed")
+@pytest.mark.skipif(FULL_FMNIST is None, reason=SKIP_REASON)
 def test_real_fashion_mnist_one_epoch(tmp_path):
     # cossim (a local rule) is past its start-up within 80 steps (73-75% over seeds 0-2);
     # Gaussian grp+div is still taking off there (41-68%), see RESULTS.md for its full epochs.
     cfg = resolve_config(rule="cossim", grouping="plain", epochs=1, subset=5000, batch_size=64,
-                         hidden=[256, 256], seed=0, backend="numpy")
+                         hidden=[256, 256], seed=0, backend="numpy", data_root=str(FULL_FMNIST))
     rd = train(cfg, tmp_path / "fmnist", progress=False, log=_quiet)
     acc = rd.read_metrics()[-1]["test_accuracy"]
     assert acc > 60.0, acc
