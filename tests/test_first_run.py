@@ -237,9 +237,9 @@ def test_check_says_a_repeated_skip_once(monkeypatch, capsys):
                      "--no-conv"]) == 0
     out = capsys.readouterr().out
     assert out.count("torch is not installed") == 1
-    assert re.search(r"^skipped 6 torch comparisons: torch is not installed: .*pip install -e \".\[autograd\]\"; "
-                     r"PyTorch's CPU-only build: pip install torch --index-url https://download.pytorch.org/whl/cpu",
-                     out, re.M)
+    assert re.search(r"^skipped 6 torch comparisons: torch is not installed: pip install -e \".\[autograd\]\" "
+                     r"\(in .*\); for PyTorch's CPU-only build \(no ~6 GB of CUDA libraries\) first: "
+                     r"pip install torch --index-url https://download.pytorch.org/whl/cpu$", out, re.M)
     assert "6 skipped" in out and not re.search(r"SKIP", out)
 
 
@@ -316,3 +316,34 @@ def test_a_numba_compilation_is_said_once():
     with compile_note(lines.append) as note:
         g(2)                                    # nothing to compile: nothing said
     assert len(lines) == 1 and not note.said
+
+
+def test_install_hints_fit_a_checkout_or_an_installed_package(tmp_path, monkeypatch):
+    from threefactor import install_hint as ih
+    from threefactor.backends import BackendUnavailable, _load
+    root = ih.Path(ih.__file__).resolve().parents[1]
+    assert ih.install_hint("gpu") == f'pip install -e ".[gpu]" (in {root})'      # tests run from a checkout
+    assert "download.pytorch.org/whl/cpu" in ih.install_hint("autograd")
+    monkeypatch.setattr(ih, "__file__", str(tmp_path / "site-packages" / "threefactor" / "install_hint.py"))
+    assert ih.install_hint("gpu") == 'pip install "threefactor[gpu]"'
+    monkeypatch.setitem(sys.modules, "cupy", None)                 # import cupy fails
+    _load.cache_clear()
+    try:
+        with pytest.raises(BackendUnavailable, match=re.escape("cupy is not installed: pip install \"threefactor[gpu]\"")):
+            _load("cupy")
+    finally:
+        _load.cache_clear()
+
+
+def test_setup_cfg_ships_every_file_of_the_sample():
+    """The sample is package data: setup.cfg's pattern takes every file of its folder (a wheel built from
+    the package has them; checked by hand with pip wheel, see the commit)."""
+    import configparser
+    import fnmatch
+    from pathlib import Path
+    root = Path(sample.__file__).resolve().parents[2]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    patterns = cfg["options.package_data"]["threefactor.data"].split()
+    files = [p.relative_to(sample.SAMPLE_DIR.parent).as_posix() for p in sample.SAMPLE_DIR.iterdir()]
+    assert len(files) == 5 and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files), files

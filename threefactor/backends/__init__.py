@@ -33,7 +33,8 @@ def _load(name):
         try:
             import cupy
         except ImportError as exc:
-            raise BackendUnavailable("cupy is not installed: pip install threefactor[gpu]") from exc
+            from threefactor.install_hint import install_hint
+            raise BackendUnavailable(f"cupy is not installed: {install_hint('gpu')}") from exc
         try:
             if cupy.cuda.runtime.getDeviceCount() < 1:
                 raise BackendUnavailable("cupy is installed but no GPU is visible")

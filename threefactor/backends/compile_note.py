@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-#: Seconds the first run's compilation took on a 2-core AMD EPYC VM (the default
-#: ``threefactor train``: 2026-12-07, cold cache via NUMBA_CACHE_DIR): the estimate the note gives.
-TYPICAL_SECONDS = 25
+#: CPU seconds the first run's compilation took on a 2-core AMD EPYC VM (the default
+#: ``threefactor train``, 2026-12-07, cold cache via NUMBA_CACHE_DIR: 6.8 s of CPU; 23 s of wall
+#: time while the machine was shared, load 12): the estimate the note gives.
+TYPICAL_SECONDS = 7
 
 
 class CompileNote:
@@ -26,8 +27,8 @@ class CompileNote:
             self._t0 = time.perf_counter()
             if not self.said:
                 self.said = True
-                self.log(f"compiling the Numba kernels (first run only: they are cached for later runs; "
-                         f"~{TYPICAL_SECONDS} s on 2 cores) ...")
+                self.log(f"compiling the Numba kernels (first run only, ~{TYPICAL_SECONDS} s on an idle machine; "
+                         f"they are cached for later runs) ...")
         self._depth += 1
 
     def on_end(self, event):

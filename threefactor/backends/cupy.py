@@ -432,7 +432,8 @@ class CupyBackend:
     def __init__(self):
         if cupy is None:
             from threefactor.backends import BackendUnavailable
-            raise BackendUnavailable("cupy is not installed: pip install threefactor[gpu]")
+            from threefactor.install_hint import install_hint
+            raise BackendUnavailable(f"cupy is not installed: {install_hint('gpu')}")
         self.xp = cupy
 
     # -- arrays ---------------------------------------------------------

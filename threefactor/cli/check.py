@@ -153,11 +153,7 @@ def skip_lines(results):
     """One line per reason shared by several skipped comparisons (:func:`repeated_skips`)."""
     lines = []
     for (method, note), n in repeated_skips(results).items():
-        line = f"skipped {n} {method} comparisons: {note or 'no reason given'}"
-        if method == "torch" and "not installed" in note:
-            line += (" (from a checkout: pip install -e \".[autograd]\"; PyTorch's CPU-only build: "
-                     "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
-        lines.append(line)
+        lines.append(f"skipped {n} {method} comparisons: {note or 'no reason given'}")
     return lines
 
 

@@ -76,7 +76,7 @@ from threefactor.rule.kernels import kernel_object
 from threefactor.api import local_update
 from threefactor.backends import BACKENDS, BackendUnavailable, get_backend
 from threefactor.rule.rules import ACTIVATIONS, COSINE_EPS, GROUPINGS, KERNELS, Rule
-from threefactor.verify.torch_ref import autograd_update, torch_available
+from threefactor.verify.torch_ref import _MISSING, autograd_update, torch_available
 
 METHODS = ("fd", "complex", "torch")
 #: Tolerances on max_rel_error per dtype of the explicit update and method.
@@ -242,7 +242,7 @@ def reference_updates(x, w, labels, n_classes, rule, methods=METHODS):
                                      "fd and torch decide")
     if "torch" in methods:
         if not torch_available():
-            refs["torch"] = (None, "torch is not installed: pip install threefactor[autograd]")
+            refs["torch"] = (None, _MISSING)
         else:
             try:
                 refs["torch"] = (autograd_update(x, w, labels, n_classes, rule, dtype=np.float64), "")

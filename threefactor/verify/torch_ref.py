@@ -1,7 +1,7 @@
 """The layer objective in PyTorch, for autograd as an oracle and as a benchmark baseline.
 
 Optional: torch is imported lazily, only when a function here runs (install
-it with ``pip install threefactor[autograd]``).  Nothing in the engine uses
+it with ``pip install -e ".[autograd]"`` from a checkout).  Nothing in the engine uses
 this module; :mod:`threefactor.check` compares the explicit update with
 ``-dL/dW`` from :func:`autograd_update`, and the benchmarks time
 :func:`objective_torch` + ``backward()`` against the explicit rule.
@@ -24,8 +24,9 @@ import numpy as np
 
 from threefactor.rule.activations import SELU_ALPHA, SELU_SCALE
 from threefactor.rule.rules import Rule
+from threefactor.install_hint import install_hint
 
-_MISSING = "torch is not installed: pip install threefactor[autograd]"
+_MISSING = f"torch is not installed: {install_hint('autograd')}"
 
 
 def torch_available() -> bool:
