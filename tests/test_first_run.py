@@ -155,6 +155,12 @@ def test_table_counts_runs_from_before_the_data_key_as_full_set_runs(tmp_path):
     assert len(cells) == 1 and next(iter(cells.values()))["seeds"] == [0, 1]
 
 
+def test_validation_on_the_sample_says_its_split(capsys):
+    assert cli.main(["train", "--validation", "--epochs", "1", "--subset", "256", "--hidden", "64", "--backend",
+                     "numpy", "--no-progress", "--out", "v"]) == 0
+    assert f"data: {sample.SAMPLE_NOTE} (--validation: 9000 training, 1000 validation)\n" in capsys.readouterr().out
+
+
 def test_subset_beyond_the_sample_names_it(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["train", "--subset", "20000", "--backend", "numpy", "--no-progress"])

@@ -74,9 +74,12 @@ def load_data(cfg, progress=True, log=None):
                           seed=0, progress=progress, bundled=bundled)
     cfg["data"], cfg["data_source"] = (BUNDLED if ds.bundled else "full"), ds.source
     if log is not None:
-        log(f"data: {SAMPLE_NOTE}" if ds.bundled else
-            f"data: {cfg['dataset']} from {ds.source} ({len(ds.y_train)} training, {len(ds.y_test)} "
-            f"{'validation' if cfg['validation'] else 'test'} samples)")
+        if ds.bundled:
+            split = f" (--validation: {len(ds.y_train)} training, {len(ds.y_test)} validation)"
+            log(f"data: {SAMPLE_NOTE}" + (split if cfg["validation"] else ""))
+        else:
+            log(f"data: {cfg['dataset']} from {ds.source} ({len(ds.y_train)} training, {len(ds.y_test)} "
+                f"{'validation' if cfg['validation'] else 'test'} samples)")
     x_tr, y_tr = ds.x_train, ds.y_train
     if cfg["subset"] is not None and cfg["subset"] > len(y_tr):
         part = "training part (90%, --validation)" if cfg["validation"] else "training set"
