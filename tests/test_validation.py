@@ -153,7 +153,7 @@ def _fake_cupy(device_count):
 
 
 @pytest.mark.parametrize("cupy_module,message", [
-    (None, r"cupy is not installed: pip install threefactor\[gpu\]"),
+    (None, r"cupy is not installed: pip install (-e \"\.\[gpu\]\" \(in .*\)|\"threefactor\[gpu\]\")$"),
     (_fake_cupy("cudaErrorNoDevice: no CUDA-capable device is detected"),
      r"cupy is installed but no GPU is usable: cudaErrorNoDevice"),
     (_fake_cupy(0), r"cupy is installed but no GPU is visible"),
