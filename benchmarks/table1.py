@@ -75,7 +75,9 @@ def main(argv=None):
                 print(f"{rd.path}: finished, skipped")
                 continue
             if data is None:
-                data = load_data(cfg, progress=args.progress)
+                data = load_data(cfg, progress=args.progress, log=print)   # says if it is the bundled sample
+                source = {k: cfg[k] for k in ("data", "data_source")}      # what load_data recorded in cfg
+            cfg.update(source)
             print(f"== {column_name(rule, grouping)}, seed {seed}: {cfg['preset']} "
                   f"(lr_out {cfg['lr_out']}, lr_local {cfg['lr_local']}, groups {cfg['groups']}) -> {rd.path}")
             t0 = time.perf_counter()
