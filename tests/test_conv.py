@@ -317,7 +317,8 @@ def test_cupy_update_matches_reference(kernel, grouping, pool):
 
 # -- networks (conv_layers) ----------------------------------------------------------
 
-from threefactor.nn.convnet import ARCHS, TABLE6, ConvNet, alpha_dropout, build_convnet, parse_arch, table6_preset
+from threefactor.nn.convnet import ARCHS, TABLE6, ConvNet, alpha_dropout, parse_arch, table6_preset
+from threefactor.training.build import build_convnet
 
 
 def test_parse_arch():

@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 #: public name -> module that defines it (imported lazily)
 _LAZY = {
-    "check_rule": "verify.gradcheck", "check_all": "verify.gradcheck",
+    "check_rule": "verify.gradcheck", "check_all": "verify.variants",
     "assert_update_matches": "verify.gradcheck", "GradcheckError": "verify.gradcheck",
     "resolve_config": "training.train",
     "MLP": "nn.mlp", "PRESETS": "training.presets",
