@@ -15,7 +15,8 @@ from threefactor import layer_output, local_objective, local_update
 from threefactor.verify import naive as pairwise
 from threefactor import third_factor
 from threefactor.rule.activations import activate
-from threefactor.verify.gradcheck import complex_step_gradient, make_problem, reference_updates, relative_error, variants
+from threefactor.verify.gradcheck import complex_step_gradient, make_problem, reference_updates, relative_error
+from threefactor.verify.variants import variants
 from threefactor.rule.rules import ACTIVATIONS, KERNELS, LABEL_KERNELS, Rule
 
 VARIANTS = dict(variants(label_kernels=LABEL_KERNELS))
