@@ -193,7 +193,7 @@ def labels_of(be, y, m, n_classes, checks=None):
             n = int(mine.verify(be, [labels.max()])[0]) + 1
             warnings.warn(f"n_classes not given: taken as the largest label + 1 = {n} from this batch; the "
                           "label kernel (Eq. 35-36) depends on it, so pass n_classes= (or one-hot y)",
-                          UserWarning, stacklevel=7)   # the public call (labels_of < _converted < prepare < _layer pass < _layer < public function)
+                          UserWarning, stacklevel=7)   # the user's call of a public function (threefactor.api)
         else:
             n = int(n_classes)
 

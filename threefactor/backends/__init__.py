@@ -141,7 +141,7 @@ def get_backend(name="numpy"):
         raise TypeError(f"backend must be a name ({', '.join(backend_names())}) or a Backend, "
                         f"got {type(name).__name__}")
     if name not in _FACTORIES:
-        _read_entry_points()
+        _read_entry_points(force=True)          # a distribution installed since the last look
     if name not in _FACTORIES:
         raise choice_error("backend", name, backend_names())
     return _load(name)

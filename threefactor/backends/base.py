@@ -181,3 +181,8 @@ class Backend(abc.ABC):
         """(bytes the device memory pool grew by during one ``fn()``, method), or None where
         host memory (tracemalloc) is what ``fn`` allocates.  The default: None."""
         return None
+
+    def graph_call(self, fn):
+        """``fn`` captured once into a device graph; a callable replaying it (CUDA graphs on CuPy).
+        Backends without graphs raise NotImplementedError."""
+        raise NotImplementedError(f"backend {self.name!r} has no device graphs")
