@@ -27,6 +27,8 @@ MOVED = {
     "bench_step": "bench.step", "timing": "bench.timing", "machine": "bench.machine",
     "targets": "bench.targets", "heap": "bench.malloc",
     "check_cli": "cli.check", "bench_cli": "cli.bench",
+    # moved again after the re-housing (issue 15, one gradcheck driver)
+    "verify.gradcheck_batchnorm": "verify.variants",
 }
 
 

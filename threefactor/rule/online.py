@@ -223,7 +223,12 @@ def change_b2(trule: TwoPointRule, dv, same, xp=np):
 
 
 def centred_factor(trule: TwoPointRule, dv, b1, k, b2, b3) -> Circuit:
-    """The third factor given the centring b3 (scalar or (B,)) (Eq. 62, 66)."""
+    """The third factor M_t of the two-point rule given the centring b3 (scalar or (B,)) (Eq. 58, 62, 66).
+
+    Eq. 58 is M_t = -(γ k̊(y_t, y_{t-Δt}) - 2 k̊(z_t, z_{t-Δt})) k(z_t, z_{t-Δt}) / σ²; the circuit
+    has b2 = γ k(y_t, y_{t-Δt}) - 2 k(z_t, z_{t-Δt}) (Eq. 60) and centres it by its running average
+    b3 (Eq. 61), so M = -(b2 - b3) k / σ² (Eq. 62); with groups each group's factor is M · Δv_α (Eq. 66).
+    """
     b3 = b3 + 0 * b2                                   # broadcast to (B,)
     M = -(b2 - b3) * k / trule.rule.sigma ** 2
     return Circuit(b1, b2, b3, M, dv if trule.rule.grouped else None)
