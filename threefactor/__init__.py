@@ -11,7 +11,7 @@ checking, data and the online rule are imported on first use.
 import importlib
 
 from threefactor.api import available_backends, layer_output, local_objective, local_update, third_factor
-from threefactor.backends import BackendUnavailable, get_backend
+from threefactor.backends import BackendUnavailable, get_backend, register_backend
 from threefactor.rule.rules import Rule
 from threefactor import _moved
 
@@ -32,7 +32,7 @@ _LAZY = {
 
 __all__ = [
     "available_backends", "layer_output", "local_objective", "local_update", "third_factor",
-    "BackendUnavailable", "get_backend", "Rule", "__version__", *_LAZY,
+    "BackendUnavailable", "get_backend", "register_backend", "Rule", "__version__", *_LAZY,
 ]
 
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from threefactor.backends import backend_of, get_backend
 from threefactor.rule.rules import choice_error
 from threefactor.validate import check_lr
