@@ -56,14 +56,9 @@ complex-step derivatives of the literal conv objective
 batchnorm (:func:`check_batchnorm_rule`: ΔW, Δγ and Δβ).  The matrices of
 variants that ``threefactor check`` runs are :mod:`threefactor.verify.variants`.
 
-Command line (:mod:`threefactor.cli.check`): ``threefactor check [--backend ...] [--kernel ...] [--activation ...]
-[--grouping plain grp grp+div] [--dtype float64] [--seed 0] [--json PATH]
-[--kernel-module MODULE:NAME] [--conv | --no-conv]`` prints one table row per (variant,
-backend, method) and exits 0 (all pass), 1 (a failure) or 2 (bad use, unavailable
-backend).  By default dense and conv variants are checked (about 13 s of CPU);
-``--conv`` checks only the conv variants, ``--no-conv`` only the dense ones.
-``--json`` writes ``{"meta", "passed", "n_failed", "results": [CheckResult fields +
-"status"]}`` atomically (temp file + os.replace); ``meta["conv"]`` says which were run.
+Command line: ``threefactor check`` (:mod:`threefactor.cli.check`) prints one table row per
+(variant, backend, method), exits 0 (all pass), 1 (a failure) or 2 (bad use), ``--json`` writes the
+results atomically.
 """
 from __future__ import annotations
 
