@@ -38,7 +38,7 @@ class CountingGemms(NumpyBackend):
 
 
 def main():
-    register_backend("counting-gemms", CountingGemms)
+    register_backend("counting-gemms", CountingGemms, replace=True)
     rng = np.random.default_rng(0)
     x, w, y = rng.normal(size=(32, 20)), rng.normal(size=(16, 20)) / 5, np.arange(32) % 4
     dw = tf.local_update(x, w, y, n_classes=4, groups=4, backend="counting-gemms")

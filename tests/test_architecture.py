@@ -322,8 +322,6 @@ def test_the_backend_example_runs():
     spec = importlib.util.spec_from_file_location("extending_backend", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    try:
-        calls = module.main()
-    finally:
-        backends.unregister_backend("counting-gemms")
+    calls = module.main()
     assert calls["hebbian"] >= 1 and calls["matmul"] >= calls["hebbian"]
+    assert module.main() == calls                    # registering again (replace=True) starts a new count
