@@ -134,8 +134,9 @@ def _load(name):
 
 
 def get_backend(name="numpy"):
-    """The backend object called ``name`` (a :class:`Backend` object is returned as is)."""
-    if isinstance(name, Backend):
+    """The backend object called ``name`` (a :class:`Backend` object, or an object with the primitives
+    ``forward`` and ``hebbian`` as before the interface existed, is returned as is)."""
+    if isinstance(name, Backend) or not isinstance(name, str) and hasattr(name, "forward") and hasattr(name, "hebbian"):
         return name
     if not isinstance(name, str):
         raise TypeError(f"backend must be a name ({', '.join(backend_names())}) or a Backend, "
