@@ -47,3 +47,15 @@ def make_problem():
     """Factory ``make_problem(m=6, n_in=5, n_out=8, n_classes=3, seed=0) -> (x, w, labels)``:
     x (m, n_in), w (n_out, n_in), integer labels (m,), every class present when m >= n_classes."""
     return _make_problem
+
+
+@pytest.fixture(autouse=True)
+def _backend_registry_restored():
+    """A test (or a README example) that registers a backend leaves the registry as it found it."""
+    from threefactor import backends
+    before = dict(backends._FACTORIES)
+    yield
+    if backends._FACTORIES != before:
+        backends._FACTORIES.clear()
+        backends._FACTORIES.update(before)
+        backends._load.cache_clear()

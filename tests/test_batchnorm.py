@@ -9,10 +9,11 @@ from threefactor import Rule
 from threefactor.verify import naive as pairwise
 from threefactor.backends import BackendUnavailable, get_backend
 from threefactor.nn.backprop import forward_backward, network_loss
-from threefactor.rule.batchnorm import BatchNorm, naive_batchnorm
+from threefactor.rule.batchnorm import BatchNorm
+from threefactor.verify.naive import batchnorm as naive_batchnorm
 from threefactor.verify.gradcheck import complex_step_gradient
 from threefactor.nn.convnet import TABLE6, ConvLayer, ConvNet
-from threefactor.rule.conv_rule import naive_objective
+from threefactor.verify.naive import conv_objective as naive_objective
 from threefactor.nn.layers import HiddenLayer
 from threefactor.nn.mlp import MLP
 from threefactor.training.report import find_runs, markdown_table, summarize
@@ -327,7 +328,7 @@ def test_cupy_batchnorm_net_trains_like_numpy(tmp_path, rule, grouping):
 # -- threefactor check --batchnorm ---------------------------------------------------------
 
 def test_check_batchnorm_matrix_passes_and_catches_a_wrong_gradient(monkeypatch):
-    from threefactor.verify.gradcheck_batchnorm import check_batchnorm_all
+    from threefactor.verify.variants import check_batchnorm_all
     results = check_batchnorm_all(backends=("numpy", "numba"), activations=("lrelu", "selu"))
     assert len(results) == 3 * 3 * 2 * 2 * 3 * 2       # kernel x grouping x act x kind x param x backend
     assert all(r.passed for r in results), [r for r in results if not r.passed]

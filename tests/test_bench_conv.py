@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from threefactor.rule import conv_rule
+from threefactor import layer_output, local_objective
 from threefactor.rule.rules import Rule
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv_epoch.py"
@@ -61,9 +61,12 @@ def test_torch_layer_loss_is_the_conv_rule_objective():
     y = np.array([0, 1, 2, 0, 1, 2])
     Ky = tr._label_kernel(torch, torch.as_tensor(y), 3, rule.label_kernel, torch.float64)
     loss, r = bce.torch_layer(torch, F, torch.as_tensor(x), torch.as_tensor(w), True, "max", rule, Ky, 0.0)
-    ref = conv_rule.local_objective(x, w, y, rule, padding=1, pool="max", backend="numpy", n_classes=3)
+    ref = local_objective(x, w, y, kernel=rule.kernel, sigma=rule.sigma, gamma=rule.gamma,
+                          activation=rule.activation, groups=rule.groups, p=rule.p, delta=rule.delta,
+                          padding=1, pool="max", backend="numpy", n_classes=3)
     assert float(loss) == pytest.approx(float(ref), rel=1e-10, abs=1e-14)
-    out = conv_rule.layer_output(x, w, rule, divisive=True, padding=1, pool="max", backend="numpy")
+    out = layer_output(x, w, activation=rule.activation, groups=rule.groups, p=rule.p, delta=rule.delta,
+                       divisive=True, padding=1, pool="max", backend="numpy")
     np.testing.assert_allclose(r.numpy(), np.asarray(out), rtol=1e-10, atol=1e-12)
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from threefactor.cli import main as cli
 from threefactor.backends.numpy import NumpyBackend
-from threefactor.verify.gradcheck import GradcheckError, assert_update_matches, check_all, check_conv_all, check_rule, relative_error
+from threefactor.verify.gradcheck import GradcheckError, assert_update_matches, check_rule, relative_error
+from threefactor.verify.variants import check_all, check_conv_all
 from threefactor.cli.check import write_json
 from threefactor.rule.rules import Rule
 from threefactor.verify.torch_ref import torch_available

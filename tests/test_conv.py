@@ -2,8 +2,8 @@
 
 References, all float64: complex-step derivatives of the literal objective
 (explicit conv loops, window-by-window max pool, pair sums of pHSIC:
-``conv_rule.naive_objective``), the literal pair sums of Eq. 12 / 22 summed over
-positions (``conv_rule.naive_update``), and the numpy GEMM path.
+``verify.naive.conv_objective``), the literal pair sums of Eq. 12 / 22 summed over
+positions (``verify.naive.conv_update``), and the numpy GEMM path.
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import pytest
 
 from threefactor import layer_output, local_objective, local_update
 from threefactor.rule import conv
-from threefactor.rule import conv_rule
+from threefactor.verify import naive
 from threefactor.verify import naive as pairwise
 from threefactor import third_factor
 from threefactor.backends import BackendUnavailable, get_backend
-from threefactor.verify.gradcheck import complex_step_gradient, relative_error
+from threefactor.verify.gradcheck import check_conv_rule, complex_step_gradient, relative_error
+from threefactor.verify.variants import conv_variants
 from threefactor.rule.rules import ACTIVATIONS, KERNELS, Rule
 
 # the functional-API cases omit n_classes for brevity (labels 0..2 of a 3-class problem)
@@ -74,7 +75,7 @@ def test_conv2d_is_the_loop(shape):
     x, w = rng.normal(size=(m, c, h, wd)), rng.normal(size=(o, c, kh, kw))
     a = conv.conv2d(x, w, pad)
     assert a.shape == (m, o) + conv.conv_out_size(h, wd, kh, kw, pad)
-    np.testing.assert_allclose(a, conv.naive_conv2d(x, w, pad), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a, naive.conv2d(x, w, pad), rtol=1e-12, atol=1e-12)
     # col2im is the adjoint of im2col: <im2col(x), C> = <x, col2im(C)>
     cols = conv.im2col(x, kh, kw, pad)
     C = rng.normal(size=cols.shape)
@@ -87,7 +88,7 @@ def test_max_pool_is_the_loop(hw):
     rng = np.random.default_rng(1)
     z = rng.normal(size=(2, 3) + hw)
     pooled, idx = conv.max_pool2x2(z)
-    ref, (wy, wx) = conv.naive_max_pool2x2(z)
+    ref, (wy, wx) = naive.max_pool2x2(z)
     np.testing.assert_array_equal(pooled, ref)
     h2, w2 = hw[0] // 2, hw[1] // 2
     py, px = np.meshgrid(np.arange(h2), np.arange(w2), indexing="ij")
@@ -115,9 +116,9 @@ def references(kernel, grouping, pool, dtype=np.float64):
     rule = rule_of(kernel, grouping)
     x, w = (a.astype(dtype).astype(np.float64) for a in problem())
     refs = {"complex": complex_step_gradient(
-        lambda v: conv_rule.naive_objective(x, v, LABELS, N_CLASSES, rule, 1, pool), w)}
+        lambda v: naive.conv_objective(x, v, LABELS, N_CLASSES, rule, 1, pool), w)}
     if kernel == "gaussian":
-        refs["naive"] = conv_rule.naive_update(x, w, LABELS, N_CLASSES, rule, 1, pool)
+        refs["naive"] = naive.conv_update(x, w, LABELS, N_CLASSES, rule, 1, pool)
     refs["numpy64"] = local_update(x, w, LABELS, **kwargs_of(rule, pool))
     return x, w, refs
 
@@ -144,7 +145,7 @@ def test_update_is_minus_gradient(kernel, grouping, pool, backend, dtype):
         assert err <= REF_TOL[dtype][method], \
             f"{kernel}/{grouping}/pool={pool} {backend} {np.dtype(dtype).name} vs {method}: {err:.2e} at {worst}"
     L = local_objective(x, w, LABELS, backend=backend, **kwargs_of(rule, pool))
-    assert abs(L - conv_rule.naive_objective(x, w, LABELS, N_CLASSES, rule, 1, pool)) <= 1e-12
+    assert abs(L - naive.conv_objective(x, w, LABELS, N_CLASSES, rule, 1, pool)) <= 1e-12
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -181,11 +182,11 @@ def test_activations_and_padding(activation):
         kw = dict(activation=activation, groups=groups, sigma=3.0, padding=padding, pool=pool,
                   n_classes=N_CLASSES)
         dw = local_update(x, w, LABELS, **kw)
-        naive = conv_rule.naive_update(x, w, LABELS, N_CLASSES, rule, padding, pool)
-        assert relative_error(dw.reshape(4, -1), naive.reshape(4, -1))[0] <= 1e-10
+        ref = naive.conv_update(x, w, LABELS, N_CLASSES, rule, padding, pool)
+        assert relative_error(dw.reshape(4, -1), ref.reshape(4, -1))[0] <= 1e-10
         v = rng.normal(size=w.shape)      # a random direction: d/dt L(w + t v) by the complex step
         t = 1e-30
-        dL = conv_rule.naive_objective(x, w + 1j * t * v, LABELS, N_CLASSES, rule, padding, pool).imag / t
+        dL = naive.conv_objective(x, w + 1j * t * v, LABELS, N_CLASSES, rule, padding, pool).imag / t
         assert np.isclose(-(dw * v).sum(), dL, rtol=1e-9, atol=1e-14)
 
 
@@ -194,7 +195,7 @@ def test_outputs_and_third_factor():
     x, w = problem(hw=5, c_out=6)
     for pool in POOLS:
         rule = Rule(groups=3, activation="selu")
-        z, _, _ = conv_rule.naive_activity(x, w, rule, 1, pool)
+        z, _, _ = naive.conv_activity(x, w, rule, 1, pool)
         zf = z.reshape(len(z), -1)
         eye = np.eye(zf.shape[1])
         lin = rule.with_(activation="linear")
@@ -262,6 +263,24 @@ def _cupy():
     return cupy
 
 
+def _gpu_pool2x2(z):
+    """2x2 max pooling of (m, C, H, W) by the cupy backend's primitive (channel-last inside)."""
+    pooled, idx, _ = get_backend("cupy").max_pool_rows(z.transpose(0, 2, 3, 1))
+    return pooled.transpose(0, 3, 1, 2), idx.transpose(0, 3, 1, 2)
+
+
+def _gpu_gather(t, z):
+    """t (m, C, H, W) at the winners of z's 2x2 windows, by the cupy backend's primitive."""
+    _, _, (out,) = get_backend("cupy").max_pool_rows(z.transpose(0, 2, 3, 1), t.transpose(0, 2, 3, 1))
+    return out.transpose(0, 3, 1, 2)
+
+
+def _gpu_route(g, idx, shape):
+    m, c, h, w = shape
+    out = get_backend("cupy").route_rows(g.transpose(0, 2, 3, 1), idx.transpose(0, 2, 3, 1), (m, h, w, c))
+    return out.transpose(0, 3, 1, 2)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("all_offsets", [False, True])
@@ -275,23 +294,23 @@ def test_cupy_kernels_match_numpy(dtype, all_offsets, monkeypatch):
                                        (2, 37, 7, 9, 3, 2, 1)):
         x = rng.normal(size=(m, c, h, wd)).astype(dtype)
         cols = conv.im2col(x, kh, kw, pad)
-        np.testing.assert_array_equal(cp.asnumpy(conv.im2col(cp.asarray(x), kh, kw, pad, cp)), cols)
+        np.testing.assert_array_equal(cp.asnumpy(get_backend("cupy").im2col(cp.asarray(x), kh, kw, pad)), cols)
         C = rng.normal(size=cols.shape).astype(dtype)
-        np.testing.assert_allclose(cp.asnumpy(conv.col2im(cp.asarray(C), x.shape, kh, kw, pad, cp)),
+        np.testing.assert_allclose(cp.asnumpy(get_backend("cupy").col2im(cp.asarray(C), x.shape, kh, kw, pad)),
                                    conv.col2im(C, x.shape, kh, kw, pad), rtol=1e-5, atol=1e-5)
         pooled, idx = conv.max_pool2x2(x)
-        gp, gi = conv.max_pool2x2(cp.asarray(x), cp)
+        gp, gi = _gpu_pool2x2(cp.asarray(x))
         np.testing.assert_array_equal(cp.asnumpy(gp), pooled)
         np.testing.assert_array_equal(cp.asnumpy(gi), idx)
         g = rng.normal(size=pooled.shape).astype(dtype)
-        np.testing.assert_array_equal(cp.asnumpy(conv.pool_route(cp.asarray(g), gi, x.shape, cp)),
+        np.testing.assert_array_equal(cp.asnumpy(_gpu_route(cp.asarray(g), gi, x.shape)),
                                       conv.pool_route(g, idx, x.shape))
         t = rng.normal(size=x.shape).astype(dtype)
-        np.testing.assert_array_equal(cp.asnumpy(conv.pool_gather(cp.asarray(t), gi, cp)),
+        np.testing.assert_array_equal(cp.asnumpy(_gpu_gather(cp.asarray(t), cp.asarray(x))),
                                       conv.pool_gather(t, idx))
         rows = rng.normal(size=(m * h * wd, c)).astype(dtype)     # channel-last rows, as the GEMM writes
         for r in (rows, rows.reshape(m, h, wd, c)):
-            got = conv.rows_to_nchw(cp.asarray(r), m, h, wd, cp)
+            got = get_backend("cupy").rows_to_nchw(cp.asarray(r), m, h, wd)
             assert got.flags.c_contiguous and got.shape == (m, c, h, wd)
             np.testing.assert_array_equal(cp.asnumpy(got), conv.rows_to_nchw(r, m, h, wd))
 
@@ -317,7 +336,8 @@ def test_cupy_update_matches_reference(kernel, grouping, pool):
 
 # -- networks (conv_layers) ----------------------------------------------------------
 
-from threefactor.nn.convnet import ARCHS, TABLE6, ConvNet, alpha_dropout, build_convnet, parse_arch, table6_preset
+from threefactor.nn.convnet import ARCHS, TABLE6, ConvNet, alpha_dropout, parse_arch, table6_preset
+from threefactor.training.build import build_convnet
 
 
 def test_parse_arch():
@@ -412,13 +432,13 @@ def test_convnet_local_rule_learns(backend):
 
 
 def test_check_conv_rule_passes_and_names_variants():
-    results = conv_rule.check_conv_rule(Rule(groups=3, p=0.2), "max", backends=("numpy",))
+    results = check_conv_rule(Rule(groups=3, p=0.2), "max", backends=("numpy",))
     assert len(results) == 1 and results[0].passed and results[0].max_rel_error < 1e-12
     assert results[0].variant == "conv/gaussian/grp(p=0.2)/lrelu/pool=max"
 
 
 def test_conv_variants_cover_the_matrix():
-    names = [name for name, _, _ in conv_rule.conv_variants()]
+    names = [name for name, _, _ in conv_variants()]
     assert len(names) == len(set(names)) == 18
     assert "conv/cosine/grp+div/selu/pool=max" in names
 
@@ -442,15 +462,15 @@ def test_cupy_layout_kernels_on_random_geometries():
         _conv_cupy.IM2COL_ALL_OFFSETS = all_offsets
         rng = np.random.default_rng(m * 1000 + c)
         x = rng.normal(size=(m, c, h, w)).astype(np.float32)
-        np.testing.assert_array_equal(cp.asnumpy(conv.im2col(cp.asarray(x), kh, kw, pad, cp)),
+        np.testing.assert_array_equal(cp.asnumpy(get_backend("cupy").im2col(cp.asarray(x), kh, kw, pad)),
                                       conv.im2col(x, kh, kw, pad))
         rows = rng.normal(size=(m * h * w, c)).astype(np.float32)
-        np.testing.assert_array_equal(cp.asnumpy(conv.rows_to_nchw(cp.asarray(rows), m, h, w, cp)),
+        np.testing.assert_array_equal(cp.asnumpy(get_backend("cupy").rows_to_nchw(cp.asarray(rows), m, h, w)),
                                       conv.rows_to_nchw(rows, m, h, w))
         pooled, idx = conv.max_pool2x2(x)
-        gp, gi = conv.max_pool2x2(cp.asarray(x), cp)
+        gp, gi = _gpu_pool2x2(cp.asarray(x))
         np.testing.assert_array_equal(cp.asnumpy(gi), idx)
-        np.testing.assert_array_equal(cp.asnumpy(conv.pool_gather(cp.asarray(x * 2), gi, cp)),
+        np.testing.assert_array_equal(cp.asnumpy(_gpu_gather(cp.asarray(x * 2), cp.asarray(x))),
                                       conv.pool_gather(x * 2, idx))
 
     default = _conv_cupy.IM2COL_ALL_OFFSETS

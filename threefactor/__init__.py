@@ -11,7 +11,7 @@ checking, data and the online rule are imported on first use.
 import importlib
 
 from threefactor.api import available_backends, layer_output, local_objective, local_update, third_factor
-from threefactor.backends import BackendUnavailable, get_backend
+from threefactor.backends import BackendUnavailable, get_backend, register_backend
 from threefactor.rule.rules import Rule
 from threefactor import _moved
 
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 #: public name -> module that defines it (imported lazily)
 _LAZY = {
-    "check_rule": "verify.gradcheck", "check_all": "verify.gradcheck",
+    "check_rule": "verify.gradcheck", "check_all": "verify.variants",
     "assert_update_matches": "verify.gradcheck", "GradcheckError": "verify.gradcheck",
     "resolve_config": "training.train",
     "MLP": "nn.mlp", "PRESETS": "training.presets",
@@ -32,7 +32,7 @@ _LAZY = {
 
 __all__ = [
     "available_backends", "layer_output", "local_objective", "local_update", "third_factor",
-    "BackendUnavailable", "get_backend", "Rule", "__version__", *_LAZY,
+    "BackendUnavailable", "get_backend", "register_backend", "Rule", "__version__", *_LAZY,
 ]
 
 

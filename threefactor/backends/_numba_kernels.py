@@ -304,3 +304,16 @@ def post_grouped(neg_dv, zhat, up, fp, scale, k2, cd, coef, post):
             j0 = al * g
             for k in range(g):
                 pi[j0 + k] = hi[j0 + k] * cf * fi[j0 + k]
+
+
+@njit(cache=True, nogil=True)
+def sgd_step(w, g, buf, sign, wd, mu, lr):
+    """SGD with momentum in one pass over flat w, g, buf (scalars in their dtype): the same float
+    operations in the same order as :meth:`NumpyBackend.sgd_step` (no FMA contraction without
+    fastmath), so the same bits, without its temporaries."""
+    for i in range(w.shape[0]):
+        wi = w[i]
+        d = sign * g[i] + wd * wi
+        b = buf[i] * mu + d
+        buf[i] = b
+        w[i] = wi - lr * b

@@ -24,11 +24,15 @@ from __future__ import annotations
 import numpy as np
 
 from threefactor.nn import dropout
+from threefactor.nn.layers import softmax_cross_entropy as _softmax_cross_entropy
+from threefactor.rule import conv
 from threefactor.rule import objective
 from threefactor.rule.activations import SELU_ALPHA, SELU_SCALE
 from threefactor.rule.grouping import group_size
 from threefactor.rule.rules import ACTIVATIONS, choice_error
+from threefactor.backends import _conv_cupy, _online_cupy
 from threefactor.backends._cuda_source import ElementwiseSource, LazyKernel, RawModuleSource
+from threefactor.backends.base import Backend, BackendUnavailable
 from threefactor.backends.numpy import NumpyBackend
 
 try:  # the module must import without CuPy; CupyBackend() reports why it cannot run
@@ -419,7 +423,7 @@ _KEEP_SELECT2 = LazyKernel(ElementwiseSource(
     _KEEP_HASH + "    out1 = kept ? on1 : off1;\n    out2 = kept ? on2 : off2;\n", "threefactor_keep_select2"))
 
 
-class CupyBackend:
+class CupyBackend(Backend):
     """The primitives of :class:`~threefactor.backends.numpy.NumpyBackend` on the GPU."""
 
     name = "cupy"
@@ -431,7 +435,6 @@ class CupyBackend:
 
     def __init__(self):
         if cupy is None:
-            from threefactor.backends import BackendUnavailable
             from threefactor.install_hint import install_hint
             raise BackendUnavailable(f"cupy is not installed: {install_hint('gpu')}")
         self.xp = cupy
@@ -623,10 +626,35 @@ class CupyBackend:
         """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one cuBLAS GEMM."""
         return self.matmul(post.T, x)
 
-    # 2×2 max pooling: conv.py dispatches to the CuPy kernels of backends/_conv_cupy.py on self.xp
-    im2col = NumpyBackend.im2col
-    max_pool_rows = NumpyBackend.max_pool_rows
-    route_rows = NumpyBackend.route_rows
+    # -- conv layers: the CuPy kernels of backends/_conv_cupy.py; complex arrays (complex-step checks)
+    # take the reference code of threefactor.rule.conv on cupy arrays
+    def im2col(self, x, kh, kw, padding):
+        """Patches as rows (m·Ho·Wo, kh·kw·C_in), one kernel (:func:`threefactor.rule.conv.im2col`)."""
+        return _conv_cupy.im2col(x, kh, kw, padding)
+
+    def col2im(self, cols, x_shape, kh, kw, padding):
+        """Adjoint of :meth:`im2col` onto (m, C_in, H, W), one kernel."""
+        return _conv_cupy.col2im(cols, x_shape, kh, kw, padding)
+
+    def rows_to_nchw(self, t, m, ho, wo):
+        """(m·Ho·Wo, C) or (m, Ho, Wo, C) -> contiguous (m, C, Ho, Wo), one tiled transpose kernel."""
+        if cupy.iscomplexobj(t):
+            return conv.rows_to_nchw(t, m, ho, wo, cupy)
+        return _conv_cupy.rows_to_nchw(t, m, ho, wo)
+
+    def max_pool_rows(self, z, *extra):
+        """2×2 max pooling of channel-last z with winners (one kernel), and ``extra`` at them."""
+        if cupy.iscomplexobj(z):
+            return conv.max_pool_rows(z, cupy, *extra)
+        pooled, idx = _conv_cupy.max_pool_rows(z)
+        return pooled, idx, [conv.gather_rows(t, idx, cupy) if cupy.iscomplexobj(t)
+                             else _conv_cupy.gather_rows(t, idx) for t in extra]
+
+    def route_rows(self, g, idx, shape):
+        """Pooled-unit terms back to their windows' winners, 0 elsewhere (one kernel)."""
+        if cupy.iscomplexobj(g):
+            return conv.route_rows(g, idx, shape, cupy)
+        return _conv_cupy.route_rows(g, idx, shape)
 
     def layer_objective(self, K, Ky, gamma):
         """L (Eq. 9) as a 0-d device array: one kernel instead of a dozen reductions and ufuncs."""
@@ -646,3 +674,76 @@ class CupyBackend:
         pl = onehot @ freq
         same = (labels[:, None] == labels[None, :]).astype(dtype)
         return same + (freq * freq).sum() - pl[:, None] - pl[None, :]
+
+    # -- networks -------------------------------------------------------
+    def softmax_cross_entropy(self, logits, labels):
+        """(loss, dlogits, correct) of :func:`threefactor.nn.layers.softmax_cross_entropy`: one kernel
+        for 2-D float32/float64 logits, else the reference on cupy arrays."""
+        if logits.dtype in (np.float32, np.float64) and logits.ndim == 2:
+            return softmax_cross_entropy(logits, labels)
+        return _softmax_cross_entropy(logits, labels, cupy)
+
+    def sgd_step(self, w, g, buf, sign, wd, mu, lr):
+        """SGD with momentum in place: one kernel when w, g, buf are C-contiguous cupy arrays of one
+        float dtype (the reference arithmetic, :meth:`NumpyBackend.sgd_step`), else in-place ufuncs."""
+        arrays = (w, g, buf)
+        if (all(isinstance(a, cupy.ndarray) and a.flags.c_contiguous and a.dtype == w.dtype for a in arrays)
+                and w.dtype in (np.float32, np.float64)):
+            sgd_step(w, g, buf, sign, wd, mu, lr)
+            return
+        NumpyBackend.sgd_step(w, g, buf, sign, wd, mu, lr)
+
+    # -- the online rule ------------------------------------------------
+    def accumulate(self, w, post, pre, lr):
+        """W += lr · postᵀ pre in place: one thread per synapse, or cuBLAS for many rank-one terms
+        (:mod:`threefactor.backends._online_cupy`)."""
+        return _online_cupy.accumulate(w, post, pre, lr)
+
+    # -- measuring ------------------------------------------------------
+    def device_times(self, fn, n_repeat, n_warmup, max_duration):
+        """GPU times (CUDA events) of ``fn()`` from ``cupyx.profiler.benchmark``."""
+        from cupyx.profiler import benchmark
+        res = benchmark(fn, n_repeat=n_repeat, n_warmup=n_warmup, max_duration=max_duration)
+        return list(np.asarray(res.gpu_times)[0])
+
+    def memory_growth(self, fn):
+        """(growth of CuPy's default memory pool during one ``fn()``, method)."""
+        pool = cupy.get_default_memory_pool()
+        self.synchronize()
+        pool.free_all_blocks()
+        before = pool.total_bytes()
+        fn()
+        self.synchronize()
+        return int(pool.total_bytes() - before), "cupy memory pool growth"
+
+    def graph_call(self, fn):
+        """``fn`` captured once into a CUDA graph (stream capture); a callable replaying it.
+
+        Shows what the work costs without Python's per-kernel launch overhead.  Warm-up runs on the
+        capture stream first, so the memory pool needs no new allocation while capturing."""
+        stream = cupy.cuda.Stream(non_blocking=False)
+        with stream:
+            fn()
+            fn()
+            stream.synchronize()
+            stream.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = stream.end_capture()
+        return graph.launch
+
+
+def gpu_info():
+    """Name, memory and CUDA versions of GPU 0 through CuPy, or ``None`` without one."""
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"]
+        return {"name": name.decode() if isinstance(name, bytes) else str(name),
+                "memory_gib": round(props["totalGlobalMem"] / 2 ** 30, 1),
+                "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+                "cuda_driver": cupy.cuda.runtime.driverGetVersion()}
+    except Exception:  # no cupy, no driver, no device: all mean "no GPU here"
+        return None

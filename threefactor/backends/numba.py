@@ -33,7 +33,7 @@ import numpy as np
 
 from threefactor.backends import _numba_kernels as _k
 from threefactor.rule.activations import SELU_ALPHA, SELU_SCALE
-from threefactor.bench.machine import openblas_thread_api
+from threefactor.backends._blas import openblas_thread_api
 from threefactor.rule.grouping import group_size
 from threefactor.rule.rules import ACTIVATIONS, choice_error
 from threefactor.backends.numpy import NumpyBackend
@@ -289,3 +289,24 @@ class NumbaBackend(NumpyBackend):
         self._run(_k.post_grouped, post.size, neg_dv, zhat, u ** t(p), fp, t(scale),
                   t(2.0 * (1 - p) / (n // c)), t(c), coef, post)
         return post
+
+    def sgd_step(self, w, g, buf, sign, wd, mu, lr):
+        """SGD with momentum in place, one Numba pass (same bits as :meth:`NumpyBackend.sgd_step`)
+        when w, g, buf are C-contiguous arrays of one float dtype and sign is ±1; else the reference."""
+        if not (sign in (1.0, -1.0) and _flat_floats(w, g, buf)):
+            return super().sgd_step(w, g, buf, sign, wd, mu, lr)
+        t = w.dtype.type
+        _k.sgd_step(w.reshape(-1), g.reshape(-1), buf.reshape(-1), t(sign), t(wd), t(mu), t(lr))
+
+
+def _flat_floats(*arrays):
+    """Whether every array is a C-contiguous numpy array of the first one's float32/float64 dtype."""
+    first = arrays[0]
+    return (all(type(a) is np.ndarray and a.flags.c_contiguous and a.dtype == first.dtype for a in arrays)
+            and first.dtype in (np.float32, np.float64))
+
+
+def set_threads(n):
+    """Use ``n`` Numba threads (at most ``NUMBA_NUM_THREADS``); returns the count now in use."""
+    numba.set_num_threads(min(int(n), numba.config.NUMBA_NUM_THREADS))
+    return numba.get_num_threads()

@@ -1,8 +1,9 @@
 """The numpy backend: the readable reference for every primitive.
 
 A backend implements a few primitives, never whole rules; the engine
-(:mod:`threefactor.engine`) composes them.  Faster backends (Numba, CuPy)
-override the same method names and are tested against this one.
+(:mod:`threefactor.rule.engine`) composes them.  The interface, with every
+method's shapes, is :class:`threefactor.backends.base.Backend`.  Faster backends
+(Numba, CuPy) override the same method names and are tested against this one.
 
 Shapes: x (m, n_in), w (n_out, n_in), z / a / fp (m, n_out), u / v (m, c),
 K / A / Ky (m, m).
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from threefactor.backends.base import Backend
 from threefactor.nn import dropout
+from threefactor.nn.layers import softmax_cross_entropy as _softmax_cross_entropy
+from threefactor.rule import conv
 from threefactor.rule import grouping
 from threefactor.rule import kernels
 from threefactor.rule import objective
@@ -19,11 +23,12 @@ from threefactor.rule.activations import activate
 from threefactor.rule.third_factor import gaussian_weights as _gaussian_weights
 
 
-class NumpyBackend:
+class NumpyBackend(Backend):
     """Reference implementation of the primitives with numpy."""
 
     name = "numpy"
     xp = np
+    default_dtype = np.float64
 
     # -- arrays ---------------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -126,18 +131,23 @@ class NumpyBackend:
         return self.matmul(post.T, x)
 
     def im2col(self, x, kh, kw, padding):
-        """Patches of x (m, C_in, H, W) as rows (m·Ho·Wo, kh·kw·C_in) (:func:`threefactor.conv.im2col`)."""
-        from threefactor.rule import conv
+        """Patches of x (m, C_in, H, W) as rows (m·Ho·Wo, kh·kw·C_in) (:func:`threefactor.rule.conv.im2col`)."""
         return conv.im2col(x, kh, kw, padding, self.xp)
+
+    def col2im(self, cols, x_shape, kh, kw, padding):
+        """Rows (m·Ho·Wo, kh·kw·C_in) summed back onto (m, C_in, H, W) (:func:`threefactor.rule.conv.col2im`)."""
+        return conv.col2im(cols, x_shape, kh, kw, padding, self.xp)
+
+    def rows_to_nchw(self, t, m, ho, wo):
+        """(m·Ho·Wo, C) or (m, Ho, Wo, C) -> (m, C, Ho, Wo) contiguous (:func:`threefactor.rule.conv.rows_to_nchw`)."""
+        return conv.rows_to_nchw(t, m, ho, wo, self.xp)
 
     def max_pool_rows(self, z, *extra):
         """2×2 max pooling of channel-last z (m, H, W, C) with winners, and ``extra`` at them."""
-        from threefactor.rule import conv
         return conv.max_pool_rows(z, self.xp, *extra)
 
     def route_rows(self, g, idx, shape):
         """Pooled-unit terms g back to their windows' winners in (m, H, W, C), 0 elsewhere."""
-        from threefactor.rule import conv
         return conv.route_rows(g, idx, shape, self.xp)
 
     def layer_objective(self, K, Ky, gamma):
@@ -147,3 +157,56 @@ class NumpyBackend:
     def label_kernel(self, labels, n_classes, kind, dtype):
         """Centred label kernel (Eq. 35 / 36) from integer labels."""
         return kernels.label_kernel(labels, n_classes, kind, dtype, np)
+
+    # -- networks -------------------------------------------------------
+    def softmax_cross_entropy(self, logits, labels):
+        """(loss, dlogits, correct) of :func:`threefactor.nn.layers.softmax_cross_entropy` (the reference)."""
+        return _softmax_cross_entropy(logits, labels, self.xp)
+
+    @staticmethod
+    def sgd_step(w, g, buf, sign, wd, mu, lr):
+        """SGD with momentum in place, PyTorch's order of operations (:class:`threefactor.nn.optim.SGD`)::
+
+            d = sign·g + wd·w;   buf = μ buf + d;   w -= lr·buf
+
+        In-place arithmetic only, so it also runs on any array library's arrays."""
+        if sign == 1.0:
+            d = g + wd * w if wd else g
+        elif sign == -1.0:
+            d = wd * w - g if wd else -g
+        else:
+            d = sign * g + wd * w
+        buf *= mu
+        buf += d
+        w -= lr * buf
+
+    # -- the online rule ------------------------------------------------
+    def accumulate(self, w, post, pre, lr):
+        """W += lr · postᵀ pre in place without forming ΔW (:func:`threefactor.rule.online.apply_update`).
+
+        Host weights of every CPU backend take this path, so numpy and numba runs give the same
+        bits: in-place BLAS (``dgemm``/``sgemm`` with beta = 1) from :data:`_online_kernels.BLAS_FROM`
+        rank-one terms on, else one pass over W (:mod:`threefactor.backends._online_kernels`, Numba);
+        without Numba, the literal ``w += lr · postᵀ pre``.
+        """
+        if not w.flags.c_contiguous:
+            raise ValueError("w must be C-contiguous for the in-place update")
+        try:
+            from threefactor.backends import _online_kernels as kern
+        except ImportError:                                # no Numba: the literal update
+            w += w.dtype.type(lr) * (post.T @ pre)
+            return w
+        ut = np.ascontiguousarray((lr * post).T, dtype=w.dtype)
+        pre = np.ascontiguousarray(pre, dtype=w.dtype)
+        if ut.shape[1] >= kern.BLAS_FROM:
+            from scipy.linalg import blas
+            gemm = blas.sgemm if w.dtype == np.float32 else blas.dgemm
+            out = gemm(1.0, pre.T, ut.T, beta=1.0, c=w.T, overwrite_c=True)
+            if not np.shares_memory(out, w):      # pragma: no cover - BLAS copied after all
+                w[...] = out.T
+            return w
+        if w.size * ut.shape[1] < kern.SERIAL_BELOW:
+            kern.accumulate_serial(w, ut, pre)
+        else:
+            kern.accumulate(w, ut, pre)
+        return w

@@ -7,17 +7,17 @@ that cannot be found is ``None``, never an exception.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
 import importlib
 import os
 import platform
 import socket
 
+from threefactor.backends import gpu_info as _gpu_info
+from threefactor.backends import set_compute_threads
+from threefactor.backends._blas import _openblas_paths, openblas_thread_api  # noqa: F401  (re-exported)
+
 _THREAD_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
-_OPENBLAS_GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_",
-                     "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads")
-_OPENBLAS_SETTERS = tuple(g.replace("_get_", "_set_") for g in _OPENBLAS_GETTERS)
 
 
 def cpu_model():
@@ -38,35 +38,6 @@ def usable_cores():
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count()
-
-
-def _openblas_paths():
-    """Paths of the OpenBLAS shared libraries loaded in this process (Linux)."""
-    try:
-        with open("/proc/self/maps") as fh:
-            return sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return []
-
-
-def openblas_thread_api():
-    """``(get, set)``: OpenBLAS's own C functions for its thread count, or ``None`` without OpenBLAS.
-
-    Each is a ctypes function (``get() -> int``, ``set(n)``); calling them costs a
-    microsecond, so a caller may switch threads around a single GEMM.
-    """
-    for path in _openblas_paths():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for getter, setter in zip(_OPENBLAS_GETTERS, _OPENBLAS_SETTERS):
-            get, set_ = getattr(lib, getter, None), getattr(lib, setter, None)
-            if get is not None and set_ is not None:
-                get.restype = ctypes.c_int
-                set_.argtypes, set_.restype = [ctypes.c_int], None
-                return get, set_
-    return None
 
 
 def _openblas_threads():
@@ -129,13 +100,7 @@ def set_threads(n):
         if api is not None:
             api[1](n)
             done["blas"] = n
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        done["numba"] = numba.get_num_threads()
-    except ImportError:
-        pass
+    done.update(set_compute_threads(n))
     return done
 
 
@@ -176,20 +141,9 @@ def gpu_note(info=None):
 
 
 def gpu_info():
-    """Name, memory and CUDA versions of GPU 0 through CuPy, or ``None`` without one."""
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return None
-        props = cupy.cuda.runtime.getDeviceProperties(0)
-        name = props["name"]
-        return {"name": name.decode() if isinstance(name, bytes) else str(name),
-                "memory_gib": round(props["totalGlobalMem"] / 2 ** 30, 1),
-                "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
-                "cuda_driver": cupy.cuda.runtime.driverGetVersion()}
-    except Exception:  # no cupy, no driver, no device: all mean "no GPU here"
-        return None
+    """Name, memory and CUDA versions of GPU 0 through CuPy, or ``None`` without one
+    (:func:`threefactor.backends.gpu_info`)."""
+    return _gpu_info()
 
 
 #: environment variables that change how the thread pools behave (spin-waiting, counts)

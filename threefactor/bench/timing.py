@@ -25,6 +25,8 @@ import tracemalloc
 
 import numpy as np
 
+from threefactor.backends import get_backend
+
 
 def _summary(times):
     q = np.percentile(times, [25, 50, 75])
@@ -35,17 +37,18 @@ def _summary(times):
 def time_call(fn, device="cpu", budget=1.0, min_repeats=5, warmup=2, max_repeats=10000):
     """Median time of ``fn()`` after ``warmup`` calls; repeats until ``budget`` s and ``min_repeats``.
 
-    ``device``: "cpu" (perf_counter), "cupy" (cupyx.profiler.benchmark, GPU
-    times from CUDA events) or "cuda" (torch, CUDA events around each call).
+    ``device``: "cpu" (perf_counter), "cuda" (torch, CUDA events around each call), or a
+    backend (object or name, e.g. "cupy") whose :meth:`~threefactor.backends.base.Backend.device_times`
+    gives device-side times (CuPy: ``cupyx.profiler.benchmark``, CUDA events; a CPU backend: perf_counter).
     Returns ``{"median_s", "iqr_s", "min_s", "repeats"}``.
     """
-    if device == "cupy":
-        from cupyx.profiler import benchmark
-
-        res = benchmark(fn, n_repeat=max_repeats, n_warmup=warmup, max_duration=budget)
-        if np.asarray(res.gpu_times).shape[-1] < min_repeats:   # the budget ran out first
-            res = benchmark(fn, n_repeat=min_repeats, n_warmup=0)
-        return _summary(list(np.asarray(res.gpu_times)[0]))
+    be = _device_backend(device)
+    if be is not None:
+        times = be.device_times(fn, max_repeats, warmup, budget)
+        if times is not None:
+            if len(times) < min_repeats:                        # the budget ran out first
+                times = be.device_times(fn, min_repeats, 0, float("inf"))
+            return _summary(times)
     for _ in range(warmup):
         fn()
     if device == "cuda":
@@ -117,16 +120,10 @@ def _gc_paused():
 
 def peak_memory(fn, device="cpu"):
     """(extra bytes at the peak of one ``fn()`` call, method) — see the module docstring."""
-    if device == "cupy":
-        import cupy
-
-        pool = cupy.get_default_memory_pool()
-        cupy.cuda.get_current_stream().synchronize()
-        pool.free_all_blocks()
-        before = pool.total_bytes()
-        fn()
-        cupy.cuda.get_current_stream().synchronize()
-        return int(pool.total_bytes() - before), "cupy memory pool growth"
+    be = _device_backend(device)
+    grown = be.memory_growth(fn) if be is not None else None
+    if grown is not None:
+        return grown
     if device == "cuda":
         import torch
 
@@ -166,26 +163,18 @@ class TimedBackend:
         return timed
 
 
-def cuda_graph_call(fn):
-    """``fn`` captured once into a CUDA graph (CuPy stream capture); a callable replaying it.
+def cuda_graph_call(fn, backend="cupy"):
+    """``fn`` captured once into a CUDA graph by ``backend`` (:meth:`CupyBackend.graph_call`); a
+    callable replaying it.  Shows what the update costs without Python's per-kernel launch overhead."""
+    return get_backend(backend).graph_call(fn)
 
-    Shows what the update costs without Python's per-kernel launch overhead.
-    Warm-up runs on the capture stream first, so the memory pool needs no new
-    allocation while capturing.
-    """
-    import cupy
 
-    stream = cupy.cuda.Stream(non_blocking=False)
-    with stream:
-        fn()
-        fn()
-        stream.synchronize()
-        stream.begin_capture()
-        try:
-            fn()
-        finally:
-            graph = stream.end_capture()
-    return graph.launch
+def _device_backend(device):
+    """The backend behind a ``device`` argument: None for "cpu" and "cuda" (torch), else the backend
+    object or the registered backend of that name."""
+    if device in ("cpu", "cuda"):
+        return None
+    return get_backend(device)
 
 
 def loadavg():

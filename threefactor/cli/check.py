@@ -16,7 +16,8 @@ import numpy as np
 
 from threefactor.training.atomic import write_json as _write_json
 from threefactor.backends import BACKENDS, BackendUnavailable, get_backend
-from threefactor.verify.gradcheck import METHODS, TOLERANCES, _backend_names, check_all, check_conv_all
+from threefactor.verify.gradcheck import METHODS, TOLERANCES, _backend_names
+from threefactor.verify.variants import check_all, check_batchnorm_all, check_conv_all
 from threefactor.cli.main import UsageError, at_least, output_file
 from threefactor.rule.rules import ACTIVATIONS, GROUPINGS, KERNELS, LABEL_KERNELS
 
@@ -216,7 +217,6 @@ def run(args) -> int:
                                       activations=args.activation, label_kernels=args.label_kernel,
                                       dtype=args.dtype, seed=args.seed)
         if getattr(args, "batchnorm", False) and "complex" in args.method:
-            from threefactor.verify.gradcheck_batchnorm import check_batchnorm_all
             kinds = {None: ("dense", "conv"), True: ("conv",), False: ("dense",)}[conv]
             results += check_batchnorm_all(backends=backends, kernels=kernels, groupings=args.grouping,
                                            activations=args.activation, layer_kinds=kinds, dtype=args.dtype,

@@ -31,7 +31,6 @@ Shapes: x (m, n_in), W (n_out, n_in), z/ẑ/r/ḡ (m, n_out), u (m, c).
 from __future__ import annotations
 
 from threefactor.rule import batchnorm
-from threefactor.nn.layers import softmax_cross_entropy
 
 
 def dropout_vjp(g, mask):
@@ -115,7 +114,7 @@ def forward_backward(net, x, labels, masks, backend, track=False):
         if track:
             layer.track(cache)
     logits = net.output.forward(h, backend)
-    loss, dlogits, correct = softmax_cross_entropy(logits, labels, backend.xp)
+    loss, dlogits, correct = backend.softmax_cross_entropy(logits, labels)
     out_grads = list(net.output.gradients(dlogits, h, backend))
     g = backend.matmul(dlogits, net.output.w)
     hidden_grads = [None] * len(net.hidden)
@@ -129,5 +128,5 @@ def network_loss(net, x, labels, masks, backend):
     h = x
     for layer, mask in zip(net.hidden, masks):
         h = layer.forward(h, backend, mask, train=True)
-    loss, _, _ = softmax_cross_entropy(net.output.forward(h, backend), labels, backend.xp)
+    loss, _, _ = backend.softmax_cross_entropy(net.output.forward(h, backend), labels)
     return loss

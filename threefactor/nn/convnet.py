@@ -11,8 +11,8 @@ and the linear output layer.  Architectures are strings of blocks, e.g. the
 paper's ``vgg``: ``conv128-conv256-pool-conv512-pool-conv512-pool-fc1024``
 (``pool`` belongs to the conv layer before it; ``width`` multiplies conv channels
 only, as in the paper's 2x net).  :class:`ConvNet` has the methods of
-:class:`threefactor.networks.MLP` (parameters, make_optimizers, train_step,
-evaluate, ...), so the trainer runs it unchanged.
+:class:`threefactor.nn.mlp.MLP`: both are a :class:`threefactor.nn.network.Network`
+(parameters, make_optimizers, train_step, evaluate, ...), so the trainer runs it unchanged.
 
 Shapes: x (m, C, H, W); conv weights (C_out, C_in, 3, 3); dense weights (n_out, n_in).
 """
@@ -27,11 +27,11 @@ from threefactor.nn import backprop
 from threefactor.rule import batchnorm
 from threefactor.rule import conv
 from threefactor.rule import conv_rule
-from threefactor.training import presets
 from threefactor.rule.batchnorm import BatchNorm
 from threefactor.nn.dropout import alpha_dropout, dropout_mask  # noqa: F401  (alpha_dropout re-exported)
-from threefactor.nn.layers import HiddenLayer, OutputLayer, softmax_cross_entropy, uniform_init
-from threefactor.nn.mlp import MLP, StepStats, check_batch, check_learning
+from threefactor.nn.layers import HiddenLayer, OutputLayer, uniform_init
+from threefactor.nn.network import Network, check_learning
+from threefactor.validate import check_batch
 from threefactor.training.presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table6_preset  # noqa: F401  (re-exported)
 from threefactor.rule.rules import Rule
 
@@ -173,12 +173,12 @@ def conv_vjp(layer, cache, g_out, backend, need_input_grad=True):
     m, c_in = g.shape[0], layer.w.shape[1]
     h = cache.conv_shape[2] - 2 * layer.padding + layer.w.shape[2] - 1
     wd = cache.conv_shape[3] - 2 * layer.padding + layer.w.shape[3] - 1
-    g_in = conv.col2im(backend.matmul(rows, wc), (m, c_in, h, wd), layer.w.shape[2], layer.w.shape[3],
-                       layer.padding, xp)
+    g_in = backend.col2im(backend.matmul(rows, wc), (m, c_in, h, wd), layer.w.shape[2], layer.w.shape[3],
+                          layer.padding)
     return grads, g_in
 
 
-class ConvNet:
+class ConvNet(Network):
     """Conv layers, then fc hidden layers, then a linear output layer (Sec. 4.3).
 
     Parameters
@@ -230,14 +230,6 @@ class ConvNet:
         b = rng.uniform(-1 / np.sqrt(n_last), 1 / np.sqrt(n_last), n_classes).astype(self.dtype)
         self.output = OutputLayer(backend.asarray(w), backend.asarray(b))
 
-    # the parameter bookkeeping, optimisers and evaluation are the MLP's (same attributes)
-    parameters = MLP.parameters
-    state = MLP.state
-    load_parameters = MLP.load_parameters
-    make_optimizers = MLP.make_optimizers
-    logits = MLP.logits
-    evaluate = MLP.evaluate
-
     def _drops(self, rng, m):
         """One (mult, add) dropout pair per hidden layer (device arrays or None)."""
         be, out = self.backend, []
@@ -266,40 +258,9 @@ class ConvNet:
 
     def check_batch(self, x, labels=None):
         """``x`` (m, C, H, W) as a backend array of the net's dtype and ``labels`` (m,) as int64, or an
-        error naming the argument (:func:`threefactor.networks.check_batch`)."""
+        error naming the argument (:func:`threefactor.validate.check_batch`)."""
         c, h, w = self.in_shape
         return check_batch(self, x, labels, self.in_shape, f"(m, C, H, W) = (m, {c}, {h}, {w})")
-
-    def train_step(self, x, labels, optimizers, rng):
-        """One mini-batch of learning (local rules step during the forward pass); :class:`StepStats`."""
-        x, labels = self.check_batch(x, labels)
-        be = self.backend
-        drops = self._drops(rng, x.shape[0])
-        if self.learning == "backprop":
-            return self._backprop_step(x, labels, optimizers, drops)
-        objectives = []
-        if self.learning == "local":
-            h = x
-            for k, layer in enumerate(self.hidden):
-                out, deltas, lp = layer.local_forward(self._input_of(layer, h), labels, self.n_classes, be,
-                                                      drops[k][0])
-                optimizers[f"hidden.{k}"].step(deltas, sign=-1.0)
-                objectives.append(be.layer_objective(lp.K, lp.Ky, layer.rule.gamma))
-                h = out if drops[k][1] is None else out + drops[k][1]
-            h = h.reshape(h.shape[0], -1)
-        else:
-            h = self.features(x, drops)
-        logits = self.output.forward(h, be)
-        loss, dlogits, correct = softmax_cross_entropy(logits, labels, be.xp)
-        optimizers["output"].step(list(self.output.gradients(dlogits, h, be)))
-        return StepStats(loss, correct, objectives)
-
-    def _backprop_step(self, x, labels, optimizers, drops):
-        loss, correct, hidden_grads, out_grads = self.forward_backward(x, labels, drops, track=True)
-        for k, grads in enumerate(hidden_grads):
-            optimizers[f"hidden.{k}"].step(grads)
-        optimizers["output"].step(out_grads)
-        return StepStats(loss, correct)
 
     def forward_backward(self, x, labels, drops, track=False):
         """Mean cross-entropy and the gradient of every parameter, written out (no autograd).
@@ -317,7 +278,7 @@ class ConvNet:
             if track:
                 layer.track(cache)
         h = h.reshape(h.shape[0], -1)
-        loss, dlogits, correct = softmax_cross_entropy(self.output.forward(h, be), labels, be.xp)
+        loss, dlogits, correct = be.softmax_cross_entropy(self.output.forward(h, be), labels)
         out_grads = list(self.output.gradients(dlogits, h, be))
         g = be.matmul(dlogits, self.output.w)
         hidden_grads = [None] * len(self.hidden)
@@ -332,15 +293,4 @@ class ConvNet:
         """Mean cross-entropy with fixed dropout ``drops`` and batchnorm on batch statistics
         (what :meth:`forward_backward` differentiates)."""
         logits = self.output.forward(self.features(x, drops, train=True), self.backend)
-        return softmax_cross_entropy(logits, labels, self.backend.xp)[0]
-
-
-def build_convnet(cfg, in_shape, n_classes, backend, rng, rule=None):
-    """The ConvNet of a config dict (keys: arch, width, rule, grouping, dropout, dtype; the
-    rule's fields as for :func:`threefactor.train.make_rule`)."""
-    from threefactor.training.train import make_rule
-    learning = presets.learning_of(cfg["rule"])
-    return ConvNet(in_shape, cfg.get("arch", "vgg"), n_classes, rule or make_rule(cfg),
-                   divisive=cfg["grouping"] == "grp+div", learning=learning, dropout=cfg["dropout"],
-                   backend=backend, dtype=np.dtype(cfg["dtype"]), rng=rng, width=int(cfg.get("width", 1)),
-                   batchnorm=bool(cfg.get("batchnorm", False)))
+        return self.backend.softmax_cross_entropy(logits, labels)[0]

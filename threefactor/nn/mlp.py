@@ -21,20 +21,15 @@ Parameters are named ``hidden.0.w``, ``hidden.1.w``, ..., ``output.w``,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, List
-
 import numpy as np
 
 from threefactor.nn import backprop
-from threefactor.arrays import real_array
-from threefactor.rule.batchnorm import BatchNorm
 from threefactor.nn.dropout import dropout_mask
-from threefactor.nn.layers import HiddenLayer, OutputLayer, softmax_cross_entropy, uniform_init
-from threefactor.nn.optim import make_optimizer
-from threefactor.rule.rules import Rule, choice_error
-
-LEARNING = ("local", "backprop", "last-layer")
+from threefactor.nn.layers import HiddenLayer, OutputLayer, uniform_init
+from threefactor.nn.network import LEARNING, Network, StepStats, check_learning  # noqa: F401  (re-exported)
+from threefactor.rule.batchnorm import BatchNorm
+from threefactor.rule.rules import Rule
+from threefactor.validate import check_batch
 
 
 def _count(argument, value, least):
@@ -46,66 +41,7 @@ def _count(argument, value, least):
     return int(value)
 
 
-def check_learning(learning, batchnorm=False):
-    """Validate ``learning`` (one of :data:`LEARNING`) and its combination with batchnorm."""
-    if learning not in LEARNING:
-        raise choice_error("learning", learning, LEARNING)
-    if batchnorm and learning == "last-layer":
-        raise ValueError("batchnorm needs learning 'local' or 'backprop': with 'last-layer' the hidden "
-                         "layers stay at their random start and batchnorm would have nothing to learn")
-
-
-@dataclass
-class StepStats:
-    """Per-batch results, as 0-d backend arrays (no device sync is forced).
-
-    loss : mean cross-entropy;  correct : number of argmax hits;
-    objectives : one local objective L_k per hidden layer (empty unless local)
-    """
-
-    loss: Any
-    correct: Any
-    objectives: List[Any] = field(default_factory=list)
-
-
-def _checked(net, x, labels=None):
-    """``net.check_batch(x, labels)`` where the net has one; as given otherwise (the conv nets of
-    :mod:`threefactor.conv_layers` borrow :meth:`MLP.logits` and :meth:`MLP.evaluate`)."""
-    check = getattr(net, "check_batch", None)
-    if check is not None:
-        return check(x, labels)
-    return x if labels is None else (x, labels)
-
-
-def check_batch(net, x, labels, sample_shape, expected):
-    """A training or test batch of ``net`` (its ``backend``, ``dtype``, ``n_classes``): ``x`` of shape
-    (m, *sample_shape) as a backend array of the net's dtype and ``labels`` (m,) as int64, or an error
-    naming the argument (``expected`` spells x's shape).  Host arrays are also checked for NaN/Inf (x)
-    and for labels outside [0, n_classes); arrays already on a device are not read (no synchronisation)."""
-    be = net.backend
-    x = real_array(be, x, "x")
-    if tuple(x.shape[1:]) != tuple(sample_shape):
-        raise ValueError(f"x must have shape {expected}, got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("x has no samples (m=0)")
-    if isinstance(x, np.ndarray) and not np.isfinite(x).all():
-        raise ValueError("x contains NaN or Inf")
-    x = be.asarray(x, dtype=net.dtype)
-    if labels is None:
-        return x
-    labels = real_array(be, labels, "labels")
-    if labels.shape != (x.shape[0],):
-        raise ValueError(f"labels must have shape (m,) = ({x.shape[0]},) (one integer class per row of x), "
-                         f"got {tuple(labels.shape)}")
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-    if isinstance(labels, np.ndarray) and (labels.min() < 0 or labels.max() >= net.n_classes):
-        raise ValueError(f"labels must be in [0, n_classes) = [0, {net.n_classes}), got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
-    return x, be.asarray(labels, dtype=np.int64)
-
-
-class MLP:
+class MLP(Network):
     """Fully connected net: ``n_in -> hidden[0] -> ... -> hidden[-1] -> n_classes``.
 
     Parameters
@@ -157,63 +93,10 @@ class MLP:
         b = rng.uniform(-bound, bound, n_classes).astype(self.dtype)
         self.output = OutputLayer(backend.asarray(w), backend.asarray(b))
 
-    # -- parameters ------------------------------------------------------
-    def parameters(self):
-        """{name: array} of every learned parameter (the arrays themselves, not copies).
-
-        ``hidden.k.w``, with batchnorm also ``hidden.k.bn_gamma``, ``hidden.k.bn_beta``;
-        ``output.w``, ``output.b``.
-        """
-        params = {}
-        for k, layer in enumerate(self.hidden):
-            params[f"hidden.{k}.w"] = layer.w
-            if getattr(layer, "bn", None) is not None:
-                params[f"hidden.{k}.bn_gamma"], params[f"hidden.{k}.bn_beta"] = layer.bn.params()
-        params["output.w"], params["output.b"] = self.output.w, self.output.b
-        return params
-
-    def state(self):
-        """:meth:`parameters` plus batchnorm's running statistics (``hidden.k.bn_mean``,
-        ``hidden.k.bn_var``): everything a checkpoint holds."""
-        state = dict(self.parameters())
-        for k, layer in enumerate(self.hidden):
-            if getattr(layer, "bn", None) is not None:
-                state.update(layer.bn.state(f"hidden.{k}"))
-        return state
-
-    def load_parameters(self, arrays):
-        """Copy ``{name: array}`` (host or device) into :meth:`state`, checking names and shapes."""
-        for name, dst in self.state().items():
-            if name not in arrays:
-                raise ValueError(f"checkpoint lacks parameter {name!r}")
-            src = arrays[name]
-            if tuple(src.shape) != tuple(dst.shape):
-                raise ValueError(f"parameter {name}: checkpoint shape {tuple(src.shape)} != {tuple(dst.shape)}")
-            dst[...] = self.backend.asarray(src, dtype=dst.dtype)
-
-    def make_optimizers(self, lr_local, lr_out, *, weight_decay_local=1e-7, weight_decay_out=1e-6,
-                        momentum=0.95, optimizer="sgd"):
-        """One optimiser per learning layer, keyed ``hidden.k`` / ``output`` (App. D.1, D.4).
-
-        Local rules: hidden layers use (lr_local, weight_decay_local); backprop:
-        every layer uses (lr_out, weight_decay_out); last-layer: output only.
-        """
-        opts = {}
-        if self.learning == "local":
-            for k, layer in enumerate(self.hidden):
-                opts[f"hidden.{k}"] = make_optimizer(optimizer, layer.params(), lr_local, weight_decay_local,
-                                                     momentum)
-        elif self.learning == "backprop":
-            for k, layer in enumerate(self.hidden):
-                opts[f"hidden.{k}"] = make_optimizer(optimizer, layer.params(), lr_out, weight_decay_out, momentum)
-        opts["output"] = make_optimizer(optimizer, [self.output.w, self.output.b], lr_out,
-                                        weight_decay_out, momentum)
-        return opts
-
     # -- inputs ----------------------------------------------------------
     def check_batch(self, x, labels=None):
         """``x`` (m, n_in) as a backend array of the net's dtype and ``labels`` (m,) as int64, or an
-        error naming the argument (:func:`check_batch`)."""
+        error naming the argument (:func:`threefactor.validate.check_batch`)."""
         return check_batch(self, x, labels, (self.n_in,), f"(m, n_in={self.n_in})")
 
     # -- passes ----------------------------------------------------------
@@ -221,59 +104,20 @@ class MLP:
         return [dropout_mask(self.backend, rng, (m, layer.shape[0]), self.dropout, self.dtype)
                 for layer in self.hidden]
 
+    def _drops(self, rng, m):
+        """One (mask, None) dropout pair per hidden layer (the MLP adds nothing after the mask)."""
+        return [(mask, None) for mask in self._masks(rng, m)]
+
+    def _dropped_features(self, x, drops):
+        return self.features(x, [mask for mask, _ in drops])
+
+    def forward_backward(self, x, labels, drops, track=False):
+        """Backprop's loss, hits and gradients (:func:`threefactor.nn.backprop.forward_backward`)."""
+        return backprop.forward_backward(self, x, labels, [mask for mask, _ in drops], self.backend, track=track)
+
     def features(self, x, masks=None):
         """Output of the last hidden layer (m, n_K), no learning (batchnorm: running statistics)."""
         h = x
         for k, layer in enumerate(self.hidden):
             h = layer.forward(h, self.backend, None if masks is None else masks[k])
         return h
-
-    def logits(self, x):
-        """Test-time logits (m, n_classes): no dropout."""
-        return self.output.forward(self.features(_checked(self, x)), self.backend)
-
-    def evaluate(self, x, labels, batch_size=2000):
-        """(number correct, summed cross-entropy) over a data set, as Python numbers."""
-        xp = self.backend.xp
-        losses, hits, sizes = [], [], []
-        x, labels = _checked(self, x, labels)
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start:start + batch_size], labels[start:start + batch_size]
-            lb, _, cb = softmax_cross_entropy(self.output.forward(self.features(xb), self.backend), yb, xp)
-            losses.append(lb)
-            hits.append(cb)
-            sizes.append(xb.shape[0])
-        # read back once (on a GPU one synchronisation for the whole set, not two per batch)
-        return (int(self.backend.scalars(hits).sum()),
-                float(self.backend.scalars(losses) @ np.asarray(sizes, dtype=np.float64)))
-
-    def train_step(self, x, labels, optimizers, rng):
-        """One mini-batch of learning; returns :class:`StepStats`.
-
-        Dropout masks are drawn from ``rng`` (numpy Generator; on the GPU one seed
-        per mask, the mask made on the device: :mod:`threefactor.dropout`), one per
-        hidden layer in order, so a seeded run is reproducible bit for bit.
-        """
-        x, labels = self.check_batch(x, labels)
-        masks = self._masks(rng, x.shape[0])
-        if self.learning == "backprop":
-            loss, correct, hidden_grads, out_grads = backprop.forward_backward(
-                self, x, labels, masks, self.backend, track=True)
-            for k, grads in enumerate(hidden_grads):
-                optimizers[f"hidden.{k}"].step(grads)
-            optimizers["output"].step(out_grads)
-            return StepStats(loss, correct)
-        objectives = []
-        if self.learning == "local":
-            h = x
-            for k, layer in enumerate(self.hidden):
-                out, deltas, lp = layer.local_forward(h, labels, self.n_classes, self.backend, masks[k])
-                optimizers[f"hidden.{k}"].step(deltas, sign=-1.0)   # during the forward pass
-                objectives.append(self.backend.layer_objective(lp.K, lp.Ky, layer.rule.gamma))
-                h = out
-        else:
-            h = self.features(x, masks)
-        logits = self.output.forward(h, self.backend)
-        loss, dlogits, correct = softmax_cross_entropy(logits, labels, self.backend.xp)
-        optimizers["output"].step(list(self.output.gradients(dlogits, h, self.backend)))
-        return StepStats(loss, correct, objectives)

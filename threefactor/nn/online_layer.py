@@ -22,7 +22,8 @@ import numpy as np
 from threefactor.arrays import real_array
 from threefactor.backends import get_backend
 from threefactor.nn.layers import HiddenLayer
-from threefactor.rule.online import Activity, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, check_finite_host, check_labels, circuit_b2, layer_activity, two_point_post
+from threefactor.rule.online import Activity, NonFiniteError, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, circuit_b2, layer_activity, two_point_post
+from threefactor.validate import check_finite, check_labels
 from threefactor.rule.rules import Rule
 
 
@@ -133,7 +134,7 @@ class OnlineLayer:
                              f"non-contiguous view of shape {tuple(w.shape)} (e.g. W.T): pass "
                              f"np.ascontiguousarray(w), which the layer then owns and updates")
         if isinstance(w, np.ndarray):
-            check_finite_host(w, "w")
+            check_finite(w, "w", error=NonFiniteError)
         elif not be.scalars([be.xp.isfinite(w).all()])[0]:          # once, at construction
             raise ValueError("w contains NaN or Inf")
         self.w = be.asarray(w)
@@ -214,7 +215,7 @@ class OnlineLayer:
                 raise ValueError(f"state['prev.{k}'] has shape {arrays[f'prev.{k}'].shape}, this layer needs "
                                  f"{shape} ({B} streams, {what})")
         for k in keys:
-            check_finite_host(arrays[k], f"state[{k!r}]")
+            check_finite(arrays[k], f"state[{k!r}]", error=NonFiniteError)
         check_labels(be, arrays["labels"], "state['labels']", (B,), self.trule.n_classes)
         b3 = arrays["b3"]
         if b3.shape == (0,):
@@ -242,7 +243,7 @@ class OnlineLayer:
                              f"per stream, got shape {tuple(x.shape)}")
         if rows is not None and (x.ndim != 2 or x.shape[1] != n_in):
             raise ValueError(f"x must have shape (m, n_in) = (m, {n_in}), got shape {tuple(x.shape)}")
-        check_finite_host(x, "x")
+        check_finite(x, "x", error=NonFiniteError)
         return be.asarray(x, dtype=self.w.dtype)
 
     def _labels(self, labels):
@@ -300,7 +301,7 @@ class OnlineLayer:
 
     def apply(self, update: TwoPointUpdate, lr, fused=True):
         """W += lr · ΔW in place, one pass over W (:func:`threefactor.online.apply_update`)."""
-        apply_update(self.w, update, lr, fused=fused)
+        apply_update(self.w, update, lr, fused=fused, backend=self.backend)
 
     def learn(self, x, labels, lr, fused=True):
         """:meth:`step` then :meth:`apply`; returns the layer's output (streams, n_out)."""

@@ -2,8 +2,9 @@
 
 Every hidden layer has its own optimiser, so a layer can step during the
 forward pass (App. D.1); the output layer (or, for backprop, every layer)
-has another.  Parameters are updated in place, on whatever array library
-they live in (numpy or cupy): only in-place arithmetic is used.
+has another.  Parameters are updated in place on their backend: the SGD step is
+the backend primitive :meth:`~threefactor.backends.base.Backend.sgd_step`, AdamW
+in-place arithmetic on the backend's arrays.
 
 SGD with momentum follows PyTorch's convention (paper App. D.4: μ = 0.95)::
 
@@ -25,20 +26,20 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
+from threefactor.backends import backend_of, get_backend
 from threefactor.rule.rules import choice_error
+from threefactor.validate import check_lr
 
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def _xp(a):
-    """The array module of ``a`` (numpy or cupy) without importing cupy."""
-    mod = type(a).__module__.split(".")[0]
-    if mod == "cupy":  # pragma: no cover - needs a GPU
-        import cupy
-        return cupy
-    return np
+def _backend(params, backend):
+    """The backend of the parameters: ``backend`` (a name or object) if given, else the registered
+    backend their first array belongs to (numpy arrays: numpy, the reference step)."""
+    if backend is not None:
+        return get_backend(backend)
+    found = backend_of(params[0]) if params else None
+    return found if found is not None else get_backend("numpy")
 
 
 def _check_nonneg(name, value, positive=False):
@@ -47,56 +48,6 @@ def _check_nonneg(name, value, positive=False):
     if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
         raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value}")
     return value
-
-
-def _check_lr(lr):
-    lr = float(lr)
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"lr must be a finite number >= 0, got {lr}")
-    return lr
-
-
-_FUSED = {}
-
-
-def _fused_sgd_kernel():
-    """A one-pass Numba kernel for the SGD step on C-contiguous numpy arrays, or None.
-
-    It performs the same float operations in the same order as the numpy
-    path (no FMA contraction without fastmath), so both give the same bits;
-    it only saves the temporaries and memory passes.
-    """
-    if "sgd" not in _FUSED:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba is a dependency
-            _FUSED["sgd"] = None
-            return None
-
-        @numba.njit(cache=True, nogil=True)
-        def sgd_step(w, g, buf, sign, wd, mu, lr):   # all flat, same dtype; scalars of that dtype
-            for i in range(w.shape[0]):
-                wi = w[i]
-                d = sign * g[i] + wd * wi
-                b = buf[i] * mu + d
-                buf[i] = b
-                w[i] = wi - lr * b
-
-        _FUSED["sgd"] = sgd_step
-    return _FUSED["sgd"]
-
-
-def _fusable(*arrays):
-    """The array library ("numpy" or "cupy") when every array is a C-contiguous array of that one
-    library and one float dtype, so that a fused one-pass step applies; else None."""
-    first = arrays[0]
-    if not (all(type(a) is type(first) for a in arrays) and hasattr(first, "flags")
-            and all(a.flags.c_contiguous and a.dtype == first.dtype for a in arrays)
-            and first.dtype in (np.float32, np.float64)):
-        return None
-    if type(first) is np.ndarray:
-        return "numpy"
-    return "cupy" if type(first).__module__.split(".")[0] == "cupy" else None
 
 
 class SGD:
@@ -113,19 +64,26 @@ class SGD:
         μ in [0, 1).
     weight_decay : float
         L2 coefficient added to the gradient.
+    fused : bool, optional
+        False: the reference step (:meth:`NumpyBackend.sgd_step`, in-place arithmetic) whatever the
+        backend; otherwise the backend's :meth:`~threefactor.backends.base.Backend.sgd_step`
+        (one fused pass on Numba and CuPy, the same bits).
+    backend : str or Backend, optional
+        The parameters' backend (default: the registered backend their arrays belong to).
     """
 
     name = "sgd"
 
-    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0, fused=None):
+    def __init__(self, params, lr, momentum=0.95, weight_decay=0.0, fused=None, backend=None):
         self.params = list(params)
         self.fused = fused
-        self.lr = _check_lr(lr)
+        self.backend = _backend(self.params, backend)
+        self.lr = check_lr(lr)
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
         self.weight_decay = _check_nonneg("weight_decay", weight_decay)
-        self.buffers = [_xp(p).zeros_like(p) for p in self.params]
+        self.buffers = [self.backend.xp.zeros_like(p) for p in self.params]
         self.steps = 0
 
     def step(self, grads, sign=1.0):
@@ -139,27 +97,8 @@ class SGD:
         for w, g, buf in zip(self.params, grads, self.buffers):
             if g.shape != w.shape:
                 raise ValueError(f"gradient of shape {g.shape} for a parameter of shape {w.shape}")
-            fusable = _fusable(w, g, buf) if self.fused is not False else None
-            if fusable == "cupy":
-                from threefactor.backends.cupy import sgd_step
-                sgd_step(w, g, buf, sign, wd, mu, lr)
-                continue
-            if fusable == "numpy" and sign in (1.0, -1.0):
-                kernel = _fused_sgd_kernel()
-                if kernel is not None:
-                    t = w.dtype.type
-                    kernel(w.reshape(-1), g.reshape(-1), buf.reshape(-1), t(sign), t(wd), t(mu), t(lr))
-                    continue
-            # d = sign·g + wd·w, then buf = μ buf + d (PyTorch's order of operations)
-            if sign == 1.0:
-                d = g + wd * w if wd else g
-            elif sign == -1.0:
-                d = wd * w - g if wd else -g
-            else:
-                d = sign * g + wd * w
-            buf *= mu
-            buf += d
-            w -= lr * buf
+            step = self.backend.sgd_step if self.fused is not False else _reference_sgd_step
+            step(w, g, buf, sign, wd, mu, lr)
         self.steps += 1
 
     def state(self):
@@ -168,7 +107,7 @@ class SGD:
 
     def load_state(self, state):
         """Restore :meth:`state` (buffers are copied into the existing arrays)."""
-        _copy_into(self.buffers, state["buffers"], "momentum buffer")
+        _copy_into(self.buffers, state["buffers"], "momentum buffer", self.backend)
         self.steps = int(state["steps"])
         self.lr = float(state["lr"])
 
@@ -188,16 +127,17 @@ class AdamW:
 
     name = "adamw"
 
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend=None):
         self.params = list(params)
-        self.lr = _check_lr(lr)
+        self.backend = _backend(self.params, backend)
+        self.lr = check_lr(lr)
         b1, b2 = (float(b) for b in betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         self.betas, self.eps = (b1, b2), _check_nonneg("eps", eps, positive=True)
         self.weight_decay = _check_nonneg("weight_decay", weight_decay)
-        self.m = [_xp(p).zeros_like(p) for p in self.params]
-        self.v = [_xp(p).zeros_like(p) for p in self.params]
+        self.m = [self.backend.xp.zeros_like(p) for p in self.params]
+        self.v = [self.backend.xp.zeros_like(p) for p in self.params]
         self.steps = 0
 
     def step(self, grads, sign=1.0):
@@ -208,7 +148,7 @@ class AdamW:
         (b1, b2), lr, t = self.betas, self.lr, self.steps
         c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         for w, g, m, v in zip(self.params, grads, self.m, self.v):
-            xp = _xp(w)
+            xp = self.backend.xp
             if sign != 1.0:
                 g = sign * g
             if self.weight_decay:
@@ -229,27 +169,33 @@ class AdamW:
         bufs = list(state["buffers"])
         if len(bufs) != 2 * n:
             raise ValueError(f"AdamW state has {len(bufs)} buffers, expected {2 * n}")
-        _copy_into(self.m, bufs[:n], "AdamW first moment")
-        _copy_into(self.v, bufs[n:], "AdamW second moment")
+        _copy_into(self.m, bufs[:n], "AdamW first moment", self.backend)
+        _copy_into(self.v, bufs[n:], "AdamW second moment", self.backend)
         self.steps = int(state["steps"])
         self.lr = float(state["lr"])
 
 
-def _copy_into(targets, sources, what):
+def _reference_sgd_step(w, g, buf, sign, wd, mu, lr):
+    """The reference SGD step (:meth:`NumpyBackend.sgd_step`, in-place arithmetic on any arrays)."""
+    from threefactor.backends.numpy import NumpyBackend
+    NumpyBackend.sgd_step(w, g, buf, sign, wd, mu, lr)
+
+
+def _copy_into(targets, sources, what, backend):
     if len(targets) != len(sources):
         raise ValueError(f"{what}: checkpoint has {len(sources)} arrays, expected {len(targets)}")
     for dst, src in zip(targets, sources):
         if tuple(dst.shape) != tuple(src.shape):
             raise ValueError(f"{what}: checkpoint shape {tuple(src.shape)} != {tuple(dst.shape)}")
-        dst[...] = _xp(dst).asarray(src, dtype=dst.dtype)
+        dst[...] = backend.asarray(src, dtype=dst.dtype)
 
 
-def make_optimizer(name, params, lr, weight_decay, momentum=0.95):
-    """An optimiser by name: ``"sgd"`` (paper's choice) or ``"adamw"``."""
+def make_optimizer(name, params, lr, weight_decay, momentum=0.95, backend=None):
+    """An optimiser by name: ``"sgd"`` (paper's choice) or ``"adamw"``, on the parameters' ``backend``."""
     if name == "sgd":
-        return SGD(params, lr, momentum=momentum, weight_decay=weight_decay)
+        return SGD(params, lr, momentum=momentum, weight_decay=weight_decay, backend=backend)
     if name == "adamw":
-        return AdamW(params, lr, weight_decay=weight_decay)
+        return AdamW(params, lr, weight_decay=weight_decay, backend=backend)
     raise choice_error("optimizer", name, OPTIMIZERS)
 
 

@@ -140,11 +140,3 @@ def pull_back(bn, cache, g):
         return g, []
     ga, dgamma, dbeta = bn.vjp(cache, g)
     return ga, [dgamma, dbeta]
-
-
-def naive_batchnorm(a, gamma, beta, eps=EPS):
-    """BN of rows ``a`` (N, C) by the definition, complex-step safe (tests and checks)."""
-    mean = a.sum(axis=0) / a.shape[0]
-    d = a - mean
-    var = (d * d).sum(axis=0) / a.shape[0]
-    return d / np.sqrt(var + eps) * gamma + beta

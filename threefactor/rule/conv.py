@@ -22,21 +22,19 @@ rule pools channel-last arrays (m, Ho, Wo, C), the layout the forward GEMM
 writes; :func:`max_pool2x2`, :func:`pool_gather`, :func:`pool_route` are the
 same operations on channel-major (m, C, H, W) arrays.
 
-The naive loops at the end (:func:`naive_conv2d`, :func:`naive_max_pool2x2`)
-define the meaning; tests compare the GEMM forms against them.  Everything is
-written against an array namespace ``xp`` (numpy or cupy; CuPy gets fused
-kernels from :mod:`threefactor.backends._conv_cupy`) and works with complex
-inputs, comparisons using the real part, for complex-step checks.
+The naive loops (:func:`threefactor.verify.naive.conv2d`,
+:func:`~threefactor.verify.naive.max_pool2x2`) define the meaning; tests compare
+the GEMM forms against them.  Everything here is the reference, written against
+an array namespace ``xp`` and working with complex inputs (comparisons use the
+real part) for complex-step checks; the layers call the backend's primitives
+(``im2col``, ``col2im``, ``rows_to_nchw``, ``max_pool_rows``, ``route_rows``:
+:class:`threefactor.backends.base.Backend`), which a GPU backend fuses.
 """
 from __future__ import annotations
 
 import numpy as np
 
 POOLS = (None, "max")
-
-
-def _is_cupy(xp) -> bool:
-    return getattr(xp, "__name__", "") == "cupy"
 
 
 def conv_out_size(h: int, w: int, kh: int, kw: int, padding: int):
@@ -67,9 +65,6 @@ def im2col(x, kh: int, kw: int, padding: int, xp=np):
     Row i·P + oh·Wo + ow holds x_pad[i, c, oh+dy, ow+dx] at column (dy·kw + dx)·C_in + c.
     One copy per kernel offset (kh·kw of them), never a loop over positions.
     """
-    if _is_cupy(xp):
-        from threefactor.backends._conv_cupy import im2col as _im2col_cupy
-        return _im2col_cupy(x, kh, kw, padding)
     m, c, h, w = x.shape
     ho, wo = conv_out_size(h, w, kh, kw, padding)
     xpad = xp.zeros((m, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
@@ -87,9 +82,6 @@ def col2im(cols, x_shape, kh: int, kw: int, padding: int, xp=np):
     cols (m·Ho·Wo, kh·kw·C_in) -> (m, C_in, H, W).  With cols = post · w_cols this
     is dL/dx of a convolution (used by the backprop baseline, never by the local rule).
     """
-    if _is_cupy(xp):
-        from threefactor.backends._conv_cupy import col2im as _col2im_cupy
-        return _col2im_cupy(cols, x_shape, kh, kw, padding)
     m, c, h, w = x_shape
     ho, wo = conv_out_size(h, w, kh, kw, padding)
     blocks = cols.reshape(m, ho, wo, kh, kw, c)
@@ -102,16 +94,7 @@ def col2im(cols, x_shape, kh: int, kw: int, padding: int, xp=np):
 
 def rows_to_nchw(t, m: int, ho: int, wo: int, xp=np):
     """(m·Ho·Wo, C) in im2col row order, or (m, Ho, Wo, C) -> (m, C, Ho, Wo) contiguous."""
-    if _is_cupy(xp) and not xp.iscomplexobj(t):
-        from threefactor.backends._conv_cupy import rows_to_nchw as _rows_to_nchw_cupy
-        return _rows_to_nchw_cupy(t, m, ho, wo)
     return xp.ascontiguousarray(t.reshape(m, ho, wo, -1).transpose(0, 3, 1, 2))
-
-
-def nchw_to_rows(t, xp=np):
-    """(m, C, Ho, Wo) -> (m·Ho·Wo, C) in im2col row order (the inverse of :func:`rows_to_nchw`)."""
-    m, c = t.shape[:2]
-    return xp.ascontiguousarray(t.transpose(0, 2, 3, 1)).reshape(-1, c)
 
 
 def conv2d(x, w, padding: int, xp=np, matmul=None):
@@ -144,10 +127,6 @@ def max_pool_rows(z, xp=np, *extra):
     maximum (by the real part) in the order dy·2 + dx: a tournament of the two
     rows' pairs, then of the two pair winners, each won only by a strictly larger value.
     """
-    if _is_cupy(xp) and not xp.iscomplexobj(z):
-        from threefactor.backends._conv_cupy import max_pool_rows as _pool_cupy
-        pooled, idx = _pool_cupy(z)
-        return pooled, idx, [gather_rows(t, idx, xp) for t in extra]
     real = (lambda t: t.real) if xp.iscomplexobj(z) else (lambda t: t)
     q0, q1, q2, q3 = _quarters(z)
     top = real(q1) > real(q0)                 # winner of the top pair is 1, else 0
@@ -162,9 +141,6 @@ def max_pool_rows(z, xp=np, *extra):
 
 def gather_rows(t, idx, xp=np):
     """t (m, H, W, C) at each window's winner -> (m, H//2, W//2, C) (e.g. f'(a) at the winners)."""
-    if _is_cupy(xp) and not xp.iscomplexobj(t):
-        from threefactor.backends._conv_cupy import gather_rows as _gather_cupy
-        return _gather_cupy(t, idx)
     q = _quarters(t)
     return xp.where(idx == 0, q[0], xp.where(idx == 1, q[1], xp.where(idx == 2, q[2], q[3])))
 
@@ -175,9 +151,6 @@ def route_rows(g, idx, shape, xp=np):
     This is how the post-synaptic term of a pooled unit reaches the one
     position that won its window: -dL/da is zero at the three losers.
     """
-    if _is_cupy(xp) and not xp.iscomplexobj(g):
-        from threefactor.backends._conv_cupy import route_rows as _route_cupy
-        return _route_cupy(g, idx, shape)
     out = xp.zeros(shape, dtype=g.dtype)
     for j, view in enumerate(_quarters(out)):
         view[...] = xp.where(idx == j, g, xp.zeros((), dtype=g.dtype))
@@ -222,49 +195,3 @@ def pool_route(g, idx, shape, xp=np):
     m, c, h, w = shape
     out = route_rows(g.transpose(0, 2, 3, 1), idx.transpose(0, 2, 3, 1), (m, h, w, c), xp)
     return out.transpose(0, 3, 1, 2)
-
-
-# -- the naive definitions (tests, tiny shapes) -----------------------------------
-
-def naive_conv2d(x, w, padding: int):
-    """a[i, o, y, x] = Σ_c,dy,dx w[o, c, dy, dx] x_pad[i, c, y+dy, x+dx], one position at a time."""
-    m, c, h, wd = x.shape
-    c_out, _, kh, kw = w.shape
-    ho, wo = conv_out_size(h, wd, kh, kw, padding)
-    xpad = np.zeros((m, c, h + 2 * padding, wd + 2 * padding), dtype=np.result_type(x, w))
-    xpad[:, :, padding:padding + h, padding:padding + wd] = x
-    a = np.zeros((m, c_out, ho, wo), dtype=xpad.dtype)
-    for oy in range(ho):
-        for ox in range(wo):
-            patch = xpad[:, :, oy:oy + kh, ox:ox + kw]
-            a[:, :, oy, ox] = np.einsum("icyx,ocyx->io", patch, w)
-    return a
-
-
-def naive_patch(x, padding: int, kh: int, kw: int, i: int, oy: int, ox: int):
-    """The receptive field x_pad[i, :, oy:oy+kh, ox:ox+kw] (C_in, kh, kw) of one position."""
-    m, c, h, wd = x.shape
-    xpad = np.zeros((c, h + 2 * padding, wd + 2 * padding), dtype=x.dtype)
-    xpad[:, padding:padding + h, padding:padding + wd] = x[i]
-    return xpad[:, oy:oy + kh, ox:ox + kw]
-
-
-def naive_max_pool2x2(z):
-    """(pooled, (winner_y, winner_x)) window by window; winners are absolute positions."""
-    m, c, h, w = z.shape
-    h2, w2 = h // 2, w // 2
-    pooled = np.zeros((m, c, h2, w2), dtype=z.dtype)
-    wy = np.zeros((m, c, h2, w2), dtype=np.int64)
-    wx = np.zeros((m, c, h2, w2), dtype=np.int64)
-    for i in range(m):
-        for o in range(c):
-            for py in range(h2):
-                for px in range(w2):
-                    best = None
-                    for dy in range(2):
-                        for dx in range(2):
-                            val = z[i, o, 2 * py + dy, 2 * px + dx]
-                            if best is None or val.real > best.real:
-                                best, by, bx = val, 2 * py + dy, 2 * px + dx
-                    pooled[i, o, py, px], wy[i, o, py, px], wx[i, o, py, px] = best, by, bx
-    return pooled, (wy, wx)

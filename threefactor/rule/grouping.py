@@ -38,7 +38,12 @@ def group_size(n_out, groups):
 
 
 def group_stats(z, groups, p, delta, xp=np):
-    """ẑ, u and v of Eq. 17-18 for activity ``z`` of shape (m, n_out)."""
+    """ẑ, u and v of Eq. 17-18 for activity ``z`` of shape (m, n_out).
+
+    v (m, c) is what a grouped layer's kernel compares instead of z: the Gaussian kernel
+    k(z_i, z_j) = exp(-‖v_i - v_j‖² / 2σ²) of Eq. 19 (the engine passes v to the backend's
+    ``gaussian_kernel``, Eq. 26's form), the cosine kernel k = v_iᵀv_j / (‖v_i‖ ‖v_j‖) (App. D.4).
+    """
     m, n = z.shape
     g = group_size(n, groups)
     zg = z.reshape(m, groups, g)
@@ -60,6 +65,10 @@ def group_pullback(dv, zhat, u, p, xp=np):
     """Pull dL/dv (m, c) back to dL/dz (m, n_out) through Eq. 18 and 17 (Eq. 43-44).
 
     dL/dz_αn = 2(1-p)/g · (dv_α - mean_α dv) · ẑ_αn / u_α^p
+
+    The factor ẑ_αn / u_α^p is Eq. 20's: through v the derivative of the kernel of Eq. 19 is
+    dk(z_i, z_j)/dW_αnm ∝ -k (v_αi - v_αj)(ẑ_αn,i / u_αi^p · x_mi - ẑ_αn,j / u_αj^p · x_mj) / σ²,
+    not Hebbian in z; passing r = ẑ/u^p on (:func:`divisive_norm`, Eq. 21) makes it Hebbian (Eq. 22).
     """
     m, n = zhat.shape
     c = u.shape[1]

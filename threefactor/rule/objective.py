@@ -9,16 +9,11 @@ where k̊ is a kernel matrix minus the mean of all its m² entries (Eq. 11).
 from __future__ import annotations
 
 
-def phsic(Ka, Kb):
-    """Empirical pHSIC of two (m, m) kernel matrices (Eq. 34)."""
-    return (Ka * Kb).mean() - Ka.mean() * Kb.mean()
-
-
 def layer_objective(K, Ky, gamma):
     """L = pHSIC(Z, Z) - γ pHSIC(Y, Z) (Eq. 9) from the two kernel matrices.
 
     Computed as mean(K ⊙ (K - γ Ky)) - K̄ (K̄ - γ K̄y), the same sum as two
-    :func:`phsic` calls regrouped: one dot product and two means instead of two
+    pHSIC terms (Eq. 34; their literal double sums: :func:`threefactor.verify.naive.phsic`) regrouped: one dot product and two means instead of two
     products and six means (training logs it every step).
     """
     kbar = K.mean()

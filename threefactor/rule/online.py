@@ -51,7 +51,8 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from threefactor.arrays import real_array
-from threefactor.backends import get_backend
+from threefactor.backends import backend_of, get_backend
+from threefactor.validate import check_finite, check_labels, check_lr
 from threefactor.rule.rules import Rule
 
 
@@ -132,48 +133,17 @@ def check_beta(beta) -> float:
     return b
 
 
-def check_lr(lr) -> float:
-    """The learning rate as a float, finite and >= 0, else an error naming ``lr``."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)):
-        raise TypeError(f"lr must be a real number >= 0, got {type(lr).__name__} {lr!r}")
-    if not (np.isfinite(lr) and lr >= 0):
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-    return float(lr)
-
-
 class NonFiniteError(ValueError):
     """An input or the weights of an online step hold NaN or Inf (``what`` names which).
 
     Training (:mod:`threefactor.epochs`) reports it as a diverged run, not as bad use."""
 
+    #: called with the argument's name by :func:`threefactor.validate.check_finite`
+    names_argument = True
+
     def __init__(self, what, message=None):
         super().__init__(message or f"{what} contains NaN or Inf")
         self.what = what
-
-
-def check_finite_host(arr, name):
-    """A :class:`NonFiniteError` naming ``name`` if the host array ``arr`` holds NaN or Inf.  Device
-    arrays pass unread: reading a flag back would wait for the GPU at every step."""
-    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise NonFiniteError(name)
-
-
-def check_labels(be, labels, name, shape, n_classes):
-    """Integer labels of shape ``shape`` as an int64 backend array, else an error naming ``name``.
-
-    Host labels are range-checked ([0, n_classes)); labels already on the device are not, since
-    reading their min and max would synchronise every step (the data loaders check a data set's labels).
-    """
-    labels = real_array(be, labels, name)
-    if labels.shape != shape:
-        raise ValueError(f"{name} must have shape {shape} (one integer label per stream or pair), "
-                         f"got {tuple(labels.shape)}")
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")
-    if labels.size and isinstance(labels, np.ndarray) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"{name} must be in [0, n_classes) = [0, {n_classes}), got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
-    return be.asarray(labels, dtype=np.int64)
 
 
 def _forward_error(x, w, what):
@@ -253,7 +223,12 @@ def change_b2(trule: TwoPointRule, dv, same, xp=np):
 
 
 def centred_factor(trule: TwoPointRule, dv, b1, k, b2, b3) -> Circuit:
-    """The third factor given the centring b3 (scalar or (B,)) (Eq. 62, 66)."""
+    """The third factor M_t of the two-point rule given the centring b3 (scalar or (B,)) (Eq. 58, 62, 66).
+
+    Eq. 58 is M_t = -(γ k̊(y_t, y_{t-Δt}) - 2 k̊(z_t, z_{t-Δt})) k(z_t, z_{t-Δt}) / σ²; the circuit
+    has b2 = γ k(y_t, y_{t-Δt}) - 2 k(z_t, z_{t-Δt}) (Eq. 60) and centres it by its running average
+    b3 (Eq. 61), so M = -(b2 - b3) k / σ² (Eq. 62); with groups each group's factor is M · Δv_α (Eq. 66).
+    """
     b3 = b3 + 0 * b2                                   # broadcast to (B,)
     M = -(b2 - b3) * k / trule.rule.sigma ** 2
     return Circuit(b1, b2, b3, M, dv if trule.rule.grouped else None)
@@ -328,14 +303,14 @@ def two_point_update(x_now, x_prev, w, labels_now, labels_prev, trule: TwoPointR
     x_now, x_prev, w = (be.asarray(a, dtype=dt) for a in (x_now, x_prev, w))
     if xp is np:
         for arr, name in ((x_now, "x_now"), (x_prev, "x_prev"), (w, "w")):
-            check_finite_host(arr, name)
+            check_finite(arr, name, error=NonFiniteError)
     elif not be.scalars([xp.isfinite(x_now).all() & xp.isfinite(x_prev).all() & xp.isfinite(w).all()])[0]:
         raise NonFiniteError("x_now, x_prev or w")
     if b3 is not None:
         b3 = real_array(be, b3, "b3")
         if b3.shape not in ((), (B,)):
             raise ValueError(f"b3 must be a number or an array of shape (B,) = ({B},), got shape {tuple(b3.shape)}")
-        check_finite_host(b3, "b3")
+        check_finite(b3, "b3", error=NonFiniteError)
         b3 = be.asarray(b3, dtype=dt)
     now = layer_activity(trule, x_now, w, be, "x_now")
     prev = layer_activity(trule, x_prev, w, be, "x_prev")
@@ -346,12 +321,12 @@ def two_point_update(x_now, x_prev, w, labels_now, labels_prev, trule: TwoPointR
     return TwoPointUpdate(post, xp.concatenate([now.x, prev.x], axis=0)).dense()
 
 
-def apply_update(w, update: TwoPointUpdate, lr, fused=True):
-    """W += lr · ΔW in place, without forming ΔW (one pass over W; BLAS GEMM for large R).
+def apply_update(w, update: TwoPointUpdate, lr, fused=True, backend=None):
+    """W += lr · ΔW in place, without forming ΔW (one pass over W, or in-place BLAS for large R).
 
-    numpy arrays use the Numba kernel (:mod:`threefactor.backends._online_kernels`)
-    or in-place BLAS; cupy arrays the CUDA kernel of ``_online_cupy``;
-    ``fused=False`` is the reference ``w += lr * postᵀ pre``.
+    The accumulation is the backend primitive :meth:`~threefactor.backends.base.Backend.accumulate`
+    (``backend``: a name or object; default the backend w belongs to); ``fused=False`` is the
+    reference ``w += lr · postᵀ pre`` on host weights.
 
     ``lr`` must be a finite number >= 0 and the update's shapes must fit w; a host update with
     NaN or Inf is refused before w is touched (device updates are not read back).
@@ -361,33 +336,14 @@ def apply_update(w, update: TwoPointUpdate, lr, fused=True):
     if update.post.shape != (R, w.shape[0]) or update.pre.shape != (R, w.shape[1]):
         raise ValueError(f"update has post {tuple(update.post.shape)} and pre {tuple(update.pre.shape)}; "
                          f"w {tuple(w.shape)} needs (R, {w.shape[0]}) and (R, {w.shape[1]})")
-    check_finite_host(update.post, "update.post")
-    check_finite_host(update.pre, "update.pre")
+    check_finite(update.post, "update.post", error=NonFiniteError)
+    check_finite(update.pre, "update.pre", error=NonFiniteError)
     if R == 0 or lr == 0:
         return w
-    if not isinstance(w, np.ndarray):
-        from threefactor.backends import _online_cupy
-        return _online_cupy.accumulate(w, update.post, update.pre, lr)
-    if not fused:
+    be = get_backend(backend) if backend is not None else backend_of(w)
+    if be is None:
+        raise TypeError(f"w is a {type(w).__module__}.{type(w).__name__}, an array of no registered backend")
+    if not fused and isinstance(w, np.ndarray):
         w += w.dtype.type(lr) * update.dense()
         return w
-    if not w.flags.c_contiguous:
-        raise ValueError("w must be C-contiguous for the in-place update")
-    try:
-        from threefactor.backends import _online_kernels as kern
-    except ImportError:                                # no Numba: the reference
-        return apply_update(w, update, lr, fused=False)
-    ut = np.ascontiguousarray((lr * update.post).T, dtype=w.dtype)
-    pre = np.ascontiguousarray(update.pre, dtype=w.dtype)
-    if ut.shape[1] >= kern.BLAS_FROM:
-        from scipy.linalg import blas
-        gemm = blas.sgemm if w.dtype == np.float32 else blas.dgemm
-        out = gemm(1.0, pre.T, ut.T, beta=1.0, c=w.T, overwrite_c=True)
-        if not np.shares_memory(out, w):      # pragma: no cover - BLAS copied after all
-            w[...] = out.T
-        return w
-    if w.size * ut.shape[1] < kern.SERIAL_BELOW:
-        kern.accumulate_serial(w, ut, pre)
-    else:
-        kern.accumulate(w, ut, pre)
-    return w
+    return be.accumulate(w, update.post, update.pre, lr)

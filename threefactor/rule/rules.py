@@ -173,8 +173,3 @@ class Rule:
         return self.kernel if isinstance(self.kernel, str) else type(self.kernel).__name__
 
 
-def grouping_name(groups, divisive) -> str:
-    """The paper's name of a grouping: plain, grp or grp+div."""
-    if groups is None:
-        return "plain"
-    return "grp+div" if divisive else "grp"

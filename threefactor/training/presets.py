@@ -35,7 +35,7 @@ The conv nets' cells (Table 6, SGD and AdamW + batchnorm rows) are at the end:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 from threefactor.rule.rules import Rule, choice_error
@@ -90,9 +90,6 @@ class Preset:
     lr_local: Optional[float]
     groups: Optional[int]
     note: str = ""
-
-    def as_dict(self):
-        return asdict(self)
 
 
 def preset_name(dataset, rule, grouping):

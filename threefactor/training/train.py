@@ -25,7 +25,8 @@ import numpy as np
 from threefactor.training import presets
 from threefactor.backends import BackendUnavailable, get_backend
 from threefactor.data.formats import DataError
-from threefactor.nn.convnet import ARCHS, build_convnet
+from threefactor.nn.convnet import ARCHS
+from threefactor.training.build import build_convnet
 from threefactor.training.loop import _ONLINE, TrainingDiverged, TrainingInterrupted, _augmenter, _epoch_sums, _load_online_state, run_epochs
 from threefactor.nn.mlp import MLP
 from threefactor.training.presets import TABLE6
@@ -37,7 +38,7 @@ def build_network(cfg, n_in, n_classes, backend, rng):
     """The network of a resolved config (draws the initial weights from ``rng``).
 
     ``n_in`` is the input width of the MLP, or the image shape (C, H, W) for a conv arch
-    (:func:`threefactor.conv_layers.build_convnet`).
+    (:func:`threefactor.training.build.build_convnet`).
     """
     if cfg.get("arch", "mlp") != "mlp":
         return build_convnet(cfg, tuple(n_in), n_classes, backend, rng)

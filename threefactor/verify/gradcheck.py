@@ -25,8 +25,7 @@ complex and torch 1e-10 in float64 (typically ~1e-15), fd 1e-6.
 A researcher's own kernel is checked the same way.  Any object with
 ``matrix(v, xp)`` and ``pullback(v, K, C, xp)`` (see :mod:`threefactor.kernels`)::
 
-    from threefactor.check import check_rule, assert_update_matches
-    from threefactor.rules import Rule
+    from threefactor import Rule, check_rule
 
     class Polynomial:
         '''k(a, b) = (aᵀb / s + 1)^d, smooth, complex- and torch-safe.'''
@@ -48,34 +47,33 @@ derivative then disagrees with finite differences, or raises) and the complex
 method is reported as SKIP with the reason; fd and torch still decide.
 For torch, ``matrix`` is called with ``xp=torch``.
 
-Conv layers (Sec. 4.3, App. D.1) are checked too (:func:`check_conv_all`): a
-3×3 conv layer (C_in 2 -> C_out 6 on 4×4 images, m = 4, groups of 2 channels)
-with and without 2×2 max pooling, against complex-step derivatives of the
-literal conv objective (:func:`threefactor.conv_rule.check_conv_rule`); their
-rows are named ``conv/<kernel>/<grouping>/<activation>/pool=<None|max>``.
+Conv layers (Sec. 4.3, App. D.1) are checked by the same driver
+(:func:`check_conv_rule`): a 3×3 conv layer (C_in 2 -> C_out 6 on 4×4 images,
+m = 4, groups of 2 channels) with and without 2×2 max pooling, against
+complex-step derivatives of the literal conv objective
+(:func:`threefactor.verify.naive.conv_objective`); their rows are named
+``conv/<kernel>/<grouping>/<activation>/pool=<None|max>``.  So are layers with
+batchnorm (:func:`check_batchnorm_rule`: ΔW, Δγ and Δβ).  The matrices of
+variants that ``threefactor check`` runs are :mod:`threefactor.verify.variants`.
 
-Command line (:mod:`threefactor.check_cli`): ``threefactor check [--backend ...] [--kernel ...] [--activation ...]
-[--grouping plain grp grp+div] [--dtype float64] [--seed 0] [--json PATH]
-[--kernel-module MODULE:NAME] [--conv | --no-conv]`` prints one table row per (variant,
-backend, method) and exits 0 (all pass), 1 (a failure) or 2 (bad use, unavailable
-backend).  By default dense and conv variants are checked (about 13 s of CPU);
-``--conv`` checks only the conv variants, ``--no-conv`` only the dense ones.
-``--json`` writes ``{"meta", "passed", "n_failed", "results": [CheckResult fields +
-"status"]}`` atomically (temp file + os.replace); ``meta["conv"]`` says which were run.
+Command line: ``threefactor check`` (:mod:`threefactor.cli.check`) prints one table row per
+(variant, backend, method), exits 0 (all pass), 1 (a failure) or 2 (bad use), ``--json`` writes the
+results atomically.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from threefactor.verify import naive as pairwise
+from threefactor.verify import naive
+from threefactor.rule.batchnorm import BatchNorm
+from threefactor.rule.conv_rule import conv_layer_pass
 from threefactor.rule.kernels import kernel_object
-from threefactor.api import local_update
-from threefactor.backends import BACKENDS, BackendUnavailable, get_backend
-from threefactor.rule.rules import ACTIVATIONS, COSINE_EPS, GROUPINGS, KERNELS, Rule
+from threefactor.api import local_update, prepare_conv
+from threefactor.backends import available_backends, get_backend
+from threefactor.rule.rules import COSINE_EPS, Rule
 from threefactor.verify.torch_ref import _MISSING, autograd_update, torch_available
 
 METHODS = ("fd", "complex", "torch")
@@ -84,8 +82,6 @@ TOLERANCES = {
     "float64": {"fd": 1e-6, "complex": 1e-10, "torch": 1e-10},
     "float32": {"fd": 1e-3, "complex": 1e-3, "torch": 1e-3},
 }
-#: (groups, p) of the three groupings in the default matrix (groups=None: plain).
-GROUPING_PARAMS = {"plain": (None, None), "grp": (True, 0.5), "grp+div": (True, 0.2)}
 FD_STEP = 1e-4
 COMPLEX_STEP = 1e-30
 
@@ -155,15 +151,20 @@ def assert_update_matches(explicit, reference, *, tolerance=1e-10, what="explici
 
 
 def _backend_names():
-    """Backends usable here (a backend whose module does not load counts as unavailable)."""
-    names = []
-    for name in BACKENDS:
-        try:
-            get_backend(name)
-        except (BackendUnavailable, ImportError):
-            continue
-        names.append(name)
-    return tuple(names)
+    """Backends usable here, registered ones included (a backend whose module does not load counts
+    as unavailable)."""
+    return available_backends()
+
+
+def _compare(name, backend, method, dtype, got, ref, tol, note=""):
+    """The :class:`CheckResult` of explicit ``got`` against reference ``ref`` (2-D arrays; ``ref`` None:
+    the method was skipped, ``note`` says why).  The one comparison every check below makes."""
+    if ref is None:
+        return CheckResult(name, backend, method, dtype, float("nan"), (-1, -1), float("nan"),
+                           float("nan"), None, tol, note)
+    err, worst = relative_error(got, ref)
+    return CheckResult(name, backend, method, dtype, err, worst, float(np.asarray(got)[worst]),
+                       float(np.asarray(ref)[worst]), bool(err <= tol), tol, note)
 
 
 def variant_name(rule: Rule, grouping=None) -> str:
@@ -191,7 +192,7 @@ def make_problem(m=6, n_in=5, n_out=8, n_classes=3, seed=0, rule=None, margin=0.
 
 
 def _objective_of_w(x, labels, n_classes, rule):
-    return lambda w: pairwise.objective(x, w, labels, n_classes, rule)
+    return lambda w: naive.objective(x, w, labels, n_classes, rule)
 
 
 def fd_gradient(f, w, h=FD_STEP):
@@ -327,54 +328,104 @@ def check_rule(rule=None, *, backends=None, dtype=np.float64, m=6, n_in=5, n_out
         dw = local_update(x, w, labels, n_classes=n_classes, backend=b, **_update_kwargs(rule))
         for method in methods:
             ref, note = refs[method]
-            if ref is None:
-                results.append(CheckResult(name, b, method, dt.name, float("nan"), (-1, -1),
-                                           float("nan"), float("nan"), None, tol[method], note))
-                continue
-            err, (n, k) = relative_error(dw, ref)
-            res = CheckResult(name, b, method, dt.name, err, (n, k), float(dw[n, k]),
-                              float(ref[n, k]), bool(err <= tol[method]), tol[method], note)
-            if raise_on_failure and not res.passed:
+            res = _compare(name, b, method, dt.name, dw, ref, tol[method], note)
+            if raise_on_failure and res.passed is False:
                 assert_update_matches(dw, ref, tolerance=tol[method], method=method,
                                       what=f"local_update({name}, backend={b}, {dt.name})")
             results.append(res)
     return results
 
 
-def variants(kernels=KERNELS, groupings=GROUPINGS, activations=ACTIVATIONS,
-             label_kernels=("cosine",), groups=4):
-    """(name, Rule) of the check matrix: kernel × grouping × activation (× label kernel)."""
-    for kern, grouping, act, lk in itertools.product(kernels, groupings, activations, label_kernels):
-        if grouping not in GROUPING_PARAMS:
-            raise ValueError(f"grouping={grouping!r} is not one of: {', '.join(GROUPINGS)}")
-        grp, p = GROUPING_PARAMS[grouping]
-        extra = {} if grp is None else {"groups": groups, "p": p}
-        rule = Rule(kernel=kern, activation=act, label_kernel=lk, **extra)
-        yield variant_name(rule, grouping), rule
+def check_conv_rule(rule, pool=None, *, backends=("numpy",), dtype=np.float64, m=4, c_in=2, hw=4,
+                    c_out=6, kernel_size=3, padding=1, n_classes=3, seed=0, name=None):
+    """Compare a conv layer's update with complex-step -dL/dW of :func:`threefactor.verify.naive.conv_objective`.
+
+    Returns a list of :class:`CheckResult` (method "complex"), one per backend; ΔW is compared
+    as (C_out, C_in·kh·kw), so the worst synapse is (output channel, flattened (c, dy, dx)).
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(m) % n_classes)
+    x = rng.normal(size=(m, c_in, hw, hw)).astype(dtype)
+    w = (rng.normal(size=(c_out, c_in, kernel_size, kernel_size)) / np.sqrt(c_in * kernel_size ** 2)).astype(dtype)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ref = complex_step_gradient(
+        lambda v: naive.conv_objective(x64, v, labels, n_classes, rule, padding, pool), w64).reshape(c_out, -1)
+    dt = np.dtype(dtype).name
+    name = name or f"conv/{rule.kernel_name}/{'plain' if rule.groups is None else f'grp(p={rule.p:g})'}/" \
+                   f"{rule.activation}/pool={pool}"
+    results = []
+    for b in backends:
+        be, xb, wb, lab, n, to_user = prepare_conv(x, w, labels, b, n_classes, padding, pool, rule.groups)
+        dw = np.asarray(to_user(conv_layer_pass(rule, xb, wb, lab, n, be, padding, pool).update()))
+        results.append(_compare(name, b, "complex", dt, dw.reshape(c_out, -1), ref, TOLERANCES[dt]["complex"]))
+    return results
 
 
-def check_all(*, backends=None, kernels=KERNELS, groupings=GROUPINGS, activations=ACTIVATIONS,
-              label_kernels=("cosine",), groups=4, **kwargs):
-    """:func:`check_rule` over every variant (kernel × {plain, grp, grp+div} × activation)."""
-    backends = _backend_names() if backends is None else tuple(backends)
-    out = []
-    for name, rule in variants(kernels, groupings, activations, label_kernels, groups):
-        out += check_rule(rule, backends=backends, name=name, **kwargs)
-    return out
+#: Parameters of a layer with batchnorm compared by :func:`check_batchnorm_rule`, in ``layer.params()`` order.
+BN_PARAMS = ("W", "gamma", "beta")
 
-def check_conv_all(*, backends=None, kernels=KERNELS, groupings=GROUPINGS, activations=ACTIVATIONS,
-                   label_kernels=("cosine",), pools=(None, "max"), dtype=np.float64, seed=0):
-    """:func:`threefactor.conv_rule.check_conv_rule` over the conv matrix (kernel × grouping ×
-    activation × pooling × label kernel; named kernels only); method "complex"."""
-    from threefactor.rule.conv_rule import check_conv_rule, conv_variants
-    backends = _backend_names() if backends is None else tuple(backends)
-    kernels = [k for k in kernels if isinstance(k, str)]
-    out = []
-    for lk in label_kernels:
-        for name, rule, pool in conv_variants(kernels, groupings, activations, pools):
-            suffix = "/ylinear" if lk == "linear" else ""
-            out += check_conv_rule(rule.with_(label_kernel=lk), pool, backends=backends, dtype=dtype,
-                                   seed=seed, name=name + suffix)
-    return out
 
-# --------------------------------------------------------------------------- command line
+def _batchnorm_problem(layer_kind, rule, m, n_classes, seed):
+    """(x, w, γ, β, labels, naive L(w, γ, β)) of a small float64 problem."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(m) % n_classes)
+    if layer_kind == "dense":
+        n_in, n_out = 5, 2 * (rule.groups or 3)
+        x = rng.normal(size=(m, n_in))
+        w = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
+        eye = np.eye(n_out)
+
+        def loss(w_, g_, b_):
+            return naive.objective(naive.batchnorm(x @ w_.T, g_, b_), eye, labels, n_classes, rule)
+    else:
+        c_out = 2 * (rule.groups or 3)
+        x = rng.normal(size=(m, 2, 4, 4))
+        w = rng.normal(size=(c_out, 2, 3, 3)) / np.sqrt(18)
+
+        def loss(w_, g_, b_):
+            return naive.conv_objective(x, w_, labels, n_classes, rule, 1, "max", bn=(g_, b_))
+    gamma = rng.uniform(0.5, 1.5, w.shape[0])
+    beta = rng.normal(0.0, 0.3, w.shape[0])
+    return x, w, gamma, beta, labels, loss
+
+
+def _batchnorm_deltas(layer_kind, rule, w, bn, x, labels, n_classes, be):
+    """[ΔW, Δγ, Δβ] of one training pass of a dense or conv layer (2×2 max pool) with batchnorm ``bn``."""
+    from threefactor.rule.conv_rule import conv_local_step
+    from threefactor.rule.engine import local_step
+    if layer_kind == "dense":
+        return local_step(rule, x, w, labels, n_classes, be, rule.grouped, bn)[1]
+    return conv_local_step(rule, x, w, labels, n_classes, be, 1, "max", rule.grouped, bn)[1]
+
+
+def check_batchnorm_rule(rule, layer_kind="dense", *, backends=("numpy",), dtype=np.float64, m=6,
+                         n_classes=3, seed=0, name=None):
+    """Compare (ΔW, Δγ, Δβ) of a layer with batchnorm with the complex-step gradient of the naive objective.
+
+    ``layer_kind`` is "dense" or "conv" (3×3 conv, C_in 2, 4×4 images, 2×2 max pool).
+    Grouped rules pass r = ẑ/u^p on (divisive), which does not change the updates.
+    Returns one :class:`CheckResult` per backend and parameter
+    (``worst`` is (unit or channel, flat input index); (channel, 0) for γ and β).
+    """
+    if layer_kind not in ("dense", "conv"):
+        raise ValueError(f"layer_kind must be 'dense' or 'conv', got {layer_kind!r}")
+    x, w, gamma, beta, labels, loss = _batchnorm_problem(layer_kind, rule, m, n_classes, seed)
+    cast = [a.astype(dtype).astype(np.float64) for a in (w, gamma, beta)]
+    refs = [complex_step_gradient(lambda v: loss(v, cast[1], cast[2]), cast[0]),
+            complex_step_gradient(lambda v: loss(cast[0], v, cast[2]), cast[1]),
+            complex_step_gradient(lambda v: loss(cast[0], cast[1], v), cast[2])]
+    dt = np.dtype(dtype).name
+    name = name or f"bn/{layer_kind}/{rule.kernel_name}/{'plain' if rule.groups is None else rule.groups}"
+    results = []
+    for b in backends:
+        be = get_backend(b)
+        bn = BatchNorm(w.shape[0], be, dtype)
+        bn.gamma[...] = be.asarray(gamma.astype(dtype))
+        bn.beta[...] = be.asarray(beta.astype(dtype))
+        deltas = _batchnorm_deltas(layer_kind, rule, be.asarray(w.astype(dtype)), bn, be.asarray(x.astype(dtype)),
+                                   be.asarray(labels), n_classes, be)
+        for param, got, ref in zip(BN_PARAMS, deltas, refs):
+            got = be.to_numpy(got).reshape(len(ref), -1).astype(np.float64)
+            results.append(_compare(f"{name}: {param}", b, "complex", dt, got, ref.reshape(len(ref), -1),
+                                    TOLERANCES[dt]["complex"]))
+    return results
