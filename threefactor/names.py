@@ -19,7 +19,7 @@ _LIST_AT_MOST = 8
 
 
 def unknown_name(argument, value, choices, hint=None, aliases=()) -> ValueError:
-    """A ValueError naming the argument and the bad value, with the nearest choices.
+    """A ValueError naming the argument (None: only the value) and the bad value, with the nearest choices.
 
     Close matches (difflib, case-insensitive) are offered as "did you mean ...?"; with none,
     a short list of choices is given in full and a long one is not (``hint`` says where to
@@ -34,12 +34,13 @@ def unknown_name(argument, value, choices, hint=None, aliases=()) -> ValueError:
     close = difflib.get_close_matches(text.lower(), list(lower), n=3, cutoff=0.6)
     if not close:      # a prefix or a part: 'fmnist-gauss' -> fmnist-gaussian, fmnist-gaussian-grp, ...
         close = [c for c in lower if text.lower() and (c.startswith(text.lower()) or text.lower() in c)][:3]
-    message = f"{argument}={value!r} is not known"
+    said = f"{value!r}" if argument is None else f"{argument}={value!r}"
+    message = f"{said} is not known"
     if close:
         shown = list(dict.fromkeys(lower[c] for c in close))
         message += "; did you mean " + " or ".join(repr(c) for c in shown) + "?"
     elif len(choices) <= _LIST_AT_MOST:
-        message = f"{argument}={value!r} is not one of: {', '.join(choices)}"
+        message = f"{said} is not one of: {', '.join(choices)}"
     if hint and not close and len(choices) > _LIST_AT_MOST:
         message += f" ({hint})"
     return ValueError(message)
@@ -97,11 +98,12 @@ class Vocabulary:
     def __contains__(self, text):
         return self.get(text) is not None
 
-    def unknown(self, text, argument=None) -> ValueError:
-        """The ValueError for an unknown ``text``: the nearest names (canonical or alias)."""
-        return unknown_name(argument or self.argument, text, self._order, self.hint, aliases=self._canonical)
+    def unknown(self, text, argument="") -> ValueError:
+        """The ValueError for an unknown ``text``: the nearest names (canonical or alias); the
+        message starts ``argument='text'`` (``argument`` None: just ``'text'``)."""
+        return unknown_name(self.argument if argument == "" else argument, text, self._order, self.hint, aliases=self._canonical)
 
-    def resolve(self, text, argument=None):
+    def resolve(self, text, argument=""):
         """The canonical name of ``text``; ValueError with the nearest names otherwise."""
         name = self.get(text)
         if name is None:
@@ -126,7 +128,8 @@ def load_object(spec, argument="spec"):
     """
     module_name, sep, attr = str(spec).rpartition(":")
     if not sep or not module_name or not attr.isidentifier():
-        raise ValueError(f"{argument} must be path/to/file.py:Name or package.module:Name, got {spec!r}")
+        raise ValueError(f"{argument} must be MODULE:NAME (path/to/file.py:Name or package.module:Name), "
+                         f"got {spec!r}")
     try:
         module = _import(module_name, argument)
     except ValueError:
