@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from threefactor.data.formats import CIFAR_BATCH_DIR, CIFAR_FILES, IDX_FILES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, N_CLASSES, DataError, _idx_path, load_cifar10_dir, load_mnist_dir, read_idx
+from threefactor.data.registry import dataset_info, register_dataset
 
 __all__ = [
     "DATASETS",
@@ -58,14 +59,14 @@ class Dataset:
     Attributes
     ----------
     name : str
-        One of :data:`DATASETS`.
+        A registered name (:func:`threefactor.dataset_names`) or the absolute path it was read from.
     x_train, y_train : numpy.ndarray
         Training images (float32) and labels (int64).
     x_test, y_test : numpy.ndarray
         Test images and labels, or the held-out validation part of the
         training set when loaded with ``validation=True``.
     n_classes : int
-        Number of classes (10 for all datasets here).
+        Number of classes (10 for the built-in datasets).
     image_shape : tuple of int
         Shape ``(C, H, W)`` of one image, whether or not ``x`` is flattened.
     source : str or None
@@ -179,14 +180,17 @@ def load_dataset(
 
     Parameters
     ----------
-    name : {"mnist", "fmnist", "kmnist", "cifar10"}
-        Dataset name.
+    name : str or path-like
+        A registered dataset (``"mnist"``, ``"fmnist"``, ``"kmnist"``, ``"cifar10"`` or one
+        added with :func:`threefactor.register_dataset`; any case), or a path: a folder of
+        IDX files, a folder of CIFAR-10 batches, or an ``.npz`` file with ``x_train``,
+        ``y_train``, ``x_test``, ``y_test`` (:mod:`threefactor.data.paths`).
     root : str or path-like, optional
         Data root searched first (``root/<name>``, then ``root``); downloads
         then go to ``root/<name>`` instead of the cache.
     flatten : bool, optional
-        Flatten images to ``(N, C*H*W)``. Default: True for the MNIST family
-        (``(N, 784)``), False for CIFAR-10 (``(N, 3, 32, 32)``).
+        Flatten images to ``(N, C*H*W)``. Default: the dataset's (True for the MNIST family,
+        ``(N, 784)``, and for paths; False for CIFAR-10, ``(N, 3, 32, 32)``).
     validation : bool, default False
         If True, train on a ``1 - val_fraction`` part of the training set and
         return the held-out part as ``x_test``/``y_test``.
@@ -208,7 +212,8 @@ def load_dataset(
     Raises
     ------
     ValueError
-        If ``name`` is unknown (the message lists :data:`DATASETS`).
+        If ``name`` is neither a registered dataset nor a path (the message gives the
+        nearest names).
     DataError
         If the data are not found and ``download`` is False, the download
         fails, or a file is corrupt.
@@ -224,8 +229,27 @@ def load_dataset(
     downloading, not for files found on disk (Debian re-compresses its
     copies), which are checked structurally instead.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    info = dataset_info(name)
+    x_tr, y_tr, x_te, y_te, *source = info.load(root=root, download=download, progress=progress)
+    if validation:
+        x_tr, y_tr, x_te, y_te = split_validation(x_tr, y_tr, val_fraction, seed)
+    if flatten is None:
+        flatten = info.flatten
+    shape = lambda x: x.reshape(len(x), -1) if flatten else x.reshape((len(x),) + info.image_shape)
+    return Dataset(
+        name=info.name,
+        x_train=shape(np.asarray(x_tr, dtype=np.float32)),
+        y_train=np.asarray(y_tr).astype(np.int64),
+        x_test=shape(np.asarray(x_te, dtype=np.float32)),
+        y_test=np.asarray(y_te).astype(np.int64),
+        n_classes=info.n_classes,
+        image_shape=info.image_shape,
+        source=str(source[0]) if source else None,
+    )
+
+
+def _find_or_download(name, root, download, progress):
+    """The folder holding a built-in dataset's files (searched, else downloaded)."""
     from threefactor.data import download as dl
 
     directory = dl.find_dataset(name, root)
@@ -238,25 +262,32 @@ def load_dataset(
             raise DataError(f"{name}: dataset not found and download=False; looked in: {looked}")
         directory = Path(root) / name if root is not None else dl.cache_dir(name)
         dl.download_dataset(name, directory, progress=progress)
-    if name == "cifar10":
-        x_tr, y_tr, x_te, y_te = load_cifar10_dir(directory)
-    else:
+    return directory
+
+
+def _mnist_family(name):
+    def load(root=None, download=True, progress=True):
+        directory = _find_or_download(name, root, download, progress)
         x_tr, y_tr, x_te, y_te = load_mnist_dir(directory)
-    if validation:
-        x_tr, y_tr, x_te, y_te = split_validation(x_tr, y_tr, val_fraction, seed)
-    if flatten is None:
-        flatten = name != "cifar10"
-    prep = preprocess_cifar10 if name == "cifar10" else preprocess_mnist
-    return Dataset(
-        name=name,
-        x_train=prep(x_tr, flatten=flatten),
-        y_train=y_tr.astype(np.int64),
-        x_test=prep(x_te, flatten=flatten),
-        y_test=y_te.astype(np.int64),
-        n_classes=N_CLASSES,
-        image_shape=IMAGE_SHAPES[name],
-        source=str(directory),
-    )
+        return preprocess_mnist(x_tr, flatten=False), y_tr, preprocess_mnist(x_te, flatten=False), y_te, directory
+    load.__name__ = f"load_{name}"
+    load.__doc__ = f"{name}: IDX files, pre-processed as App. D.3 ((x/255 - 0.5)/0.5), (N, 1, 28, 28)."
+    return load
+
+
+for _name, _title in (("mnist", "MNIST"), ("fmnist", "fashion-MNIST"), ("kmnist", "Kuzushiji-MNIST")):
+    register_dataset(_name, image_shape=(1, 28, 28), n_classes=N_CLASSES, title=_title, pad_fill=(-1.0,),
+                     aliases={"fmnist": ("fashion-mnist", "fashion_mnist"),
+                              "kmnist": ("kuzushiji-mnist",)}.get(_name, ()))(_mnist_family(_name))
+
+
+@register_dataset("cifar10", image_shape=(3, 32, 32), n_classes=N_CLASSES, title="CIFAR10", aliases=("cifar-10",),
+                  flatten=False, pad_fill=tuple(-np.asarray(CIFAR_MEAN) / np.asarray(CIFAR_STD)), augment=True)
+def load_cifar10(root=None, download=True, progress=True):
+    """CIFAR-10: python batches, normalised per channel (App. D.3), (N, 3, 32, 32)."""
+    directory = _find_or_download("cifar10", root, download, progress)
+    x_tr, y_tr, x_te, y_te = load_cifar10_dir(directory)
+    return preprocess_cifar10(x_tr), y_tr, preprocess_cifar10(x_te), y_te, directory
 
 
 def __getattr__(attr: str):

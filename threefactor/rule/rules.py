@@ -39,7 +39,7 @@ LABEL_KERNEL_NAMES.add("linear")
 GROUPING_NAMES = Vocabulary("grouping")
 GROUPING_NAMES.add("plain", ("none",))
 GROUPING_NAMES.add("grp", ("grouped",))
-GROUPING_NAMES.add("grp+div", ("grpdiv", "grp-div", "grp_div", "div"))
+GROUPING_NAMES.add("grp+div", ("grpdiv", "grp-div", "grp_div"))
 
 #: p of the group normalisation per grouping (App. D.4): the one place a grouping's p is defined
 GROUPING_P = {"plain": None, "grp": 0.5, "grp+div": 0.2}
