@@ -277,3 +277,17 @@ def test_example_dataset_trains(tmp_path):
     ds = load_dataset("Blobs")
     assert ds.image_shape == (1, 4, 4) and ds.n_classes == 3 and ds.x_train.shape == (600, 16)
     assert mod.main(tmp_path / "run") > 60.0                  # chance is a third
+
+
+def test_readme_shows_the_examples_as_they_are():
+    """The README's kernel and dataset code is the code of examples/my_kernel.py and my_dataset.py."""
+    import re
+    text = (EXAMPLES.parent / "README.md").read_text()
+    section = text[text.index("## Extending threefactor"):]
+    section = section[:section.index("\n## ", 5)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for block, name in zip(blocks, ("my_kernel.py", "my_dataset.py")):
+        source = (EXAMPLES / name).read_text()
+        missing = [line for line in block.splitlines() if line.strip() and line not in source.splitlines()]
+        assert not missing, (name, missing)
