@@ -4,7 +4,7 @@
 path, a kernel by ``FILE.py:Class``) into the names ``config.json`` records;
 :func:`upgrade_config` reads an older ``config.json`` in today's names (``cossim`` ->
 ``cosine``), so ``--resume`` and ``threefactor table`` understand every run directory;
-:func:`run_name` names a run with or without a preset.
+:func:`run_name` names a run with or without a preset, :func:`start_line` describes it.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from threefactor.names import is_object_spec
 from threefactor.rule.kernels import KERNEL_NAMES, resolve_kernel
 from threefactor.rule.rules import ACTIVATION_NAMES, LABEL_KERNEL_NAMES
 from threefactor.training import presets
+from threefactor.training.presets import TABLE6
 
 
 def canonical_options(given):
@@ -103,3 +104,30 @@ def upgrade_config(cfg):
             cfg["p"] = presets.GROUPING_P.get(cfg["grouping"])
         cfg["column"] = presets.column_label(cfg["rule"], cfg["grouping"], cfg["kernel"])
     return cfg
+
+
+def start_line(cfg, rd, is_conv):
+    """The first line a new run logs: what is trained, with which hyperparameters, where."""
+    borrowed = is_conv and cfg["preset"] in TABLE6 and (cfg["dataset"], cfg["arch"]) != ("cifar10", "vgg")
+    source = (f"no {cfg['dataset']} conv preset in the paper, Table 6 cell {cfg['preset']} stands in (see note)"
+              if borrowed else f"preset {cfg['preset']}" if cfg["preset"] else "no preset")
+    return (f"{cfg['dataset']} {cfg['column']}: {source} (lr_out {cfg['lr_out']}, "
+            f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), "
+            + (f"arch {cfg['arch']} x{cfg['width']}, " if is_conv else f"hidden {cfg['hidden']}, ")
+            + ("augmented, " if cfg.get("augment") else "")
+            + ("batchnorm + " + cfg["optimizer"] + " (not biologically plausible), " if cfg.get("batchnorm") else "")
+            + _rule_text(cfg)
+            + f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
+            + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
+            + f" -> {rd.path}")
+
+
+def _rule_text(cfg):
+    """The rule's settings where they differ from the paper's (App. D.4), for the start line."""
+        keys = ("sigma", "gamma", "activation", "slope", "delta", "label_kernel")
+    changed = [f"{k} {cfg[k]}" for k in keys if k in cfg and cfg[k] != presets.SHARED.get(k)]
+    if cfg.get("p") is not None and cfg["p"] != presets.GROUPING_P.get(cfg["grouping"]):
+        changed.append(f"p {cfg['p']}")
+    if cfg.get("kernel") and cfg["kernel"] != cfg["rule"]:
+        changed.insert(0, f"kernel {cfg['kernel']}")
+    return ", ".join(changed) + ", " if changed else ""

@@ -30,6 +30,7 @@ from threefactor.nn.mlp import MLP
 from threefactor.training.presets import TABLE6
 from threefactor.training.runs import RunDir, claim_new_run_dir, claim_run_dir, release_run_dir
 from threefactor.training.config import DEFAULTS, MODES, ONLINE_LR_LOCAL, _RESUMABLE, _validate, canonical_options, conv_eval_batch_size, default_backend, make_rule, resolve_config, run_name, upgrade_config, validate_saved
+from threefactor.training.naming import start_line
 
 
 def build_network(cfg, n_in, n_classes, backend, rng):
@@ -177,7 +178,7 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
                 rd, created = claim_new_run_dir(default_out(cfg), cfg)
             else:
                 rd, created = claim_run_dir(out, cfg)
-            log(_start_line(cfg, rd, is_conv))
+            log(start_line(cfg, rd, is_conv))
             if cfg["preset_note"] and cfg["preset_note"] not in ("Table 3", "Table 6"):
                 log(f"note: {cfg['preset_note']}")
     except KeyboardInterrupt:
@@ -209,34 +210,6 @@ def _release(rd, created, resume):
     if rd is None or resume:
         return False
     return release_run_dir(rd, created)
-
-
-def _start_line(cfg, rd, is_conv):
-    """The first line a new run logs: what is trained, with which hyperparameters, where."""
-    borrowed = is_conv and cfg["preset"] in TABLE6 and (cfg["dataset"], cfg["arch"]) != ("cifar10", "vgg")
-    source = (f"no {cfg['dataset']} conv preset in the paper, Table 6 cell {cfg['preset']} stands in (see note)"
-              if borrowed else f"preset {cfg['preset']}" if cfg["preset"] else "no preset")
-    return (f"{cfg['dataset']} {cfg['column']}: {source} (lr_out {cfg['lr_out']}, "
-            f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), "
-            + (f"arch {cfg['arch']} x{cfg['width']}, " if is_conv else f"hidden {cfg['hidden']}, ")
-            + ("augmented, " if cfg.get("augment") else "")
-            + ("batchnorm + " + cfg["optimizer"] + " (not biologically plausible), " if cfg.get("batchnorm") else "")
-            + _rule_text(cfg)
-            + f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
-            + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
-            + f" -> {rd.path}")
-
-
-def _rule_text(cfg):
-    """The rule's settings where they differ from the paper's (App. D.4), for the start line."""
-    from threefactor.training.presets import SHARED
-    keys = ("sigma", "gamma", "activation", "slope", "delta", "label_kernel")
-    changed = [f"{k} {cfg[k]}" for k in keys if k in cfg and cfg[k] != SHARED.get(k)]
-    if cfg.get("p") is not None and cfg["p"] != presets.GROUPING_P.get(cfg["grouping"]):
-        changed.append(f"p {cfg['p']}")
-    if cfg.get("kernel") and cfg["kernel"] != cfg["rule"]:
-        changed.insert(0, f"kernel {cfg['kernel']}")
-    return ", ".join(changed) + ", " if changed else ""
 
 
 # -- command line ------------------------------------------------------------
