@@ -124,7 +124,7 @@ def start_line(cfg, rd, is_conv):
 
 def _rule_text(cfg):
     """The rule's settings where they differ from the paper's (App. D.4), for the start line."""
-        keys = ("sigma", "gamma", "activation", "slope", "delta", "label_kernel")
+    keys = ("sigma", "gamma", "activation", "slope", "delta", "label_kernel")
     changed = [f"{k} {cfg[k]}" for k in keys if k in cfg and cfg[k] != presets.SHARED.get(k)]
     if cfg.get("p") is not None and cfg["p"] != presets.GROUPING_P.get(cfg["grouping"]):
         changed.append(f"p {cfg['p']}")
