@@ -31,6 +31,25 @@ class Poly(tf.Kernel):
 '''
 
 
+@pytest.fixture(autouse=True)
+def _registries():
+    """Kernels and datasets registered by a test (or an example it imports) do not outlive it."""
+    from threefactor.data import registry
+    from threefactor.rule import kernels
+    tf.dataset_names()                                   # the built-ins first
+    saved = [(obj, {k: (v.copy() if hasattr(v, "copy") else v) for k, v in vars(obj).items()})
+             for obj in (kernels.KERNEL_NAMES, registry.DATASET_NAMES)]
+    classes, datasets = dict(kernels.KERNEL_CLASSES), dict(registry._REGISTRY)
+    yield
+    for obj, state in saved:
+        vars(obj).clear()
+        vars(obj).update(state)
+    kernels.KERNEL_CLASSES.clear()
+    kernels.KERNEL_CLASSES.update(classes)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(datasets)
+
+
 def _write_idx(path, arr):
     magic = 0x803 if arr.ndim == 3 else 0x801
     head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
@@ -174,15 +193,10 @@ def test_registered_kernel_is_a_name_everywhere():
         def pullback(self, v, K, C, xp):
             B = C * 2.0 * (v @ v.T + 1.0)
             return (B + B.T) @ v
-    try:
-        rule = tf.Rule(kernel="TPOLY", groups=4, p=0.5)
-        assert isinstance(rule.kernel, TestPoly) and rule.kernel_name == "test-poly"
-        tf.check_rule(rule, backends=["numpy"], raise_on_failure=True)
-        assert resolve_config(kernel="tpoly", lr_out=0.1, lr_local=0.1, groups=32)["rule"] == "test-poly"
-    finally:
-        from threefactor.rule.kernels import KERNEL_CLASSES, KERNEL_NAMES
-        KERNEL_NAMES.remove("test-poly")
-        KERNEL_CLASSES.pop("test-poly")
+    rule = tf.Rule(kernel="TPOLY", groups=4, p=0.5)
+    assert isinstance(rule.kernel, TestPoly) and rule.kernel_name == "test-poly"
+    tf.check_rule(rule, backends=["numpy"], raise_on_failure=True)
+    assert resolve_config(kernel="tpoly", lr_out=0.1, lr_local=0.1, groups=32)["rule"] == "test-poly"
 
 
 def test_the_naive_and_torch_references_use_the_kernel_object():
@@ -277,6 +291,11 @@ def test_example_dataset_trains(tmp_path):
     ds = load_dataset("Blobs")
     assert ds.image_shape == (1, 4, 4) and ds.n_classes == 3 and ds.x_train.shape == (600, 16)
     assert mod.main(tmp_path / "run") > 60.0                  # chance is a third
+
+
+def test_registrations_do_not_leak_between_tests():
+    assert "imq" not in tf.kernel_names() and "test-poly" not in tf.kernel_names()
+    assert "blobs" not in tf.dataset_names()
 
 
 def test_readme_shows_the_examples_as_they_are():

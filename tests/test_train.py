@@ -146,7 +146,7 @@ def test_cli_writes_the_contract(data_root, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["--rule", "hebb"], "backprop, last-layer, gaussian, cosine, linear, local"),
+    (["--rule", "hebb"], "backprop, last-layer, gaussian, cosine, linear, .*local"),   # and kernels registered since
     (["--grouping", "div"], "did you mean 'grp+div'"),
     (["--grouping", "blocks"], "plain, grp, grp+div"),
     (["--dataset", "cifar100"], "did you mean 'cifar10'"),

@@ -118,28 +118,29 @@ def kernel_names():
 
 def is_builtin(cls) -> bool:
     """A kernel class of threefactor itself (trusted: its results are not re-checked)."""
-    return getattr(cls, "__module__", "").startswith("threefactor.")
+    return getattr(cls, "__module__", "").startswith("threefactor.") if cls is not None else False
 
 
-def resolve_kernel(kernel, argument="kernel"):
+def resolve_kernel(kernel, argument="kernel", rule=None):
     """What ``Rule(kernel=...)`` holds: a built-in's canonical name, or a kernel object.
 
     ``kernel`` is a registered name (any case, any alias), ``path/to/file.py:Class`` /
-    ``package.module:Class`` (a class, built with no arguments, or an object), a
-    :class:`Kernel` class, or an object with ``matrix`` and ``pullback``.  A registered
-    non-built-in name gives an instance of its class.  ValueError / TypeError naming
-    ``argument`` otherwise (an unknown name with the nearest registered ones).
+    ``package.module:Class`` (a class or an object), a :class:`Kernel` class, or an object
+    with ``matrix`` and ``pullback``.  A class (a registered non-built-in name gives its class)
+    is built by ``from_rule(rule)`` when it has one and ``rule`` is given, else with no
+    arguments.  ValueError / TypeError naming ``argument`` otherwise (an unknown name with the
+    nearest registered ones).
     """
     if isinstance(kernel, str):
         name = KERNEL_NAMES.get(kernel)
         if name is not None:
             cls = KERNEL_CLASSES[name]
-            return name if is_builtin(cls) else _instance(cls, kernel, argument)
+            return name if is_builtin(cls) else _instance(cls, kernel, argument, rule)
         if is_object_spec(kernel):
-            return _instance(load_object(kernel, argument), kernel, argument)
+            return _instance(load_object(kernel, argument), kernel, argument, rule)
         raise KERNEL_NAMES.unknown(kernel, argument)
     if isinstance(kernel, type):
-        return _instance(kernel, kernel.__name__, argument)
+        return _instance(kernel, kernel.__name__, argument, rule)
     if not (callable(getattr(kernel, "matrix", None)) and callable(getattr(kernel, "pullback", None))):
         raise TypeError(f"{argument} must be one of " + ", ".join(kernel_names())
                         + ", path/to/file.py:Class, or an object with matrix(v, xp) and pullback(v, K, C, xp) "
@@ -147,12 +148,14 @@ def resolve_kernel(kernel, argument="kernel"):
     return kernel
 
 
-def _instance(obj, spec, argument):
+def _instance(obj, spec, argument, rule=None):
     if isinstance(obj, type):
         try:
-            obj = obj()
+            make = getattr(obj, "from_rule", None) if rule is not None else None
+            obj = make(rule) if callable(make) else obj()
         except Exception as exc:
-            raise ValueError(f"{argument}: {spec} could not be built with no arguments: "
+            how = "by from_rule(rule)" if callable(make) else "with no arguments"
+            raise ValueError(f"{argument}: {spec} could not be built {how}: "
                              f"{type(exc).__name__}: {exc}") from None
     return resolve_kernel(obj, argument)
 

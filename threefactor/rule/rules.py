@@ -19,9 +19,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from threefactor.names import Vocabulary, unknown_name
+from threefactor.names import Vocabulary, is_object_spec, unknown_name
 from threefactor.rule.grouping import group_size
-from threefactor.rule.kernels import COSINE_EPS, kernel_label, resolve_kernel
+from threefactor.rule.kernels import COSINE_EPS, KERNEL_CLASSES, KERNEL_NAMES, is_builtin, kernel_label, resolve_kernel
 
 KERNELS = ("gaussian", "cosine", "linear")      # the built-in kernels (every registered one: kernel_names())
 ACTIVATIONS = ("linear", "relu", "lrelu", "selu")
@@ -106,8 +106,15 @@ class Rule:
     cosine_eps: float = field(default=COSINE_EPS)
 
     def __post_init__(self):
-        k = resolve_kernel(self.kernel)
-        object.__setattr__(self, "kernel", k)
+        k = self.kernel
+        if isinstance(k, str) and not is_object_spec(k):
+            k = KERNEL_NAMES.resolve(k, "kernel")          # an unknown name: the nearest registered ones
+        if isinstance(k, str) and is_builtin(KERNEL_CLASSES.get(k)):
+            pass                                         # a built-in stays a name (the backends' fast paths)
+        elif isinstance(k, (str, type)):
+            k = None                                     # a class: built from the validated rule, below
+        else:
+            k = resolve_kernel(k)                        # an object: checked for matrix and pullback
         if isinstance(self.activation, str) and self.activation.lower() in ACTIVATION_NAMES:
             object.__setattr__(self, "activation", ACTIVATION_NAMES.resolve(self.activation))
         if isinstance(self.label_kernel, str) and self.label_kernel.lower() in LABEL_KERNEL_NAMES:
@@ -152,6 +159,9 @@ class Rule:
         for name, val in (("sigma", sigma), ("gamma", gamma), ("slope", slope), ("p", p),
                           ("delta", delta), ("cosine_eps", eps), ("groups", g)):
             object.__setattr__(self, name, val)
+        if k is None:
+            k = resolve_kernel(self.kernel, rule=self)   # from_rule(self) where the class has one
+        object.__setattr__(self, "kernel", k)
 
     @property
     def grouped(self) -> bool:
