@@ -184,7 +184,8 @@ def test_bad_suite_arguments_are_named():
     (["--shapes", "10x-3"], "--shapes: a shape's dimensions must be >= 1 .*got '10x-3'"),
     (["--budget", "inf"], "--budget: the time budget in seconds must be a finite number"),
     (["--budget", "nan"], "--budget: the time budget in seconds must be a finite number"),
-    (["--rules", "gaussian-plain"], "--rules: invalid choice"),
+    (["--rules", "gaussian-plane"], "--rules: 'gaussian-plane' is not known; did you mean"),
+    (["--rules", "gaussian-grp"], "--rules: 'gaussian-grp' is not known; did you mean 'gauss-grp\\+div'"),
 ])
 def test_bad_cli_arguments_are_argparse_errors(argv, expected, capsys):
     """A command-line mistake is a one-line usage error naming the flag, not a traceback from deep inside."""
@@ -267,8 +268,9 @@ def test_shapes_that_do_not_suit_a_rule_are_a_usage_error(capsys, monkeypatch):
 
 
 def test_rules_accept_the_other_commands_spellings():
-    assert [bench_cli._rule_name(t) for t in ("gaussian", "cosine-grp+div", "gaussian-grpdiv", "cossim", "gauss")] \
-        == ["gauss", "cossim-grp+div", "gauss-grp+div", "cossim", "gauss"]
+    assert [bench_cli._rule_name(t) for t in ("gaussian", "cosine-grp+div", "gaussian-grpdiv", "cossim", "gauss",
+                                              "Gaussian-GRPDIV", "gaussian-plain")] \
+        == ["gauss", "cossim-grp+div", "gauss-grp+div", "cossim", "gauss", "gauss-grp+div", "gauss"]
     parser, sub = cli.build_parser()
     bench_cli.configure_parser(sub.choices["bench"])
     args = parser.parse_args(["bench", "--rules", "gaussian-grp+div", "cosine"])

@@ -201,7 +201,7 @@ def test_cli_bad_use(capsys):
     (["--seed", "-1"], "argument --seed: the seed must be >= 0, got '-1'"),
     (["--n-in", "0"], "argument --n-in: the input width must be >= 1"),
     (["--groups", "1"], "argument --groups: the number of groups must be >= 2"),
-    (["--kernel", "gausian"], "argument --kernel: invalid choice"),
+    (["--kernel", "gausian"], "argument --kernel: 'gausian' is not known; did you mean 'gaussian'"),
 ])
 def test_cli_bad_numbers_are_argparse_errors(argv, expected, capsys):
     with pytest.raises(SystemExit) as exc:

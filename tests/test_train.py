@@ -146,10 +146,12 @@ def test_cli_writes_the_contract(data_root, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["--rule", "hebb"], "backprop, last-layer, cossim, gaussian"),
-    (["--grouping", "div"], "plain, grp, grp+div"),
-    (["--dataset", "cifar100"], "mnist, fmnist, kmnist, cifar10"),
-    (["--preset", "fmnist-gauss"], "fmnist-gaussian-grpdiv"),
+    (["--rule", "hebb"], "backprop, last-layer, gaussian, cosine, linear, .*local"),   # and kernels registered since
+    (["--grouping", "div"], "did you mean 'grp+div'"),
+    (["--grouping", "blocks"], "plain, grp, grp+div"),
+    (["--dataset", "cifar100"], "did you mean 'cifar10'"),
+    (["--dataset", "imagenet"], "mnist, fmnist, kmnist, cifar10"),
+    (["--preset", "fmnist-gaussain-grpdiv"], "did you mean 'fmnist-gaussian-grpdiv'"),
     (["--backend", "tpu"], "numpy, numba, cupy"),
     (["--rule", "backprop", "--grouping", "grp"], "use one of: plain, grp+div"),
     (["--grouping", "plain", "--groups", "4"], "groups needs grouping"),
@@ -262,7 +264,7 @@ def test_numba_backend_trains_like_numpy(data_root, tmp_path, rule, grouping):
     assert f32.load_checkpoint()[0]["hidden.0.w"].dtype == np.float32
 
 
-@pytest.mark.parametrize("rule,grouping", [(r, g) for r, g in COLUMNS if r in ("cossim", "gaussian")])
+@pytest.mark.parametrize("rule,grouping", [(r, g) for r, g in COLUMNS if r in ("cosine", "gaussian")])
 def test_local_training_equals_pytorch_autograd_formulation(rule, grouping):
     """Five MLP.train_step calls (float64) equal the authors' recipe written with torch autograd:
     per-layer SGD on the layer's pHSIC loss during the forward pass (App. D.1, D.2, D.4)."""

@@ -12,6 +12,7 @@ import importlib
 
 from threefactor.api import available_backends, layer_output, local_objective, local_update, third_factor
 from threefactor.backends import BackendUnavailable, get_backend, register_backend
+from threefactor.rule.kernels import Kernel, kernel_names, register_kernel
 from threefactor.rule.rules import Rule
 from threefactor import _moved
 
@@ -28,11 +29,13 @@ _LAZY = {
     "load_dataset": "data.datasets", "DataError": "data.datasets",
     "TwoPointRule": "rule.online", "OnlineLayer": "nn.online_layer", "CircuitRecord": "nn.online_layer",
     "make_online": "nn.online_layer",
+    "register_dataset": "data.registry", "dataset_names": "data.registry",
 }
 
 __all__ = [
     "available_backends", "layer_output", "local_objective", "local_update", "third_factor",
-    "BackendUnavailable", "get_backend", "register_backend", "Rule", "__version__", *_LAZY,
+    "BackendUnavailable", "get_backend", "register_backend", "Rule", "Kernel", "register_kernel", "kernel_names",
+    "__version__", *_LAZY,
 ]
 
 

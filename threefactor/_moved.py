@@ -2,8 +2,9 @@
 
 ``import threefactor.online`` gives the module that now lives at ``threefactor.rule.online``: the same
 module object, so attributes set on one are seen through the other.  New code uses the new paths; this
-table is the one place the old ones are kept.  ``threefactor.third_factor`` and ``threefactor.train`` are
-left out on purpose: those names are the public function and the training entry point.
+table is the one place the old ones are kept.  ``threefactor.third_factor`` is left out on purpose:
+that name is the public function.  ``threefactor.data``, ``threefactor.bench`` and ``threefactor.cli`` are
+packages now: ``threefactor.data`` re-exports what the module did, ``threefactor.bench`` forwards its old names.
 """
 import importlib
 import importlib.abc
@@ -19,7 +20,7 @@ MOVED = {
     "layers": "nn.layers", "networks": "nn.mlp", "conv_layers": "nn.convnet", "online_layer": "nn.online_layer",
     "backprop": "nn.backprop", "dropout": "nn.dropout", "optim": "nn.optim",
     "data_formats": "data.formats", "data_download": "data.download", "augment": "data.augment",
-    "train_config": "training.config", "epochs": "training.loop", "runs": "training.runs",
+    "train": "training.train", "train_config": "training.config", "epochs": "training.loop", "runs": "training.runs",
     "atomic": "training.atomic", "report": "training.report", "presets": "training.presets",
     "paper_results": "training.paper_results",
     "pairwise": "verify.naive", "torch_ref": "verify.torch_ref", "check": "verify.gradcheck",

@@ -233,7 +233,8 @@ def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
     Only the Gaussian kernel has this 3-factor form (the cosine kernel's update
     is not one: paper App. B.4).
     """
-    if kernel != "gaussian":
+    from threefactor.rule.kernels import KERNEL_NAMES
+    if KERNEL_NAMES.get(kernel) != "gaussian":       # any spelling: "Gaussian", "gauss"
         raise ValueError(f"third_factor is defined for kernel='gaussian' only (the 3-factor form of "
                          f"Eq. 12 / 22), got kernel={kernel!r}")
     rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)

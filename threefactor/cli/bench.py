@@ -16,6 +16,7 @@ from threefactor.training.atomic import write_json
 from threefactor.backends import BACKENDS
 from threefactor.bench.suite import BATCHES, DEFAULT_RULES, HEADER, RULE_ALIASES, SHAPES, VARIANTS, add_heap_argument, check_suite, default_json_path, document, run_suite, set_torch_threads, timing_settings, tune_heap, usable_backends
 from threefactor.cli.main import UsageError, at_least, output_file, writable_file_problem
+from threefactor.names import unknown_name
 from threefactor.bench.machine import blas_threads, set_threads
 
 
@@ -62,11 +63,20 @@ def _shape(text):
 
 
 def _rule_name(text):
-    """argparse type of --rules: a variant name, or one spelt with check's / train's kernel name
-    (gaussian, cosine) or train's preset grouping (grpdiv), e.g. gaussian-grpdiv -> gauss-grp+div."""
+    """argparse type of --rules: a variant as ``KERNEL[-GROUPING]`` in any spelling of the one
+    vocabulary (gaussian / gauss / Gaussian, cosine / cossim; grp+div / grpdiv), as bench's
+    variant name (gaussian-grpdiv -> gauss-grp+div); an unknown one with the nearest variants."""
+    from threefactor.rule.kernels import KERNEL_NAMES
+    from threefactor.rule.rules import GROUPING_NAMES
     kernel, sep, grouping = text.partition("-")
-    return RULE_ALIASES.get(kernel, kernel) + sep + ("grp+div" if grouping == "grpdiv" else grouping)
-
+    kernel = KERNEL_NAMES.get(kernel)
+    grouping = GROUPING_NAMES.get(grouping) if sep else "plain"
+    if kernel is not None and grouping is not None:
+        name = RULE_ALIASES.get(kernel, kernel) + ("" if grouping == "plain" else "-" + grouping)
+        if name in VARIANTS:
+            return name
+    spelt = {k + g: v + g for k, v in RULE_ALIASES.items() for g in ("", "-grp+div") if v + g in VARIANTS}
+    raise argparse.ArgumentTypeError(str(unknown_name(None, text, VARIANTS, aliases=spelt)))
 
 
 def configure_parser(parser):
@@ -85,10 +95,10 @@ def configure_parser(parser):
     parser.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="NINxNOUT",
                         help="layer shapes n_in x n_out (default 784x1024 1024x1024 4096x4096; --quick: "
                              "1024x1024)")
-    parser.add_argument("--rules", nargs="+", type=_rule_name, choices=tuple(VARIANTS),
+    parser.add_argument("--rules", nargs="+", type=_rule_name, metavar="RULE",
                         default=list(DEFAULT_RULES),
-                        help="rule variants (see below); gaussian / cosine and -grpdiv are accepted for "
-                             "gauss / cossim and -grp+div")
+                        help="rule variants: " + ", ".join(VARIANTS) + " (see below; any case, and "
+                             "gaussian / cosine and -grpdiv are accepted for gauss / cossim and -grp+div)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: short time budget, one batch size and shape by default")
     parser.add_argument("--budget", type=at_least(0.0, float, "the time budget in seconds"), default=None,

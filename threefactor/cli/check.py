@@ -19,15 +19,24 @@ from threefactor.backends import BACKENDS, BackendUnavailable, get_backend
 from threefactor.verify.gradcheck import METHODS, TOLERANCES, _backend_names
 from threefactor.verify.variants import check_all, check_batchnorm_all, check_conv_all
 from threefactor.cli.main import UsageError, at_least, output_file
-from threefactor.rule.rules import ACTIVATIONS, GROUPINGS, KERNELS, LABEL_KERNELS
-
-#: other commands' names of the kernels (bench's rule names, train's --rule) -> check's
-KERNEL_ALIASES = {"gauss": "gaussian", "cossim": "cosine"}
-
+from threefactor.names import is_object_spec, load_object
+from threefactor.rule.kernels import KERNEL_NAMES, kernel_names, resolve_kernel
+from threefactor.rule.rules import ACTIVATIONS, GROUPINGS, LABEL_KERNELS
 
 def _kernel_name(text):
-    """argparse type of --kernel: check's own names, or bench's / train's spelling of them."""
-    return KERNEL_ALIASES.get(text, text)
+    """argparse type of --kernel: a registered kernel, any case or alias (gauss, cossim, ...), as its
+    canonical name; or a user's kernel ``path/to/file.py:Class`` / ``package.module:Class``, kept as
+    written (loaded when the checks build their Rule)."""
+    if is_object_spec(text):
+        try:
+            resolve_kernel(text, "--kernel")
+        except (ValueError, TypeError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    try:
+        return KERNEL_NAMES.resolve(text, None)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def configure_parser(parser):
@@ -37,12 +46,15 @@ def configure_parser(parser):
                      "problem has a fixed size.")
     parser.add_argument("--backend", nargs="+", default=None, choices=BACKENDS,
                         help="backends to check (default: every one available here)")
-    parser.add_argument("--kernel", nargs="+", default=None, choices=KERNELS, type=_kernel_name,
-                        help="kernels; 'gauss' (bench) means gaussian, 'cossim' (bench, train) means cosine "
-                             "(default: all, or none when --kernel-module is given)")
+    parser.add_argument("--kernel", nargs="+", default=None, type=_kernel_name, metavar="NAME|FILE.py:Class",
+                        help="kernels: registered names, any case ("
+                             + ", ".join(kernel_names()) + "; old spellings such as gauss, cossim are "
+                             "aliases), or a user kernel path/to/file.py:Class or package.module:Class "
+                             "(default: every registered kernel, or none when --kernel-module is given)")
     parser.add_argument("--kernel-module", action="append", default=[], metavar="MODULE:NAME",
                         help="a user kernel: class (built with no arguments) or object, e.g. "
-                             "my_module:MyKernel or path/to/file.py:MyKernel; repeatable")
+                             "my_module:MyKernel or path/to/file.py:MyKernel; repeatable (the same as "
+                             "--kernel MODULE:NAME)")
     parser.add_argument("--activation", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS,
                         help="activations f of the layer (default: all)")
     parser.add_argument("--grouping", nargs="+", default=list(GROUPINGS), choices=GROUPINGS,
@@ -81,59 +93,19 @@ def configure_parser(parser):
     return parser
 
 
-def _import_kernel_module(module_name):
-    """The module of a --kernel-module spec (a file path ending .py, or an importable name)."""
-    import importlib
-    import importlib.util
-    if module_name.endswith(".py"):
-        if not os.path.isfile(module_name):
-            raise UsageError(f"--kernel-module: no such file {module_name!r}")
-        mspec = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
-        if mspec is None:
-            raise UsageError(f"--kernel-module: cannot load {module_name!r}")
-        module = importlib.util.module_from_spec(mspec)
-        mspec.loader.exec_module(module)
-        return module
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    return importlib.import_module(module_name)
-
-
 def load_kernel(spec):
     """The kernel named by ``module:Name`` or ``path/file.py:Name`` (a class is instantiated).
 
     Raises :class:`threefactor.cli.UsageError` naming --kernel-module when the spec is malformed,
-    the module cannot be found, read or imported, or has no such name.
+    the module cannot be found, read or imported, or has no such name
+    (:func:`threefactor.names.load_object`, the loader of the API, train and check).
     """
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"--kernel-module must be MODULE:NAME or path/to/file.py:NAME, got {spec!r}")
     try:
-        module = _import_kernel_module(module_name)
-    except UsageError:
-        raise
-    except SyntaxError as exc:
-        raise UsageError(f"--kernel-module: {exc.filename or module_name} line {exc.lineno}: "
-                         f"{exc.msg}") from None
-    except ModuleNotFoundError as exc:
-        raise UsageError(f"--kernel-module: no module named {exc.name or module_name!r} "
-                         f"(give an importable module or a path ending .py)") from None
-    except OSError as exc:
-        raise UsageError(f"--kernel-module: cannot read {module_name!r}: {exc.strerror or exc}") from None
-    except Exception as exc:
-        raise UsageError(f"--kernel-module: importing {module_name!r} failed: "
-                         f"{type(exc).__name__}: {exc}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise UsageError(f"--kernel-module: {module_name!r} has no {attr!r}") from None
-    if not isinstance(obj, type):
-        return obj
-    try:
-        return obj()
-    except Exception as exc:
-        raise UsageError(f"--kernel-module: {spec} could not be built with no arguments: "
-                         f"{type(exc).__name__}: {exc}") from None
+        if not is_object_spec(spec):
+            load_object(spec, "--kernel-module")      # raises: not MODULE:NAME
+        return resolve_kernel(spec, "--kernel-module")
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _fmt(v):
@@ -194,7 +166,7 @@ def write_json(path, results, meta=None):
 def run(args) -> int:
     """``threefactor check``: print the table; exit 0 when all pass, 1 on a failure, 2 on bad use."""
     try:
-        kernels = list(args.kernel or ([] if args.kernel_module else KERNELS))
+        kernels = list(args.kernel or ([] if args.kernel_module else kernel_names()))
         kernels += [load_kernel(spec) for spec in args.kernel_module]
         available = _backend_names()
         backends = list(args.backend) if args.backend else list(available)

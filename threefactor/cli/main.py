@@ -30,9 +30,10 @@ COMMANDS = {
 #: the status of bad use (argparse's)
 USAGE = 2
 
-NAMES = ("Rule names across commands: train --rule gaussian / cossim, check --kernel gaussian / cosine and "
-         "bench --rules gauss / cossim name the same two kernels (Gaussian; cosine similarity, 'cossim'); check "
-         "and bench also accept the other commands' spellings.")
+NAMES = ("Names are one vocabulary across commands, case-insensitive: kernels and local rules gaussian, cosine, "
+         "linear (old spellings gauss, cossim are aliases; bench's variants gauss, cossim[-grp+div] name the "
+         "same kernels); groupings plain, grp, grp+div (grpdiv); an unknown name is answered with the nearest "
+         "ones.")
 
 
 class UsageError(Exception):

@@ -20,6 +20,7 @@ in :mod:`threefactor.data_download` (``cache_dir``, ``search_dirs`` and
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from threefactor.data.formats import CIFAR_BATCH_DIR, CIFAR_FILES, IDX_FILES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, N_CLASSES, DataError, _idx_path, load_cifar10_dir, load_mnist_dir, read_idx
+from threefactor.data.registry import dataset_info, register_dataset
 
 __all__ = [
     "DATASETS",
@@ -68,14 +70,14 @@ class Dataset:
     Attributes
     ----------
     name : str
-        One of :data:`DATASETS`.
+        A registered name (:func:`threefactor.dataset_names`) or the absolute path it was read from.
     x_train, y_train : numpy.ndarray
         Training images (float32) and labels (int64).
     x_test, y_test : numpy.ndarray
         Test images and labels, or the held-out validation part of the
         training set when loaded with ``validation=True``.
     n_classes : int
-        Number of classes (10 for all datasets here).
+        Number of classes (10 for the built-in datasets).
     image_shape : tuple of int
         Shape ``(C, H, W)`` of one image, whether or not ``x`` is flattened.
     source : str or None
@@ -194,14 +196,17 @@ def load_dataset(
 
     Parameters
     ----------
-    name : {"mnist", "fmnist", "kmnist", "cifar10"}
-        Dataset name.
+    name : str or path-like
+        A registered dataset (``"mnist"``, ``"fmnist"``, ``"kmnist"``, ``"cifar10"`` or one
+        added with :func:`threefactor.register_dataset`; any case), or a path: a folder of
+        IDX files, a folder of CIFAR-10 batches, or an ``.npz`` file with ``x_train``,
+        ``y_train``, ``x_test``, ``y_test`` (:mod:`threefactor.data.paths`).
     root : str or path-like, optional
         Data root searched first (``root/<name>``, then ``root``); downloads
         then go to ``root/<name>`` instead of the cache.
     flatten : bool, optional
-        Flatten images to ``(N, C*H*W)``. Default: True for the MNIST family
-        (``(N, 784)``), False for CIFAR-10 (``(N, 3, 32, 32)``).
+        Flatten images to ``(N, C*H*W)``. Default: the dataset's (True for the MNIST family,
+        ``(N, 784)``, and for paths; False for CIFAR-10, ``(N, 3, 32, 32)``).
     validation : bool, default False
         If True, train on a ``1 - val_fraction`` part of the training set and
         return the held-out part as ``x_test``/``y_test``.
@@ -229,8 +234,8 @@ def load_dataset(
     Raises
     ------
     ValueError
-        If ``name`` is unknown (the message lists :data:`DATASETS`), or ``bundled="only"``
-        names a dataset without a sample.
+        If ``name`` is neither a registered dataset nor a path (the message gives the
+        nearest names), or ``bundled="only"`` names a dataset without a sample.
     DataError
         If the data are not found and ``download`` is False or the download fails (the
         message says where it looked and how to provide the files; no empty folder is left),
@@ -249,10 +254,40 @@ def load_dataset(
     files found on disk (Debian re-compresses its copies), which are checked
     structurally instead.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if bundled not in BUNDLED_CHOICES:
         raise ValueError(f"bundled must be one of {', '.join(map(repr, BUNDLED_CHOICES))}, got {bundled!r}")
+    info = dataset_info(name)
+    from threefactor.data import sample
+    if bundled == "only" and info.name not in sample.SAMPLE_DATASETS:
+        raise ValueError(f"bundled='only': there is no bundled sample of {info.name!r} "
+                         f"(samples: {', '.join(sample.SAMPLE_DATASETS)})")
+    kwargs = dict(root=root, download=download, progress=progress)
+    if "bundled" in inspect.signature(info.load).parameters:
+        kwargs["bundled"] = bundled
+    x_tr, y_tr, x_te, y_te, *source = info.load(**kwargs)
+    is_sample = bool(source) and info.name in sample.SAMPLE_DATASETS and \
+        Path(source[0]).resolve() == Path(sample.sample_dir(info.name)).resolve()
+    if validation:
+        x_tr, y_tr, x_te, y_te = split_validation(x_tr, y_tr, val_fraction, seed)
+    if flatten is None:
+        flatten = info.flatten
+    shape = lambda x: x.reshape(len(x), -1) if flatten else x.reshape((len(x),) + info.image_shape)
+    return Dataset(
+        name=info.name,
+        x_train=shape(np.asarray(x_tr, dtype=np.float32)),
+        y_train=np.asarray(y_tr).astype(np.int64),
+        x_test=shape(np.asarray(x_te, dtype=np.float32)),
+        y_test=np.asarray(y_te).astype(np.int64),
+        n_classes=info.n_classes,
+        image_shape=info.image_shape,
+        source=str(source[0]) if source else None,
+        bundled=is_sample,
+    )
+
+
+def _find_or_download(name, root, download, progress, bundled="fallback"):
+    """The folder holding a built-in dataset's files: searched, else (Fashion-MNIST without ``root``)
+    the bundled sample, else downloaded."""
     from threefactor.data import download as dl
     from threefactor.data import sample
 
@@ -270,26 +305,32 @@ def load_dataset(
         except DataError as exc:
             raise type(exc)(dl.not_found_message(name, root, target, f"downloading it failed: {exc}")) from exc
         directory = target
-    if name == "cifar10":
-        x_tr, y_tr, x_te, y_te = load_cifar10_dir(directory)
-    else:
+    return directory
+
+
+def _mnist_family(name):
+    def load(root=None, download=True, progress=True, bundled="fallback"):
+        directory = _find_or_download(name, root, download, progress, bundled)
         x_tr, y_tr, x_te, y_te = load_mnist_dir(directory)
-    if validation:
-        x_tr, y_tr, x_te, y_te = split_validation(x_tr, y_tr, val_fraction, seed)
-    if flatten is None:
-        flatten = name != "cifar10"
-    prep = preprocess_cifar10 if name == "cifar10" else preprocess_mnist
-    return Dataset(
-        name=name,
-        x_train=prep(x_tr, flatten=flatten),
-        y_train=y_tr.astype(np.int64),
-        x_test=prep(x_te, flatten=flatten),
-        y_test=y_te.astype(np.int64),
-        n_classes=N_CLASSES,
-        image_shape=IMAGE_SHAPES[name],
-        source=str(directory),
-        bundled=is_sample,
-    )
+        return preprocess_mnist(x_tr, flatten=False), y_tr, preprocess_mnist(x_te, flatten=False), y_te, directory
+    load.__name__ = f"load_{name}"
+    load.__doc__ = f"{name}: IDX files, pre-processed as App. D.3 ((x/255 - 0.5)/0.5), (N, 1, 28, 28)."
+    return load
+
+
+for _name, _title in (("mnist", "MNIST"), ("fmnist", "fashion-MNIST"), ("kmnist", "Kuzushiji-MNIST")):
+    register_dataset(_name, image_shape=(1, 28, 28), n_classes=N_CLASSES, title=_title, pad_fill=(-1.0,),
+                     aliases={"fmnist": ("fashion-mnist", "fashion_mnist"),
+                              "kmnist": ("kuzushiji-mnist",)}.get(_name, ()))(_mnist_family(_name))
+
+
+@register_dataset("cifar10", image_shape=(3, 32, 32), n_classes=N_CLASSES, title="CIFAR10", aliases=("cifar-10",),
+                  flatten=False, pad_fill=tuple(-np.asarray(CIFAR_MEAN) / np.asarray(CIFAR_STD)), augment=True)
+def load_cifar10(root=None, download=True, progress=True):
+    """CIFAR-10: python batches, normalised per channel (App. D.3), (N, 3, 32, 32)."""
+    directory = _find_or_download("cifar10", root, download, progress)
+    x_tr, y_tr, x_te, y_te = load_cifar10_dir(directory)
+    return preprocess_cifar10(x_tr), y_tr, preprocess_cifar10(x_te), y_te, directory
 
 
 def __getattr__(attr: str):

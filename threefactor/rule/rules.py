@@ -19,21 +19,36 @@ from typing import Any, Optional
 
 import numpy as np
 
+from threefactor.names import Vocabulary, is_object_spec, unknown_name
 from threefactor.rule.grouping import group_size
+from threefactor.rule.kernels import COSINE_EPS, KERNEL_CLASSES, KERNEL_NAMES, is_builtin, kernel_label, resolve_kernel
 
-KERNELS = ("gaussian", "cosine", "linear")
+KERNELS = ("gaussian", "cosine", "linear")      # the built-in kernels (every registered one: kernel_names())
 ACTIVATIONS = ("linear", "relu", "lrelu", "selu")
 LABEL_KERNELS = ("cosine", "linear")
 GROUPINGS = ("plain", "grp", "grp+div")
 
-#: ε of the cosine kernel's smoothed norm ‖v‖_ε = sqrt(‖v‖² + ε²): an all-zero
-#: row then has norm ε, similarity 0 to everything and a finite gradient.
-COSINE_EPS = 1e-6
+#: the names of activations, label kernels and groupings (case-insensitive, with old spellings)
+ACTIVATION_NAMES = Vocabulary("activation")
+for _name, _aliases in (("linear", ("identity",)), ("relu", ()), ("lrelu", ("leaky-relu", "leaky_relu")),
+                        ("selu", ())):
+    ACTIVATION_NAMES.add(_name, _aliases)
+LABEL_KERNEL_NAMES = Vocabulary("label_kernel")
+LABEL_KERNEL_NAMES.add("cosine", ("cossim", "cos"))
+LABEL_KERNEL_NAMES.add("linear")
+GROUPING_NAMES = Vocabulary("grouping")
+GROUPING_NAMES.add("plain", ("none",))
+GROUPING_NAMES.add("grp", ("grouped",))
+GROUPING_NAMES.add("grp+div", ("grpdiv", "grp-div", "grp_div"))
+
+#: p of the group normalisation per grouping (App. D.4): the one place a grouping's p is defined
+GROUPING_P = {"plain": None, "grp": 0.5, "grp+div": 0.2}
 
 
 def choice_error(argument: str, value: Any, choices) -> ValueError:
-    """A ValueError naming the argument, the bad value and the valid choices."""
-    return ValueError(f"{argument}={value!r} is not one of: {', '.join(map(str, choices))}")
+    """A ValueError naming the argument and the bad value: the nearest choices ("did you mean"),
+    the whole list only when it is short."""
+    return unknown_name(argument, value, choices)
 
 
 def _finite_number(argument: str, value: Any) -> float:
@@ -55,15 +70,18 @@ class Rule:
 
     Parameters
     ----------
-    kernel : {"gaussian", "cosine", "linear"} or Kernel object
-        Kernel on the representation v (Eq. 24-26).  A user object with
-        ``matrix(v, xp)`` and ``pullback(v, K, C, xp)`` methods is accepted
-        (see :class:`threefactor.kernels.Kernel`).
+    kernel : str or Kernel object
+        Kernel on the representation v (Eq. 24-26): a registered name, any case or
+        alias ("gaussian" or "gauss", "cosine" or "cossim", "linear", or one added with
+        :func:`threefactor.register_kernel`), ``path/to/file.py:Class`` /
+        ``package.module:Class``, or an object with ``matrix(v, xp)`` and
+        ``pullback(v, K, C, xp)`` methods (see :class:`threefactor.Kernel`).  A built-in
+        is kept as its canonical name; anything else as the kernel object.
     sigma : float
         Width σ > 0 of the Gaussian kernel (Eq. 26).
     gamma : float
         Balance γ ≥ 0 between compression and prediction (Eq. 9).
-    activation : {"linear", "relu", "lrelu", "selu"}
+    activation : {"linear", "relu", "lrelu", "selu"} (any case)
     slope : float
         Negative slope of the leaky ReLU.
     groups : int or None
@@ -89,14 +107,18 @@ class Rule:
 
     def __post_init__(self):
         k = self.kernel
-        if isinstance(k, str):
-            if k not in KERNELS:
-                raise choice_error("kernel", k, KERNELS)
-        elif not (callable(getattr(k, "matrix", None)) and callable(getattr(k, "pullback", None))):
-            raise TypeError(
-                "kernel must be one of " + ", ".join(KERNELS)
-                + " or an object with matrix(v, xp) and pullback(v, K, C, xp) methods, got "
-                + type(k).__name__)
+        if isinstance(k, str) and not is_object_spec(k):
+            k = KERNEL_NAMES.resolve(k, "kernel")          # an unknown name: the nearest registered ones
+        if isinstance(k, str) and is_builtin(KERNEL_CLASSES.get(k)):
+            pass                                         # a built-in stays a name (the backends' fast paths)
+        elif isinstance(k, (str, type)):
+            k = None                                     # a class: built from the validated rule, below
+        else:
+            k = resolve_kernel(k)                        # an object: checked for matrix and pullback
+        if isinstance(self.activation, str) and self.activation.lower() in ACTIVATION_NAMES:
+            object.__setattr__(self, "activation", ACTIVATION_NAMES.resolve(self.activation))
+        if isinstance(self.label_kernel, str) and self.label_kernel.lower() in LABEL_KERNEL_NAMES:
+            object.__setattr__(self, "label_kernel", LABEL_KERNEL_NAMES.resolve(self.label_kernel))
         sigma = _finite_number("sigma", self.sigma)
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -137,6 +159,9 @@ class Rule:
         for name, val in (("sigma", sigma), ("gamma", gamma), ("slope", slope), ("p", p),
                           ("delta", delta), ("cosine_eps", eps), ("groups", g)):
             object.__setattr__(self, name, val)
+        if k is None:
+            k = resolve_kernel(self.kernel, rule=self)   # from_rule(self) where the class has one
+        object.__setattr__(self, "kernel", k)
 
     @property
     def grouped(self) -> bool:
@@ -170,6 +195,6 @@ class Rule:
 
     @property
     def kernel_name(self) -> str:
-        return self.kernel if isinstance(self.kernel, str) else type(self.kernel).__name__
+        return kernel_label(self.kernel)
 
 

@@ -17,11 +17,15 @@ from threefactor.backends import BACKENDS, BackendUnavailable, get_backend
 from threefactor.nn.convnet import ARCHS, parse_arch
 from threefactor.nn.optim import OPTIMIZERS
 from threefactor.training.presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table6_preset
+from threefactor.data.registry import canonical_dataset, dataset_info, dataset_slug
 from threefactor.rule.rules import choice_error
+from threefactor.training.naming import _need_rates, _rule_slug, canonical_options, run_name, upgrade_config  # noqa: F401
 
 #: Defaults of every option (App. D.4-D.5 unless said otherwise).
 DEFAULTS = dict(
     dataset="fmnist", rule="gaussian", grouping="grp+div", preset=None,
+    kernel=None,                    # a local rule's kernel: its rule's name, or FILE.py:Class (rule "local")
+    p=None,                         # None: the grouping's (grp 0.5, grp+div 0.2; App. D.4)
     epochs=2,                       # a short demo; the paper trains for 100
     seed=0, lr_local=None, lr_out=None, groups=None, data_root=None, validation=False,
     subset=None, backend=None, dtype="float32", eval_batch_size=2000,
@@ -63,16 +67,17 @@ def resolve_config(**options):
     (Table 3); for conv archs ``cifar10-vgg[2x]-<rule>[-grp|-grpdiv]`` (Table 6, by width).
     ``lr_out``, ``lr_local`` and ``groups`` not given come from it (conv presets also set
     the Table 6 optimisation: SELU, alpha dropout 0.05, batch 128, milestones; an explicit
-    conv ``preset`` also sets 500 epochs).  Returns a JSON-able dict (saved as
-    ``config.json``).  Raises ValueError/TypeError naming the bad option.
+    conv ``preset`` also sets 500 epochs).  A configuration without a preset (another
+    kernel, ``kernel="FILE.py:Class"``, a dataset by name or path outside Table 3) needs
+    its rates given; the error names the missing ones.  Names are canonicalised
+    (:func:`canonical_options`).  Returns a JSON-able dict (saved as ``config.json``).
+    Raises ValueError/TypeError naming the bad option.
     """
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    given = {k: v for k, v in options.items() if v is not None}
+    given = canonical_options({k: v for k, v in options.items() if v is not None})
     name = given.get("preset")
-    if name is not None and name not in presets.PRESETS and name not in TABLE6:
-        raise choice_error("preset", name, sorted(presets.PRESETS) + sorted(TABLE6))
     cell = table6_preset(name) if name in TABLE6 else None
     preset = presets.get_preset(name) if name is not None and cell is None else None
     cfg = dict(DEFAULTS)
@@ -86,17 +91,21 @@ def resolve_config(**options):
                 raise ValueError(f"{key}={given[key]!r} contradicts preset {name!r} "
                                  f"({key}={cfg[key]!r}); drop one of them")
     cfg.update(given)
-    if cfg["dataset"] not in presets.DATASETS:
-        raise choice_error("dataset", cfg["dataset"], presets.DATASETS)
+    local = presets.learning_of(cfg["rule"]) == "local"
+    cfg["kernel"] = (cfg["kernel"] or cfg["rule"]) if local else None
     presets.check_column(cfg["rule"], cfg["grouping"])
     is_conv = _check_arch(cfg, given)
     if is_conv:
         fields, cfg["preset"], cfg["preset_note"] = _conv_preset(cfg, given, cell)
     else:
         if preset is None:
-            preset = presets.get_preset(presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]))
-        cfg["preset"], cfg["preset_note"] = preset.name, preset.note
-        fields = dict(lr_out=preset.lr_out, lr_local=preset.lr_local, groups=preset.groups)
+            preset = presets.PRESETS.get(presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]))
+        if preset is None:
+            _need_rates(cfg, given, "no Table 3 preset for")
+            cfg["preset"], cfg["preset_note"], fields = None, "no preset: rates given", {}
+        else:
+            cfg["preset"], cfg["preset_note"] = preset.name, preset.note
+            fields = dict(lr_out=preset.lr_out, lr_local=preset.lr_local, groups=preset.groups)
     if cfg["mode"] not in MODES:
         raise choice_error("mode", cfg["mode"], MODES)
     if cfg["mode"] == "online":
@@ -119,7 +128,7 @@ def resolve_config(**options):
         cfg["batch_size"] = cfg["streams"] = streams
         if "lr_local" not in given:
             cfg["lr_local"] = ONLINE_LR_LOCAL
-            cfg["preset_note"] = (f"{preset.note} Online mode: lr_local {ONLINE_LR_LOCAL} "
+            cfg["preset_note"] = (f"{cfg['preset_note']} Online mode: lr_local {ONLINE_LR_LOCAL} "
                                   "(the batch eta_l is unstable for two-point updates)")
         if not 0 < cfg["beta"] <= 1:
             raise ValueError(f"beta must be in (0, 1], got {cfg['beta']!r}")
@@ -128,13 +137,12 @@ def resolve_config(**options):
             if key in given:
                 raise ValueError(f"{key} needs mode='online' ({flag} needs --mode online)")
         cfg["streams"] = None
-    cfg["column"] = presets.column_name(cfg["rule"], cfg["grouping"])
+    cfg["column"] = presets.column_label(cfg["rule"], cfg["grouping"], cfg["kernel"])
     if not isinstance(cfg["batchnorm"], bool):
         raise TypeError(f"batchnorm must be True or False, got {cfg['batchnorm']!r}")
     if cfg["batchnorm"] and cfg["rule"] == "last-layer":
         raise ValueError("batchnorm needs rule 'backprop', 'cossim' or 'gaussian': with 'last-layer' the "
                          "hidden layers stay at their random start and batchnorm would have nothing to learn")
-    local = cfg["rule"] in ("cossim", "gaussian")
     for key, value in fields.items():
         if key not in given and not (key == "lr_local" and cfg["mode"] == "online"):
             cfg[key] = value
@@ -147,15 +155,19 @@ def resolve_config(**options):
             raise ValueError("groups needs grouping 'grp' or 'grp+div' (plain has no groups)")
         cfg["groups"] = None
     if cfg["augment"] is None:
-        cfg["augment"] = cfg["dataset"] == "cifar10"
+        cfg["augment"] = dataset_info(cfg["dataset"]).augment
     _validate(cfg)
     if is_conv and "eval_batch_size" not in given:
         cfg["eval_batch_size"] = conv_eval_batch_size(cfg)
     if cfg["backend"] is None:
         cfg["backend"] = default_backend()
-    cfg["p"] = presets.GROUPING_P[cfg["grouping"]]
+    if "p" in given and cfg["grouping"] == "plain":
+        raise ValueError("p needs grouping 'grp' or 'grp+div' (p is the exponent of the group "
+                         "normalisation, Eq. 18, 21; plain has no groups)")
+    if "p" not in given:
+        cfg["p"] = presets.GROUPING_P[cfg["grouping"]]
     # local rules, no batchnorm, no adaptive optimiser (Sec. 4.3 on AdamW and batchnorm)
-    cfg["plausible"] = (cfg["rule"] in ("cossim", "gaussian", "last-layer") and not cfg["batchnorm"]
+    cfg["plausible"] = (presets.learning_of(cfg["rule"]) in ("local", "last-layer") and not cfg["batchnorm"]
                         and cfg["optimizer"] == "sgd")
     cfg["hidden"] = None if is_conv else [int(h) for h in cfg["hidden"]]
     cfg["milestones"] = [int(m) for m in cfg["milestones"]]
@@ -197,7 +209,7 @@ def _conv_preset(cfg, given, cell):
     if cell is not None:
         return {}, cfg["preset"], "Table 6"
     suffix = {"plain": "", "grp": "-grp", "grp+div": "-grpdiv"}[cfg["grouping"]]
-    rule = cfg["rule"].replace("-", "")
+    rule = _rule_slug(cfg)
     bn = "bn-" if cfg["batchnorm"] else ""
     name = f"cifar10-vgg{'2x' if cfg['width'] == 2 else ''}-{bn}{rule}{suffix}"
     fields = dict(CONV_SHARED)
@@ -217,13 +229,15 @@ def _conv_preset(cfg, given, cell):
                          f"divides every conv layer's channels of {cfg['arch']}")
                 fields["groups"] = fitted
         return fields, name, note
-    need = [k for k, flag in (("lr_out", True), ("lr_local", cfg["rule"] in ("cossim", "gaussian")),
+    local = presets.learning_of(cfg["rule"]) == "local"
+    need = [k for k, flag in (("lr_out", True), ("lr_local", local),
                               ("groups", cfg["grouping"] != "plain")) if flag and k not in given]
     if need:
         raise ValueError(f"Table 6 has no conv cell for {cfg['rule']} {cfg['grouping']} "
-                         f"(cells: {', '.join(sorted(TABLE6))}): give {', '.join(need)}")
+                         f"(its cells: cifar10-vgg[2x][-bn]-backprop, -cosine, -gaussian ...): give "
+                         f"{', '.join('--' + k.replace('_', '-') for k in need)}")
     arch = cfg["arch"] if cfg["arch"] in ARCHS else "conv"
-    return fields, f"{cfg['dataset']}-{arch}-{bn}{rule}{suffix}", "no Table 6 cell: learning rates given"
+    return fields, f"{dataset_slug(cfg['dataset'])}-{arch}-{bn}{rule}{suffix}", "no Table 6 cell: learning rates given"
 
 
 def _fitting_groups(cfg, groups):
@@ -265,9 +279,8 @@ def conv_shapes(blocks, in_shape, kernel_size=3, padding=1):
 def conv_eval_batch_size(cfg, budget=EVAL_IM2COL_BYTES, cap=2000):
     """Evaluation batch of a conv net: the largest multiple of 50 (<= cap) whose largest im2col
     matrix (m·H·W, 9·C_in) fits in ``budget`` bytes."""
-    from threefactor.data.datasets import IMAGE_SHAPES
     per_sample = max((shape[1] * shape[2] * shape[0] * 9 for block, shape, _ in
-                      conv_shapes(parse_arch(cfg["arch"], cfg["width"]), IMAGE_SHAPES[cfg["dataset"]])
+                      conv_shapes(parse_arch(cfg["arch"], cfg["width"]), dataset_info(cfg["dataset"]).image_shape)
                       if block[0] == "conv"), default=1) * np.dtype(cfg["dtype"]).itemsize
     return int(max(1, min(cap, budget // per_sample // 50 * 50 or budget // per_sample)))
 
@@ -311,13 +324,14 @@ def _validate(cfg):
     if cfg["data_root"] is not None and Path(cfg["data_root"]).is_file():
         raise ValueError(f"data_root (--data-root) {str(cfg['data_root'])!r} is a file: give a folder holding "
                          f"the dataset (DIR/{cfg['dataset']}/ or its files in DIR), or where to download it")
+    full_rule = make_rule(cfg)            # sigma, gamma, activation, slope, p, delta, label kernel, kernel
     if cfg["groups"] is not None and not is_conv:
         for h in cfg["hidden"]:
-            make_rule(cfg).check_width(int(h))
+            full_rule.check_width(int(h))
     if is_conv:
-        from threefactor.data.datasets import IMAGE_SHAPES
-        rule = make_rule(cfg) if cfg["groups"] is not None else None
-        for block, _, out in conv_shapes(parse_arch(cfg["arch"], cfg["width"]), IMAGE_SHAPES[cfg["dataset"]]):
+        rule = full_rule if cfg["groups"] is not None else None
+        for block, _, out in conv_shapes(parse_arch(cfg["arch"], cfg["width"]),
+                                         dataset_info(cfg["dataset"]).image_shape):
             if rule is not None and block[0] == "conv" and out[0] % rule.groups:
                 raise ValueError(f"groups={rule.groups} does not divide the {out[0]} channels of "
                                  f"conv layer {block} (a conv group is a block of whole channels)")
@@ -356,8 +370,7 @@ def validate_saved(cfg, path):
         raise ValueError(f"{path}: lacks the settings {', '.join(missing[:5])}{more} (expected the config.json "
                          f"that threefactor train wrote for the run)")
     try:
-        if cfg["dataset"] not in presets.DATASETS:
-            raise choice_error("dataset", cfg["dataset"], presets.DATASETS)
+        canonical_dataset(cfg["dataset"])
         presets.check_column(cfg["rule"], cfg["grouping"])
         if cfg.get("mode", "batch") not in MODES:
             raise choice_error("mode", cfg["mode"], MODES)
@@ -372,4 +385,5 @@ def make_rule(cfg):
     """The hidden layers' Rule of a resolved config."""
     return presets.make_rule(cfg["rule"], cfg["grouping"], cfg["groups"], sigma=cfg["sigma"],
                              gamma=cfg["gamma"], delta=cfg["delta"], activation=cfg["activation"],
-                             slope=cfg["slope"], label_kernel=cfg["label_kernel"])
+                             slope=cfg["slope"], label_kernel=cfg["label_kernel"], kernel=cfg.get("kernel"),
+                             p=cfg.get("p"))

@@ -238,8 +238,8 @@ def _diverged_message(cfg, rd, epoch, bad, learning):
 def _augmenter(cfg, backend):
     """``augment(x, rng)``: App. D.3 crop and flip of a training batch (images or flattened images)."""
     from threefactor.data.augment import pad_fill, random_crop_flip
-    from threefactor.data.datasets import IMAGE_SHAPES
-    shape, fill, xp = IMAGE_SHAPES[cfg["dataset"]], pad_fill(cfg["dataset"]), backend.xp
+    from threefactor.data.registry import dataset_info
+    shape, fill, xp = dataset_info(cfg["dataset"]).image_shape, pad_fill(cfg["dataset"]), backend.xp
 
     def augment(x, rng):
         return random_crop_flip(x.reshape((x.shape[0],) + shape), rng, fill=fill, xp=xp).reshape(x.shape)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from threefactor.training.presets import COLUMNS, column_name
 
 _MLP_COLUMNS = [column_name(r, g) for r, g in COLUMNS]
-_CONV_COLUMNS = ["backprop", "backprop grp+div", "cossim grp", "cossim grp+div", "gaussian grp",
+_CONV_COLUMNS = ["backprop", "backprop grp+div", "cosine grp", "cosine grp+div", "gaussian grp",
                  "gaussian grp+div"]
 
 # Table 4 (means) and Table 5 (max − min), columns in presets.COLUMNS order.

@@ -9,9 +9,15 @@ backprop         plain       cross-entropy backpropagated through the net
 backprop         grp+div     same, with divisive normalisation in the net
 last-layer       plain       hidden weights frozen at init; output learns
 last-layer       grp+div     same, with divisive normalisation in the net
-cossim           plain/grp/grp+div   local pHSIC, cosine kernel (Eq. 25)
+cosine           plain/grp/grp+div   local pHSIC, cosine kernel (Eq. 25)
 gaussian         plain/grp/grp+div   local pHSIC, Gaussian kernel (Eq. 26, 19)
 ===============  ==========  ============================================
+
+Names (one vocabulary, :mod:`threefactor.names`): a local rule is named by its kernel
+(``gaussian``, ``cosine``, or any registered kernel; ``local`` with a kernel given
+separately); old spellings are aliases, any case: ``cossim`` is ``cosine``, ``gauss`` is
+``gaussian``, ``lastlayer`` is ``last-layer``, ``grpdiv`` is ``grp+div``, and preset names
+take them too (``fmnist-cossim-grpdiv`` is ``fmnist-cosine-grpdiv``).
 
 Groupings (App. D.2, D.4): ``plain`` (no groups), ``grp`` (c groups, p = 0.5,
 the next layer sees z), ``grp+div`` (c groups, p = 0.2, the next layer sees
@@ -38,16 +44,49 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from threefactor.rule.rules import Rule, choice_error
+from threefactor.names import Vocabulary, is_object_spec, unknown_name
+from threefactor.rule.kernels import KERNEL_NAMES, kernel_names
+from threefactor.rule.rules import GROUPING_NAMES, GROUPING_P, Rule
 
-DATASETS = ("mnist", "fmnist", "kmnist", "cifar10")
-RULES = ("backprop", "last-layer", "cossim", "gaussian")
+DATASETS = ("mnist", "fmnist", "kmnist", "cifar10")     # the datasets of Table 3
+RULES = ("backprop", "last-layer", "cosine", "gaussian")   # the rules of Table 3 (every rule: rule_names())
+#: the rules that are not named by a kernel
+OTHER_RULES = Vocabulary("rule")
+OTHER_RULES.add("backprop", ("bp",))
+OTHER_RULES.add("last-layer", ("lastlayer", "last_layer"))
+OTHER_RULES.add("local")
 
 
 def learning_of(rule):
     """How a network with this rule learns (``networks.LEARNING``): "backprop", "last-layer", or
-    "local" (cossim, gaussian: each hidden layer from its own objective)."""
+    "local" (a kernel's rule: each hidden layer from its own objective)."""
     return rule if rule in ("backprop", "last-layer") else "local"
+
+
+def rule_names():
+    """Every rule name: backprop, last-layer, local and each registered kernel's."""
+    return ("backprop", "last-layer", *kernel_names(), "local")
+
+
+def canonical_rule(text, argument="rule"):
+    """The canonical rule of ``text``: backprop, last-layer, local, or a registered kernel's name
+    (any case, aliases: ``Gaussian``, ``cossim``); ValueError with the nearest names otherwise."""
+    if not isinstance(text, str):
+        raise TypeError(f"{argument} must be a name, got {type(text).__name__}")
+    name = OTHER_RULES.get(text) or KERNEL_NAMES.get(text)
+    if name is None:
+        aliases = {**{a: n for n in OTHER_RULES.names for a in OTHER_RULES.aliases(n)},
+                   **{a: n for n in KERNEL_NAMES.names for a in KERNEL_NAMES.aliases(n)}}
+        raise unknown_name(argument, text, rule_names(), aliases=aliases)
+    return name
+
+
+def canonical_grouping(text, argument="grouping"):
+    """plain, grp or grp+div from any spelling (``grpdiv``, ``GRP+DIV``)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{argument} must be a name, got {type(text).__name__}")
+    return GROUPING_NAMES.resolve(text, argument)
+
 
 GROUPINGS = ("plain", "grp", "grp+div")
 
@@ -55,7 +94,7 @@ GROUPINGS = ("plain", "grp", "grp+div")
 COLUMNS = (
     ("backprop", "plain"), ("backprop", "grp+div"),
     ("last-layer", "plain"), ("last-layer", "grp+div"),
-    ("cossim", "plain"), ("cossim", "grp"), ("cossim", "grp+div"),
+    ("cosine", "plain"), ("cosine", "grp"), ("cosine", "grp+div"),
     ("gaussian", "plain"), ("gaussian", "grp"), ("gaussian", "grp+div"),
 )
 
@@ -67,10 +106,17 @@ SHARED = dict(
     label_kernel="cosine", optimizer="sgd",
 )
 
-#: p of the group normalisation per grouping (App. D.4).
-GROUPING_P = {"plain": None, "grp": 0.5, "grp+div": 0.2}
+_SUFFIX = {"plain": "", "grp": "-grp", "grp+div": "-grpdiv"}
+#: other spellings of a preset name's parts (rule, grouping suffix)
+_RULE_SPELLINGS = {"cosine": ("cossim", "cos"), "gaussian": ("gauss", "rbf"), "lastlayer": ("last-layer",)}
+_SUFFIX_SPELLINGS = {"-grpdiv": ("-grp+div", "-grp-div", "-grp_div")}
 
-_KERNEL = {"cossim": "cosine", "gaussian": "gaussian"}
+
+def _preset_aliases(dataset_part, rule_part, suffix):
+    """Other spellings of the preset ``{dataset_part}-{rule_part}{suffix}``."""
+    rules = (rule_part, *_RULE_SPELLINGS.get(rule_part, ()))
+    suffixes = (suffix, *_SUFFIX_SPELLINGS.get(suffix, ()))
+    return tuple(f"{dataset_part}-{r}{g}" for r in rules for g in suffixes)[1:]
 
 
 @dataclass(frozen=True)
@@ -94,8 +140,7 @@ class Preset:
 
 def preset_name(dataset, rule, grouping):
     """``fmnist``, ``gaussian``, ``grp+div`` -> ``fmnist-gaussian-grpdiv``."""
-    suffix = {"plain": "", "grp": "-grp", "grp+div": "-grpdiv"}[grouping]
-    return f"{dataset}-{rule.replace('-', '')}{suffix}"
+    return f"{dataset}-{rule.replace('-', '')}{_SUFFIX[grouping]}"
 
 
 def column_name(rule, grouping):
@@ -149,43 +194,67 @@ def _build():
                 fields[key], fields["note"] = value, note
             name = preset_name(dataset, rule, grouping)
             presets[name] = Preset(name, dataset, rule, grouping, **fields)
+            PRESET_NAMES.add(name, _preset_aliases(dataset, rule.replace("-", ""), _SUFFIX[grouping]))
     return presets
 
 
+#: every preset's name (Table 3 and Table 6) with its other spellings
+PRESET_NAMES = Vocabulary("preset", hint="threefactor train --help lists the presets")
 PRESETS = _build()
 
 
+def canonical_preset(name, argument="preset"):
+    """The canonical name of a Table 3 or Table 6 preset, any case and spelling
+    (``fmnist-cossim-grpdiv`` -> ``fmnist-cosine-grpdiv``); ValueError with the nearest names."""
+    if not isinstance(name, str):
+        raise TypeError(f"{argument} must be a name, got {type(name).__name__}")
+    return PRESET_NAMES.resolve(name, argument)
+
+
 def get_preset(name):
-    """The :class:`Preset` called ``name`` (ValueError listing every name otherwise)."""
+    """The Table 3 :class:`Preset` called ``name`` (any spelling; ValueError with the nearest names)."""
+    name = canonical_preset(name)
     if name not in PRESETS:
-        raise choice_error("preset", name, sorted(PRESETS))
+        raise ValueError(f"preset={name!r} is a Table 6 conv cell: see table6_preset()")
     return PRESETS[name]
 
 
 def check_column(rule, grouping):
-    """Validate a (rule, grouping) pair; ValueError naming the choices."""
-    if rule not in RULES:
-        raise choice_error("rule", rule, RULES)
+    """Validate a (rule, grouping) pair given by canonical names; ValueError naming the choices."""
+    if rule not in OTHER_RULES and rule not in KERNEL_NAMES:
+        canonical_rule(rule)
     if grouping not in GROUPINGS:
-        raise choice_error("grouping", grouping, GROUPINGS)
-    if (rule, grouping) not in COLUMNS:
+        canonical_grouping(grouping)
+    if learning_of(rule) != "local" and grouping == "grp":
         raise ValueError(
             f"grouping={grouping!r} is not a column for rule={rule!r}: 'grp' only changes the local "
             f"objective, which {rule} does not have; use one of: plain, grp+div")
 
 
+def column_label(rule, grouping, kernel=None):
+    """A column's name in tables: ``gaussian grp+div``; a user kernel's rule by its class name."""
+    if rule == "local" and kernel is not None:
+        rule = kernel.rpartition(":")[2] if is_object_spec(kernel) else kernel
+    return column_name(rule, grouping)
+
+
 def make_rule(rule, grouping, groups, *, sigma=5.0, gamma=2.0, delta=1.0, activation="lrelu",
-              slope=0.01, label_kernel="cosine"):
+              slope=0.01, label_kernel="cosine", kernel=None, p=None):
     """The hidden layers' :class:`Rule` for a column (App. D.2, D.4).
 
+    ``kernel`` (a name or ``FILE.py:Class``) defaults to the rule's own (a local rule is named
+    by its kernel); ``p`` to the grouping's (:data:`~threefactor.rule.rules.GROUPING_P`).
     For backprop and last-layer the Rule only describes the forward pass
     (activation, groups, p, δ); its kernel is never used.
     """
     check_column(rule, grouping)
-    p = GROUPING_P[grouping]
     if grouping != "plain" and groups is None:
         raise ValueError(f"grouping={grouping!r} needs groups (the number of groups c)")
-    return Rule(kernel=_KERNEL.get(rule, "gaussian"), sigma=sigma, gamma=gamma,
+    if kernel is None:
+        kernel = rule if rule in KERNEL_NAMES else "gaussian"
+    if p is None:
+        p = GROUPING_P[grouping]
+    return Rule(kernel=kernel, sigma=sigma, gamma=gamma,
                 activation=activation, slope=slope,
                 groups=None if grouping == "plain" else int(groups),
                 p=0.2 if p is None else p, delta=delta, label_kernel=label_kernel)
@@ -205,8 +274,8 @@ TABLE6 = {
     "cifar10-vgg-backprop": dict(rule="backprop", grouping="plain", width=1, lr_out=5e-3, lr_local=None, groups=None),
     "cifar10-vgg-backprop-grpdiv": dict(rule="backprop", grouping="grp+div", width=1, lr_out=6e-3, lr_local=None,
                                         groups=64),
-    "cifar10-vgg-cossim-grp": dict(rule="cossim", grouping="grp", width=1, lr_out=5e-5, lr_local=3e-2, groups=32),
-    "cifar10-vgg-cossim-grpdiv": dict(rule="cossim", grouping="grp+div", width=1, lr_out=5e-4, lr_local=0.5,
+    "cifar10-vgg-cosine-grp": dict(rule="cosine", grouping="grp", width=1, lr_out=5e-5, lr_local=3e-2, groups=32),
+    "cifar10-vgg-cosine-grpdiv": dict(rule="cosine", grouping="grp+div", width=1, lr_out=5e-4, lr_local=0.5,
                                       groups=64),
     "cifar10-vgg-gaussian-grpdiv": dict(rule="gaussian", grouping="grp+div", width=1, lr_out=1e-4, lr_local=0.4,
                                         groups=64),
@@ -214,8 +283,8 @@ TABLE6 = {
                                    groups=None),
     "cifar10-vgg2x-backprop-grpdiv": dict(rule="backprop", grouping="grp+div", width=2, lr_out=6e-3, lr_local=None,
                                           groups=64),
-    "cifar10-vgg2x-cossim-grp": dict(rule="cossim", grouping="grp", width=2, lr_out=5e-5, lr_local=3e-2, groups=32),
-    "cifar10-vgg2x-cossim-grpdiv": dict(rule="cossim", grouping="grp+div", width=2, lr_out=5e-4, lr_local=0.5,
+    "cifar10-vgg2x-cosine-grp": dict(rule="cosine", grouping="grp", width=2, lr_out=5e-5, lr_local=3e-2, groups=32),
+    "cifar10-vgg2x-cosine-grpdiv": dict(rule="cosine", grouping="grp+div", width=2, lr_out=5e-4, lr_local=0.5,
                                         groups=64),
     "cifar10-vgg2x-gaussian-grpdiv": dict(rule="gaussian", grouping="grp+div", width=2, lr_out=1e-4,
                                           lr_local=0.4, groups=64),
@@ -228,8 +297,8 @@ TABLE6_BN = dict(batchnorm=True, optimizer="adamw", activation="lrelu")
 _BN_CELLS = {   # column: (grouping, lr_out, lr_local, groups 1x, lr_local 2x, groups 2x)
     "backprop": ("plain", 5e-3, None, None, None, None),
     "backprop-grpdiv": ("grp+div", 5e-3, None, 64, None, 64),
-    "cossim-grp": ("grp", 5e-4, 5e-4, 32, 5e-4, 128),
-    "cossim-grpdiv": ("grp+div", 5e-4, 5e-4, 64, 5e-4, 64),
+    "cosine-grp": ("grp", 5e-4, 5e-4, 32, 5e-4, 128),
+    "cosine-grpdiv": ("grp+div", 5e-4, 5e-4, 64, 5e-4, 64),
     "gaussian-grp": ("grp", 5e-4, 5e-3, 64, 5e-3, 128),
     "gaussian-grpdiv": ("grp+div", 5e-4, 1e-2, 64, 5e-3, 128),
 }
@@ -239,11 +308,17 @@ for _col, (_grp, _lr_out, _lr1, _c1, _lr2, _c2) in _BN_CELLS.items():
                                                    lr_out=_lr_out, lr_local=_lr, groups=_c, **TABLE6_BN)
 
 
+for _name, _cell in TABLE6.items():
+    _head, _, _tail = _name.rpartition("-" + _cell["rule"].replace("-", ""))
+    PRESET_NAMES.add(_name, _preset_aliases(_head, _cell["rule"].replace("-", ""), _tail))
+
+
 def table6_preset(name):
     """Full settings of a Table 6 cell: TABLE6_SHARED + the cell (backprop with SGD gets its own
     milestones; the AdamW + batchnorm cells, ``cifar10-vgg[2x]-bn-*``, keep the shared ones)."""
+    name = canonical_preset(name)
     if name not in TABLE6:
-        raise choice_error("preset", name, sorted(TABLE6))
+        raise ValueError(f"preset={name!r} is a Table 3 (MLP) cell, not a Table 6 conv cell")
     cfg = dict(TABLE6_SHARED, **TABLE6[name])
     backprop_ms = cfg.pop("milestones_backprop")
     if cfg["rule"] == "backprop" and not cfg.get("batchnorm", False):

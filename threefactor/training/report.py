@@ -26,11 +26,10 @@ from pathlib import Path
 from threefactor.cli.main import UsageError, at_least
 from threefactor.data.sample import BUNDLED
 from threefactor.training.paper_results import PAPER_SEEDS, paper_cell
+from threefactor.data.registry import dataset_title
 from threefactor.training.presets import COLUMNS, DATASETS, column_name
 from threefactor.training.runs import RunDir
 
-DATASET_TITLES = {"mnist": "MNIST", "fmnist": "fashion-MNIST", "kmnist": "Kuzushiji-MNIST",
-                  "cifar10": "CIFAR10"}
 METRICS = ("final", "best")
 #: config.json keys that do not change what a run learns: runs that differ only in these (and the
 #: seed) are seeds of one configuration.  The backends compute the same update.
@@ -69,10 +68,15 @@ def _plain(value):
 
 def _read(rd, metric):
     """(config, final-or-best test accuracy, last epoch) of a run; None when no epoch has finished."""
+    from threefactor.training.config import upgrade_config
     try:
         cfg = rd.read_config()
     except (ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"{rd.path}: unreadable config.json ({exc})") from exc
+    try:
+        cfg = upgrade_config(cfg)      # old names (cossim, grpdiv) and settings recorded since
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{rd.config_path}: {exc}") from None
     missing = [k for k in ("dataset", "rule", "grouping", "epochs") if k not in cfg]
     if missing:
         raise ValueError(f"{rd.config_path}: lacks {', '.join(missing)}; not a threefactor run's config")
@@ -106,7 +110,7 @@ def summarize(runs, metric="final"):
         cfg, value, last = read
         settings = {k: _frozen(v) for k, v in cfg.items() if k not in NOT_SETTINGS}
         entries.append((rd, cfg, (cfg["dataset"], _network(cfg)),
-                        column_name(cfg["rule"], cfg["grouping"]), settings, value, last))
+                        cfg.get("column") or column_name(cfg["rule"], cfg["grouping"]), settings, value, last))
     # the settings that differ between runs of one cell split their (dataset, network) into rows
     by_cell, split = {}, {}
     for entry in entries:
@@ -191,13 +195,13 @@ def markdown_table(cells, metric="final", digits=1, paper=False):
                 mark, unfinished = "*", True
             split = split or bool(cell["split"])
             row.append(f"{mean:.{digits}f} ({spread:.{digits}f}, n={len(v)}){mark}")
-        title = DATASET_TITLES.get(d[0], d[0]) + (f" ({d[1]})" if d[1] else "")
+        title = dataset_title(d[0]) + (f" ({d[1]})" if d[1] else "")
         lines.append(f"| {title} | " + " | ".join(row) + " |")
         network = _row_order(d, cells)[2]
         if paper and (i + 1 == len(rows) or _row_order(rows[i + 1], cells)[:3] != _row_order(d, cells)[:3]):
             cited = [_paper_text(paper_cell(d[0], network, col), digits) for col in columns]
             if any(c != "—" for c in cited):
-                base = DATASET_TITLES.get(d[0], d[0]) + (f" ({network})" if network else "")
+                base = dataset_title(d[0]) + (f" ({network})" if network else "")
                 lines.append(f"| {base}, paper | " + " | ".join(cited) + " |")
     epochs = sorted({e for c in cells.values() for e in c["epochs"]})
     what = "final-epoch" if metric == "final" else "best-epoch"

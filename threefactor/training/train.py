@@ -31,7 +31,8 @@ from threefactor.training.loop import _ONLINE, TrainingDiverged, TrainingInterru
 from threefactor.nn.mlp import MLP
 from threefactor.training.presets import TABLE6
 from threefactor.training.runs import RunDir, claim_new_run_dir, claim_run_dir, release_run_dir
-from threefactor.training.config import DEFAULTS, MODES, ONLINE_LR_LOCAL, _RESUMABLE, _validate, conv_eval_batch_size, default_backend, make_rule, resolve_config, validate_saved
+from threefactor.training.config import DEFAULTS, MODES, ONLINE_LR_LOCAL, _RESUMABLE, _validate, canonical_options, conv_eval_batch_size, default_backend, make_rule, resolve_config, run_name, upgrade_config, validate_saved
+from threefactor.training.naming import start_line
 
 
 def build_network(cfg, n_in, n_classes, backend, rng):
@@ -103,12 +104,13 @@ def default_out(cfg):
     where a run started the same second took it (:func:`threefactor.runs.claim_new_run_dir`).
     """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = cfg["preset"]
+    name = run_name(cfg)
     if cfg.get("arch", "mlp") != "mlp":
+        from threefactor.data.registry import dataset_slug
         arch = cfg["arch"] if cfg["arch"] in ARCHS else "conv"
         width = "" if cfg["width"] == 1 else f"{cfg['width']}x"
-        column = presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]).split("-", 1)[1]
-        name = f"{cfg['dataset']}-{arch}{width}-{'bn-' if cfg.get('batchnorm') else ''}{column}"
+        column = run_name(dict(cfg, preset=None)).split("-", 1)[1]
+        name = f"{dataset_slug(cfg['dataset'])}-{arch}{width}-{'bn-' if cfg.get('batchnorm') else ''}{column}"
     return Path("runs") / f"{name}-s{cfg['seed']}-{stamp}"
 
 
@@ -194,7 +196,7 @@ def train(cfg, out=None, *, resume=False, progress=True, log=print, data=None):
                 rd, created = claim_new_run_dir(default_out(cfg), cfg)
             else:
                 rd, created = claim_run_dir(out, cfg)
-            log(_start_line(cfg, rd, is_conv))
+            log(start_line(cfg, rd, is_conv))
             if cfg["preset_note"] and cfg["preset_note"] not in ("Table 3", "Table 6"):
                 log(f"note: {cfg['preset_note']}")
     except KeyboardInterrupt:
@@ -238,21 +240,6 @@ def _release(rd, created, resume):
     return release_run_dir(rd, created)
 
 
-def _start_line(cfg, rd, is_conv):
-    """The first line a new run logs: what is trained, with which hyperparameters, where."""
-    borrowed = is_conv and cfg["preset"] in TABLE6 and (cfg["dataset"], cfg["arch"]) != ("cifar10", "vgg")
-    source = (f"no {cfg['dataset']} conv preset in the paper, Table 6 cell {cfg['preset']} stands in (see note)"
-              if borrowed else f"preset {cfg['preset']}")
-    return (f"{cfg['dataset']} {cfg['column']}: {source} (lr_out {cfg['lr_out']}, "
-            f"lr_local {cfg['lr_local']}, groups {cfg['groups']}), "
-            + (f"arch {cfg['arch']} x{cfg['width']}, " if is_conv else f"hidden {cfg['hidden']}, ")
-            + ("augmented, " if cfg.get("augment") else "")
-            + ("batchnorm + " + cfg["optimizer"] + " (not biologically plausible), " if cfg.get("batchnorm") else "")
-            + f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
-            + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
-            + f" -> {rd.path}")
-
-
 # -- command line ------------------------------------------------------------
 
 DESCRIPTION = """\
@@ -265,9 +252,12 @@ Rules (--rule), one per Table 1 column:
   gaussian    each hidden layer minimises its own L = pHSIC(Z,Z) - gamma pHSIC(Y,Z)
               (Eq. 9) with a Gaussian kernel (Eq. 26; on grouped variances, Eq. 17-19);
               dW = third factor x post x pre (Eq. 10-12, 22), no error is sent back
-  cossim      the same with the cosine-similarity kernel (Eq. 25)
+  cosine      the same with the cosine-similarity kernel (Eq. 25; alias cossim)
+  linear, or any kernel (--kernel NAME or FILE.py:Class): the same with that kernel
+              (no preset: give --lr-local, --lr-out and, grouped, --groups)
   backprop    cross-entropy backpropagated through the net (hand-written backward pass)
   last-layer  hidden weights frozen at their random values; only the output learns
+Names are case-insensitive; old spellings (cossim, gauss, grpdiv, lastlayer) are aliases.
 Grouping (--grouping): plain; grp (c groups, p = 0.5, next layer sees z);
   grp+div (c groups, p = 0.2, next layer sees r = zhat/u^p: divisive normalisation, Eq. 21).
 Only the output layer (linear + bias, softmax cross-entropy) ever sees the labels'
@@ -289,6 +279,9 @@ EPILOG = """\
 examples:
   threefactor train                      # Fashion-MNIST, Gaussian grp+div, 2 epochs
   threefactor train --dataset fmnist --rule gaussian --grouping grp+div --epochs 100 --seed 0
+  threefactor train --rule gaussian --sigma 3 --gamma 1 --activation selu --lr-local 0.5 --lr-out 5e-3
+  threefactor train --kernel my_kernels.py:Polynomial --lr-local 0.5 --lr-out 5e-3 --groups 32
+  threefactor train --dataset path/to/data.npz --lr-local 1 --lr-out 5e-3 --groups 32
   threefactor train --rule backprop --subset 5000 --epochs 1 --hidden 256 256
   threefactor train --mode online --streams 256 --epochs 3   # two-point rule in time
   threefactor train --preset cifar10-vgg-gaussian-grpdiv --epochs 500   # Table 6 / Table 7 cell
@@ -319,14 +312,20 @@ def configure_parser(parser):
     S = argparse.SUPPRESS
     d = DEFAULTS
     g = parser.add_argument_group("what to train")
-    g.add_argument("--dataset", default=S, metavar="NAME",
-                   help=f"one of {', '.join(presets.DATASETS)} (default {d['dataset']})")
+    g.add_argument("--dataset", default=S, metavar="NAME|PATH",
+                   help=f"a registered dataset ({', '.join(presets.DATASETS)}, ...) or a path: a folder of IDX "
+                        f"files, a folder of CIFAR-10 batches, or an .npz with x_train, y_train, x_test, y_test "
+                        f"(default {d['dataset']})")
     g.add_argument("--rule", default=S, metavar="RULE",
-                   help=f"one of {', '.join(presets.RULES)} (default {d['rule']})")
+                   help=f"backprop, last-layer, or a local rule named by its kernel: gaussian, cosine, linear, "
+                        f"any registered kernel (default {d['rule']})")
+    g.add_argument("--kernel", default=S, metavar="NAME|FILE.py:Class",
+                   help="the local rule's kernel: a registered name, or your own class as path/to/file.py:Class "
+                        "or package.module:Class (a threefactor.Kernel; see README, Extending threefactor)")
     g.add_argument("--grouping", default=S, metavar="G",
-                   help=f"one of {', '.join(presets.GROUPINGS)} (default {d['grouping']})")
+                   help=f"one of {', '.join(presets.GROUPINGS)} (grpdiv is grp+div) (default {d['grouping']})")
     g.add_argument("--preset", default=S, metavar="NAME",
-                   help="Table 3 cell, e.g. fmnist-gaussian-grpdiv, mnist-cossim-grp, kmnist-lastlayer "
+                   help="Table 3 cell, e.g. fmnist-gaussian-grpdiv, mnist-cosine-grp, kmnist-lastlayer "
                         "(default: <dataset>-<rule>[-grp|-grpdiv]), or a Table 6 conv cell (listed "
                         "above), e.g. cifar10-vgg-gaussian-grpdiv, cifar10-vgg2x-backprop")
     g.add_argument("--arch", default=S, metavar="ARCH",
@@ -340,6 +339,19 @@ def configure_parser(parser):
                    help="number of groups c per hidden layer for grp / grp+div (Eq. 17-19; must divide each "
                         "width); default from the preset: Table 3 for the MLP (e.g. 32 for "
                         "fmnist-gaussian-grpdiv), Table 6 for conv nets")
+    k = parser.add_argument_group("the local rule (Eq. 9, 17-21, 24-26, 35-36; defaults App. D.4)")
+    k.add_argument("--sigma", type=float, default=S, help=f"width of the Gaussian kernel (default {d['sigma']:g})")
+    k.add_argument("--gamma", type=float, default=S,
+                   help=f"weight of the label term, L = pHSIC(Z,Z) - gamma pHSIC(Y,Z) (default {d['gamma']:g})")
+    k.add_argument("--activation", default=S, metavar="F",
+                   help=f"linear, relu, lrelu or selu (default {d['activation']}; conv presets selu)")
+    k.add_argument("--slope", type=float, default=S, help=f"negative slope of lrelu (default {d['slope']:g})")
+    k.add_argument("--p", type=float, default=S,
+                   help="exponent of the group normalisation, in [0, 1) (default: 0.5 for grp, 0.2 for grp+div)")
+    k.add_argument("--delta", type=float, default=S,
+                   help=f"offset of the smoothed group variance (default {d['delta']:g})")
+    k.add_argument("--label-kernel", dest="label_kernel", default=S, metavar="K",
+                   help=f"kernel on the labels: cosine (Eq. 35) or linear (Eq. 36) (default {d['label_kernel']})")
     h = parser.add_argument_group("optimisation (App. D.4-D.5)")
     h.add_argument("--epochs", type=int, default=S, help="epochs (default 2; the paper: 100)")
     h.add_argument("--lr-local", dest="lr_local", type=float, default=S, metavar="ETA_L",
@@ -409,8 +421,9 @@ def run(args):
             if args.out is not None:
                 raise ValueError("give either --out or --resume, not both")
             rd = RunDir(args.resume)
-            cfg = rd.read_config()
+            cfg = upgrade_config(rd.read_config())
             validate_saved(cfg, rd.config_path)
+            options = canonical_options(options)
             changed = sorted(k for k in options if k not in _RESUMABLE and options[k] != cfg.get(k))
             if changed:
                 raise ValueError(f"cannot change {', '.join(changed)} when resuming (only --epochs)")

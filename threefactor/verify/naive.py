@@ -21,6 +21,7 @@ import numpy as np
 from threefactor.rule.activations import activate
 from threefactor.rule.batchnorm import EPS as BN_EPS
 from threefactor.rule.conv import conv_out_size
+from threefactor.rule.kernels import kernel_object
 
 
 def representation(x, w, rule):
@@ -45,28 +46,24 @@ def representation(x, w, rule):
     return z, fp, zhat, u, v
 
 
-def kernel_value(a, b, rule):
-    """k(a, b) for one pair (Eq. 24-26)."""
-    if rule.kernel == "gaussian":
-        d = a - b
-        return np.exp(-sum(d * d) / (2 * rule.sigma ** 2))
-    if rule.kernel == "linear":
-        return sum(a * b)
-    if rule.kernel == "cosine":
-        eps2 = rule.cosine_eps ** 2
-        return sum(a * b) / (np.sqrt(sum(a * a) + eps2) * np.sqrt(sum(b * b) + eps2))
-    return rule.kernel.matrix(np.stack([a, b]), np)[0, 1]
+def kernel_value(a, b, rule, kernel=None):
+    """k(a, b) for one pair (Eq. 24-26): the kernel's literal ``pair`` definition
+    (:meth:`threefactor.Kernel.pair`; for a kernel without one, ``matrix`` of the two rows)."""
+    kernel = kernel_object(rule, checked=False) if kernel is None else kernel
+    pair = getattr(kernel, "pair", None)
+    if pair is None:
+        return kernel.matrix(np.stack([a, b]), np)[0, 1]
+    return pair(a, b, np)
 
 
 def kernel_matrix(v, rule):
-    """K (m, m) pair by pair."""
+    """K (m, m) pair by pair, from whatever kernel the rule names."""
     m = v.shape[0]
-    if not isinstance(rule.kernel, str):
-        return rule.kernel.matrix(v, np)
+    kernel = kernel_object(rule, checked=False)
     K = np.empty((m, m), dtype=v.dtype)
     for i in range(m):
         for j in range(m):
-            K[i, j] = kernel_value(v[i], v[j], rule)
+            K[i, j] = kernel_value(v[i], v[j], rule, kernel)
     return K
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from threefactor.rule.activations import SELU_ALPHA, SELU_SCALE
+from threefactor.rule.kernels import kernel_object
 from threefactor.rule.rules import Rule
 from threefactor.install_hint import install_hint
 
@@ -75,22 +76,9 @@ def _representation(torch, z, rule):
 
 
 def _kernel(torch, v, rule):
-    """K (m, m) on the representation v (m, d) (Eq. 24-26)."""
-    kind = rule.kernel
-    if kind == "gaussian":
-        sq = (v * v).sum(dim=1)
-        d = (sq[:, None] + sq[None, :] - 2.0 * (v @ v.T)).clamp(min=0.0)
-        # d_ii = 0 exactly: from the GEMM it is a difference of two equal terms, whose gradient
-        # would carry their round-off (all of it when K ≈ I, every pair far apart relative to σ)
-        d = d.masked_fill(torch.eye(d.shape[0], dtype=torch.bool, device=d.device), 0.0)
-        return torch.exp(d * (-0.5 / rule.sigma ** 2))
-    if kind == "cosine":
-        e = v / torch.sqrt((v * v).sum(dim=1, keepdim=True) + rule.cosine_eps ** 2)
-        return e @ e.T
-    if kind == "linear":
-        return v @ v.T
-    # A user kernel object: its matrix() must work with xp=torch.
-    return kind.matrix(v, torch)
+    """K (m, m) on the representation v (m, d) (Eq. 24-26): the rule's kernel object evaluated
+    as ``matrix(v, torch)`` (the built-ins are written against ``xp``; a user kernel must be too)."""
+    return kernel_object(rule, checked=False).matrix(v, torch)
 
 
 def _label_kernel(torch, labels, n_classes, kind, dtype):
