@@ -108,6 +108,8 @@ def test_without_a_config_no_title_and_no_line(tmp_path):
         rd.append_metrics(r)
     rd.config_path.write_text("not json")          # an unreadable config costs the title, not the plot
     assert rd.plot().is_file()
+    fig = curves.curves_figure(_records(2), {"seed": 3, "mode": "online"})   # a partial config: what it says
+    assert fig._suptitle.get_text() == "online · seed 3" and _paper_lines(fig) == []
 
 
 def _write_idx(path, arr):

@@ -18,14 +18,17 @@ PAPER_LABEL = "paper"
 
 
 def _column(cfg):
-    return cfg.get("column") or column_name(cfg["rule"], cfg["grouping"])
+    """The run's Table 1 column, "" for a config that lacks rule or grouping."""
+    if cfg.get("column"):
+        return cfg["column"]
+    return column_name(cfg["rule"], cfg["grouping"]) if cfg.get("rule") and cfg.get("grouping") else ""
 
 
 def mode_text(cfg):
     """``"batch 256"`` or ``"online, 256 streams"`` (the mode of a resolved config)."""
     if cfg.get("mode", "batch") == "online":
         b = cfg.get("streams") or cfg.get("batch_size")
-        return f"online, {b} stream{'s' if b != 1 else ''}"
+        return f"online, {b} stream{'s' if b != 1 else ''}" if b else "online"
     return f"batch {cfg['batch_size']}" if cfg.get("batch_size") else "batch"
 
 
@@ -48,9 +51,8 @@ def paper_reference(cfg):
     epochs, other widths) do not remove the line; it is the paper's 5-seed mean all the same.
     """
     from threefactor.training.report import _network
-    try:
-        dataset, column = cfg["dataset"], _column(cfg)
-    except KeyError:
+    dataset, column = cfg.get("dataset"), _column(cfg)
+    if not dataset or not column:
         return None
     network = _network({**cfg, "mode": "batch"})
     cell = paper_cell(dataset, network, column)
