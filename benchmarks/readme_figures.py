@@ -17,7 +17,8 @@ figures and the command behind each (run in a child process on this checkout, ``
 Each group also has ``.commit`` and ``.machine`` figures saying where its numbers were measured.  A seeded
 figure must match digit for digit when the README's machine is this one; measured on another machine it is
 compared within a tolerance (rounding differs between CPUs and BLAS builds, and a run's trajectory with it).
-Timings are printed, never judged (and rewritten only where the README marks them).  Exit status 1 when a figure moved (or a command failed).
+Timings are printed, never judged (and rewritten only where the README marks them).  Exit status 1 when a
+figure moved (or a command failed).
 
     python benchmarks/readme_figures.py              # the cheap figures (~1-3 minutes on 2 cores)
     python benchmarks/readme_figures.py --full       # and the 100-epoch run

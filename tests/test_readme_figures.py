@@ -82,8 +82,10 @@ def _assert_matches(name):
     assert not rf.failed(rows), f"{rf.GROUP[name].command} no longer gives the README's figures:\n{table}\n{UPDATE}"
 
 
-@pytest.mark.skipif(not (FMNIST.is_dir() or Path(os.environ.get("THREEFACTOR_DATA", "/nonexistent"), "fmnist").is_dir()),
-                    reason="the real Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+_FULL_FMNIST = FMNIST.is_dir() or Path(os.environ.get("THREEFACTOR_DATA", "/nonexistent"), "fmnist").is_dir()
+
+
+@pytest.mark.skipif(not _FULL_FMNIST, reason="the real Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 def test_the_default_two_epoch_run_gives_the_readmes_accuracies():
     _assert_matches("train-default")
 
