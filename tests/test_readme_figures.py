@@ -85,7 +85,8 @@ def _assert_matches(name):
 _FULL_FMNIST = FMNIST.is_dir() or Path(os.environ.get("THREEFACTOR_DATA", "/nonexistent"), "fmnist").is_dir()
 
 
-@pytest.mark.skipif(not _FULL_FMNIST, reason="the real Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not _FULL_FMNIST,
+                    reason="the real Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 def test_the_default_two_epoch_run_gives_the_readmes_accuracies():
     _assert_matches("train-default")
 
