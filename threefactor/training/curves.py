@@ -48,7 +48,7 @@ def paper_reference(cfg):
     The cell is the row :mod:`threefactor.training.report` files the run under (dataset, network),
     read as a batch run: the paper reports no online numbers, so an online run is drawn against the
     batch rule's cell and the label says so.  Settings the paper did not use (``--subset``, fewer
-    epochs, other widths) do not remove the line; it is the paper's 5-seed mean all the same.
+    epochs, other hidden sizes) do not remove the line; it is the paper's 5-seed mean all the same.
     """
     from threefactor.training.report import _network
     dataset, column = cfg.get("dataset"), _column(cfg)
