@@ -102,7 +102,7 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
                                                         config=cfg))
                 saved = epoch
             if bad or epoch == cfg["epochs"] or time.perf_counter() - last_plot > 60:   # plotting: ~0.5 s
-                rd.plot(title=f"{cfg['dataset']} {cfg['column']} (seed {cfg['seed']})")
+                rd.plot(config=cfg)      # titled with mode and backend, the paper's cell drawn
                 last_plot = time.perf_counter()
             log(_epoch_line(cfg, record))
             if bad:

@@ -47,3 +47,19 @@ PAPER_SEEDS = 5
 def paper_cell(dataset, network, column):
     """(mean, max − min or None) the paper reports for this cell, or None where it reports none."""
     return PAPER.get((dataset, network), {}).get(column)
+
+
+# The main text's tables: Table 1 is Table 4 without the "grp" columns; Table 2 is Table 7's SGD rows
+# (1x and 2x wide nets) for backprop and the grp+div kernels.
+_TABLE1_COLUMNS = tuple(c for c in _MLP_COLUMNS if not c.endswith(" grp"))
+_TABLE2 = {net: ("backprop", "backprop grp+div", "cossim grp+div", "gaussian grp+div") for net in ("vgg", "vgg ×2")}
+
+
+def paper_table(dataset, network, column):
+    """Which of the paper's tables prints this cell: "Table 1" or "Table 2" (main text) where they do,
+    else "Table 4" or "Table 7" (App. D); None where the paper reports no number for it."""
+    if paper_cell(dataset, network, column) is None:
+        return None
+    if network == "":
+        return "Table 1" if column in _TABLE1_COLUMNS else "Table 4"
+    return "Table 2" if column in _TABLE2.get(network, ()) else "Table 7"

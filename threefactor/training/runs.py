@@ -37,7 +37,6 @@ import csv
 import errno
 import io
 import json
-import math
 import os
 import zipfile
 import zlib
@@ -244,41 +243,22 @@ class RunDir:
         return params, optimizers, meta
 
     # -- plot ------------------------------------------------------------
-    def plot(self, title=""):
-        """Write curves.png: accuracies, training loss and local objectives per epoch."""
+    def plot(self, title="", config=None):
+        """Write curves.png (:mod:`threefactor.training.curves`); returns its path, None before any epoch.
+
+        ``config`` (default: this run's config.json, when readable) titles the figure with the run's
+        mode and backend and draws the paper's number for its cell; ``title`` replaces that title.
+        """
         records = self.read_metrics()
         if not records:
             return None
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        ep = [r["epoch"] for r in records]
-
-        def values(key):   # null (a diverged epoch) is drawn as a gap
-            return [math.nan if r.get(key) is None else r[key] for r in records]
-        n_obj = len(records[-1].get("local_objective") or [])
-        fig = Figure(figsize=(12 if n_obj else 8, 3.6))
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, 3 if n_obj else 2)
-        axes[0].plot(ep, values("test_accuracy"), "o-", label="test")
-        axes[0].plot(ep, values("train_accuracy"), "s--", label="train (during epoch)")
-        axes[0].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-        axes[0].legend()
-        axes[1].plot(ep, values("train_loss"), "o-")
-        axes[1].set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
-        if n_obj:
-            for k in range(n_obj):
-                axes[2].plot(ep, [math.nan if not r.get("local_objective") or r["local_objective"][k] is None
-                                  else r["local_objective"][k] for r in records], "o-", label=f"layer {k + 1}")
-            axes[2].set(xlabel="epoch", ylabel="L = pHSIC(Z,Z) - γ pHSIC(Y,Z)", title="local objectives")
-            axes[2].legend()
-        from matplotlib.ticker import MaxNLocator
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
+        from threefactor.training.curves import curves_figure
+        if config is None and self.config_path.is_file():
+            try:
+                config = self.read_config()
+            except ValueError:          # an unreadable config costs the title, not the plot
+                config = None
+        fig = curves_figure(records, config, title)
         out = self.path / "curves.png"
         _atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=90))
         return out
