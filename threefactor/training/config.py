@@ -141,7 +141,7 @@ def resolve_config(**options):
     if not isinstance(cfg["batchnorm"], bool):
         raise TypeError(f"batchnorm must be True or False, got {cfg['batchnorm']!r}")
     if cfg["batchnorm"] and cfg["rule"] == "last-layer":
-        raise ValueError("batchnorm needs rule 'backprop', 'cossim' or 'gaussian': with 'last-layer' the "
+        raise ValueError("batchnorm needs rule 'backprop', 'cosine' or 'gaussian': with 'last-layer' the "
                          "hidden layers stay at their random start and batchnorm would have nothing to learn")
     for key, value in fields.items():
         if key not in given and not (key == "lr_local" and cfg["mode"] == "online"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from threefactor.training.paper_results import PAPER_SEEDS, paper_cell, paper_table
+from threefactor.training.naming import network_label
 from threefactor.training.presets import column_name
 
 #: Style of the paper's reference line (tests find it by its label's prefix).
@@ -34,8 +35,7 @@ def mode_text(cfg):
 
 def run_title(cfg):
     """One line naming a run: ``fmnist gaussian grp+div · batch 256 · numba float32 · seed 0``."""
-    from threefactor.training.report import _network
-    network = _network({**cfg, "mode": "batch"})     # architecture (and batchnorm); the mode comes next
+    network = network_label({**cfg, "mode": "batch"})     # architecture (and batchnorm); the mode comes next
     what = " ".join(str(p) for p in (cfg.get("dataset"), network, _column(cfg)) if p)
     backend = " ".join(str(cfg[k]) for k in ("backend", "dtype") if cfg.get(k))
     parts = [what, mode_text(cfg), backend, f"seed {cfg['seed']}" if cfg.get("seed") is not None else ""]
@@ -50,11 +50,10 @@ def paper_reference(cfg):
     batch rule's cell and the label says so.  Settings the paper did not use (``--subset``, fewer
     epochs, other hidden sizes) do not remove the line; it is the paper's 5-seed mean all the same.
     """
-    from threefactor.training.report import _network
     dataset, column = cfg.get("dataset"), _column(cfg)
     if not dataset or not column:
         return None
-    network = _network({**cfg, "mode": "batch"})
+    network = network_label({**cfg, "mode": "batch"})
     cell = paper_cell(dataset, network, column)
     if cell is None or isinstance(cell[0], str):       # none, or a bound such as "<40"
         return None

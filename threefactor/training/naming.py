@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from threefactor.data.sample import BUNDLED
 from threefactor.data.registry import canonical_dataset, dataset_slug
 from threefactor.names import is_object_spec
 from threefactor.rule.kernels import KERNEL_NAMES, resolve_kernel
@@ -131,3 +132,19 @@ def _rule_text(cfg):
     if cfg.get("kernel") and cfg["kernel"] != cfg["rule"]:
         changed.insert(0, f"kernel {cfg['kernel']}")
     return ", ".join(changed) + ", " if changed else ""
+
+
+def network_label(cfg):
+    """What besides the dataset tells runs apart in a row: the architecture and the mode."""
+    parts = []
+    arch = cfg.get("arch", "mlp") or "mlp"
+    if arch != "mlp":
+        width = cfg.get("width", 1) or 1
+        parts.append(arch + (f" ×{width}" if width != 1 else ""))
+    if cfg.get("mode", "batch") == "online":
+        parts.append("online")
+    if cfg.get("batchnorm", False):
+        parts.append("batchnorm")
+    if cfg.get("data") == BUNDLED:      # the 10k sample is another training set, never a seed of the full one
+        parts.append("bundled 10k sample")
+    return ", ".join(parts)

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from threefactor.cli.main import UsageError, at_least
-from threefactor.data.sample import BUNDLED
+from threefactor.training.naming import network_label
 from threefactor.training.paper_results import PAPER_SEEDS, paper_cell
 from threefactor.data.registry import dataset_title
 from threefactor.training.presets import COLUMNS, DATASETS, column_name
@@ -34,7 +34,7 @@ METRICS = ("final", "best")
 #: config.json keys that do not change what a run learns: runs that differ only in these (and the
 #: seed) are seeds of one configuration.  The backends compute the same update.
 NOT_SETTINGS = frozenset({"seed", "data_root", "backend", "eval_batch_size", "version", "preset_note",
-                          "data", "data_source"})    # data: part of the row's network (_network)
+                          "data", "data_source"})    # data: part of the row's network (naming.network_label)
 
 
 def find_runs(paths):
@@ -95,7 +95,7 @@ def summarize(runs, metric="final"):
     """{((dataset, network), column): {"values", "epochs", "planned", "seeds", "runs", "network",
     "split"}}: per cell the runs' values, last and planned epochs, seeds and directories.
 
-    ``network`` is the architecture and mode (:func:`_network`); when the runs of a cell differ in
+    ``network`` is the architecture and mode (:func:`~threefactor.training.naming.network_label`); when the runs of a cell differ in
     a setting (anything in config.json but :data:`NOT_SETTINGS`), every run of that dataset and
     network is told apart by those settings: ``split`` (``"hidden=512, subset=1000"``) joins the
     network in the row key.  ValueError when one configuration has the same seed twice.
@@ -109,7 +109,7 @@ def summarize(runs, metric="final"):
             continue
         cfg, value, last = read
         settings = {k: _frozen(v) for k, v in cfg.items() if k not in NOT_SETTINGS}
-        entries.append((rd, cfg, (cfg["dataset"], _network(cfg)),
+        entries.append((rd, cfg, (cfg["dataset"], network_label(cfg)),
                         cfg.get("column") or column_name(cfg["rule"], cfg["grouping"]), settings, value, last))
     # the settings that differ between runs of one cell split their (dataset, network) into rows
     by_cell, split = {}, {}
@@ -138,20 +138,6 @@ def summarize(runs, metric="final"):
     return cells
 
 
-def _network(cfg):
-    """What besides the dataset tells runs apart in a row: the architecture and the mode."""
-    parts = []
-    arch = cfg.get("arch", "mlp") or "mlp"
-    if arch != "mlp":
-        width = cfg.get("width", 1) or 1
-        parts.append(arch + (f" ×{width}" if width != 1 else ""))
-    if cfg.get("mode", "batch") == "online":
-        parts.append("online")
-    if cfg.get("batchnorm", False):
-        parts.append("batchnorm")
-    if cfg.get("data") == BUNDLED:      # the 10k sample is another training set, never a seed of the full one
-        parts.append("bundled 10k sample")
-    return ", ".join(parts)
 
 
 def _paper_text(cell, digits):
