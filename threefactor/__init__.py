@@ -28,6 +28,7 @@ _LAZY = {
     "load_dataset": "data.datasets", "DataError": "data.datasets",
     "TwoPointRule": "rule.online", "OnlineLayer": "nn.online_layer", "CircuitRecord": "nn.online_layer",
     "make_online": "nn.online_layer",
+    "sweep": "training.sweep",
 }
 
 __all__ = [
