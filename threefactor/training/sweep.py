@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from threefactor.training.atomic import atomic_create, atomic_write, write_json
-from threefactor.training.sweep_spec import SpecError, expand, read_spec, resolve, select, train_parser
+from threefactor.training.sweep_spec import SpecError, check_resolved, expand, read_spec, resolve, select, train_parser
 from threefactor.training.sweep_task import FINISHED, TODO, RunConflict, run_one, run_state
 
 LOCK = ".sweep.lock"
@@ -74,6 +74,7 @@ def plan(spec, out, only=()):
     runs = select(resolve(expand(spec, parser), parser), only)
     if not runs:
         raise SpecError(f"no run of {spec.source} matches --only {' '.join(only)}")
+    check_resolved(runs)
     states, conflicts = [], []
     for run in runs:
         try:

@@ -150,6 +150,7 @@ class Run:
     options: dict               # spec key (underscores) -> TOML value, seed included
     argv: list                  # the equivalent `threefactor train` flags (without --out)
     config: dict = field(default=None)
+    error: str = field(default=None)
 
     def command(self, out):
         """The ``threefactor train`` command line that trains this run alone."""
@@ -311,21 +312,27 @@ def _with_nearest(message):
     return message + (f" (nearest: {', '.join(close)})" if close else "")
 
 
-def resolve(runs, parser=None, limit=5):
-    """Resolve every run's config (like ``threefactor train``); SpecError listing the invalid runs."""
+def resolve(runs, parser=None):
+    """Resolve every run's config (like ``threefactor train``): ``run.config``, or ``run.error`` (the
+    reason, with the nearest valid names) for a run that is not a valid configuration."""
     from threefactor.backends import BackendUnavailable
     from threefactor.training.config import DEFAULTS, resolve_config
     parser = parser or train_parser()
-    bad = []
     for run in runs:
         args = parse_tokens(parser, run.argv, run.name)
         options = {k: v for k, v in vars(args).items() if k in DEFAULTS}
         if options.get("data_root"):        # workers may start elsewhere: the path as seen from here
             options["data_root"] = os.path.abspath(options["data_root"])
         try:
-            run.config = resolve_config(**options)
+            run.config, run.error = resolve_config(**options), None
         except (ValueError, TypeError, BackendUnavailable) as exc:
-            bad.append(f"{run.name}: {_with_nearest(str(exc))}")
+            run.config, run.error = None, _with_nearest(str(exc))
+    return runs
+
+
+def check_resolved(runs, limit=5):
+    """SpecError listing the runs that are not valid configurations (:func:`resolve`)."""
+    bad = [f"{run.name}: {run.error}" for run in runs if run.error]
     if bad:
         shown = "\n  ".join(bad[:limit]) + (f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else "")
         raise SpecError(f"{len(bad)} of the {len(runs)} runs are not valid train configurations (nothing was "
