@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ threadpoolctl = pytest.importorskip("threadpoolctl")
 from threefactor.cli import main as cli  # noqa: E402
 from threefactor.training import sweep_spec  # noqa: E402
 from threefactor.training.runs import RunDir  # noqa: E402
-from threefactor.training.sweep import SpecError, plan, sweep  # noqa: E402
+from threefactor.training.sweep import SpecError, _take_lock, plan, sweep  # noqa: E402
 from threefactor.training.sweep_cluster import gpu_workers, task_resources  # noqa: E402
 from threefactor.training.sweep_spec import expand, read_spec, resolve  # noqa: E402
 
@@ -206,7 +207,7 @@ def cluster():
         yield c
 
 
-def test_sweep_equals_serial_train_and_a_finished_sweep_trains_nothing(data_root, tmp_path, cluster):
+def test_sweep_equals_serial_train_and_a_finished_sweep_trains_nothing(data_root, tmp_path, cluster, capsys):
     spec = _spec(data_root, epochs=2, seeds=(1,))
     spec["axes"]["lr-out"] = [0.05, 1e9]           # the second diverges: recorded, not retried
     spec["base"].pop("lr-out")
@@ -223,7 +224,14 @@ def test_sweep_equals_serial_train_and_a_finished_sweep_trains_nothing(data_root
             _assert_same_run(out / run.name, alone)
     assert {r["status"] for r in json.loads((out / "sweep.json").read_text())["runs"]} == {"done", "diverged"}
     assert (out / "table.csv").read_text().startswith("dataset,row,column,mean")
+    (out / "table.csv").unlink()
+    (out / "curves.png").unlink()
+    assert cli.main(["table", str(out)]) == 0                    # a sweep's folder: table, CSV and figure again
+    assert "| MNIST (lr_out=0.05) | " in capsys.readouterr().out
     assert (out / "curves.png").stat().st_size > 0
+    lines = (out / "table.csv").read_text().splitlines()
+    assert lines[0] == "dataset,row,column,mean,max_min,n,seeds,epochs,paper_mean,paper_max_min"
+    assert lines[1].startswith("mnist,lr_out=0.05,backprop,") and lines[1].endswith(",98.6,0.2")
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*") if p.name != "sweep.log"}
     again = sweep(spec, out, scheduler="tcp://127.0.0.1:1", log=_quiet, progress=False, table=False)
     assert again.ok and not any(r["trained"] for r in again.runs)   # no cluster needed: nothing to train
@@ -343,3 +351,14 @@ def test_a_directory_holding_another_run_is_never_overwritten(data_root, tmp_pat
     assert (out / run.name / "metrics.jsonl").read_text() == before
     spec["base"]["epochs"] = 3
     assert [s.status for s in plan(spec, tmp_path / "other")[1]] == ["new", "new"]
+    # one folder, one sweep at a time: a live sweep's lock is respected, a dead one's taken over
+    (tmp_path / "other").mkdir()
+    lock = tmp_path / "other" / ".sweep.lock"
+    lock.write_text(json.dumps({"token": "x", "host": socket.gethostname(), "pid": os.getpid(), "started": "t"}))
+    with pytest.raises(SpecError, match=f"is being swept by pid {os.getpid()}"):
+        sweep(spec, tmp_path / "other", log=_quiet)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"token": "x", "host": socket.gethostname(), "pid": int(dead.stdout), "started": "t"}))
+    assert sweep(spec, tmp_path / "other", dry_run=True, log=_quiet).counts == {"new": 2}
+    _take_lock(tmp_path / "other", "mine")
+    assert json.loads(lock.read_text())["token"] == "mine"

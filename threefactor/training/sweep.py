@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from threefactor.training.atomic import atomic_create, atomic_write, write_json
-from threefactor.training.sweep_spec import SpecError, check_resolved, expand, read_spec, resolve, select, train_parser
+from threefactor.training.sweep_filter import select
+from threefactor.training.sweep_spec import SpecError, check_resolved, expand, read_spec, resolve, train_parser
 from threefactor.training.sweep_task import FINISHED, TODO, RunConflict, run_one, run_state
 
 LOCK = ".sweep.lock"
@@ -94,6 +95,7 @@ def _describe(cfg):
     return (f"{cfg['dataset']} {cfg['column']}, {net}, lr_out {cfg['lr_out']:g}"
             + (f", lr_local {cfg['lr_local']:g}" if cfg.get("lr_local") is not None else "")
             + (f", groups {cfg['groups']}" if cfg.get("groups") else "")
+            + (", batchnorm" if cfg.get("batchnorm") else "") + (", online" if cfg.get("mode") == "online" else "")
             + f", {cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, {cfg['backend']}")
 
 
@@ -183,6 +185,11 @@ def sweep(spec, out=None, *, workers=None, threads_per_run=1, scheduler=None, ru
     gpu = any(r.config.get("backend") == "cupy" for r in runs)
     if runs_per_gpu is not None and not gpu:
         raise SpecError("runs_per_gpu (--runs-per-gpu) needs GPU runs: set backend = \"cupy\" in the spec")
+    if gpu and scheduler is None and not dry_run:
+        from threefactor.training.sweep_cluster import gpu_count
+        if gpu_count() == 0:
+            raise SpecError("the sweep has runs with backend = \"cupy\" but no GPU is visible here: run it on "
+                            "a GPU machine, or give --scheduler ADDRESS of a cluster with GPU workers")
     result = SweepResult(out, [dict(name=r.name, path=str(out / r.name), status=s.status, detail=s.detail,
                                     trained=False) for r, s in zip(runs, states)], dry_run)
     todo = [(run, rec) for run, s, rec in zip(runs, states, result.runs) if s.status in TODO]
