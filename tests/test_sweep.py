@@ -362,3 +362,18 @@ def test_a_directory_holding_another_run_is_never_overwritten(data_root, tmp_pat
     assert sweep(spec, tmp_path / "other", dry_run=True, log=_quiet).counts == {"new": 2}
     _take_lock(tmp_path / "other", "mine")
     assert json.loads(lock.read_text())["token"] == "mine"
+
+
+def test_a_failing_run_is_reported_and_the_sweep_exits_1(data_root, tmp_path, cluster, capsys):
+    spec = _spec(data_root, epochs=1, seeds=(0,), subset=5000)      # more samples than the 600 there are
+    spec["axes"] = {"column": spec["axes"]["column"][:1]}
+    path = tmp_path / "spec.toml"
+    path.write_text(_toml(spec))
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(path), "--out", str(out), "--scheduler", cluster.scheduler_address,
+                     "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert "1 runs: 0 done (0 trained now, 0 already finished), 0 diverged, 1 failed" in printed
+    assert "subset=5000 (--subset) is more than the 600 samples" in printed and "sweep.log" in printed
+    assert json.loads((out / "sweep.json").read_text())["summary"] == {"failed": 1}
+    assert not (out / ".sweep.lock").exists()

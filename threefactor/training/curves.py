@@ -24,6 +24,16 @@ def cell_curve(paths):
             [min(per_epoch[e]) for e in epochs], [max(per_epoch[e]) for e in epochs])
 
 
+def _dataset_title(name):
+    """A dataset's title as the tables write it."""
+    from threefactor.training import report
+    titles = getattr(report, "DATASET_TITLES", None)
+    if titles is not None:
+        return titles.get(name, name)
+    from threefactor.data.registry import dataset_title     # where the dataset registry names them
+    return dataset_title(name)
+
+
 def plot_cells(cells, path):
     """Write the figure of :func:`threefactor.training.report.summarize`'s ``cells`` to ``path``
     (PNG, atomically); returns ``path``."""
@@ -32,7 +42,6 @@ def plot_cells(cells, path):
     from matplotlib.ticker import MaxNLocator
 
     from threefactor.training.atomic import atomic_write
-    from threefactor.training.report import DATASET_TITLES
     rows = sorted({row for row, _ in cells})
     ncols = min(2, len(rows))
     nrows = math.ceil(len(rows) / ncols)
@@ -49,7 +58,7 @@ def plot_cells(cells, path):
             line, = ax.plot(epochs, mean, "o-" if len(epochs) < 30 else "-", ms=3,
                             label=f"{column} (n={len(cell['runs'])})")
             ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
-        title = DATASET_TITLES.get(row[0], row[0]) + (f" ({row[1]})" if row[1] else "")
+        title = _dataset_title(row[0]) + (f" ({row[1]})" if row[1] else "")
         ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

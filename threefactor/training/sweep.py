@@ -177,6 +177,8 @@ def sweep(spec, out=None, *, workers=None, threads_per_run=1, scheduler=None, ru
             raise SpecError("out: give the folder for the run directories (out=...)")
         out = Path("sweeps") / Path(spec).stem
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"out (--out) {out}: is a file; expected a folder for the run directories")
     for name, value, low in (("workers", workers, 1), ("threads_per_run", threads_per_run, 1),
                              ("runs_per_gpu", runs_per_gpu, 1), ("retries", retries, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
@@ -246,6 +248,7 @@ def sweep(spec, out=None, *, workers=None, threads_per_run=1, scheduler=None, ru
 def _execute(todo, out, lock, token, *, workers, threads_per_run, scheduler, gpu, runs_per_gpu, retries,
              progress, log):
     """Submit one task per run and follow them to the end (records each run's status in place)."""
+    from distributed import TimeoutError as DaskTimeout
     from distributed import wait
     from tqdm.auto import tqdm
     from threefactor.training.sweep_cluster import connect, dashboard, running, task_resources
@@ -271,7 +274,7 @@ def _execute(todo, out, lock, token, *, workers, threads_per_run, scheduler, gpu
                 try:
                     done, pending = wait(pending, timeout=1, return_when="FIRST_COMPLETED")
                     pending = set(pending)
-                except TimeoutError:
+                except (TimeoutError, DaskTimeout):      # the same class from Python 3.11 on
                     done = ()
                 for f in done:
                     run, rec = futures[f]

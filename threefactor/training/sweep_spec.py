@@ -138,7 +138,11 @@ def parse_tokens(parser, tokens, shown):
     try:
         return parser.parse_args(tokens)
     except SpecError as exc:
-        raise SpecError(f"{shown}: {exc}") from None
+        message = str(exc)
+        m = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
+        if m:
+            message += _hint(m.group(1), [c.strip(" '\"") for c in m.group(2).split(",")])
+        raise SpecError(f"{shown}: {message}") from None
 
 
 @dataclass

@@ -63,6 +63,15 @@ def checkpoint_epoch(rd):
         return -1
 
 
+def saved_config(rd):
+    """``rd``'s config.json, in today's names where the configuration module can upgrade older ones
+    (as ``threefactor train --resume`` reads it)."""
+    from threefactor.training import config
+    saved = rd.read_config()
+    upgrade = getattr(config, "upgrade_config", None)
+    return upgrade(saved) if upgrade is not None else saved
+
+
 def run_state(path, cfg):
     """The :class:`State` of run directory ``path`` for the resolved config ``cfg``.
 
@@ -74,7 +83,7 @@ def run_state(path, cfg):
             raise RunConflict(f"{rd.path}: holds metrics or a checkpoint but no config.json, so not a run "
                               f"this sweep can continue; move it away")
         return State("new")
-    saved = rd.read_config()
+    saved = saved_config(rd)
     diff = differences(saved, cfg)
     if diff:
         raise RunConflict(f"{rd.path}: holds a run of another configuration ({'; '.join(diff[:3])}"
@@ -159,7 +168,7 @@ def run_one(path, cfg, lock=None, token=None, threads=None):
         try:
             data = _data(cfg, log)
             if state.status == "resume":
-                saved = rd.read_config()
+                saved = saved_config(rd)
                 validate_saved(saved, rd.config_path)
                 saved["epochs"] = cfg["epochs"]
                 _validate(saved)
