@@ -18,7 +18,6 @@ pytest.importorskip("distributed")
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 from threefactor.cli import main as cli  # noqa: E402
-from threefactor.training import sweep_spec  # noqa: E402
 from threefactor.training.runs import RunDir  # noqa: E402
 from threefactor.training.sweep import SpecError, _take_lock, plan, sweep  # noqa: E402
 from threefactor.training.sweep_cluster import gpu_workers, task_resources  # noqa: E402

@@ -156,11 +156,6 @@ class Run:
     config: dict = field(default=None)
     error: str = field(default=None)
 
-    def command(self, out):
-        """The ``threefactor train`` command line that trains this run alone."""
-        import shlex
-        return "threefactor train " + " ".join(map(shlex.quote, self.argv + ["--out", str(out)]))
-
 
 @dataclass
 class Spec:
