@@ -30,6 +30,7 @@ _LAZY = {
     "TwoPointRule": "rule.online", "OnlineLayer": "nn.online_layer", "CircuitRecord": "nn.online_layer",
     "make_online": "nn.online_layer",
     "register_dataset": "data.registry", "dataset_names": "data.registry",
+    "sweep": "training.sweep",
 }
 
 __all__ = [

@@ -180,6 +180,12 @@ def gpu_info():
     return _gpu_info()
 
 
+def gpu_count():
+    """Number of GPUs CuPy sees here (0 where it sees none or is not installed)."""
+    from threefactor.backends.cupy import gpu_count as _gpu_count
+    return _gpu_count()
+
+
 def set_compute_threads(n):
     """Use ``n`` threads in the compiled kernels of the CPU backends (Numba); returns
     ``{"numba": threads}`` or ``{}`` where Numba is missing."""

@@ -734,6 +734,14 @@ class CupyBackend(Backend):
         return graph.launch
 
 
+def gpu_count():
+    """Number of GPUs CuPy sees (0 without cupy, a driver or a device)."""
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no cupy, no driver, no device: all mean "no GPU here"
+        return 0
+
+
 def gpu_info():
     """Name, memory and CUDA versions of GPU 0 through CuPy, or ``None`` without one."""
     try:

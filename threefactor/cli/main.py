@@ -25,6 +25,7 @@ COMMANDS = {
     "check": ("threefactor.cli.check", "prove every rule's update equals -dL/dW (finite differences, complex step, autograd)"),
     "bench": ("threefactor.cli.bench", "measure update throughput against the GEMM floor and autograd"),
     "table": ("threefactor.training.report", "print a Table 1-style Markdown table from run directories"),
+    "sweep": ("threefactor.cli.sweep", "train every run of a TOML spec (axes x seeds) on Dask, resumable"),
 }
 
 #: the status of bad use (argparse's)

@@ -9,7 +9,8 @@ reads ``mean (max − min)`` over the runs (seeds) in it, like Tables 1 and 5.
 A directory without ``config.json`` is searched one level down, so
 ``threefactor table runs/`` works. Runs trained on the bundled 10k sample of
 Fashion-MNIST (``"data": "bundled-sample"`` in config.json) get their own row,
-titled so.
+titled so.  A sweep's folder (``threefactor sweep``; it holds ``sweep.json``) also gets ``table.md``, ``table.csv`` and ``curves.png`` written into it, the
+table with the paper's numbers; ``--csv`` and ``--figure`` write those for any runs.
 
 Only seeds of one configuration are averaged: runs that share a cell but differ
 in any other setting of ``config.json`` (say ``hidden``, ``subset`` or
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from threefactor.cli.main import UsageError, at_least
+from threefactor.cli.main import UsageError, at_least, output_file
 from threefactor.training.naming import network_label
 from threefactor.training.paper_results import PAPER_SEEDS, paper_cell
 from threefactor.data.registry import dataset_title
@@ -205,6 +206,52 @@ def markdown_table(cells, metric="final", digits=1, paper=False):
     return "\n".join(lines) + "\n"
 
 
+CSV_COLUMNS = ("dataset", "row", "column", "mean", "max_min", "n", "seeds", "epochs", "paper_mean", "paper_max_min")
+
+
+def csv_table(cells, digits=2):
+    """The cells of :func:`summarize` as CSV text: one line per cell, with the paper's numbers where it
+    has the cell (:mod:`threefactor.training.paper_results`)."""
+    import csv
+    import io
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    order = {column_name(r, g): i for i, (r, g) in enumerate(COLUMNS)}
+    for (row, column), cell in sorted(cells.items(), key=lambda kv: (_row_order(kv[0][0], cells),
+                                                                     order.get(kv[0][1], 99), kv[0][1])):
+        v = cell["values"]
+        cited = paper_cell(row[0], cell["network"], column)
+        paper_mean, paper_spread = cited if cited is not None else ("", None)
+        writer.writerow([row[0], row[1], column, round(sum(v) / len(v), digits), round(max(v) - min(v), digits),
+                         len(v), " ".join(map(str, cell["seeds"])), " ".join(map(str, sorted(set(cell["epochs"])))),
+                         paper_mean, "" if paper_spread is None else paper_spread])
+    return buf.getvalue()
+
+
+#: a folder holding this file is a sweep's output folder (``threefactor sweep``)
+SWEEP_FILE = "sweep.json"
+
+
+def write_sweep_outputs(folder, metric="final", digits=1):
+    """Write ``table.md``, ``table.csv`` and ``curves.png`` of the runs under ``folder`` (atomically);
+    (the Markdown table with the paper's numbers, [paths written]).  ValueError when no run has
+    finished an epoch."""
+    from threefactor.training.atomic import atomic_write
+    from threefactor.training.cell_curves import plot_cells
+    folder = Path(folder)
+    cells = summarize(find_runs([folder]), metric)
+    if not cells:
+        raise ValueError(f"no finished epoch in the runs under {folder}")
+    text = markdown_table(cells, metric, digits, paper=True)
+    written = []
+    for name, content in (("table.md", text), ("table.csv", csv_table(cells))):
+        atomic_write(folder / name, lambda f, c=content: f.write(c.encode()))
+        written.append(folder / name)
+    written.append(plot_cells(cells, folder / "curves.png"))
+    return text, written
+
+
 def configure_parser(parser):
     parser.epilog = ("Runs that share a cell but differ in a setting besides the seed go to separate rows; "
                      "two runs of one configuration with the same seed are an error. Exit status 2 when no "
@@ -217,6 +264,11 @@ def configure_parser(parser):
                         help="decimals shown")
     parser.add_argument("--paper", action="store_true",
                         help="under each row, the paper's numbers for the same cells (Tables 4-5, 7-8)")
+    parser.add_argument("--csv", metavar="FILE", type=output_file, default=None,
+                        help="also write the table as CSV (one line per cell, the paper's numbers beside it)")
+    parser.add_argument("--figure", metavar="FILE", type=output_file, default=None,
+                        help="also write a figure of test accuracy against epoch per cell (PNG: mean over "
+                             "seeds, min-max band)")
     return parser
 
 
@@ -228,5 +280,21 @@ def run(args):
     if not cells:
         raise UsageError(f"no finished epoch in the runs under {', '.join(args.runs)} (metrics.jsonl is "
                          "written after each epoch)")
-    print(markdown_table(cells, args.metric, args.digits, args.paper), end="")
+    sweep_dirs = [p for p in args.runs if (Path(p) / SWEEP_FILE).is_file()]
+    if len(sweep_dirs) == 1 and len(args.runs) == 1:     # a sweep's folder: its table, CSV and figure
+        try:
+            text, written = write_sweep_outputs(sweep_dirs[0], args.metric, args.digits)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(text, end="")
+        print(f"written: {', '.join(map(str, written))}")
+    else:
+        print(markdown_table(cells, args.metric, args.digits, args.paper), end="")
+    if args.csv:
+        from threefactor.training.atomic import atomic_write
+        text = csv_table(cells)
+        atomic_write(args.csv, lambda f: f.write(text.encode()))
+    if args.figure:
+        from threefactor.training.cell_curves import plot_cells
+        plot_cells(cells, args.figure)
     return 0
