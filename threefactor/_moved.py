@@ -25,7 +25,7 @@ MOVED = {
     "pairwise": "verify.naive", "torch_ref": "verify.torch_ref", "check": "verify.gradcheck",
     "check_batchnorm": "verify.gradcheck_batchnorm",
     "bench_step": "bench.step", "timing": "bench.timing", "machine": "bench.machine",
-    "targets": "bench.targets", "heap": "bench.malloc",
+    "targets": "bench.targets",
     "check_cli": "cli.check", "bench_cli": "cli.bench",
 }
 

@@ -292,7 +292,7 @@ def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activat
 
 def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
                  slope=0.01, groups=None, p=0.2, delta=1.0, backend="numpy",
-                 n_classes=None, label_kernel="cosine", padding=1, pool=None):
+                 n_classes=None, label_kernel="cosine", padding=1, pool=None, out=None):
     """Explicit 3-factor update ΔW = -dL/dW, exactly (Eq. 10, 12, 22, 40-48).
 
     Same parameters as :func:`local_objective`.  Returns an array (n_out, n_in)
@@ -300,15 +300,45 @@ def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
     Computed as ΔW = postᵀ x with post = -dL/da, the third factor folded in
     through the graph Laplacian of A = (2 k̊z - γ k̊y) ⊙ K / m²: one update GEMM
     plus one kernel GEMM, never a pair loop.  A conv layer returns (C_out, C_in, kh, kw).
+
+    ``out``: an array of the backend (numpy for numpy/numba) with the result's shape and
+    dtype, C-contiguous and writeable, not sharing memory with ``x``: the update GEMM
+    writes into it (same numbers as without ``out``) and it is returned.  For calls in
+    a loop; on the CPU the first such call also keeps freed buffers in the process's
+    heap (:func:`threefactor.heap.keep_for_loops`), so later calls pay no fresh page
+    faults.  A conv layer's update is copied into ``out``.
     """
     if _conv_layer(x, w, pool, padding):
         rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
-        return _conv("local_update", x, w, y, rule, padding, pool, backend, n_classes)
+        dw = _conv("local_update", x, w, y, rule, padding, pool, backend, n_classes)
+        if out is None:
+            return dw
+        _check_out(get_backend(backend), out, dw.shape, dw.dtype, x)
+        out[...] = dw
+        return out
     _, be, x, lp, to_user, check = _pass(x, w, y, kernel, sigma, gamma, activation, slope, groups, p,
                                          delta, backend, n_classes, label_kernel)
-    dw = be.hebbian(lp.post(), x)
+    if out is not None:
+        _check_out(be, out, (lp.a.shape[1], x.shape[1]), x.dtype, x)
+    dw = be.hebbian(lp.post(), x, out=out)
     check()
-    return to_user(dw)
+    return dw if out is not None else to_user(dw)
+
+
+def _check_out(be, out, shape, dtype, x):
+    """A clear error unless ``out`` can take the update: backend array, shape, dtype, layout."""
+    if not be.is_native(out) or isinstance(out, np.matrix):
+        raise TypeError(f"out must be a {be.xp.__name__} array (backend {be.name!r}), got {type_name(out)}")
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype).name} (the update's), "
+                         f"got shape {tuple(out.shape)} and dtype {out.dtype}")
+    if not out.flags.c_contiguous or (be.xp is np and not out.flags.writeable):
+        raise ValueError("out must be C-contiguous and writeable")
+    if be.xp.may_share_memory(out, x):
+        raise ValueError("out must not share memory with x (the update reads x while writing out)")
+    if be.xp is np:
+        from threefactor.heap import keep_for_loops
+        keep_for_loops()
 
 
 def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",

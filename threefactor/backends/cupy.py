@@ -476,9 +476,9 @@ class CupyBackend:
         (_KEEP_SELECT if len(pairs) == 1 else _KEEP_SELECT2)(seed, threshold, *values, *outs)
         return outs
 
-    def matmul(self, a, b):
-        """Matrix product (cuBLAS GEMM)."""
-        return cupy.matmul(a, b)
+    def matmul(self, a, b, out=None):
+        """Matrix product (cuBLAS GEMM), into ``out`` when given."""
+        return cupy.matmul(a, b, out=out)
 
     def forward(self, x, w, activation, slope):
         """a = x wᵀ (cuBLAS), then z = f(a) and f'(a) in one kernel.  Returns (a, z, fp)."""
@@ -618,9 +618,9 @@ class CupyBackend:
         post = _POST_GROUPED(zhat.reshape(m, c, g), coef[:, :, None], fp.reshape(m, c, g))
         return post.reshape(m, n)
 
-    def hebbian(self, post, x):
-        """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one cuBLAS GEMM."""
-        return self.matmul(post.T, x)
+    def hebbian(self, post, x, out=None):
+        """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one cuBLAS GEMM (into ``out``)."""
+        return self.matmul(post.T, x, out=out)
 
     # 2×2 max pooling: conv.py dispatches to the CuPy kernels of backends/_conv_cupy.py on self.xp
     im2col = NumpyBackend.im2col

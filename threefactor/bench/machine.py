@@ -14,10 +14,11 @@ import os
 import platform
 import socket
 
+from threefactor.threads import report as threads_report
+
+from threefactor.threads import openblas_thread_api, set_threads  # noqa: F401  (their home is threads)
+
 _THREAD_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
-_OPENBLAS_GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_",
-                     "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads")
-_OPENBLAS_SETTERS = tuple(g.replace("_get_", "_set_") for g in _OPENBLAS_GETTERS)
 
 
 def cpu_model():
@@ -38,35 +39,6 @@ def usable_cores():
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count()
-
-
-def _openblas_paths():
-    """Paths of the OpenBLAS shared libraries loaded in this process (Linux)."""
-    try:
-        with open("/proc/self/maps") as fh:
-            return sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return []
-
-
-def openblas_thread_api():
-    """``(get, set)``: OpenBLAS's own C functions for its thread count, or ``None`` without OpenBLAS.
-
-    Each is a ctypes function (``get() -> int``, ``set(n)``); calling them costs a
-    microsecond, so a caller may switch threads around a single GEMM.
-    """
-    for path in _openblas_paths():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for getter, setter in zip(_OPENBLAS_GETTERS, _OPENBLAS_SETTERS):
-            get, set_ = getattr(lib, getter, None), getattr(lib, setter, None)
-            if get is not None and set_ is not None:
-                get.restype = ctypes.c_int
-                set_.argtypes, set_.restype = [ctypes.c_int], None
-                return get, set_
-    return None
 
 
 def _openblas_threads():
@@ -106,37 +78,6 @@ def blas_info():
         env = [os.environ[k] for k in _THREAD_ENV if os.environ.get(k, "").isdigit()]
         threads, source = (int(env[0]), "environment") if env else (usable_cores(), "usable cores")
     return {"name": name, "version": version, "threads": threads, "source": source}
-
-
-def set_threads(n):
-    """Use ``n`` threads in numpy's BLAS (OpenBLAS's own setter, or threadpoolctl) and in Numba.
-
-    Returns what was set, e.g. ``{"blas": 1, "numba": 1}`` (a library that
-    cannot be set is left out).  torch is set by the benchmarks from
-    :func:`blas_threads` so that all three agree.
-    """
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
-    done = {}
-    try:
-        import threadpoolctl
-
-        threadpoolctl.threadpool_limits(n, user_api="blas")
-        done["blas"] = n
-    except ImportError:
-        api = openblas_thread_api()
-        if api is not None:
-            api[1](n)
-            done["blas"] = n
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        done["numba"] = numba.get_num_threads()
-    except ImportError:
-        pass
-    return done
 
 
 def blas_threads():
@@ -227,6 +168,7 @@ def machine_info():
         "blas": blas_info(),
         "gpu": gpu_info(),
         "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        "threads_configured": {k: v for k, v in threads_report().items() if k != "pools"},
         "scheduling": scheduling(),
         "versions": {m: _version(m) for m in ("numpy", "numba", "torch", "cupy", "threefactor")},
     }

@@ -105,7 +105,7 @@ def tune_heap(args):
     """:func:`threefactor.heap.keep_freed_memory` unless ``args.default_malloc``; whether it applied."""
     if getattr(args, "default_malloc", False):
         return False
-    from threefactor.bench.malloc import keep_freed_memory
+    from threefactor.heap import keep_freed_memory
     return keep_freed_memory()
 
 
