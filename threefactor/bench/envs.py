@@ -128,7 +128,7 @@ def run_child(tuned, budget=1.0, step=True, first=None, extra_env=None, timeout=
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compare(repeats=3, budget=1.0, step=True, first=None, log=print):
+def compare(repeats=3, budget=1.0, step=True, first=None, realtime=False, log=print):
     """Children default, tuned, tuned, default, ... (``repeats`` of each); their ratios per environment.
 
     Returns ``{"default": [child results], "tuned": [...], "summary": {env: {ratio: (min, max)}}}``
@@ -139,7 +139,7 @@ def compare(repeats=3, budget=1.0, step=True, first=None, log=print):
         order = (False, True) if r % 2 == 0 else (True, False)
         for tuned in order:
             name = "tuned" if tuned else "default"
-            res = run_child(tuned, budget, step, first)
+            res = run_child(tuned, budget, step, first, realtime=realtime)
             runs[name].append(res)
             log(f"round {r + 1} {name:7} " + "  ".join(f"{k} {v:.3f}" for k, v in res["ratios"].items())
                 + f"  (update grp+div {res['times_s']['grpdiv'] * 1e3:.2f} ms"

@@ -195,6 +195,7 @@ def _run_step(args, dtype, timing, settings, path):
     print(bench_step.title(step_settings["hidden"], dtype, settings["blas_threads"], settings["torch_threads"]))
     print(bench_step.HEADER)
     records, skipped = bench_step.run_steps(args.backend, dtype=dtype, timing=timing,
-                                            autograd=not args.no_autograd, log=lambda s: print(s, flush=True))
+                                            autograd=not args.no_autograd, log=lambda s: print(s, flush=True),
+                                            quick=args.quick)
     write_json(path, document("step", records, step_settings, skipped))
     print(f"wrote {path}")

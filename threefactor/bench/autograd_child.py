@@ -1,0 +1,112 @@
+"""The PyTorch autograd baseline of the MLP step, timed in its own process at its best settings.
+
+Timed in the process that also runs ours, autograd shares the cores with our
+thread pools and our heap, and with the thread settings threefactor gives its
+process (:mod:`threefactor.threads`).  Here it runs alone: a child process that
+imports torch before anything else (``THREEFACTOR_THREADS=keep``: threefactor
+changes no thread setting there), under each of :data:`SETTINGS` (threads = all
+cores or one; OpenMP workers spinning, torch's default, or sleeping), and the
+fastest setting is the baseline.  The step is
+:func:`threefactor.bench.step.torch_call`: layer-local losses, z = f(x wᵀ)
+computed once, squared distances by one GEMM (‖v_i‖² + ‖v_j‖² - 2 v vᵀ,
+:func:`threefactor.verify.torch_ref._kernel`), the layer outputs under
+``no_grad``, one ``backward()`` and one SGD step.
+
+:func:`autograd_rounds` alternates: our step timed in the calling process, then
+each setting's child, ``rounds`` times, so that a load change on a shared
+machine reaches both sides.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+#: (name, torch threads: None = all usable cores, extra environment)
+SETTINGS = (("threads=all", None, {}),
+            ("threads=all, OMP_WAIT_POLICY=PASSIVE", None, {"OMP_WAIT_POLICY": "PASSIVE"}),
+            ("threads=1", 1, {}))
+
+
+def measure(hidden, m, groups, dtype, timing, threads=None):
+    """In the child: median/min seconds of one autograd step (torch imported first)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    import numpy as np
+
+    from threefactor.bench import step as bench_step
+    from threefactor.bench.timing import time_call
+
+    rule = bench_step.make_rule(groups)
+    x, y = bench_step.batch(m, np.dtype(dtype))
+    fn = bench_step.torch_call(list(hidden), rule, x, y, np.dtype(dtype), "cpu")
+    res = time_call(fn, "cpu", **timing)
+    return {**res, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def run_child(hidden, m, groups, dtype, timing, setting, timeout=600):
+    """One child process timing the autograd step under ``setting`` (an entry of :data:`SETTINGS`)."""
+    name, threads, extra = setting
+    from threefactor.bench.envs import clean_environment
+
+    env = clean_environment(False, {"THREEFACTOR_THREADS": "keep", **extra})
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    args = {"hidden": list(hidden), "m": m, "groups": groups, "dtype": str(dtype), "timing": timing,
+            "threads": threads}
+    out = subprocess.run([sys.executable, "-m", "threefactor.bench.autograd_child", json.dumps(args)],
+                         env=env, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"autograd child ({name}) failed:\n{out.stderr[-2000:]}")
+    return {"setting": name, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def torch_available():
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+def autograd_rounds(ours, hidden, m, groups, dtype, timing, rounds=2, settings=SETTINGS, log=None):
+    """Alternate ``ours()`` (a timing summary of our step, measured here) and autograd's children.
+
+    Returns ``{"ours": [summaries], "autograd": {setting: [summaries]}, "best_setting",
+    "autograd_s"`` (the best setting's median of medians), ``"ours_s"`` (median of our medians),
+    ``"speedup"``: autograd_s / ours_s, ``"speedup_rounds"``: per round, the best setting over ours}.
+    """
+    import numpy as np
+
+    res = {"ours": [], "autograd": {s[0]: [] for s in settings}}
+    per_round = []
+    for r in range(rounds):
+        mine = ours()
+        res["ours"].append(mine)
+        best = None
+        for setting in settings:
+            child = run_child(hidden, m, groups, dtype, timing, setting)
+            res["autograd"][setting[0]].append(child)
+            best = child["median_s"] if best is None else min(best, child["median_s"])
+            if log:
+                log(f"  round {r + 1}: autograd ({setting[0]}, own process) {child['median_s'] * 1e3:.1f} ms")
+        per_round.append(best / mine["median_s"])
+        if log:
+            log(f"  round {r + 1}: ours {mine['median_s'] * 1e3:.1f} ms, best autograd / ours {per_round[-1]:.2f}")
+    medians = {name: float(np.median([c["median_s"] for c in runs])) for name, runs in res["autograd"].items()}
+    best = min(medians, key=medians.get)
+    ours_s = float(np.median([o["median_s"] for o in res["ours"]]))
+    res.update(best_setting=best, autograd_s=medians[best], autograd_by_setting_s=medians, ours_s=ours_s,
+               speedup=medians[best] / ours_s, speedup_rounds=per_round)
+    return res
+
+
+def _main(argv=None):
+    args = json.loads((argv or sys.argv[1:])[0])
+    print(json.dumps(measure(args["hidden"], args["m"], args["groups"], args["dtype"], args["timing"],
+                             args["threads"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
