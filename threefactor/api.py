@@ -334,7 +334,8 @@ def _check_out(be, out, shape, dtype, x):
                          f"got shape {tuple(out.shape)} and dtype {out.dtype}")
     if not out.flags.c_contiguous or (be.xp is np and not out.flags.writeable):
         raise ValueError("out must be C-contiguous and writeable")
-    if be.xp.may_share_memory(out, x):
+    share = getattr(be.xp, "may_share_memory", None)          # numpy's and CuPy's
+    if share is not None and share(out, x):
         raise ValueError("out must not share memory with x (the update reads x while writing out)")
     if be.xp is np:
         from threefactor.heap import keep_for_loops
