@@ -11,6 +11,7 @@ tuned's.  See :mod:`threefactor.bench.envs`.  ::
     python benchmarks/bench_env.py                  # 3 rounds
     python benchmarks/bench_env.py --realtime       # children under chrt -f 50 (a machine busy with other work)
     python benchmarks/bench_env.py --first numpy    # the children import numpy before threefactor
+    python benchmarks/bench_env.py --library-off    # also: the library's own settings off (as before them)
     python benchmarks/bench_env.py --quick          # smoke test
 """
 import argparse
@@ -27,6 +28,9 @@ def main(argv=None):
     ap.add_argument("--first", choices=("numpy", "torch"), default=None,
                     help="module the children import before threefactor")
     ap.add_argument("--realtime", action="store_true", help="run the children under chrt -f 50 (Linux, root)")
+    ap.add_argument("--library-off", action="store_true",
+                    help="a third child per round: default environment with threefactor's own thread and heap "
+                         "settings off (THREEFACTOR_THREADS=keep THREEFACTOR_MALLOC=default), as before them")
     ap.add_argument("--no-step", action="store_true", help="the update only, not the MLP step")
     ap.add_argument("--quick", action="store_true", help="smoke test: one round, short budget, no step")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write every child's result here")
@@ -35,10 +39,10 @@ def main(argv=None):
         args.repeats, args.budget, args.no_step = 1, 0.02, True
     print(f"default environment vs tuned ({' '.join(f'{k}={v}' for k, v in TUNED.items())}); "
           f"m = 256, 1024 -> 1024, float32, numba; first import: {args.first or 'threefactor'}")
-    res = compare(args.repeats, args.budget, not args.no_step, args.first, args.realtime)
+    res = compare(args.repeats, args.budget, not args.no_step, args.first, args.realtime, args.library_off)
     print("ranges over rounds (min-max):")
-    for env in ("default", "tuned"):
-        print(f"  {env:7} " + "  ".join(f"{k} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in res["summary"][env].items()))
+    for env in res["summary"]:
+        print(f"  {env:11} " + "  ".join(f"{k} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in res["summary"][env].items()))
     print("  default time / tuned time, per round: "
           + "  ".join(f"{k} {min(v):.3f}-{max(v):.3f}" for k, v in res["default/tuned"].items()))
     if args.json:

@@ -50,7 +50,9 @@ def clean_environment(tuned=False, extra=None):
     from threefactor.bench.machine import THREAD_ENV
     from threefactor.threads import OPT_OUT
 
-    drop = set(THREAD_ENV) | set(TUNED) | {OPT_OUT, "GOMP_SPINCOUNT", "KMP_BLOCKTIME"}
+    from threefactor.heap import OPT_OUT as HEAP_OPT_OUT
+
+    drop = set(THREAD_ENV) | set(TUNED) | {OPT_OUT, HEAP_OPT_OUT, "GOMP_SPINCOUNT", "KMP_BLOCKTIME"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("MALLOC_")}
     if tuned:
         env.update(TUNED)
@@ -128,20 +130,29 @@ def run_child(tuned, budget=1.0, step=True, first=None, extra_env=None, timeout=
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compare(repeats=3, budget=1.0, step=True, first=None, realtime=False, log=print):
+#: the extra child of ``compare(..., library_off=True)``: default environment, the library's own settings off
+LIBRARY_OFF = {"THREEFACTOR_THREADS": "keep", "THREEFACTOR_MALLOC": "default"}
+
+
+def compare(repeats=3, budget=1.0, step=True, first=None, realtime=False, library_off=False, log=print):
     """Children default, tuned, tuned, default, ... (``repeats`` of each); their ratios per environment.
 
+    ``library_off``: a third child per round, the default environment with threefactor's own
+    thread and heap settings switched off (:data:`LIBRARY_OFF`): what a user got before them.
     Returns ``{"default": [child results], "tuned": [...], "summary": {env: {ratio: (min, max)}}}``
-    plus ``"default/tuned"``: for each round, default's ratio over tuned's (1.0 = as fast).
+    plus ``"default/tuned"``: for each round, default's time over tuned's (1.0 = as fast).
     """
-    runs = {"default": [], "tuned": []}
+    variants = {"default": (False, None), "tuned": (True, None)}
+    if library_off:
+        variants["library-off"] = (False, LIBRARY_OFF)
+    runs = {name: [] for name in variants}
     for r in range(repeats):
-        order = (False, True) if r % 2 == 0 else (True, False)
-        for tuned in order:
-            name = "tuned" if tuned else "default"
-            res = run_child(tuned, budget, step, first, realtime=realtime)
+        order = list(variants) if r % 2 == 0 else list(variants)[::-1]
+        for name in order:
+            tuned, extra = variants[name]
+            res = run_child(tuned, budget, step, first, extra, realtime=realtime)
             runs[name].append(res)
-            log(f"round {r + 1} {name:7} " + "  ".join(f"{k} {v:.3f}" for k, v in res["ratios"].items())
+            log(f"round {r + 1} {name:11} " + "  ".join(f"{k} {v:.3f}" for k, v in res["ratios"].items())
                 + f"  (update grp+div {res['times_s']['grpdiv'] * 1e3:.2f} ms"
                 + (f", step {res['times_s']['step'] * 1e3:.1f} ms" if step else "")
                 + f", load {res['loadavg']:.1f})")
