@@ -46,7 +46,9 @@ def main(argv=None):
     print("  default time / tuned time, per round: "
           + "  ".join(f"{k} {min(v):.3f}-{max(v):.3f}" for k, v in res["default/tuned"].items()))
     if args.json:
-        write_json(args.json, res)
+        from threefactor.bench.machine import machine_info
+        write_json(args.json, {"command": " ".join(["python", "benchmarks/bench_env.py", *sys.argv[1:]]),
+                               "machine": machine_info(), **res})
         print(f"wrote {args.json}")
     return 0
 
