@@ -136,7 +136,7 @@ def pools():
     except ImportError:
         return []
     return [{k: p.get(k) for k in ("user_api", "internal_api", "prefix", "num_threads", "version",
-                                   "threading_layer")}
+                                   "threading_layer", "filepath")}
             for p in threadpoolctl.threadpool_info()]
 
 
@@ -150,7 +150,7 @@ def openblas_thread_api():
     Each is a ctypes function (``get() -> int``, ``set(n)``); calling them costs a
     microsecond, so a caller may switch threads around a single GEMM.
     """
-    for path in _openblas_libraries():
+    for path in sorted(_openblas_libraries(), key=lambda p: "numpy" not in p):   # numpy's first (scipy has its own)
         try:
             lib = ctypes.CDLL(path)
         except OSError:
@@ -169,7 +169,7 @@ _BLAS_API = []
 
 @contextlib.contextmanager
 def blas_threads_at_most(n):
-    """Within the block, OpenBLAS uses at most ``n`` threads (no-op without OpenBLAS's C API)."""
+    """Within the block, numpy's OpenBLAS uses at most ``n`` threads (no-op without OpenBLAS's C API)."""
     if not _BLAS_API:
         _BLAS_API.append(openblas_thread_api() or ())
     api = _BLAS_API[0]

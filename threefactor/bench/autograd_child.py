@@ -1,4 +1,4 @@
-"""The PyTorch autograd baseline of the MLP step, timed in its own process at its best settings.
+"""The PyTorch autograd baselines (MLP step, layer update), timed in their own process at their best settings.
 
 Timed in the process that also runs ours, autograd shares the cores with our
 thread pools and our heap, and with the thread settings threefactor gives its
@@ -14,7 +14,8 @@ computed once, squared distances by one GEMM (‖v_i‖² + ‖v_j‖² - 2 v v�
 
 :func:`autograd_rounds` alternates: our step timed in the calling process, then
 each setting's child, ``rounds`` times, so that a load change on a shared
-machine reaches both sides.
+machine reaches both sides.  :func:`fill_update_records` does the same for the update suite's CPU
+records (``threefactor bench``): one child per setting times every case after ours.
 """
 from __future__ import annotations
 
@@ -47,21 +48,69 @@ def measure(hidden, m, groups, dtype, timing, threads=None):
     return {**res, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def run_child(hidden, m, groups, dtype, timing, setting, timeout=600):
-    """One child process timing the autograd step under ``setting`` (an entry of :data:`SETTINGS`)."""
+def _spawn(payload, setting, timeout=1200):
+    """Run ``payload`` (JSON) in a child process under ``setting``; its JSON answer."""
     name, threads, extra = setting
     from threefactor.bench.envs import clean_environment
 
     env = clean_environment(False, {"THREEFACTOR_THREADS": "keep", **extra})
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    args = {"hidden": list(hidden), "m": m, "groups": groups, "dtype": str(dtype), "timing": timing,
-            "threads": threads}
-    out = subprocess.run([sys.executable, "-m", "threefactor.bench.autograd_child", json.dumps(args)],
+    out = subprocess.run([sys.executable, "-m", "threefactor.bench.autograd_child",
+                          json.dumps({**payload, "threads": threads})],
                          env=env, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"autograd child ({name}) failed:\n{out.stderr[-2000:]}")
-    return {"setting": name, **json.loads(out.stdout.strip().splitlines()[-1])}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_child(hidden, m, groups, dtype, timing, setting, timeout=600):
+    """One child process timing the autograd step under ``setting`` (an entry of :data:`SETTINGS`)."""
+    payload = {"kind": "step", "hidden": list(hidden), "m": m, "groups": groups, "dtype": str(dtype),
+               "timing": timing}
+    return {"setting": setting[0], **_spawn(payload, setting, timeout)}
+
+
+def measure_updates(cases, dtype, timing, threads=None):
+    """In the child: per case (m, n_in, n_out, rule name) autograd's update and torch's own floor GEMMs."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from threefactor.bench.suite import VARIANTS, autograd_call, case_arrays
+    from threefactor.bench.timing import time_interleaved
+
+    out = []
+    for m, n_in, n_out, rule in cases:
+        step, floor = autograd_call(*case_arrays(m, n_in, n_out, dtype), VARIANTS[rule], dtype, "cpu")
+        out.append(time_interleaved({"autograd": step, "torch_gemm": floor}, **timing))
+    return {"cases": out, "torch_threads": torch.get_num_threads()}
+
+
+def fill_update_records(records, timing, settings=SETTINGS):
+    """Fill the suite's CPU records' autograd keys from one child per setting (its fastest setting)."""
+    cases = [(r["m"], r["n_in"], r["n_out"], r["rule"]) for r in records]
+    by_setting = {}
+    for setting in settings:
+        by_setting[setting[0]] = _spawn({"kind": "update", "cases": cases, "dtype": records[0]["dtype"],
+                                         "timing": timing}, setting)["cases"]
+    for i, rec in enumerate(records):
+        med = {name: res[i]["autograd"]["median_s"] for name, res in by_setting.items()}
+        best = min(med, key=med.get)
+        res = by_setting[best][i]
+        rec.update(autograd_s=med[best], autograd_floor_s=res["torch_gemm"]["median_s"],
+                   speedup_vs_autograd=med[best] / rec["update_s"],
+                   autograd_own_process={"best_setting": best, "autograd_by_setting_s": med})
+        low = res["autograd"]["min_s"]
+        rec["fastest"].update(autograd_s=low, speedup_vs_autograd=low / rec["fastest"]["update_s"])
+    return records
+
+
+def choose_settings(quick=False, threads=None):
+    """The settings to try: ``--threads N`` fixes torch's threads to N; ``--quick`` tries only the first."""
+    if threads:
+        return ((f"threads={threads}", int(threads), {}),)
+    return SETTINGS[:1] if quick else SETTINGS
 
 
 def torch_available():
@@ -103,8 +152,11 @@ def autograd_rounds(ours, hidden, m, groups, dtype, timing, rounds=2, settings=S
 
 def _main(argv=None):
     args = json.loads((argv or sys.argv[1:])[0])
-    print(json.dumps(measure(args["hidden"], args["m"], args["groups"], args["dtype"], args["timing"],
-                             args["threads"])))
+    if args["kind"] == "update":
+        print(json.dumps(measure_updates(args["cases"], args["dtype"], args["timing"], args["threads"])))
+    else:
+        print(json.dumps(measure(args["hidden"], args["m"], args["groups"], args["dtype"], args["timing"],
+                                 args["threads"])))
     return 0
 
 

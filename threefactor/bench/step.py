@@ -38,6 +38,7 @@ from threefactor.training.atomic import write_json
 from threefactor.backends import BACKENDS, get_backend
 from threefactor.cli.main import HelpFormatter, at_least, output_file, writable_file_problem
 from threefactor.bench.machine import set_threads
+from threefactor.bench.autograd_child import choose_settings
 from threefactor.bench.timing import time_call
 from threefactor.nn.mlp import MLP
 from threefactor.rule.rules import Rule
@@ -138,10 +139,11 @@ def floor_calls(be, hidden, m, dtype):
 
 
 def bench_step(backend, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.float32, timing=None,
-               autograd=True, quick=False):
+               autograd=True, torch_settings=None):
     """One record: step times (s) and samples/s of ours, autograd and the GEMM floor.
 
-    ``quick``: autograd's child processes for one round and its first setting only (a smoke test)."""
+    ``torch_settings``: autograd's settings on the CPU (default all of
+    :data:`threefactor.bench.autograd_child.SETTINGS`, two rounds; given, one round each)."""
     timing = timing or {}
     be = get_backend(backend)
     rule = make_rule(groups)
@@ -165,10 +167,10 @@ def bench_step(backend, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.fl
         from threefactor.bench import autograd_child
 
         if autograd_child.torch_available():
-            settings = autograd_child.SETTINGS[:1] if quick else autograd_child.SETTINGS
             own = autograd_child.autograd_rounds(lambda: time_call(fns["ours"], "cpu", **timing), hidden, m,
-                                                 groups, np.dtype(dtype).name, timing, rounds=1 if quick else 2,
-                                                 settings=settings)
+                                                 groups, np.dtype(dtype).name, timing,
+                                                 rounds=2 if torch_settings is None else 1,
+                                                 settings=torch_settings or autograd_child.SETTINGS)
             t["autograd"], t["ours_alternating"] = own["autograd_s"], own["ours_s"]
             low["autograd"] = min(c["min_s"] for c in own["autograd"][own["best_setting"]])
             autograd_note = {k: own[k] for k in ("best_setting", "autograd_by_setting_s", "ours_s", "speedup",
@@ -205,14 +207,14 @@ def title(hidden, dtype, blas_threads, torch_threads):
 
 
 def run_steps(backends, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.float32, timing=None,
-              autograd=True, log=print, quick=False):
+              autograd=True, log=print, torch_settings=None):
     """:func:`bench_step` for each backend, printing a row each: (records, {skipped backend: why})."""
     usable, skipped = bench.usable_backends(backends)
     for name, why in skipped.items():
         log(f"skipped backend {name}: {why}")
     records = []
     for name in usable:
-        rec = bench_step(name, list(hidden), m, groups, np.dtype(dtype), timing, autograd, quick)
+        rec = bench_step(name, list(hidden), m, groups, np.dtype(dtype), timing, autograd, torch_settings)
         records.append(rec)
         log(format_row(rec))
     return records, skipped
@@ -268,7 +270,9 @@ def main(argv=None):
     print(title(args.hidden, args.dtype, settings["blas_threads"], settings["torch_threads"]))
     print(HEADER)
     records, skipped = run_steps(args.backend, args.hidden, args.batch, args.groups, args.dtype, timing,
-                                 not args.no_autograd, log=lambda s: print(s, flush=True), quick=args.quick)
+                                 not args.no_autograd, log=lambda s: print(s, flush=True),
+                                 torch_settings=choose_settings(args.quick, args.threads) if args.quick or args.threads
+                                 else None)
     write_json(path, bench.document("step", records, settings, skipped))
     print(f"wrote {path}")
     return 0
