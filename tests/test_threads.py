@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from threefactor import threads
@@ -18,7 +17,6 @@ import sys, time, json
 for name in sys.argv[1:]:
     __import__(name)
 import threefactor
-import numpy as np
 a = np.ones((512, 512), np.float32)
 burnt = []
 for _ in range(3):

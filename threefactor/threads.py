@@ -4,7 +4,7 @@ On the CPU one update (and one training step) alternates BLAS GEMMs (OpenBLAS's
 pthreads) with short Numba passes (the ``omp`` threading layer: GNU OpenMP), and a
 user may have PyTorch (its own GNU OpenMP) in the same process.  After each call
 every pool keeps its threads spinning for a while: OpenBLAS for 2^28 cycles (about
-0.1 s; measured: 30-60 ms of CPU burnt per pair of GEMMs while the process
+0.1 s; measured: 30-95 ms of CPU burnt per pair of GEMMs while the process
 sleeps), GNU OpenMP for its spin count.  On a machine with few cores the spinning
 threads take the cores the next call needs.  The variables
 ``OPENBLAS_THREAD_TIMEOUT=4`` (sleep after 2^4 cycles) and

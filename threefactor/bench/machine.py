@@ -7,16 +7,14 @@ that cannot be found is ``None``, never an exception.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
 import importlib
 import os
 import platform
 import socket
 
-from threefactor.threads import report as threads_report
-
 from threefactor.threads import openblas_thread_api, set_threads  # noqa: F401  (their home is threads)
+from threefactor.threads import report as threads_report
 
 _THREAD_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 
