@@ -320,7 +320,7 @@ def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
                                          delta, backend, n_classes, label_kernel)
     if out is not None:
         _check_out(be, out, (lp.a.shape[1], x.shape[1]), x.dtype, x)
-    dw = be.hebbian(lp.post(), x, out=out)
+    dw = be.hebbian(lp.post(), x) if out is None else be.hebbian(lp.post(), x, out=out)
     check()
     return dw if out is not None else to_user(dw)
 
