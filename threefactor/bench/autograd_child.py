@@ -107,10 +107,11 @@ def fill_update_records(records, timing, settings=SETTINGS):
 
 
 def choose_settings(quick=False, threads=None):
-    """The settings to try: ``--threads N`` fixes torch's threads to N; ``--quick`` tries only the first."""
+    """The settings to try: ``--threads N`` fixes torch's threads to N; ``--quick`` tries only the first;
+    None otherwise (all of :data:`SETTINGS`; the step then alternates two rounds)."""
     if threads:
         return ((f"threads={threads}", int(threads), {}),)
-    return SETTINGS[:1] if quick else SETTINGS
+    return SETTINGS[:1] if quick else None
 
 
 def torch_available():

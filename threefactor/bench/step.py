@@ -271,8 +271,7 @@ def main(argv=None):
     print(HEADER)
     records, skipped = run_steps(args.backend, args.hidden, args.batch, args.groups, args.dtype, timing,
                                  not args.no_autograd, log=lambda s: print(s, flush=True),
-                                 torch_settings=choose_settings(args.quick, args.threads) if args.quick or args.threads
-                                 else None)
+                                 torch_settings=choose_settings(args.quick, args.threads))
     write_json(path, bench.document("step", records, settings, skipped))
     print(f"wrote {path}")
     return 0
