@@ -17,6 +17,7 @@ import sys, time, json
 for name in sys.argv[1:]:
     __import__(name)
 import threefactor
+import numpy as np
 a = np.ones((512, 512), np.float32)
 burnt = []
 for _ in range(3):
