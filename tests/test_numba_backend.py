@@ -300,7 +300,8 @@ def test_small_gemms_run_on_one_blas_thread(monkeypatch):
         calls.append(n)
         threads[0] = n
 
-    monkeypatch.setattr(NumbaBackend, "_blas_api", (get, set_))
+    from threefactor import threads as thread_control
+    monkeypatch.setattr(thread_control, "_BLAS_API", [(get, set_)])      # OpenBLAS's C API, as threads.py finds it
     be = NumbaBackend()
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))

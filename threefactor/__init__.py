@@ -6,9 +6,14 @@ term × pre-synaptic term, with no autograd.
 
 The core contract (``local_update``, ``local_objective``, ``third_factor``,
 ``layer_output``, ``available_backends``) is imported eagerly; training,
-checking, data and the online rule are imported on first use.
+checking, data and the online rule are imported on first use.  Importing the
+package first arranges the process's thread pools (:mod:`threefactor.threads`).
 """
 import importlib
+
+from threefactor import threads as _threads
+
+_threads.configure()          # thread pools that do not spin against each other: before numpy loads BLAS
 
 from threefactor.api import available_backends, layer_output, local_objective, local_update, third_factor
 from threefactor.backends import BackendUnavailable, get_backend, register_backend

@@ -26,7 +26,7 @@ MOVED = {
     "pairwise": "verify.naive", "torch_ref": "verify.torch_ref", "check": "verify.gradcheck",
     "check_batchnorm": "verify.variants",
     "bench_step": "bench.step", "timing": "bench.timing", "machine": "bench.machine",
-    "targets": "bench.targets", "heap": "bench.malloc",
+    "targets": "bench.targets",
     "check_cli": "cli.check", "bench_cli": "cli.bench",
     # moved again after the re-housing (issue 15, one gradcheck driver)
     "verify.gradcheck_batchnorm": "verify.variants",

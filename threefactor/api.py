@@ -26,6 +26,7 @@ from threefactor.rule import engine
 from threefactor.backends import get_backend
 from threefactor.rule.rules import Rule
 from threefactor.rule.third_factor import third_factor_grouped, third_factor_plain
+from threefactor.arrays import type_name
 from threefactor.validate import Checks, check_finite, float_dtype, labels_of, number_array
 
 
@@ -107,7 +108,7 @@ class _Layer(NamedTuple):
     """One public call's forward pass, dense or conv.
 
     lp : the dense engine's LayerPass (a conv layer's on its flattened pooled activity)
-    update : () -> ΔW = -dL/dW of w's shape;  to_user : backend array -> what the user passes in
+    update : (out=None) -> ΔW = -dL/dW of w's shape (written into ``out`` when given);  to_user : backend array -> what the user passes in
     check : () -> None, raises for a bad input whose flag was queued (call once the result is queued)
     """
 
@@ -136,7 +137,8 @@ def _dense_pass(x, w, y, rule, backend, n_classes) -> _Layer:
     rule.check_width(w.shape[0])
     with np.errstate(over="ignore", invalid="ignore"):   # bad inputs are reported just below
         lp = engine.layer_pass(rule, x, w, labels, n, be)
-    update = lambda: be.hebbian(lp.post(), x)          # noqa: E731
+    def update(out=None):
+        return be.hebbian(lp.post(), x) if out is None else be.hebbian(lp.post(), x, out=out)
     if be.xp is np:
         check_forward(be, lp.a, x, w)
         return _Layer(be, lp, update, to_user, lambda: None)
@@ -156,7 +158,13 @@ def _conv_pass(x, w, y, rule, backend, n_classes, padding, pool) -> _Layer:
     if not bool(be.xp.isfinite(cp.lp.z).all()):
         raise ValueError("conv(x, w) overflows (Inf or NaN in the layer's activity): x and w are finite but "
                          f"too large for {cp.lp.z.dtype}")
-    return _Layer(be, cp.lp, cp.update, to_user, lambda: None)
+    def update(out=None):
+        dw = cp.update()
+        if out is None:
+            return dw
+        out[...] = dw
+        return out
+    return _Layer(be, cp.lp, update, to_user, lambda: None)
 
 
 def check_forward(be, a, x, w, finite=None):
@@ -207,7 +215,7 @@ def local_objective(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activat
 
 def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",
                  slope=0.01, groups=None, p=0.2, delta=1.0, backend="numpy",
-                 n_classes=None, label_kernel="cosine", padding=1, pool=None):
+                 n_classes=None, label_kernel="cosine", padding=1, pool=None, out=None):
     """Explicit 3-factor update ΔW = -dL/dW, exactly (Eq. 10, 12, 22, 40-48).
 
     Same parameters as :func:`local_objective`.  Returns an array (n_out, n_in)
@@ -215,12 +223,41 @@ def local_update(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation
     Computed as ΔW = postᵀ x with post = -dL/da, the third factor folded in
     through the graph Laplacian of A = (2 k̊z - γ k̊y) ⊙ K / m²: one update GEMM
     plus one kernel GEMM, never a pair loop.  A conv layer returns (C_out, C_in, kh, kw).
+
+    ``out``: an array of the backend (numpy for numpy/numba) with the result's shape and
+    dtype, C-contiguous and writeable, not sharing memory with ``x``: the update GEMM
+    writes into it (same numbers as without ``out``) and it is returned.  For calls in
+    a loop; on the CPU the first such call also keeps freed buffers in the process's
+    heap (:func:`threefactor.heap.keep_for_loops`), so later calls pay no fresh page
+    faults.  A conv layer's update is copied into ``out``.
     """
     rule = _rule(kernel, sigma, gamma, activation, slope, groups, p, delta, label_kernel)
     layer = _layer(x, w, y, rule, backend, n_classes, padding, pool)
-    dw = layer.update()
+    if out is None:
+        dw = layer.update()
+        layer.check()
+        return layer.to_user(dw)
+    _check_out(layer.be, out, tuple(np.shape(w)), layer.lp.z.dtype, x)
+    layer.update(out=out)
     layer.check()
-    return layer.to_user(dw)
+    return out
+
+
+def _check_out(be, out, shape, dtype, x):
+    """A clear error unless ``out`` can take the update: backend array, shape, dtype, layout."""
+    if not be.is_native(out) or isinstance(out, np.matrix):
+        raise TypeError(f"out must be a {be.xp.__name__} array (backend {be.name!r}), got {type_name(out)}")
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype).name} (the update's), "
+                         f"got shape {tuple(out.shape)} and dtype {out.dtype}")
+    if not out.flags.c_contiguous or (be.xp is np and not out.flags.writeable):
+        raise ValueError("out must be C-contiguous and writeable")
+    share = getattr(be.xp, "may_share_memory", None)          # numpy's and CuPy's
+    if share is not None and share(out, x):
+        raise ValueError("out must not share memory with x (the update reads x while writing out)")
+    if be.xp is np:
+        from threefactor.heap import keep_for_loops
+        keep_for_loops()
 
 
 def third_factor(x, w, y, *, kernel="gaussian", sigma=5.0, gamma=2.0, activation="lrelu",

@@ -77,8 +77,10 @@ class Backend(abc.ABC):
 
     # -- the dense layer's rule (Eq. 1, 9, 12, 17-22, 34-36, 40-48) ------
     @abc.abstractmethod
-    def matmul(self, a, b):
-        """Matrix product a @ b (a GEMM)."""
+    def matmul(self, a, b, out=None):
+        """Matrix product a @ b (a GEMM); written into ``out`` (the product's shape and dtype,
+        C-contiguous) and returned when given.  ``out`` is passed only by callers that were given
+        one (``local_update(..., out=)``), so an override may leave it out of its signature."""
 
     @abc.abstractmethod
     def forward(self, x, w, activation, slope):
@@ -119,8 +121,9 @@ class Backend(abc.ABC):
         scale · 2(1-p)/g · (-dv_α + mean_α dv) · ẑ_αn / u_α^p · f'_n."""
 
     @abc.abstractmethod
-    def hebbian(self, post, x):
-        """ΔW = postᵀ x (n_out, n_in): the Hebbian product of post- and pre-synaptic terms (one GEMM)."""
+    def hebbian(self, post, x, out=None):
+        """ΔW = postᵀ x (n_out, n_in): the Hebbian product of post- and pre-synaptic terms (one GEMM),
+        into ``out`` when given (as :meth:`matmul`)."""
 
     @abc.abstractmethod
     def layer_objective(self, K, Ky, gamma):

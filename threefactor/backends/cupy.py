@@ -480,9 +480,9 @@ class CupyBackend(Backend):
         (_KEEP_SELECT if len(pairs) == 1 else _KEEP_SELECT2)(seed, threshold, *values, *outs)
         return outs
 
-    def matmul(self, a, b):
-        """Matrix product (cuBLAS GEMM)."""
-        return cupy.matmul(a, b)
+    def matmul(self, a, b, out=None):
+        """Matrix product (cuBLAS GEMM), into ``out`` when given."""
+        return cupy.matmul(a, b, out=out)
 
     def forward(self, x, w, activation, slope):
         """a = x wᵀ (cuBLAS), then z = f(a) and f'(a) in one kernel.  Returns (a, z, fp)."""
@@ -622,9 +622,9 @@ class CupyBackend(Backend):
         post = _POST_GROUPED(zhat.reshape(m, c, g), coef[:, :, None], fp.reshape(m, c, g))
         return post.reshape(m, n)
 
-    def hebbian(self, post, x):
-        """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one cuBLAS GEMM."""
-        return self.matmul(post.T, x)
+    def hebbian(self, post, x, out=None):
+        """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one cuBLAS GEMM (into ``out``)."""
+        return self.matmul(post.T, x) if out is None else self.matmul(post.T, x, out=out)
 
     # -- conv layers: the CuPy kernels of backends/_conv_cupy.py; complex arrays (complex-step checks)
     # take the reference code of threefactor.rule.conv on cupy arrays

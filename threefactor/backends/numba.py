@@ -8,7 +8,7 @@ float32 work and results, float64 gives float64.
 The cosine and linear kernels and the centred-linear label kernel use the
 inherited numpy code: their cost is the GEMMs numpy already hands to BLAS.
 
-Threads: the kernels are compiled with ``parallel=True`` (``prange`` over
+Threads (the pools themselves are arranged by :mod:`threefactor.threads`): the kernels are compiled with ``parallel=True`` (``prange`` over
 samples), but a pass over fewer than :attr:`NumbaBackend.parallel_min_size`
 elements runs on the calling thread only.  At the sizes of a mini-batch the
 passes take tens of microseconds, less than waking a second thread costs, and
@@ -33,7 +33,7 @@ import numpy as np
 
 from threefactor.backends import _numba_kernels as _k
 from threefactor.rule.activations import SELU_ALPHA, SELU_SCALE
-from threefactor.backends._blas import openblas_thread_api
+from threefactor.threads import blas_threads_at_most
 from threefactor.rule.grouping import group_size
 from threefactor.rule.rules import ACTIVATIONS, choice_error
 from threefactor.backends.numpy import NumpyBackend
@@ -54,6 +54,20 @@ def _like(dtype, *arrays):
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
 
 
+@contextlib.contextmanager
+def one_numba_thread():
+    """Within the block, Numba's parallel kernels run on the calling thread only."""
+    threads = numba.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
 class NumbaBackend(NumpyBackend):
     """Fused Numba kernels around BLAS GEMMs; numpy arrays in and out."""
 
@@ -64,41 +78,22 @@ class NumbaBackend(NumpyBackend):
     parallel_min_size = 1 << 22
     #: GEMMs of fewer multiply-adds than this run on one BLAS thread (see the module docstring).
     small_gemm_macs = 1 << 22
-    _blas_api = None
 
-    @contextlib.contextmanager
     def _one_blas_thread(self, macs):
         """Within the block, OpenBLAS uses one thread if ``macs`` < :attr:`small_gemm_macs`."""
-        api = NumbaBackend._blas_api
-        if api is None:
-            api = NumbaBackend._blas_api = openblas_thread_api() or ()
-        threads = api[0]() if api and macs < self.small_gemm_macs else 1
-        if threads == 1:
-            yield
-            return
-        api[1](1)
-        try:
-            yield
-        finally:
-            api[1](threads)
+        return blas_threads_at_most(1 if macs < self.small_gemm_macs else 1 << 30)
 
-    def matmul(self, a, b):
-        """Matrix product (BLAS GEMM); a small one on one BLAS thread."""
+    def matmul(self, a, b, out=None):
+        """Matrix product (BLAS GEMM), into ``out`` when given; a small one on one BLAS thread."""
         with self._one_blas_thread(a.shape[-2] * a.shape[-1] * b.shape[-1]):
-            return a @ b
+            return a @ b if out is None else np.matmul(a, b, out=out)
 
     def _run(self, kernel, size, *args):
         """Call ``kernel(*args)``, on one thread when its pass covers < parallel_min_size elements."""
         if size >= self.parallel_min_size:
             return kernel(*args)
-        threads = numba.get_num_threads()
-        if threads == 1:
+        with one_numba_thread():
             return kernel(*args)
-        numba.set_num_threads(1)
-        try:
-            return kernel(*args)
-        finally:
-            numba.set_num_threads(threads)
 
     # -- primitives -----------------------------------------------------
     def _pre_activation(self, x, w, activation):

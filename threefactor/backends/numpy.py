@@ -61,9 +61,9 @@ class NumpyBackend(Backend):
         0/1 mask and then arithmetic on it."""
         return dropout.host_select(rng, shape, p, dtype, pairs)
 
-    def matmul(self, a, b):
-        """Matrix product (BLAS GEMM)."""
-        return a @ b
+    def matmul(self, a, b, out=None):
+        """Matrix product (BLAS GEMM), into ``out`` when given."""
+        return a @ b if out is None else np.matmul(a, b, out=out)
 
     def forward(self, x, w, activation, slope):
         """a = x wᵀ (one GEMM), z = f(a), f'(a).  Returns (a, z, fp)."""
@@ -126,9 +126,9 @@ class NumpyBackend(Backend):
         scale · 2(1-p)/g · (-dv_α + mean_α dv) · ẑ_αn / u_α^p · f'_n."""
         return grouping.group_pullback(scale * neg_dv, zhat, u, p, np) * fp
 
-    def hebbian(self, post, x):
-        """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one GEMM."""
-        return self.matmul(post.T, x)
+    def hebbian(self, post, x, out=None):
+        """ΔW = postᵀ x: the Hebbian product of post- and pre-synaptic terms, one GEMM (into ``out``)."""
+        return self.matmul(post.T, x) if out is None else self.matmul(post.T, x, out=out)
 
     def im2col(self, x, kh, kw, padding):
         """Patches of x (m, C_in, H, W) as rows (m·Ho·Wo, kh·kw·C_in) (:func:`threefactor.rule.conv.im2col`)."""

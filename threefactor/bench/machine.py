@@ -15,7 +15,8 @@ import socket
 
 from threefactor.backends import gpu_info as _gpu_info
 from threefactor.backends import set_compute_threads
-from threefactor.backends._blas import _openblas_paths, openblas_thread_api  # noqa: F401  (re-exported)
+from threefactor.threads import openblas_thread_api  # noqa: F401  (its home is threads)
+from threefactor.threads import report as threads_report
 
 _THREAD_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 
@@ -181,6 +182,25 @@ def machine_info():
         "blas": blas_info(),
         "gpu": gpu_info(),
         "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        "threads_configured": {k: v for k, v in threads_report().items() if k != "pools"},
         "scheduling": scheduling(),
         "versions": {m: _version(m) for m in ("numpy", "numba", "torch", "cupy", "threefactor")},
     }
+
+
+#: the variables of the tuned environment
+TUNED = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def clean_environment(tuned=False, extra=None):
+    """``os.environ`` without any thread or malloc variable; with ``tuned``, :data:`TUNED` added."""
+    from threefactor.threads import OPT_OUT
+
+    from threefactor.heap import OPT_OUT as HEAP_OPT_OUT
+
+    drop = set(THREAD_ENV) | set(TUNED) | {OPT_OUT, HEAP_OPT_OUT, "GOMP_SPINCOUNT", "KMP_BLOCKTIME"}
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("MALLOC_")}
+    if tuned:
+        env.update(TUNED)
+    env.update(extra or {})
+    return env

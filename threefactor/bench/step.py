@@ -15,7 +15,10 @@ leaky ReLU 0.01, dropout 0.01, SGD with momentum 0.95 and weight decay.
     that z = f(x wᵀ) is computed once and also gives the layer output), the
     output passed on detached (layer-local losses, no gradient between
     layers), the output layer's cross-entropy, one ``backward()`` over the sum
-    and one ``torch.optim.SGD`` step.  Threads = numpy's BLAS threads.
+    and one ``torch.optim.SGD`` step.  On the CPU it is timed in its own process at its
+    best settings, alternating with ours (:mod:`threefactor.bench.autograd_child`;
+    ``speedup_vs_autograd`` = its median over ours timed in the same rounds); on a GPU
+    in the same process with CUDA events.
 ``floor``
     the GEMMs the step cannot avoid: per layer the forward x wᵀ and the
     weight-gradient postᵀ x (hidden and output layers), timed alone.
@@ -35,6 +38,8 @@ from threefactor.training.atomic import write_json
 from threefactor.backends import BACKENDS, get_backend
 from threefactor.cli.main import HelpFormatter, at_least, output_file, writable_file_problem
 from threefactor.bench.machine import set_threads
+from threefactor.bench.autograd_child import choose_settings
+from threefactor.bench.timing import time_call
 from threefactor.nn.mlp import MLP
 from threefactor.rule.rules import Rule
 
@@ -134,8 +139,11 @@ def floor_calls(be, hidden, m, dtype):
 
 
 def bench_step(backend, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.float32, timing=None,
-               autograd=True):
-    """One record: step times (s) and samples/s of ours, autograd and the GEMM floor."""
+               autograd=True, torch_settings=None):
+    """One record: step times (s) and samples/s of ours, autograd and the GEMM floor.
+
+    ``torch_settings``: autograd's settings on the CPU (default all of
+    :data:`threefactor.bench.autograd_child.SETTINGS`, two rounds; given, one round each)."""
     timing = timing or {}
     be = get_backend(backend)
     rule = make_rule(groups)
@@ -143,24 +151,38 @@ def bench_step(backend, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.fl
     dev = "cupy" if be.name == "cupy" else "cpu"
     fns = {"ours": ours_call(be, list(hidden), rule, x_h, y_h, dtype),
            "floor": floor_calls(be, list(hidden), m, dtype)}
-    if autograd:
+    autograd_note = None
+    if autograd and dev == "cupy":          # on the GPU: same process, CUDA-event times
         try:
             import torch
 
-            if dev == "cpu" or torch.cuda.is_available():
-                fns["autograd"] = torch_call(list(hidden), rule, x_h, y_h, dtype,
-                                             "cuda" if dev == "cupy" else "cpu")
+            if torch.cuda.is_available():
+                fns["autograd"] = torch_call(list(hidden), rule, x_h, y_h, dtype, "cuda")
         except ImportError:
             pass
     res = bench.time_all(fns, dev, timing)
     t = {k: v["median_s"] for k, v in res.items()}
     low = {k: v["min_s"] for k, v in res.items()}
+    if autograd and dev == "cpu":          # on the CPU: its own process, its best settings, alternating
+        from threefactor.bench import autograd_child
+
+        if autograd_child.torch_available():
+            own = autograd_child.autograd_rounds(lambda: time_call(fns["ours"], "cpu", **timing), hidden, m,
+                                                 groups, np.dtype(dtype).name, timing,
+                                                 rounds=2 if torch_settings is None else 1,
+                                                 settings=torch_settings or autograd_child.SETTINGS)
+            t["autograd"], t["ours_alternating"] = own["autograd_s"], own["ours_s"]
+            low["autograd"] = min(c["min_s"] for c in own["autograd"][own["best_setting"]])
+            autograd_note = {k: own[k] for k in ("best_setting", "autograd_by_setting_s", "ours_s", "speedup",
+                                                 "speedup_rounds")}
+    ag_ours = t.get("ours_alternating", t["ours"])
     rec = {"backend": be.name, "dtype": np.dtype(dtype).name, "m": m, "hidden": list(hidden),
            "groups": groups, "ours": "threefactor.nn.mlp.MLP.train_step (local, grp+div)",
            "step_s": t["ours"], "samples_per_s": m / t["ours"], "floor_s": t["floor"],
            "ratio_floor": t["ours"] / t["floor"], "autograd_s": t.get("autograd"),
            "autograd_samples_per_s": m / t["autograd"] if "autograd" in t else None,
-           "speedup_vs_autograd": t["autograd"] / t["ours"] if "autograd" in t else None,
+           "speedup_vs_autograd": t["autograd"] / ag_ours if "autograd" in t else None,
+           "autograd_own_process": autograd_note,
            "fastest": {"step_s": low["ours"], "floor_s": low["floor"],
                        "ratio_floor": low["ours"] / low["floor"], "autograd_s": low.get("autograd"),
                        "speedup_vs_autograd": low["autograd"] / low["ours"] if "autograd" in low else None},
@@ -185,14 +207,14 @@ def title(hidden, dtype, blas_threads, torch_threads):
 
 
 def run_steps(backends, hidden=(1024, 1024, 1024), m=256, groups=32, dtype=np.float32, timing=None,
-              autograd=True, log=print):
+              autograd=True, log=print, torch_settings=None):
     """:func:`bench_step` for each backend, printing a row each: (records, {skipped backend: why})."""
     usable, skipped = bench.usable_backends(backends)
     for name, why in skipped.items():
         log(f"skipped backend {name}: {why}")
     records = []
     for name in usable:
-        rec = bench_step(name, list(hidden), m, groups, np.dtype(dtype), timing, autograd)
+        rec = bench_step(name, list(hidden), m, groups, np.dtype(dtype), timing, autograd, torch_settings)
         records.append(rec)
         log(format_row(rec))
     return records, skipped
@@ -243,11 +265,13 @@ def main(argv=None):
                 "blas_threads": bench.blas_threads(), "threads_set": threads_set, "torch_threads": None,
                 "keep_freed_memory": bench.tune_heap(args)}
     if not args.no_autograd:
-        settings["torch_threads"] = bench.set_torch_threads()
+        settings["torch_threads"] = ("own process, best of its settings" if usable != ["cupy"] else
+                                     bench.set_torch_threads())
     print(title(args.hidden, args.dtype, settings["blas_threads"], settings["torch_threads"]))
     print(HEADER)
     records, skipped = run_steps(args.backend, args.hidden, args.batch, args.groups, args.dtype, timing,
-                                 not args.no_autograd, log=lambda s: print(s, flush=True))
+                                 not args.no_autograd, log=lambda s: print(s, flush=True),
+                                 torch_settings=choose_settings(args.quick, args.threads))
     write_json(path, bench.document("step", records, settings, skipped))
     print(f"wrote {path}")
     return 0

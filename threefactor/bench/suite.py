@@ -22,9 +22,11 @@ variant, one run measures, on the same arrays:
     own matrix products (the rest is element-wise passes and launches).
 ``autograd_s``
     PyTorch autograd of the same objective on the same device and dtype
-    (:func:`threefactor.torch_ref.objective_torch`, then ``backward()``), with
-    ``torch.set_num_threads`` = the BLAS thread count; ``speedup_vs_autograd``
-    = autograd_s / update_s.  ``autograd_floor_s``: torch's own forward + update
+    (:func:`threefactor.torch_ref.objective_torch`, then ``backward()``);
+    ``speedup_vs_autograd`` = autograd_s / update_s.  On the CPU timed after ours,
+    in a process of its own per thread setting, the fastest setting
+    (:func:`threefactor.bench.autograd_child.fill_update_records`,
+    ``autograd_own_process``); on a GPU in the same process.  ``autograd_floor_s``: torch's own forward + update
     GEMMs (torch's BLAS may differ from numpy's), for context.
 ``fastest``
     the same quantities from the fastest repeat instead of the median (on a
@@ -105,7 +107,7 @@ def tune_heap(args):
     """:func:`threefactor.heap.keep_freed_memory` unless ``args.default_malloc``; whether it applied."""
     if getattr(args, "default_malloc", False):
         return False
-    from threefactor.bench.malloc import keep_freed_memory
+    from threefactor.heap import keep_freed_memory
     return keep_freed_memory()
 
 
@@ -176,6 +178,14 @@ def time_all(fns, device, timing):
             for k, fn in fns.items()}
 
 
+def case_arrays(m, n_in, n_out, dtype):
+    """The seeded host arrays (x, w, integer labels) of one case (autograd's child makes the same)."""
+    rng = np.random.default_rng(0)
+    x_h = rng.standard_normal((m, n_in)).astype(dtype)
+    w_h = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
+    return x_h, w_h, rng.integers(0, N_CLASSES, m)
+
+
 def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None, autograd=True,
                profile=False):
     """One record of the suite (the keys are documented in the module docstring)."""
@@ -184,10 +194,7 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
     be = get_backend(backend)
     rule = VARIANTS[rule_name]
     rule.check_width(n_out)
-    rng = np.random.default_rng(0)
-    x_h = rng.standard_normal((m, n_in)).astype(dtype)
-    w_h = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
-    y_h = rng.integers(0, N_CLASSES, m)
+    x_h, w_h, y_h = case_arrays(m, n_in, n_out, dtype)
     x, w, y = be.asarray(x_h), be.asarray(w_h), be.asarray(y_h, dtype=np.int64)
     dev = _device(be)
     kw = dict(kernel=rule.kernel, sigma=rule.sigma, gamma=rule.gamma, activation=rule.activation,
@@ -199,7 +206,8 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
 
     fns = {"ours": ours, "public": lambda: local_update(x, w, y, **kw),
            **gemm_calls(be, m, n_in, n_out, rule.groups or n_out, dtype)}
-    ag = autograd_call(x_h, w_h, y_h, rule, dtype, "cuda" if dev == "cupy" else "cpu") if autograd else None
+    # on the CPU autograd runs in its own process afterwards (run_suite, bench.autograd_child)
+    ag = autograd_call(x_h, w_h, y_h, rule, dtype, "cuda") if autograd and dev == "cupy" else None
     if ag is not None:
         fns["autograd"], fns["torch_gemm"] = ag
     t = time_all(fns, dev, timing)
@@ -219,7 +227,8 @@ def bench_case(backend, m, n_in, n_out, rule_name, dtype=np.float32, timing=None
            "ratio_floor_with_kernel": med["ours"] / gemm["floor_with_kernel_s"],
            "ratio_gemms": med["ours"] / gemm["all_s"],
            "autograd_s": med.get("autograd"), "autograd_floor_s": med.get("torch_gemm"),
-           "autograd_peak_mem_bytes": None, "loadavg_before": load, "loadavg_after": loadavg(),
+           "autograd_peak_mem_bytes": None, "autograd_own_process": None,
+           "loadavg_before": load, "loadavg_after": loadavg(),
            "speedup_vs_autograd": med["autograd"] / med["ours"] if "autograd" in med else None}
     low = {k: v["min_s"] for k, v in t.items()}
     low_floor = low["gemm_forward"] + low["gemm_update"]
@@ -271,8 +280,11 @@ def check_suite(batches, shapes, rules):
 
 
 def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, autograd=True,
-              log=None, profile=False):
-    """Every (backend, m, shape, rule) case; returns (records, skipped {backend: reason})."""
+              log=None, profile=False, torch_settings=None):
+    """Every (backend, m, shape, rule) case; returns (records, skipped {backend: reason}).
+
+    ``torch_settings``: autograd's settings on the CPU (default
+    :data:`threefactor.bench.autograd_child.SETTINGS`; see ``choose_settings``)."""
     check_suite(batches, shapes, rules)
     usable, skipped = usable_backends(backends)
     records = []
@@ -282,12 +294,24 @@ def run_suite(backends, batches, shapes, rules, dtype=np.float32, timing=None, a
                 for rule in rules:
                     rec = bench_case(name, m, n_in, n_out, rule, dtype, timing, autograd, profile)
                     records.append(rec)
-                    if log:
-                        log(format_row(rec))
-                        if profile:
-                            log("    profile ms: " + ", ".join(f"{k} {v * 1e3:.3f}"
-                                                           for k, v in rec["profile_s"].items()))
+                    if log and (name == "cupy" or not autograd):
+                        _log_row(log, rec, profile)
+    cpu = [r for r in records if r["backend"] != "cupy"]
+    if autograd and cpu:
+        from threefactor.bench import autograd_child
+
+        if autograd_child.torch_available():
+            autograd_child.fill_update_records(cpu, timing, torch_settings or autograd_child.SETTINGS)
+        for rec in cpu:
+            if log:
+                _log_row(log, rec, profile)
     return records, skipped
+
+
+def _log_row(log, rec, profile):
+    log(format_row(rec))
+    if profile:
+        log("    profile ms: " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in rec["profile_s"].items()))
 
 
 # -- output -------------------------------------------------------------------------

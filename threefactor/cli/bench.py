@@ -169,7 +169,8 @@ def run(args):
                 "blas_threads": blas_threads(), "threads_set": threads_set, "torch_threads": None,
                 "keep_freed_memory": tune_heap(args)}
     if not args.no_autograd:
-        settings["torch_threads"] = set_torch_threads() or "torch not installed"
+        settings["torch_threads"] = ("own process, best of its settings (CPU)" if set_torch_threads()
+                                     else "torch not installed")
     print(f"threefactor bench: {dtype.name}, BLAS threads {settings['blas_threads']}, torch threads "
           f"{settings['torch_threads']}; times are medians, speedup = autograd / ours")
     if settings["blas_threads"] > 1 and not os.environ.get("OMP_WAIT_POLICY"):
@@ -179,7 +180,7 @@ def run(args):
     print(HEADER)
     records, skipped = run_suite(args.backend, batches, shapes, args.rules, dtype, timing,
                                  not args.no_autograd, log=lambda s: print(s, flush=True),
-                                 profile=args.profile)
+                                 profile=args.profile, torch_settings=_torch_settings(args))
     for name, why in skipped.items():
         print(f"skipped backend {name}: {why}")
     write_json(path, document("update", records, settings, skipped))
@@ -204,6 +205,12 @@ def _step_path(suite_path):
     return f"{root}-step{ext or '.json'}"
 
 
+def _torch_settings(args):
+    """Autograd's settings on the CPU (its own processes): --threads fixes them, --quick tries one."""
+    from threefactor.bench.autograd_child import choose_settings
+    return choose_settings(args.quick, args.threads)
+
+
 def _run_step(args, dtype, timing, settings, path):
     """``--step``: the Table 1 MLP training step on the same backends, same timing and threads."""
     from threefactor.bench import step as bench_step
@@ -215,6 +222,7 @@ def _run_step(args, dtype, timing, settings, path):
     print(bench_step.title(step_settings["hidden"], dtype, settings["blas_threads"], settings["torch_threads"]))
     print(bench_step.HEADER)
     records, skipped = bench_step.run_steps(args.backend, dtype=dtype, timing=timing,
-                                            autograd=not args.no_autograd, log=lambda s: print(s, flush=True))
+                                            autograd=not args.no_autograd, log=lambda s: print(s, flush=True),
+                                            torch_settings=_torch_settings(args))
     write_json(path, document("step", records, step_settings, skipped))
     print(f"wrote {path}")

@@ -92,6 +92,9 @@ class MLP(Network):
         bound = 1.0 / np.sqrt(hidden[-1])
         b = rng.uniform(-bound, bound, n_classes).astype(self.dtype)
         self.output = OutputLayer(backend.asarray(w), backend.asarray(b))
+        if backend.xp is np:                 # steps in a loop: freed buffers stay in the heap (threefactor.heap)
+            from threefactor.heap import keep_for_loops
+            keep_for_loops()
 
     # -- inputs ----------------------------------------------------------
     def check_batch(self, x, labels=None):
