@@ -299,13 +299,14 @@ def test_registrations_do_not_leak_between_tests():
 
 
 def test_readme_shows_the_examples_as_they_are():
-    """The README's kernel and dataset code is the code of examples/my_kernel.py and my_dataset.py."""
+    """The README's kernel and dataset code is the code of examples/my_kernel.py and my_dataset.py (its
+    third block, the backend, is run as written by tests/test_architecture.py)."""
     import re
     text = (EXAMPLES.parent / "README.md").read_text()
     section = text[text.index("## Extending threefactor"):]
     section = section[:section.index("\n## ", 5)]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for block, name in zip(blocks, ("my_kernel.py", "my_dataset.py")):
         source = (EXAMPLES / name).read_text()
         missing = [line for line in block.splitlines() if line.strip() and line not in source.splitlines()]
