@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import sys
 from pathlib import Path
 
@@ -325,3 +326,28 @@ def test_the_backend_example_runs():
     calls = module.main()
     assert calls["hebbian"] >= 1 and calls["matmul"] >= calls["hebbian"]
     assert module.main() == calls                    # registering again (replace=True) starts a new count
+
+
+def test_train_and_check_take_a_registered_backend_by_name(clean_registry, tmp_path, capsys):
+    """``threefactor train --backend NAME`` and ``check --backend NAME`` accept a registered backend (the
+    CLI reads the registry, entry points included), and an unknown name is answered with the nearest."""
+    from threefactor.training.config import resolve_config
+    from threefactor.training.train import train
+
+    register_backend("counting", CountingBackend)
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(64, 12)).astype(np.float32), rng.integers(0, 3, 64),
+            rng.normal(size=(32, 12)).astype(np.float32), rng.integers(0, 3, 32))
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x_train=data[0], y_train=data[1], x_test=data[2], y_test=data[3])
+    cfg = resolve_config(dataset=str(npz), backend="counting", epochs=1, hidden=[12], groups=3,
+                         batch_size=16, lr_local=0.1, lr_out=0.01, dtype="float64")
+    train(cfg, tmp_path / "run", progress=False, log=lambda *a, **k: None)
+    assert get_backend("counting").calls["hebbian"] > 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["backend"] == "counting"
+    with pytest.raises(ValueError, match="did you mean 'counting'"):
+        resolve_config(backend="countin")
+    from threefactor.cli.main import main
+    assert main(["check", "--backend", "counting", "--kernel", "gaussian", "--grouping", "plain",
+                 "--activation", "lrelu"]) == 0
+    assert "counting" in capsys.readouterr().out

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from threefactor.training.atomic import write_json
-from threefactor.backends import BACKENDS
+from threefactor.backends import BACKENDS, backend_names
 from threefactor.bench.suite import BATCHES, DEFAULT_RULES, HEADER, RULE_ALIASES, SHAPES, VARIANTS, add_heap_argument, check_suite, default_json_path, document, run_suite, set_torch_threads, timing_settings, tune_heap, usable_backends
 from threefactor.cli.main import UsageError, at_least, output_file, writable_file_problem
 from threefactor.names import unknown_name
@@ -84,7 +84,7 @@ def configure_parser(parser):
                      "--kernel gaussian / cosine; train --rule gaussian / cossim), each plain or -grp+div "
                      "(32 groups, p = 0.2; its update is grp's). Exit status 2 on bad use, and when no "
                      "requested backend is available (nothing is written then).")
-    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+    parser.add_argument("--backend", nargs="+", choices=backend_names(), default=list(BACKENDS),
                         help="backends to time; unavailable ones are skipped with the reason (an error when "
                              "none is available)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",

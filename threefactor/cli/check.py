@@ -15,7 +15,7 @@ from dataclasses import asdict
 import numpy as np
 
 from threefactor.training.atomic import write_json as _write_json
-from threefactor.backends import BACKENDS, BackendUnavailable, get_backend
+from threefactor.backends import BackendUnavailable, backend_names, get_backend
 from threefactor.verify.gradcheck import METHODS, TOLERANCES, _backend_names
 from threefactor.verify.variants import check_all, check_batchnorm_all, check_conv_all
 from threefactor.cli.main import UsageError, at_least, output_file
@@ -44,7 +44,7 @@ def configure_parser(parser):
     parser.epilog = ("Exit status: 0 when every comparison passes, 1 on a failure, 2 on bad use. "
                      "Dense problems are m samples x n_in inputs -> n_out neurons, 3 classes; the conv "
                      "problem has a fixed size.")
-    parser.add_argument("--backend", nargs="+", default=None, choices=BACKENDS,
+    parser.add_argument("--backend", nargs="+", default=None, choices=backend_names(),
                         help="backends to check (default: every one available here)")
     parser.add_argument("--kernel", nargs="+", default=None, type=_kernel_name, metavar="NAME|FILE.py:Class",
                         help="kernels: registered names, any case ("

@@ -13,7 +13,7 @@ import numpy as np
 
 from threefactor.rule import conv
 from threefactor.training import presets
-from threefactor.backends import BACKENDS, BackendUnavailable, get_backend
+from threefactor.backends import BackendUnavailable, backend_names, get_backend
 from threefactor.nn.convnet import ARCHS, parse_arch
 from threefactor.nn.optim import OPTIMIZERS
 from threefactor.training.presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table6_preset
@@ -312,8 +312,8 @@ def _validate(cfg):
             raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
     if not cfg["dropout"] < 1:
         raise ValueError(f"dropout must be < 1, got {cfg['dropout']}")
-    if cfg["backend"] is not None and cfg["backend"] not in BACKENDS:
-        raise choice_error("backend", cfg["backend"], BACKENDS)
+    if cfg["backend"] is not None and cfg["backend"] not in backend_names():
+        raise choice_error("backend", cfg["backend"], backend_names())
     if cfg["dtype"] not in DTYPES:
         raise choice_error("dtype", cfg["dtype"], DTYPES)
     if cfg["optimizer"] not in OPTIMIZERS:

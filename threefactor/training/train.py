@@ -402,7 +402,8 @@ def configure_parser(parser):
                         "(default: on for cifar10, off otherwise)")
     r.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=S, metavar="N",
                    help="test-set batch (default 2000; conv nets: what keeps im2col under 2 GiB, vgg 450)")
-    r.add_argument("--backend", default=S, help="numpy, numba or cupy (default numba if available)")
+    r.add_argument("--backend", default=S, help="numpy, numba, cupy or a backend another package registers (entry-point group "
+                        "threefactor.backends; default numba if available)")
     r.add_argument("--dtype", default=S, help="float32 (default) or float64")
     r.add_argument("--out", default=None, metavar="DIR",
                    help="run directory, new or holding no run (default runs/<preset>-s<seed>-<time>, "
