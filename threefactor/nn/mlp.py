@@ -269,7 +269,8 @@ class MLP:
             for k, layer in enumerate(self.hidden):
                 out, deltas, lp = layer.local_forward(h, labels, self.n_classes, self.backend, masks[k])
                 optimizers[f"hidden.{k}"].step(deltas, sign=-1.0)   # during the forward pass
-                objectives.append(self.backend.layer_objective(lp.K, lp.Ky, layer.rule.gamma))
+                if lp is not None:                                   # None: an online step (no batch L)
+                    objectives.append(self.backend.layer_objective(lp.K, lp.Ky, layer.rule.gamma))
                 h = out
         else:
             h = self.features(x, masks)

@@ -347,7 +347,13 @@ class OnlineHiddenLayer(HiddenLayer):
         self._after_full = False                     # whether the last batch was a full step of B streams
 
     def local_forward(self, x, labels, n_classes, backend, mask=None):
-        """(out (B, n_out), [ΔW (n_out, n_in)], BatchKernels) of one online step."""
+        """(out (B, n_out), [ΔW], None) of one online step.
+
+        ΔW is the step's :class:`~threefactor.rule.online.TwoPointUpdate` (``.dense()`` forms it; the
+        SGD optimiser applies it in one pass over W, :mod:`threefactor.backends._online_kernels`), or
+        zeros for a short last batch.  No batch objective: one step of B streams has no m² pairs to
+        take it over (B = 1: none); training logs L on a fixed evaluation batch
+        (:mod:`threefactor.training.objectives`)."""
         online = self.online
         if n_classes != online.trule.n_classes:
             raise ValueError(f"n_classes={n_classes} but the online rule was built for "
@@ -355,12 +361,9 @@ class OnlineHiddenLayer(HiddenLayer):
         online.w = self.w
         m, B = x.shape[0], online.streams
         if m == B:
-            out, update = online.step(x, labels)
-            dw = update.dense()
-            act = online.activity
+            out, dw = online.step(x, labels)        # ΔW = postᵀ pre: the optimiser applies it in one pass
         elif m < B and self._after_full:                # the epoch's short last batch: dropped on purpose
-            act = layer_activity(online.trule, x, self.w, backend)
-            out, dw = act.out, backend.xp.zeros_like(self.w)
+            out, dw = layer_activity(online.trule, x, self.w, backend).out, backend.xp.zeros_like(self.w)
         else:
             raise ValueError(
                 f"a batch of {m} samples, but the online layer steps streams={B} streams, one sample each: "
@@ -369,12 +372,9 @@ class OnlineHiddenLayer(HiddenLayer):
                 f"or make_online(net, streams={m}); with `threefactor train --mode online`, --streams at most "
                 f"the number of training samples")
         self._after_full = m == B
-        rule = self.rule
-        kern = BatchKernels(backend.gaussian_kernel(act.v, rule.sigma),
-                            backend.label_kernel(labels, n_classes, rule.label_kernel, act.z.dtype))
         if mask is not None:
             out = out * mask
-        return out, [dw], kern
+        return out, [dw], None
 
 
 def make_online(net, *, streams, beta=0.01, shared_b3=False):

@@ -86,6 +86,33 @@ def _fused_sgd_kernel():
     return _FUSED["sgd"]
 
 
+def _is_low_rank(g):
+    """Whether ``g`` is a low-rank update ΔW = postᵀ pre (a :class:`threefactor.rule.online.TwoPointUpdate`)."""
+    return hasattr(g, "post") and hasattr(g, "pre") and hasattr(g, "dense")
+
+
+def _low_rank_step(w, g, buf, sign, wd, mu, lr, fused):
+    """The SGD step with g = ΔW = postᵀ pre in one pass over w and buf on the host (Numba,
+    :func:`threefactor.backends._online_kernels.sgd_low_rank`); False where it does not apply
+    (device arrays, many terms, no Numba, ``fused=False``): the caller forms ΔW."""
+    if fused is False or _fusable(w, buf) != "numpy" or g.post.shape[1:] != w.shape[:1] \
+            or g.pre.shape[1:] != w.shape[1:] or w.ndim != 2:
+        return False
+    try:
+        from threefactor.backends import _online_kernels as kern
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return False
+    R = g.post.shape[0]
+    if R > kern.LOW_RANK_UP_TO:
+        return False
+    t = w.dtype.type
+    ut = np.ascontiguousarray(g.post.T, dtype=w.dtype)
+    pre = np.ascontiguousarray(g.pre, dtype=w.dtype)
+    step = kern.sgd_low_rank_serial if w.size * max(R, 1) < kern.SERIAL_BELOW else kern.sgd_low_rank
+    step(w, buf, ut, pre, t(sign), t(wd), t(mu), t(lr))
+    return True
+
+
 def _fusable(*arrays):
     """The array library ("numpy" or "cupy") when every array is a C-contiguous array of that one
     library and one float dtype, so that a fused one-pass step applies; else None."""
@@ -137,6 +164,10 @@ class SGD:
             raise ValueError(f"got {len(grads)} gradients for {len(self.params)} parameters")
         mu, wd, lr = self.momentum, self.weight_decay, self.lr
         for w, g, buf in zip(self.params, grads, self.buffers):
+            if _is_low_rank(g):        # an online two-point update: one pass over W, ΔW never formed
+                if _low_rank_step(w, g, buf, sign, wd, mu, lr, self.fused):
+                    continue
+                g = g.dense()
             if g.shape != w.shape:
                 raise ValueError(f"gradient of shape {g.shape} for a parameter of shape {w.shape}")
             fusable = _fusable(w, g, buf) if self.fused is not False else None
@@ -209,6 +240,8 @@ class AdamW:
         c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         for w, g, m, v in zip(self.params, grads, self.m, self.v):
             xp = _xp(w)
+            if _is_low_rank(g):
+                g = g.dense()
             if sign != 1.0:
                 g = sign * g
             if self.weight_decay:

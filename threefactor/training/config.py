@@ -25,7 +25,7 @@ DEFAULTS = dict(
     epochs=2,                       # a short demo; the paper trains for 100
     seed=0, lr_local=None, lr_out=None, groups=None, data_root=None, validation=False,
     subset=None, backend=None, dtype="float32", eval_batch_size=2000,
-    mode="batch", streams=None, beta=0.01, shared_b3=True,
+    mode="batch", streams=None, beta=0.01, shared_b3=True, rate_rule=None,
     arch="mlp", width=1, augment=None,     # augment None: on for cifar10 (App. D.3), off otherwise
     batchnorm=False,
     **{k: v for k, v in presets.SHARED.items() if k != "epochs"},
@@ -44,6 +44,14 @@ MODES = ("batch", "online")
 #: (shared b3) ended best of 0.1 / 0.2 / 0.3, 1.5 points below the batch rule on
 #: Fashion-MNIST (benchmarks/RESULTS.md, "Online rule"; in 5 epochs 0.1 is ahead).
 ONLINE_LR_LOCAL = 0.3
+#: How --mode online applies its rates (config.json's ``rate_rule``; :func:`rate_scale`).
+#: "per-sample" (the default since issue 18): the rates given are per step at B = RATE_STREAMS
+#: streams, i.e. per sample lr / RATE_STREAMS, so a step of B streams uses lr · B / RATE_STREAMS
+#: (and a shared b3 the β that averages over as many samples) and B changes speed, not learning.
+#: "per-step": lr and β per step at any B (what runs before issue 18 did; their config.json
+#: lacks ``rate_rule`` and resumes so).
+RATE_RULES = ("per-sample", "per-step")
+RATE_STREAMS = 256
 _RESUMABLE = {"epochs"}     # options that may change on --resume
 
 
@@ -123,8 +131,13 @@ def resolve_config(**options):
                                   "(the batch eta_l is unstable for two-point updates)")
         if not 0 < cfg["beta"] <= 1:
             raise ValueError(f"beta must be in (0, 1], got {cfg['beta']!r}")
+        cfg["rate_rule"] = given.get("rate_rule", "per-sample")
+        if cfg["rate_rule"] not in RATE_RULES:
+            raise choice_error("rate_rule", cfg["rate_rule"], RATE_RULES)
+        cfg["rate_streams"] = RATE_STREAMS
     else:
-        for key, flag in (("streams", "--streams"), ("beta", "--beta"), ("shared_b3", "--per-stream-b3")):
+        for key, flag in (("streams", "--streams"), ("beta", "--beta"), ("shared_b3", "--per-stream-b3"),
+                          ("rate_rule", "--rate-rule")):
             if key in given:
                 raise ValueError(f"{key} needs mode='online' ({flag} needs --mode online)")
         cfg["streams"] = None
@@ -366,6 +379,27 @@ def validate_saved(cfg, path):
         _validate(cfg)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def rate_scale(cfg) -> float:
+    """The factor on the learning rates of a step (1 but for online ``rate_rule`` "per-sample").
+
+    Online with ``rate_rule="per-sample"``: B / ``rate_streams`` (B = streams), so the rates given
+    mean per step what they mean at B = 256 and every sample moves the weights alike at any B.
+    A config without ``rate_rule`` (written before issue 18) keeps its per-step rates: 1.
+    """
+    if cfg.get("mode") == "online" and cfg.get("rate_rule") == "per-sample":
+        return cfg["streams"] / cfg.get("rate_streams", RATE_STREAMS)
+    return 1.0
+
+
+def step_beta(cfg) -> float:
+    """β of a step: that of ``rate_rule`` "per-sample" with a shared b3 is 1 - (1 - β)^(B / 256), so b3
+    averages over as many samples (Eq. 61) at any B; otherwise (per-step rule, or one b3 per stream,
+    whose average is over the stream's own pairs) β as given."""
+    if cfg.get("rate_rule") == "per-sample" and cfg.get("shared_b3", True):
+        return float(-np.expm1(np.log1p(-cfg["beta"]) * rate_scale(cfg))) if cfg["beta"] < 1 else 1.0
+    return cfg["beta"]
 
 
 def make_rule(cfg):
