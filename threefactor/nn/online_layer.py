@@ -253,13 +253,19 @@ class OnlineLayer:
 
     # -- the step -------------------------------------------------------
     def _centre(self, b2):
-        """b3_{t-1} to centre b2_t with, then b3 ← β b2 + (1 - β) b3 (Eq. 61)."""
+        """b3_{t-1} to centre b2_t with, then b3 ← β b2 + (1 - β) b3 (Eq. 61).
+
+        A shared b3 started from the streams' b2 (no ``b3_init``) warms up: its rate is max(β, 1/t) at
+        the t-th step with pairs, so it is the plain mean of the b2 so far until that is older than
+        1/β steps.  Otherwise a small β (the per-sample rates give β/256 at B = 1) would keep the first
+        step's b2, one pair at B = 1, as the centring for thousands of samples."""
         trule = self.trule
         sample = b2.mean() if trule.shared_b3 else b2
         if self.b3 is None:
             self.b3 = sample + 0 if trule.b3_init is None else sample * 0 + trule.b3_init
         centre = self.b3
-        self.b3 = trule.beta * sample + (1.0 - trule.beta) * centre
+        beta = max(trule.beta, 1.0 / max(self.t, 1)) if trule.shared_b3 and trule.b3_init is None else trule.beta
+        self.b3 = beta * sample + (1.0 - beta) * centre
         return centre
 
     def step(self, x, labels):

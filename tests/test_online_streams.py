@@ -1,0 +1,200 @@
+"""Streams are a compute knob (issue 18): per-sample rates, the logged objective, the fused B = 1 step."""
+import json
+
+import numpy as np
+import pytest
+
+from threefactor import Rule, get_backend
+from threefactor.cli import main as cli
+from threefactor.nn.online_layer import OnlineLayer
+from threefactor.nn.optim import SGD
+from threefactor.rule.online import TwoPointUpdate
+from threefactor.training.config import RATE_STREAMS, rate_scale, step_beta
+from threefactor.training.train import build_network, train
+
+from test_train import _config, _quiet, data_root  # noqa: F401  (fixture)
+
+RULE = Rule(sigma=2.0, gamma=2.0, groups=4)
+
+
+def _clusters(m, n_in=20, n_classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = 1.5 * rng.standard_normal((n_classes, n_in))
+    y = rng.integers(0, n_classes, m)
+    return centres[y] + rng.standard_normal((m, n_in)), y
+
+
+# -- one step of B streams is the sum of B single-stream steps at the per-sample rate --------------
+@pytest.mark.parametrize("shared_b3", [False, True])
+def test_step_of_b_streams_is_the_sum_of_single_stream_steps(shared_b3):
+    """Same weights, same pairs: W after one step of B = 8 streams at lr·B/256 minus W0 equals the sum
+    over b of (W after stream b alone at lr/256 minus W0), float64, to round-off.  b3_init fixes the
+    centring of the first pair, so a shared b3 couples nothing yet."""
+    B, lr = 8, 0.3
+    x, y = _clusters(2 * B)
+    w0 = np.random.default_rng(1).standard_normal((16, 20)) / 5
+    cfg = dict(mode="online", rate_rule="per-sample", streams=B, rate_streams=RATE_STREAMS, beta=0.01,
+               shared_b3=shared_b3)
+    many = OnlineLayer(w0.copy(), RULE, streams=B, shared_b3=shared_b3, b3_init=0.3)
+    many.step(x[:B], y[:B])
+    _, upd = many.step(x[B:], y[B:])
+    many.apply(upd, lr * rate_scale(cfg))
+    total = np.zeros_like(w0)
+    for b in range(B):
+        one = OnlineLayer(w0.copy(), RULE, streams=1, shared_b3=shared_b3, b3_init=0.3)
+        one.step(x[b:b + 1], y[b:b + 1])
+        _, upd = one.step(x[B + b:B + b + 1], y[B + b:B + b + 1])
+        one.apply(upd, lr * rate_scale(dict(cfg, streams=1)))
+        total += one.w - w0
+    np.testing.assert_allclose(many.w - w0, total, rtol=1e-12, atol=1e-15)
+    assert np.abs(total).max() > 1e-4          # the step did something
+
+
+def _run(order, streams, lr, steps_rule="per-sample"):
+    """One layer trained on the samples ``order`` (stream b of step t takes order[t·B + b]); W."""
+    x, y = _clusters(len(order), seed=3)
+    layer = OnlineLayer(np.random.default_rng(1).standard_normal((16, 20)) / 5, RULE, streams=streams,
+                        beta=0.01, shared_b3=True)
+    cfg = dict(mode="online", rate_rule=steps_rule, streams=streams, rate_streams=RATE_STREAMS)
+    for s in range(0, len(order), streams):
+        idx = order[s:s + streams]
+        layer.learn(x[idx], y[idx], lr * rate_scale(cfg))
+    return layer.w
+
+
+def test_b16_and_b1_on_the_same_samples_end_alike():
+    """4096 samples, one layer, per-sample rate 8/256: B = 16 and B = 1 move W alike, and differ by no more
+    than two B = 16 runs on the same samples in two orders do (the noise of random pairs).
+
+    What the rate predicts: the drift per sample is the same at any B, so W_16 - W_1 is the noise
+    of the pairs, of the order of (W_16 - W_16') (two orders); measured here 0.28-0.35 of the movement
+    (tolerance: 1.5x the order-to-order difference and half the movement).  With per-step rates
+    (the rule before issue 18) B = 1 moves ~16x as far, which the test would catch."""
+    n, lr = 4096, 8.0
+    order = np.random.default_rng(5).permutation(n)
+    w0 = _run(order[:0], 1, lr)
+    w16, w1 = _run(order, 16, lr), _run(order, 1, lr)
+    w16b = _run(np.random.default_rng(6).permutation(n), 16, lr)
+    move = np.linalg.norm(w16 - w0)
+    assert 0.8 < np.linalg.norm(w1 - w0) / move < 1.25
+    diff, noise = np.linalg.norm(w16 - w1), np.linalg.norm(w16 - w16b)
+    assert diff < 1.5 * noise and diff < 0.5 * move, (diff, noise, move)
+    old = _run(order[:n // 4], 1, lr, "per-step")          # a quarter of the samples, per-step rates
+    assert np.linalg.norm(old - w0) > 2 * move
+
+
+def test_rate_rule_config_and_old_runs(data_root, tmp_path):  # noqa: F811
+    """config.json records the rate rule; a config without it (written before) keeps per-step rates and
+    resumes; --rate-rule needs --mode online; an unknown rule is named."""
+    cfg = _config(data_root, "gaussian", "grp+div", mode="online", streams=16, batch_size=16, epochs=1)
+    assert cfg["rate_rule"] == "per-sample" and cfg["rate_streams"] == 256
+    assert rate_scale(cfg) == 16 / 256 and step_beta(cfg) == pytest.approx(1 - 0.99 ** (16 / 256), rel=1e-12)
+    assert step_beta(dict(cfg, shared_b3=False)) == 0.01
+    assert rate_scale(dict(cfg, rate_rule="per-step")) == 1.0
+    batch = _config(data_root, "gaussian", "grp+div")
+    assert batch["rate_rule"] is None and rate_scale(batch) == 1.0
+    with pytest.raises(ValueError, match=r"rate_rule needs mode='online'"):
+        _config(data_root, "gaussian", "grp+div", rate_rule="per-step")
+    with pytest.raises(ValueError, match=r"rate_rule='per-smaple'.*per-sample"):
+        _config(data_root, "gaussian", "grp+div", mode="online", rate_rule="per-smaple")
+    rd = train(cfg, tmp_path / "run", progress=False, log=_quiet)
+    saved = json.loads(rd.config_path.read_text())
+    assert saved["rate_rule"] == "per-sample"
+    old = {k: v for k, v in saved.items() if k not in ("rate_rule", "rate_streams")}   # a pre-issue-18 run
+    rd.config_path.write_text(json.dumps(old))
+    assert rate_scale(old) == 1.0 and step_beta(old) == old["beta"]
+    assert cli.main(["train", "--resume", str(rd.path), "--epochs", "2", "--no-progress"]) == 0
+    assert [r["epoch"] for r in rd.read_metrics()] == [1, 2]
+    assert "rate_rule" not in json.loads(rd.config_path.read_text())
+
+
+# -- the logged objective ------------------------------------------------------------------------
+def test_objective_of_b1_moves_once_the_hidden_layers_learn(data_root, tmp_path):  # noqa: F811
+    """B = 1 (no pair in a step): metrics.jsonl's L is that of the fixed evaluation batch; it starts away
+    from 0, and moves down from its value at the initial weights as the layers learn."""
+    from threefactor.training.objectives import layer_objectives, objective_indices
+    cfg = _config(data_root, "gaussian", "grp+div", mode="online", streams=1, batch_size=1, epochs=2, subset=160,
+                  lr_local=40.0, lr_out=10.0, dropout=0.0)
+    rd = train(cfg, tmp_path / "run", progress=False, log=_quiet)
+    rec = rd.read_metrics()
+    net = build_network(cfg, 784, 10, get_backend("numpy"), np.random.default_rng(cfg["seed"]))
+    from threefactor.training.train import load_data
+    x_tr, y_tr, *_ = load_data(cfg, False, _quiet)
+    idx = objective_indices(cfg, len(y_tr))
+    assert len(idx) == 160 and np.array_equal(idx, objective_indices(cfg, len(y_tr)))
+    init = layer_objectives(net, x_tr[idx], y_tr[idx])
+    for r in rec:
+        assert r["local_objective"] == [r["local_objective_1"], r["local_objective_2"]]
+        assert all(v != 0 for v in r["local_objective"])
+    last = rec[-1]["local_objective"]
+    assert all(b < a - 1e-3 for a, b in zip(init, last)), (init, last)
+
+
+def test_batch_and_online_log_the_same_objective_at_the_same_weights(data_root, tmp_path):  # noqa: F811
+    """The objective is a function of the weights and the evaluation batch only: a batch run and an online
+    run whose hidden layers do not learn (lr_local 0) log the same L."""
+    kw = dict(epochs=1, lr_local=0.0, dropout=0.0)
+    a = train(_config(data_root, "gaussian", "grp+div", **kw), tmp_path / "a", progress=False, log=_quiet)
+    b = train(_config(data_root, "gaussian", "grp+div", mode="online", streams=4, batch_size=4, **kw), tmp_path / "b",
+              progress=False, log=_quiet)
+    la, lb = a.read_metrics()[0]["local_objective"], b.read_metrics()[0]["local_objective"]
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1.5", "x"])
+def test_bad_streams_values_keep_their_errors(data_root, tmp_path, value):  # noqa: F811
+    argv = ["train", "--dataset", "mnist", "--hidden", "32", "--groups", "8", "--mode", "online",
+            "--streams", value, "--epochs", "1", "--data-root", str(data_root), "--backend", "numpy",
+            "--no-progress", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    msg = str(exc.value.code) if not isinstance(exc.value.code, int) else ""
+    assert exc.value.code == 2 or "streams must be a positive integer" in msg, msg
+
+
+# -- the fused low-rank SGD step -----------------------------------------------------------------
+@pytest.mark.parametrize("R", [0, 2, 6])
+@pytest.mark.parametrize("mu,wd", [(0.95, 1e-3), (0.0, 0.0)])
+def test_fused_low_rank_sgd_equals_the_dense_step(R, mu, wd):
+    """SGD.step with a TwoPointUpdate (one Numba pass over W and its buffer, ΔW never formed) equals the
+    numpy step on ΔW = postᵀ pre, float64, over three steps."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(R)
+    w = rng.standard_normal((33, 47))
+    a, b = w.copy(), w.copy()
+    fused, dense = SGD([a], 0.05, momentum=mu, weight_decay=wd), SGD([b], 0.05, momentum=mu, weight_decay=wd,
+                                                                      fused=False)
+    for _ in range(3):
+        upd = TwoPointUpdate(rng.standard_normal((R, 33)), rng.standard_normal((R, 47)))
+        fused.step([upd], sign=-1.0)
+        dense.step([upd], sign=-1.0)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(fused.buffers[0], dense.buffers[0], rtol=1e-12, atol=1e-14)
+
+
+def test_b1_training_fused_equals_unfused_numpy_vs_numba(data_root, tmp_path):  # noqa: F811
+    """A B = 1 run, float64: the numba backend with the fused step and the numpy backend with the
+    optimisers' reference (unfused) path end with the same weights to round-off."""
+    pytest.importorskip("numba")
+    from threefactor.training.loop import run_epochs
+    from threefactor.training.runs import RunDir
+    from threefactor.training.train import load_data
+    out = {}
+    for backend, fused in (("numba", None), ("numpy", False)):
+        cfg = _config(data_root, "gaussian", "grp+div", mode="online", streams=1, batch_size=1, epochs=1, subset=64,
+                      lr_local=20.0, lr_out=5.0, dtype="float64", backend=backend)
+        be = get_backend(backend)
+        rng = np.random.default_rng(cfg["seed"])
+        net = build_network(cfg, 784, 10, be, rng)
+        opts = net.make_optimizers(cfg["lr_local"], cfg["lr_out"], weight_decay_local=cfg["weight_decay_local"],
+                                   weight_decay_out=cfg["weight_decay_out"], momentum=cfg["momentum"])
+        for opt in opts.values():
+            opt.fused = fused
+        rd = RunDir(tmp_path / backend)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd.write_config(cfg)
+        data = load_data(cfg, False, _quiet)[:4]
+        run_epochs(cfg, rd, net, opts, rng, be, data, progress=False, log=_quiet)
+        out[backend] = {k: be.to_numpy(v) for k, v in net.state().items()}
+    for k in out["numpy"]:
+        np.testing.assert_allclose(out["numba"][k], out["numpy"][k], rtol=1e-10, atol=1e-12, err_msg=k)
