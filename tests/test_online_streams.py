@@ -52,7 +52,7 @@ def test_step_of_b_streams_is_the_sum_of_single_stream_steps(shared_b3):
 
 def _run(order, streams, lr, steps_rule="per-sample"):
     """One layer trained on the samples ``order`` (stream b of step t takes order[t·B + b]); W."""
-    x, y = _clusters(len(order), seed=3)
+    x, y = _clusters(16384, seed=3)
     layer = OnlineLayer(np.random.default_rng(1).standard_normal((16, 20)) / 5, RULE, streams=streams,
                         beta=0.01, shared_b3=True)
     cfg = dict(mode="online", rate_rule=steps_rule, streams=streams, rate_streams=RATE_STREAMS)
@@ -63,14 +63,15 @@ def _run(order, streams, lr, steps_rule="per-sample"):
 
 
 def test_b16_and_b1_on_the_same_samples_end_alike():
-    """4096 samples, one layer, per-sample rate 8/256: B = 16 and B = 1 move W alike, and differ by no more
-    than two B = 16 runs on the same samples in two orders do (the noise of random pairs).
+    """16384 samples, one layer (20 -> 16, 4 groups), rate 2.0 per step of 256 samples: B = 16 and B = 1
+    on the same samples in the same order move W alike.
 
-    What the rate predicts: the drift per sample is the same at any B, so W_16 - W_1 is the noise
-    of the pairs, of the order of (W_16 - W_16') (two orders); measured here 0.28-0.35 of the movement
-    (tolerance: 1.5x the order-to-order difference and half the movement).  With per-step rates
-    (the rule before issue 18) B = 1 moves ~16x as far, which the test would catch."""
-    n, lr = 4096, 8.0
+    What the rate predicts: the drift per sample is the same at any B, so ‖W_1 - W_16‖ is the noise of
+    the random pairs, the order of ‖W_16 - W_16'‖ between two orders of the samples (measured: 0.22 and
+    0.25 of the movement ‖W_16 - W_0‖; their movements agree to 4%).  Tolerances: movements within
+    0.8-1.25 of each other, ‖W_1 - W_16‖ < 1.5 ‖W_16 - W_16'‖ and < 0.5 of the movement.  With per-step
+    rates (before issue 18) B = 1 moves far more, which the last check catches."""
+    n, lr = 16384, 2.0
     order = np.random.default_rng(5).permutation(n)
     w0 = _run(order[:0], 1, lr)
     w16, w1 = _run(order, 16, lr), _run(order, 1, lr)
@@ -79,7 +80,7 @@ def test_b16_and_b1_on_the_same_samples_end_alike():
     assert 0.8 < np.linalg.norm(w1 - w0) / move < 1.25
     diff, noise = np.linalg.norm(w16 - w1), np.linalg.norm(w16 - w16b)
     assert diff < 1.5 * noise and diff < 0.5 * move, (diff, noise, move)
-    old = _run(order[:n // 4], 1, lr, "per-step")          # a quarter of the samples, per-step rates
+    old = _run(order[:1024], 1, lr, "per-step")         # 1/16 of the samples at per-step rates
     assert np.linalg.norm(old - w0) > 2 * move
 
 
@@ -109,25 +110,27 @@ def test_rate_rule_config_and_old_runs(data_root, tmp_path):  # noqa: F811
 
 
 # -- the logged objective ------------------------------------------------------------------------
-def test_objective_of_b1_moves_once_the_hidden_layers_learn(data_root, tmp_path):  # noqa: F811
-    """B = 1 (no pair in a step): metrics.jsonl's L is that of the fixed evaluation batch; it starts away
-    from 0, and moves down from its value at the initial weights as the layers learn."""
+def test_objective_of_b1_moves_once_the_hidden_layers_learn(tmp_path):
+    """B = 1 (no pair in a step, so no batch L): metrics.jsonl's L is that of the fixed evaluation batch;
+    it falls from its value at the initial weights as the layers learn (4 clusters in 20 dimensions,
+    hidden 16-16, 3 epochs of 500 samples: measured -0.0018, -0.00004 at the start, -0.22, -0.13 after)."""
+    from threefactor.training.config import resolve_config
     from threefactor.training.objectives import layer_objectives, objective_indices
-    cfg = _config(data_root, "gaussian", "grp+div", mode="online", streams=1, batch_size=1, epochs=2, subset=160,
-                  lr_local=40.0, lr_out=10.0, dropout=0.0)
-    rd = train(cfg, tmp_path / "run", progress=False, log=_quiet)
+    x, y = _clusters(600, seed=7)
+    x = x.astype(np.float32)
+    cfg = resolve_config(dataset="mnist", hidden=[16, 16], groups=4, sigma=2.0, mode="online", streams=1,
+                         epochs=3, lr_local=2.0, lr_out=2.0, dropout=0.0, backend="numpy")
+    rd = train(cfg, tmp_path / "run", progress=False, log=_quiet, data=(x[:500], y[:500], x[500:], y[500:], 4))
     rec = rd.read_metrics()
-    net = build_network(cfg, 784, 10, get_backend("numpy"), np.random.default_rng(cfg["seed"]))
-    from threefactor.training.train import load_data
-    x_tr, y_tr, *_ = load_data(cfg, False, _quiet)
-    idx = objective_indices(cfg, len(y_tr))
-    assert len(idx) == 160 and np.array_equal(idx, objective_indices(cfg, len(y_tr)))
-    init = layer_objectives(net, x_tr[idx], y_tr[idx])
+    idx = objective_indices(cfg, 500)
+    assert len(idx) == 500 and np.array_equal(idx, objective_indices(cfg, 500))
+    net = build_network(cfg, 20, 4, get_backend("numpy"), np.random.default_rng(cfg["seed"]))
+    init = layer_objectives(net, x[idx], y[idx])
     for r in rec:
         assert r["local_objective"] == [r["local_objective_1"], r["local_objective_2"]]
-        assert all(v != 0 for v in r["local_objective"])
     last = rec[-1]["local_objective"]
-    assert all(b < a - 1e-3 for a, b in zip(init, last)), (init, last)
+    assert all(b < a - 0.05 for a, b in zip(init, last)), (init, last)
+    assert rec[-1]["test_accuracy"] > 80
 
 
 def test_batch_and_online_log_the_same_objective_at_the_same_weights(data_root, tmp_path):  # noqa: F811
@@ -198,3 +201,33 @@ def test_b1_training_fused_equals_unfused_numpy_vs_numba(data_root, tmp_path):  
         out[backend] = {k: be.to_numpy(v) for k, v in net.state().items()}
     for k in out["numpy"]:
         np.testing.assert_allclose(out["numba"][k], out["numpy"][k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("threads,grid_y", [(256, 65535), (32, 7)])     # small: strided loops run
+def test_cupy_low_rank_sgd_matches_numpy(monkeypatch, threads, grid_y):
+    """The GPU's one-kernel SGD step with a TwoPointUpdate equals the numpy step on the dense ΔW."""
+    from threefactor.backends import BackendUnavailable
+    try:
+        be = get_backend("cupy")
+    except (BackendUnavailable, ImportError) as exc:
+        pytest.skip(str(exc))
+    import cupy
+    from threefactor.backends import _online_cupy
+    monkeypatch.setattr(_online_cupy, "_THREADS", threads)
+    monkeypatch.setattr(_online_cupy, "_MAX_GRID_Y", grid_y)
+    used, real = [], _online_cupy.sgd_low_rank
+    monkeypatch.setattr(_online_cupy, "sgd_low_rank", lambda *a: used.append(real(*a)) or used[-1])
+    rng = np.random.default_rng(0)
+    for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+        for R in (0, 2, 6):
+            w = rng.standard_normal((40, 70)).astype(dtype)
+            ref, wg = w.copy(), cupy.asarray(w)
+            dense, fused = SGD([ref], 0.05, weight_decay=1e-3, fused=False), SGD([wg], 0.05, weight_decay=1e-3)
+            for _ in range(2):
+                post, pre = rng.standard_normal((R, 40)).astype(dtype), rng.standard_normal((R, 70)).astype(dtype)
+                dense.step([TwoPointUpdate(post, pre)], sign=-1.0)
+                fused.step([TwoPointUpdate(cupy.asarray(post), cupy.asarray(pre))], sign=-1.0)
+            np.testing.assert_allclose(be.to_numpy(wg), ref, rtol=tol, atol=tol)
+            np.testing.assert_allclose(be.to_numpy(fused.buffers[0]), dense.buffers[0], rtol=tol, atol=tol)
+    assert used == [True] * 12                               # the kernel ran, ΔW was never formed

@@ -92,12 +92,17 @@ def _is_low_rank(g):
 
 
 def _low_rank_step(w, g, buf, sign, wd, mu, lr, fused):
-    """The SGD step with g = ΔW = postᵀ pre in one pass over w and buf on the host (Numba,
-    :func:`threefactor.backends._online_kernels.sgd_low_rank`); False where it does not apply
-    (device arrays, many terms, no Numba, ``fused=False``): the caller forms ΔW."""
-    if fused is False or _fusable(w, buf) != "numpy" or g.post.shape[1:] != w.shape[:1] \
-            or g.pre.shape[1:] != w.shape[1:] or w.ndim != 2:
+    """The SGD step with g = ΔW = postᵀ pre in one pass over w and buf: Numba on the host
+    (:func:`threefactor.backends._online_kernels.sgd_low_rank`), one CUDA kernel on the GPU
+    (:func:`threefactor.backends._online_cupy.sgd_low_rank`); False where it does not apply (many
+    terms, no Numba, ``fused=False``): the caller forms ΔW."""
+    lib = _fusable(w, buf)
+    if fused is False or lib is None or w.ndim != 2 or g.post.shape[1:] != w.shape[:1] \
+            or g.pre.shape[1:] != w.shape[1:]:
         return False
+    if lib == "cupy":
+        from threefactor.backends import _online_cupy
+        return _online_cupy.sgd_low_rank(w, buf, g.post, g.pre, sign, wd, mu, lr)
     try:
         from threefactor.backends import _online_kernels as kern
     except ImportError:  # pragma: no cover - numba is a dependency
