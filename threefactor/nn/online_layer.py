@@ -319,13 +319,6 @@ class OnlineLayer:
         return layer_activity(self.trule, self._input(x, rows=True), self.w, self.backend).out
 
 
-class BatchKernels(NamedTuple):
-    """K and Ky (B, B) of one step's samples, for logging the layer objective (Eq. 9)."""
-
-    K: object
-    Ky: object
-
-
 class OnlineHiddenLayer(HiddenLayer):
     """A :class:`~threefactor.layers.HiddenLayer` that learns by the two-point rule.
 
@@ -333,8 +326,11 @@ class OnlineHiddenLayer(HiddenLayer):
     B = ``streams`` samples is one step of B streams, so row b of a batch is paired
     with row b of the previous batch (random pairs under shuffling).
     :meth:`local_forward` returns ΔW = the mean two-point update over the B pairs
-    (Eq. 57 / 63a), which estimates -dL/dW on the batch rule's scale (noisier, so smaller
-    rates: ``threefactor train --mode online`` uses 0.3 where the batch rule uses 1.0).
+    (Eq. 57 / 63a) as a :class:`~threefactor.rule.online.TwoPointUpdate` (rank 2B, formed only by
+    ``.dense()``; the SGD optimiser applies it in one pass over W and its momentum buffer), which
+    estimates -dL/dW on the batch rule's scale (noisier, so smaller rates: ``threefactor train
+    --mode online`` uses 0.3 where the batch rule uses 1.0, per step of 256 streams; at B streams
+    it steps with 0.3 · B/256, the same rate per sample, config ``rate_rule``).
 
     Every training batch must have B rows, with one exception: the short last batch
     of an epoch whose size is not a multiple of B.  It is taken only right after a

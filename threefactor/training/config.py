@@ -18,6 +18,7 @@ from threefactor.nn.convnet import ARCHS, parse_arch
 from threefactor.nn.optim import OPTIMIZERS
 from threefactor.training.presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table6_preset
 from threefactor.rule.rules import choice_error
+from threefactor.training.rates import RATE_RULES, RATE_STREAMS, rate_scale, step_beta  # noqa: F401
 
 #: Defaults of every option (App. D.4-D.5 unless said otherwise).
 DEFAULTS = dict(
@@ -44,14 +45,6 @@ MODES = ("batch", "online")
 #: (shared b3) ended best of 0.1 / 0.2 / 0.3, 1.5 points below the batch rule on
 #: Fashion-MNIST (benchmarks/RESULTS.md, "Online rule"; in 5 epochs 0.1 is ahead).
 ONLINE_LR_LOCAL = 0.3
-#: How --mode online applies its rates (config.json's ``rate_rule``; :func:`rate_scale`).
-#: "per-sample" (the default since issue 18): the rates given are per step at B = RATE_STREAMS
-#: streams, i.e. per sample lr / RATE_STREAMS, so a step of B streams uses lr · B / RATE_STREAMS
-#: (and a shared b3 the β that averages over as many samples) and B changes speed, not learning.
-#: "per-step": lr and β per step at any B (what runs before issue 18 did; their config.json
-#: lacks ``rate_rule`` and resumes so).
-RATE_RULES = ("per-sample", "per-step")
-RATE_STREAMS = 256
 _RESUMABLE = {"epochs"}     # options that may change on --resume
 
 
@@ -379,27 +372,6 @@ def validate_saved(cfg, path):
         _validate(cfg)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
-
-
-def rate_scale(cfg) -> float:
-    """The factor on the learning rates of a step (1 but for online ``rate_rule`` "per-sample").
-
-    Online with ``rate_rule="per-sample"``: B / ``rate_streams`` (B = streams), so the rates given
-    mean per step what they mean at B = 256 and every sample moves the weights alike at any B.
-    A config without ``rate_rule`` (written before issue 18) keeps its per-step rates: 1.
-    """
-    if cfg.get("mode") == "online" and cfg.get("rate_rule") == "per-sample":
-        return cfg["streams"] / cfg.get("rate_streams", RATE_STREAMS)
-    return 1.0
-
-
-def step_beta(cfg) -> float:
-    """β of a step: that of ``rate_rule`` "per-sample" with a shared b3 is 1 - (1 - β)^(B / 256), so b3
-    averages over as many samples (Eq. 61) at any B; otherwise (per-step rule, or one b3 per stream,
-    whose average is over the stream's own pairs) β as given."""
-    if cfg.get("rate_rule") == "per-sample" and cfg.get("shared_b3", True):
-        return float(-np.expm1(np.log1p(-cfg["beta"]) * rate_scale(cfg))) if cfg["beta"] < 1 else 1.0
-    return cfg["beta"]
 
 
 def make_rule(cfg):

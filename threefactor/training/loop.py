@@ -15,7 +15,7 @@ import numpy as np
 
 from threefactor.rule.online import NonFiniteError
 from threefactor.nn.optim import multistep_lr
-from threefactor.training.config import rate_scale
+from threefactor.training.rates import rate_scale
 from threefactor.training.objectives import layer_objectives, objective_indices
 
 
