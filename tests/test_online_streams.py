@@ -231,3 +231,49 @@ def test_cupy_low_rank_sgd_matches_numpy(monkeypatch, threads, grid_y):
             np.testing.assert_allclose(be.to_numpy(wg), ref, rtol=tol, atol=tol)
             np.testing.assert_allclose(be.to_numpy(fused.buffers[0]), dense.buffers[0], rtol=tol, atol=tol)
     assert used == [True] * 12                               # the kernel ran, ΔW was never formed
+
+
+# -- more pairs per sample: each sample with its stream's K previous ones --------------------------
+def test_delays_pair_each_sample_with_k_previous_ones():
+    """delays=2: the third step's ΔW is the mean of the two-point updates of (t, t-1) and (t, t-2), each
+    centred with the b3 the first pair left (Eq. 61); its state round-trips through state()/load_state."""
+    from threefactor.rule.online import TwoPointRule, circuit_b2, layer_activity, two_point_update
+    B, beta = 3, 0.3
+    x, y = _clusters(4 * B, seed=9)
+    w = np.random.default_rng(2).standard_normal((16, 20)) / 5
+    trule = TwoPointRule(RULE, n_classes=4, beta=beta, b3_init=0.5)
+    layer = OnlineLayer(w.copy(), trule, streams=B, delays=2)
+    steps = [layer.step(x[i * B:(i + 1) * B], y[i * B:(i + 1) * B])[1] for i in range(3)]
+    assert steps[1].post.shape[0] == 2 * B and steps[2].post.shape[0] == 4 * B
+    s = [slice(i * B, (i + 1) * B) for i in range(3)]
+    now, prev = (layer_activity(trule, x[i], w, get_backend("numpy")) for i in (s[1], s[0]))
+    b2 = circuit_b2(trule, now, prev, y[s[1]] == y[s[0]])[3]
+    b3 = beta * b2 + (1 - beta) * 0.5
+    ref = 0.5 * (two_point_update(x[s[2]], x[s[1]], w, y[s[2]], y[s[1]], trule, b3=b3)
+                 + two_point_update(x[s[2]], x[s[0]], w, y[s[2]], y[s[0]], trule, b3=b3))
+    np.testing.assert_allclose(steps[2].dense(), ref, rtol=1e-12, atol=1e-15)
+    copy = OnlineLayer(w.copy(), trule, streams=B, delays=2)
+    copy.load_state(layer.state())
+    a, b = layer.step(x[3 * B:], y[3 * B:])[1], copy.step(x[3 * B:], y[3 * B:])[1]
+    np.testing.assert_array_equal(a.dense(), b.dense())
+    with pytest.raises(ValueError, match=r"delays must be an integer >= 1"):
+        OnlineLayer(w.copy(), trule, streams=B, delays=0)
+
+
+def test_delays_option_and_resume(data_root, tmp_path):  # noqa: F811
+    """--delays K: online only, an integer >= 1; its older samples are checkpointed, so resuming repeats
+    the uninterrupted run bit for bit."""
+    with pytest.raises(ValueError, match=r"delays needs mode='online'"):
+        _config(data_root, "gaussian", "grp+div", delays=2)
+    with pytest.raises(ValueError, match=r"delays must be an integer >= 1"):
+        _config(data_root, "gaussian", "grp+div", mode="online", streams=32, delays=0)
+    cfg = _config(data_root, "gaussian", "grp+div", mode="online", streams=32, delays=3, epochs=2,
+                  lr_local=1.6, lr_out=0.4)
+    full = train(cfg, tmp_path / "full", progress=False, log=_quiet)
+    part = train(dict(cfg, epochs=1), tmp_path / "part", progress=False, log=_quiet)
+    assert "online/0/labels3" in part.load_checkpoint()[0]
+    train(cfg, part.path, resume=True, progress=False, log=_quiet)
+    a, b = full.load_checkpoint()[0], part.load_checkpoint()[0]
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

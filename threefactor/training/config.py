@@ -26,7 +26,7 @@ DEFAULTS = dict(
     epochs=2,                       # a short demo; the paper trains for 100
     seed=0, lr_local=None, lr_out=None, groups=None, data_root=None, validation=False,
     subset=None, backend=None, dtype="float32", eval_batch_size=2000,
-    mode="batch", streams=None, beta=0.01, shared_b3=True, rate_rule=None,
+    mode="batch", streams=None, beta=0.01, shared_b3=True, rate_rule=None, delays=None,
     arch="mlp", width=1, augment=None,     # augment None: on for cifar10 (App. D.3), off otherwise
     batchnorm=False,
     **{k: v for k, v in presets.SHARED.items() if k != "epochs"},
@@ -128,9 +128,14 @@ def resolve_config(**options):
         if cfg["rate_rule"] not in RATE_RULES:
             raise choice_error("rate_rule", cfg["rate_rule"], RATE_RULES)
         cfg["rate_streams"] = RATE_STREAMS
+        cfg["delays"] = given.get("delays", 1)
+        d = cfg["delays"]
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise ValueError(f"delays must be an integer >= 1 (each sample paired with its stream's K previous "
+                             f"samples), got {d!r}")
     else:
         for key, flag in (("streams", "--streams"), ("beta", "--beta"), ("shared_b3", "--per-stream-b3"),
-                          ("rate_rule", "--rate-rule")):
+                          ("rate_rule", "--rate-rule"), ("delays", "--delays")):
             if key in given:
                 raise ValueError(f"{key} needs mode='online' ({flag} needs --mode online)")
         cfg["streams"] = None

@@ -46,7 +46,8 @@ def build_network(cfg, n_in, n_classes, backend, rng):
               dtype=np.dtype(cfg["dtype"]), rng=rng, batchnorm=bool(cfg.get("batchnorm", False)))
     if cfg.get("mode") == "online":
         from threefactor.nn.online_layer import make_online
-        make_online(net, streams=cfg["streams"], beta=step_beta(cfg), shared_b3=cfg["shared_b3"])
+        make_online(net, streams=cfg["streams"], beta=step_beta(cfg), shared_b3=cfg["shared_b3"],
+                    delays=cfg.get("delays") or 1)
     return net
 
 
@@ -354,6 +355,9 @@ def configure_parser(parser):
                    help="online: per-sample (default: --lr-local, --lr-out and --beta mean what they mean at "
                         "256 streams, a step of B streams uses lr x B/256, so --streams changes speed, not "
                         "learning) or per-step (the rates as given at any B, as runs before it did)")
+    o.add_argument("--delays", type=int, default=S, metavar="K",
+                   help="online: pair each sample with its stream's K previous samples, not only the last "
+                        "(K pairs per sample at any B; default 1)")
     r = parser.add_argument_group("data, hardware and output")
     r.add_argument("--data-root", dest="data_root", default=S, metavar="DIR",
                    help="where datasets live (default: $THREEFACTOR_DATA, system dirs, ~/.cache/threefactor)")
