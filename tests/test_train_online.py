@@ -9,7 +9,9 @@ from test_train import _config, _quiet, data_root  # noqa: F401  (fixture)
 
 
 def _online(data_root, **kw):
-    opts = dict(mode="online", streams=32, lr_local=0.2, epochs=4)
+    # per-sample rates (the default rate_rule): a step of 32 streams uses lr x 32/256, i.e. lr_local 0.2
+    # and lr_out 0.05 per step, the rates these tests used before rates were per sample
+    opts = dict(mode="online", streams=32, lr_local=1.6, lr_out=0.4, epochs=4)
     opts.update(kw)
     return _config(data_root, "gaussian", "grp+div", **opts)
 

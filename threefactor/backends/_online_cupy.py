@@ -51,6 +51,56 @@ _ACCUMULATE_F32 = LazyKernel(RawKernelSource(_SOURCE.format(name="f32", T="float
 _ACCUMULATE_F64 = LazyKernel(RawKernelSource(_SOURCE.format(name="f64", T="double"), "online_accumulate_f64"))
 _KERNELS = {np.dtype(np.float32): _ACCUMULATE_F32, np.dtype(np.float64): _ACCUMULATE_F64}
 
+# The optimiser's SGD step with g = postᵀ pre (threefactor.nn.optim.SGD, PyTorch's order of operations),
+# one thread per synapse: g from the R terms (post read as (R, n_out): no transposed copy), then
+# d = sign·g + wd·w, buf = μ buf + d, w -= lr·buf; W and its momentum buffer read and written once.
+_SGD_SOURCE = r"""
+extern "C" __global__
+void online_sgd_{name}({T}* __restrict__ w, {T}* __restrict__ buf, const {T}* __restrict__ post,
+                       const {T}* __restrict__ pre, const int n_out, const int n_in, const int r_all,
+                       const {T} sign, const {T} wd, const {T} mu, const {T} lr)
+{{
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= n_in) return;
+    for (int n = blockIdx.y; n < n_out; n += gridDim.y) {{
+        {T} g = 0;
+        for (int r = 0; r < r_all; ++r) {{
+            g += post[(size_t)r * n_out + n] * pre[(size_t)r * n_in + k];
+        }}
+        const size_t i = (size_t)n * n_in + k;
+        const {T} wi = w[i];
+        const {T} d = sign * g + wd * wi;
+        const {T} b = buf[i] * mu + d;
+        buf[i] = b;
+        w[i] = wi - lr * b;
+    }}
+}}
+"""
+
+_SGD_F32 = LazyKernel(RawKernelSource(_SGD_SOURCE.format(name="f32", T="float"), "online_sgd_f32"))
+_SGD_F64 = LazyKernel(RawKernelSource(_SGD_SOURCE.format(name="f64", T="double"), "online_sgd_f64"))
+_SGD_KERNELS = {np.dtype(np.float32): _SGD_F32, np.dtype(np.float64): _SGD_F64}
+
+
+def sgd_low_rank(w, buf, post, pre, sign, wd, mu, lr):
+    """The SGD step of w, buf with gradient g = postᵀ pre, in one kernel (ΔW never formed); False
+    (nothing done) for R ≥ BLAS_FROM terms, where forming ΔW with cuBLAS is faster.
+
+    w, buf : cupy (n_out, n_in), one float dtype, C-contiguous;  post (R, n_out), pre (R, n_in)."""
+    import cupy
+    dtype = np.dtype(w.dtype)
+    n_out, n_in = w.shape
+    r_all = post.shape[0]
+    if r_all >= BLAS_FROM or dtype not in _SGD_KERNELS:
+        return False
+    post = cupy.ascontiguousarray(post, dtype=dtype)
+    pre = cupy.ascontiguousarray(pre, dtype=dtype)
+    t = dtype.type
+    grid = ((n_in + _THREADS - 1) // _THREADS, min(n_out, _MAX_GRID_Y))
+    _SGD_KERNELS[dtype].get()(grid, (_THREADS,), (w, buf, post, pre, np.int32(n_out), np.int32(n_in),
+                                                  np.int32(r_all), t(sign), t(wd), t(mu), t(lr)))
+    return True
+
 
 def accumulate_kernel(dtype):
     """The RawKernel for ``dtype`` (float32 or float64), built on first use."""

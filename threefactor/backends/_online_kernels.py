@@ -77,3 +77,61 @@ def accumulate_serial(w, ut, pre):
     """:func:`accumulate` on one thread (small updates)."""
     for n in range(w.shape[0]):
         _row(w[n], ut[n], pre)
+
+
+#: Up to this many rank-one terms (R = 2B) the SGD step of the optimiser takes the two-point
+#: update as it is, in one pass over W and its momentum buffer (:func:`sgd_low_rank`); from
+#: BLAS_FROM on, ΔW is formed by one GEMM and the step is the optimiser's own fused pass.
+LOW_RANK_UP_TO = BLAS_FROM - 1
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _sgd_row(w, buf, ut, pre, sign, wd, mu, lr):
+    """One row of :func:`sgd_low_rank` (R = 0, 2 or any, the terms added in order r = 0, 1, ...)."""
+    n_in = w.shape[0]
+    r_all = pre.shape[0]
+    if r_all == 2:
+        c0, c1 = ut[0], ut[1]
+        p0, p1 = pre[0], pre[1]
+        for k in range(n_in):
+            wk = w[k]
+            d = sign * (c0 * p0[k] + c1 * p1[k]) + wd * wk
+            b = buf[k] * mu + d
+            buf[k] = b
+            w[k] = wk - lr * b
+        return
+    for k in range(n_in):
+        g = w.dtype.type(0)
+        for r in range(r_all):
+            g += ut[r] * pre[r, k]
+        wk = w[k]
+        d = sign * g + wd * wk
+        b = buf[k] * mu + d
+        buf[k] = b
+        w[k] = wk - lr * b
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def sgd_low_rank_serial(w, buf, ut, pre, sign, wd, mu, lr):
+    """:func:`sgd_low_rank` on one thread."""
+    for n in range(w.shape[0]):
+        _sgd_row(w[n], buf[n], ut[n], pre, sign, wd, mu, lr)
+
+
+@njit(cache=True, parallel=True, fastmath=False, nogil=True)
+def sgd_low_rank(w, buf, ut, pre, sign, wd, mu, lr):
+    """The optimiser's SGD step (:class:`threefactor.nn.optim.SGD`) with g = ut · pre, never formed.
+
+    For every synapse, in one pass over W and its momentum buffer (rows in parallel)::
+
+        g = Σ_r ut[n, r] pre[r, k];   d = sign · g + wd · w;   buf = μ buf + d;   w -= lr · buf
+
+    Parameters
+    ----------
+    w, buf : (n_out, n_in) C-contiguous, updated in place
+    ut : (n_out, R) post-synaptic terms × third factor × sign of the pair (the update's ``post.T``)
+    pre : (R, n_in) pre-synaptic activities
+    sign, wd, mu, lr : scalars of w's dtype
+    """
+    for n in prange(w.shape[0]):
+        _sgd_row(w[n], buf[n], ut[n], pre, sign, wd, mu, lr)

@@ -168,6 +168,13 @@ class Backend(abc.ABC):
         """SGD with momentum in place (:class:`threefactor.nn.optim.SGD`): d = sign·g + wd·w,
         buf = μ buf + d, w -= lr·buf.  w, g, buf of one shape and dtype; the numbers are floats."""
 
+    def sgd_low_rank_step(self, w, buf, post, pre, sign, wd, mu, lr):
+        """The :meth:`sgd_step` of w (n_out, n_in) with gradient g = postᵀ pre (post (R, n_out),
+        pre (R, n_in): the online rule's two-point update) without forming g, in one pass over w
+        and buf; returns True when done, False when this backend does not fuse it (the caller then
+        forms g and calls :meth:`sgd_step`).  Not abstract: the default fuses nothing."""
+        return False
+
     # -- the online rule (threefactor.rule.online) --------------------------
     @abc.abstractmethod
     def accumulate(self, w, post, pre, lr):

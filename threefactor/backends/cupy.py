@@ -693,6 +693,16 @@ class CupyBackend(Backend):
             return
         NumpyBackend.sgd_step(w, g, buf, sign, wd, mu, lr)
 
+    def sgd_low_rank_step(self, w, buf, post, pre, sign, wd, mu, lr):
+        """The SGD step with g = postᵀ pre in one CUDA kernel
+        (:func:`threefactor.backends._online_cupy.sgd_low_rank`); False where it does not apply."""
+        if not (isinstance(w, cupy.ndarray) and isinstance(buf, cupy.ndarray) and w.ndim == 2
+                and w.flags.c_contiguous and buf.flags.c_contiguous and buf.dtype == w.dtype
+                and post.shape[1:] == w.shape[:1] and pre.shape[1:] == w.shape[1:]):
+            return False
+        from threefactor.backends import _online_cupy
+        return _online_cupy.sgd_low_rank(w, buf, post, pre, sign, wd, mu, lr)
+
     # -- the online rule ------------------------------------------------
     def accumulate(self, w, post, pre, lr):
         """W += lr · postᵀ pre in place: one thread per synapse, or cuBLAS for many rank-one terms

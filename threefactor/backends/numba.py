@@ -294,6 +294,23 @@ class NumbaBackend(NumpyBackend):
         _k.sgd_step(w.reshape(-1), g.reshape(-1), buf.reshape(-1), t(sign), t(wd), t(mu), t(lr))
 
 
+    def sgd_low_rank_step(self, w, buf, post, pre, sign, wd, mu, lr):
+        """The SGD step with g = postᵀ pre in one Numba pass over w and buf
+        (:func:`threefactor.backends._online_kernels.sgd_low_rank`; a serial loop for small ones);
+        False for more than ``LOW_RANK_UP_TO`` terms or arrays it cannot take (ΔW is formed then)."""
+        from threefactor.backends import _online_kernels as kern
+        R = post.shape[0]
+        if (R > kern.LOW_RANK_UP_TO or w.ndim != 2 or not _flat_floats(w, buf)
+                or post.shape[1:] != w.shape[:1] or pre.shape[1:] != w.shape[1:]):
+            return False
+        t = w.dtype.type
+        ut = np.ascontiguousarray(np.asarray(post).T, dtype=w.dtype)
+        pre = np.ascontiguousarray(pre, dtype=w.dtype)
+        step = kern.sgd_low_rank_serial if w.size * max(R, 1) < kern.SERIAL_BELOW else kern.sgd_low_rank
+        step(w, buf, ut, pre, t(sign), t(wd), t(mu), t(lr))
+        return True
+
+
 def _flat_floats(*arrays):
     """Whether every array is a C-contiguous numpy array of the first one's float32/float64 dtype."""
     first = arrays[0]

@@ -153,7 +153,8 @@ class Network:
                 mult, add = drops[k]
                 out, deltas, lp = layer.local_forward(self._input_of(layer, h), labels, self.n_classes, be, mult)
                 optimizers[f"hidden.{k}"].step(deltas, sign=-1.0)   # during the forward pass
-                objectives.append(be.layer_objective(lp.K, lp.Ky, layer.rule.gamma))
+                if lp is not None:                                   # None: an online step (no batch L)
+                    objectives.append(be.layer_objective(lp.K, lp.Ky, layer.rule.gamma))
                 h = out if add is None else out + add
             h = h.reshape(h.shape[0], -1)
         else:

@@ -24,70 +24,10 @@ from threefactor.backends import get_backend
 from threefactor.nn.layers import HiddenLayer
 from threefactor.rule.online import Activity, NonFiniteError, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, circuit_b2, layer_activity, two_point_post
 from threefactor.validate import check_finite, check_labels
+from threefactor.nn.circuit_record import CircuitRecord
 from threefactor.rule.rules import Rule
 
-
-class CircuitRecord:
-    """The circuit variables of every step with a pair, on the host (App. C, Fig. 1).
-
-    Attributes after ``to_dict()``: t (T,) step index; b1, b2, b3, M (T, B);
-    group (T, B, c) per-group signals b̃_α = Δv_α (grouped rules; the factor of
-    group α is M · b̃_α, Eq. 66); factor (T, B, c) that product.
-    """
-
-    FIELDS = ("b1", "b2", "b3", "M")
-
-    def __init__(self):
-        self._rows = {name: [] for name in ("t",) + self.FIELDS + ("group",)}
-
-    def __len__(self):
-        return len(self._rows["t"])
-
-    def append(self, t, circ, to_numpy):
-        """Store the :class:`~threefactor.online.Circuit` of step ``t``."""
-        self._rows["t"].append(t)
-        for name in self.FIELDS:
-            self._rows[name].append(np.array(to_numpy(getattr(circ, name))))
-        if circ.group is not None:
-            self._rows["group"].append(np.array(to_numpy(circ.group)))
-
-    def to_dict(self):
-        """Arrays by name: t (T,), b1 / b2 / b3 / M (T, B), group / factor (T, B, c) if grouped."""
-        out = {"t": np.asarray(self._rows["t"], dtype=np.int64)}
-        for name in self.FIELDS:
-            rows = self._rows[name]
-            out[name] = np.stack(rows) if rows else np.zeros((0, 0))
-        if self._rows["group"]:
-            out["group"] = np.stack(self._rows["group"])
-            out["factor"] = out["M"][:, :, None] * out["group"]
-        return out
-
-    def plot(self, stream=0, axes=None, path=None):
-        """Plot b1, b2 with b3, M and the per-group factors of one stream against t (matplotlib).
-
-        Returns the figure; saves it to ``path`` if given.
-        """
-        import matplotlib.pyplot as plt
-        d = self.to_dict()
-        n = 4 if "factor" in d else 3
-        if axes is None:
-            fig, axes = plt.subplots(n, 1, sharex=True, figsize=(8, 2 * n))
-        else:
-            fig = axes[0].figure
-        t = d["t"]
-        axes[0].plot(t, d["b1"][:, stream], label="b1 = ‖Δz‖² (Eq. 59)")
-        axes[1].plot(t, d["b2"][:, stream], label="b2 (Eq. 60)")
-        axes[1].plot(t, d["b3"][:, stream], label="b3 running mean (Eq. 61)")
-        axes[2].plot(t, d["M"][:, stream], label="M (Eq. 62)")
-        if "factor" in d:
-            axes[3].plot(t, d["factor"][:, stream, :])
-            axes[3].set_ylabel("M b̃_α (Eq. 66)")
-        for ax in axes[:3]:
-            ax.legend(loc="upper right", fontsize=8)
-        axes[-1].set_xlabel("step t")
-        if path is not None:
-            fig.savefig(path, dpi=120, bbox_inches="tight")
-        return fig
+__all__ = ["CircuitRecord", "OnlineLayer", "OnlineHiddenLayer", "make_online"]
 
 
 class OnlineLayer:
@@ -107,6 +47,10 @@ class OnlineLayer:
         See :class:`~threefactor.online.TwoPointRule` (ignored if ``rule`` is one).
     streams : int
         B, the number of independent streams stepped together.
+    delays : int
+        K: each sample is paired with its stream's K previous samples (Δt = 1, ..., K), not only
+        the last one; ΔW is the mean over the B·K pairs (fewer in a stream's first K steps) and b3
+        averages their b2.  More pairs per sample, the same at any B.  Default 1 (Eq. 57 / 63a).
     backend : str or backend object
         "numpy", "numba" or "cupy" for the forward pass and the circuit.
     record : bool
@@ -114,7 +58,7 @@ class OnlineLayer:
     """
 
     def __init__(self, w, rule=None, *, beta=0.01, streams=1, n_classes=10, divisive=False,
-                 shared_b3=False, b3_init=None, backend="numpy", record=False):
+                 shared_b3=False, b3_init=None, backend="numpy", record=False, delays=1):
         if isinstance(rule, TwoPointRule):
             self.trule = rule
         else:
@@ -124,6 +68,9 @@ class OnlineLayer:
         if isinstance(streams, bool) or not isinstance(streams, (int, np.integer)) or streams < 1:
             raise ValueError(f"streams must be an integer >= 1 (B, the number of streams), got {streams!r}")
         self.streams = int(streams)
+        if isinstance(delays, bool) or not isinstance(delays, (int, np.integer)) or delays < 1:
+            raise ValueError(f"delays must be an integer >= 1 (K previous samples paired with each), got {delays!r}")
+        self.delays = int(delays)
         w = real_array(be, w, "w")
         if w.ndim != 2:
             raise ValueError(f"w must be 2-D (n_out, n_in), got shape {tuple(w.shape)}")
@@ -155,6 +102,7 @@ class OnlineLayer:
         """Forget every stream's previous sample and its running average b3."""
         self._prev = None
         self._prev_labels = None
+        self._older = []            # (Activity, labels) at t - 2, t - 3, ... (delays > 1)
         self.b3 = None
         self.t = 0
 
@@ -171,6 +119,9 @@ class OnlineLayer:
         b3 = np.zeros(0, self.w.dtype) if self.b3 is None else np.asarray(to_np(self.b3))
         out = {"t": np.asarray(self.t), "b3": b3, "labels": to_np(self._prev_labels)}
         out.update({f"prev.{k}": to_np(v) for k, v in self._prev._asdict().items()})
+        for d, (act, lab) in enumerate(self._older, start=2):          # delays > 1: t - 2, t - 3, ...
+            out[f"labels{d}"] = to_np(lab)
+            out.update({f"prev{d}.{k}": to_np(v) for k, v in act._asdict().items()})
         return out
 
     def load_state(self, state):
@@ -193,6 +144,18 @@ class OnlineLayer:
         else:
             self.b3 = b3.astype(self.w.dtype)[()] if b3.ndim == 0 else be.asarray(b3, dtype=self.w.dtype)
         self.t = int(arrays["t"])
+        for d in range(2, self.delays + 1):          # older samples (delays > 1), as far as saved
+            if f"labels{d}" not in state:
+                break
+            act = {k: real_array(be, state[f"prev{d}.{k}"], f"state['prev{d}.{k}']") for k in Activity._fields}
+            for k, v in act.items():
+                if v.shape != arrays[f"prev.{k}"].shape:
+                    raise ValueError(f"state['prev{d}.{k}'] has shape {v.shape}, state['prev.{k}'] "
+                                     f"{arrays[f'prev.{k}'].shape}: they must match")
+                check_finite(v, f"state['prev{d}.{k}']", be, error=NonFiniteError)
+            self._older.append((Activity(**{k: be.asarray(v, dtype=self.w.dtype) for k, v in act.items()}),
+                                check_labels(be, state[f"labels{d}"], f"state['labels{d}']", (self.streams,),
+                                             self.trule.n_classes)))
 
     def _checked_state(self, state):
         """The arrays of ``state`` on the host, each checked against this layer (see :meth:`load_state`)."""
@@ -254,13 +217,19 @@ class OnlineLayer:
 
     # -- the step -------------------------------------------------------
     def _centre(self, b2):
-        """b3_{t-1} to centre b2_t with, then b3 ← β b2 + (1 - β) b3 (Eq. 61)."""
+        """b3_{t-1} to centre b2_t with, then b3 ← β b2 + (1 - β) b3 (Eq. 61).
+
+        A shared b3 started from the streams' b2 (no ``b3_init``) warms up: its rate is max(β, 1/t) at
+        the t-th step with pairs, so it is the plain mean of the b2 so far until that is older than
+        1/β steps.  Otherwise a small β (the per-sample rates give β/256 at B = 1) would keep the first
+        step's b2, one pair at B = 1, as the centring for thousands of samples."""
         trule = self.trule
-        sample = b2.mean() if trule.shared_b3 else b2
+        sample = b2.mean() if trule.shared_b3 else b2.mean(axis=0)      # b2: (pairs per stream, B)
         if self.b3 is None:
             self.b3 = sample + 0 if trule.b3_init is None else sample * 0 + trule.b3_init
         centre = self.b3
-        self.b3 = trule.beta * sample + (1.0 - trule.beta) * centre
+        beta = max(trule.beta, 1.0 / max(self.t, 1)) if trule.shared_b3 and trule.b3_init is None else trule.beta
+        self.b3 = beta * sample + (1.0 - beta) * centre
         return centre
 
     def step(self, x, labels):
@@ -288,13 +257,21 @@ class OnlineLayer:
             update = TwoPointUpdate(xp.zeros((0, self.w.shape[0]), self.w.dtype),
                                     xp.zeros((0, self.w.shape[1]), self.w.dtype))
         else:
-            prev = self._prev
-            dv, b1, k, b2 = circuit_b2(trule, now, prev, labels == self._prev_labels, xp)
-            circ = centred_factor(trule, dv, b1, k, b2, self._centre(b2))
-            post = two_point_post(trule, circ, now, prev, self.scale / self.streams, xp)
-            update = TwoPointUpdate(post, xp.concatenate([now.x, prev.x], axis=0))
-            if self.record is not None:
-                self.record.append(self.t, circ, be.to_numpy)
+            pairs = [(self._prev, self._prev_labels)] + self._older       # Δt = 1, 2, ..., K
+            parts = [circuit_b2(trule, now, prev, labels == lab, xp) for prev, lab in pairs]
+            centre = self._centre(xp.stack([p[3] for p in parts]))
+            scale = self.scale / (self.streams * len(pairs))
+            posts, pres = [], []
+            for (prev, _), part in zip(pairs, parts):
+                circ = centred_factor(trule, *part, centre)
+                posts.append(two_point_post(trule, circ, now, prev, scale, xp))
+                pres += [now.x, prev.x]
+                if self.record is not None and prev is self._prev:   # the record keeps Δt = 1
+                    self.record.append(self.t, circ, be.to_numpy)
+            update = TwoPointUpdate(posts[0] if len(posts) == 1 else xp.concatenate(posts, axis=0),
+                                    xp.concatenate(pres, axis=0))
+            if self.delays > 1:
+                self._older = pairs[:self.delays - 1]
         self._prev, self._prev_labels = now, labels
         self.t += 1
         return now.out, update
@@ -314,13 +291,6 @@ class OnlineLayer:
         return layer_activity(self.trule, self._input(x, rows=True), self.w, self.backend).out
 
 
-class BatchKernels(NamedTuple):
-    """K and Ky (B, B) of one step's samples, for logging the layer objective (Eq. 9)."""
-
-    K: object
-    Ky: object
-
-
 class OnlineHiddenLayer(HiddenLayer):
     """A :class:`~threefactor.layers.HiddenLayer` that learns by the two-point rule.
 
@@ -328,8 +298,11 @@ class OnlineHiddenLayer(HiddenLayer):
     B = ``streams`` samples is one step of B streams, so row b of a batch is paired
     with row b of the previous batch (random pairs under shuffling).
     :meth:`local_forward` returns ΔW = the mean two-point update over the B pairs
-    (Eq. 57 / 63a), which estimates -dL/dW on the batch rule's scale (noisier, so smaller
-    rates: ``threefactor train --mode online`` uses 0.3 where the batch rule uses 1.0).
+    (Eq. 57 / 63a) as a :class:`~threefactor.rule.online.TwoPointUpdate` (rank 2B, formed only by
+    ``.dense()``; the SGD optimiser applies it in one pass over W and its momentum buffer), which
+    estimates -dL/dW on the batch rule's scale (noisier, so smaller rates: ``threefactor train
+    --mode online`` uses 0.3 where the batch rule uses 1.0, per step of 256 streams; at B streams
+    it steps with 0.3 · B/256, the same rate per sample, config ``rate_rule``).
 
     Every training batch must have B rows, with one exception: the short last batch
     of an epoch whose size is not a multiple of B.  It is taken only right after a
@@ -340,15 +313,22 @@ class OnlineHiddenLayer(HiddenLayer):
     """
 
     def __init__(self, w, rule: Rule, divisive=False, *, streams, n_classes, beta=0.01, shared_b3=False,
-                 backend="numpy", record=False):
+                 backend="numpy", record=False, delays=1):
         super().__init__(w, rule, divisive)
         self.online = OnlineLayer(w, rule, beta=beta, streams=streams, n_classes=n_classes,
-                                  divisive=divisive, shared_b3=shared_b3, backend=backend, record=record)
+                                  divisive=divisive, shared_b3=shared_b3, backend=backend, record=record,
+                                  delays=delays)
         self.w = self.online.w                       # the same array: optimisers update it in place
         self._after_full = False                     # whether the last batch was a full step of B streams
 
     def local_forward(self, x, labels, n_classes, backend, mask=None):
-        """(out (B, n_out), [ΔW (n_out, n_in)], BatchKernels) of one online step."""
+        """(out (B, n_out), [ΔW], None) of one online step.
+
+        ΔW is the step's :class:`~threefactor.rule.online.TwoPointUpdate` (``.dense()`` forms it; the
+        SGD optimiser applies it in one pass over W, :mod:`threefactor.backends._online_kernels`), or
+        zeros for a short last batch.  No batch objective: one step of B streams has no m² pairs to
+        take it over (B = 1: none); training logs L on a fixed evaluation batch
+        (:mod:`threefactor.training.objectives`)."""
         online = self.online
         if n_classes != online.trule.n_classes:
             raise ValueError(f"n_classes={n_classes} but the online rule was built for "
@@ -356,12 +336,9 @@ class OnlineHiddenLayer(HiddenLayer):
         online.w = self.w
         m, B = x.shape[0], online.streams
         if m == B:
-            out, update = online.step(x, labels)
-            dw = update.dense()
-            act = online.activity
+            out, dw = online.step(x, labels)        # ΔW = postᵀ pre: the optimiser applies it in one pass
         elif m < B and self._after_full:                # the epoch's short last batch: dropped on purpose
-            act = layer_activity(online.trule, x, self.w, backend)
-            out, dw = act.out, backend.xp.zeros_like(self.w)
+            out, dw = layer_activity(online.trule, x, self.w, backend).out, backend.xp.zeros_like(self.w)
         else:
             raise ValueError(
                 f"a batch of {m} samples, but the online layer steps streams={B} streams, one sample each: "
@@ -370,26 +347,24 @@ class OnlineHiddenLayer(HiddenLayer):
                 f"or make_online(net, streams={m}); with `threefactor train --mode online`, --streams at most "
                 f"the number of training samples")
         self._after_full = m == B
-        rule = self.rule
-        kern = BatchKernels(backend.gaussian_kernel(act.v, rule.sigma),
-                            backend.label_kernel(labels, n_classes, rule.label_kernel, act.z.dtype))
         if mask is not None:
             out = out * mask
-        return out, [dw], kern
+        return out, [dw], None
 
 
-def make_online(net, *, streams, beta=0.01, shared_b3=False):
+def make_online(net, *, streams, beta=0.01, shared_b3=False, delays=1):
     """Turn the hidden layers of a local-learning ``threefactor.networks.MLP`` online, in place.
 
     Each ``net.hidden[k]`` becomes an :class:`OnlineHiddenLayer` on the same weight
     array, so optimisers made before or after keep working.  ``streams`` must be the
     training batch size: ``net.train_step`` raises a ValueError for any other size,
     except an epoch's short last batch right after a full one, which the hidden layers
-    pass through without learning (:class:`OnlineHiddenLayer`).  Returns ``net``.
+    pass through without learning (:class:`OnlineHiddenLayer`).  ``delays``: pairs per sample
+    (:class:`OnlineLayer`).  Returns ``net``.
     """
     if getattr(net, "learning", "local") != "local":
         raise ValueError(f"online learning needs a local-learning network, got learning={net.learning!r}")
     net.hidden = [OnlineHiddenLayer(layer.w, layer.rule, layer.divisive, streams=streams,
                                     n_classes=net.n_classes, beta=beta, shared_b3=shared_b3,
-                                    backend=net.backend) for layer in net.hidden]
+                                    backend=net.backend, delays=delays) for layer in net.hidden]
     return net

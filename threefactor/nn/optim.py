@@ -50,6 +50,11 @@ def _check_nonneg(name, value, positive=False):
     return value
 
 
+def _is_low_rank(g):
+    """Whether ``g`` is a low-rank update ΔW = postᵀ pre (a :class:`threefactor.rule.online.TwoPointUpdate`)."""
+    return hasattr(g, "post") and hasattr(g, "pre") and hasattr(g, "dense")
+
+
 class SGD:
     """SGD with (heavy-ball) momentum and L2 weight decay, PyTorch's convention.
 
@@ -95,6 +100,11 @@ class SGD:
             raise ValueError(f"got {len(grads)} gradients for {len(self.params)} parameters")
         mu, wd, lr = self.momentum, self.weight_decay, self.lr
         for w, g, buf in zip(self.params, grads, self.buffers):
+            if _is_low_rank(g):        # an online two-point update: one pass over W, ΔW never formed
+                if self.fused is not False and self.backend.sgd_low_rank_step(w, buf, g.post, g.pre, sign, wd,
+                                                                              mu, lr):
+                    continue
+                g = g.dense()
             if g.shape != w.shape:
                 raise ValueError(f"gradient of shape {g.shape} for a parameter of shape {w.shape}")
             step = self.backend.sgd_step if self.fused is not False else _reference_sgd_step
@@ -149,6 +159,8 @@ class AdamW:
         c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         for w, g, m, v in zip(self.params, grads, self.m, self.v):
             xp = self.backend.xp
+            if _is_low_rank(g):
+                g = g.dense()
             if sign != 1.0:
                 g = sign * g
             if self.weight_decay:

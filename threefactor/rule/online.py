@@ -24,6 +24,8 @@ tests/test_online.py to float64 round-off.  Every update here is the *mean* over
 the B streams of a step, so its expectation over random pairs is the gradient
 and learning rates are on the batch rule's scale (the estimate is noisier: on
 Fashion-MNIST 0.3 worked best for the two-point rule where the batch rule uses 1.0).
+Training multiplies the rate by B/256 (``threefactor.training.config.rate_scale``), so
+that every sample moves W alike whatever the number of streams B.
 
 Order of Eq. 61-62.  M is centred with the running average of the *previous*
 pairs (b3_{t-1}), then b3 is updated with b2_t, so a pair's own b2 never enters

@@ -20,6 +20,7 @@ from threefactor.training.presets import TABLE6, TABLE6_BN, TABLE6_SHARED, table
 from threefactor.data.registry import canonical_dataset, dataset_info, dataset_slug
 from threefactor.rule.rules import choice_error
 from threefactor.training.naming import _need_rates, _rule_slug, canonical_options, run_name, upgrade_config  # noqa: F401
+from threefactor.training.rates import RATE_RULES, RATE_STREAMS, rate_scale, step_beta  # noqa: F401
 
 #: Defaults of every option (App. D.4-D.5 unless said otherwise).
 DEFAULTS = dict(
@@ -29,7 +30,7 @@ DEFAULTS = dict(
     epochs=2,                       # a short demo; the paper trains for 100
     seed=0, lr_local=None, lr_out=None, groups=None, data_root=None, validation=False,
     subset=None, backend=None, dtype="float32", eval_batch_size=2000,
-    mode="batch", streams=None, beta=0.01, shared_b3=True,
+    mode="batch", streams=None, beta=0.01, shared_b3=True, rate_rule=None, delays=None,
     arch="mlp", width=1, augment=None,     # augment None: on for cifar10 (App. D.3), off otherwise
     batchnorm=False,
     **{k: v for k, v in presets.SHARED.items() if k != "epochs"},
@@ -132,8 +133,18 @@ def resolve_config(**options):
                                   "(the batch eta_l is unstable for two-point updates)")
         if not 0 < cfg["beta"] <= 1:
             raise ValueError(f"beta must be in (0, 1], got {cfg['beta']!r}")
+        cfg["rate_rule"] = given.get("rate_rule", "per-sample")
+        if cfg["rate_rule"] not in RATE_RULES:
+            raise choice_error("rate_rule", cfg["rate_rule"], RATE_RULES)
+        cfg["rate_streams"] = RATE_STREAMS
+        cfg["delays"] = given.get("delays", 1)
+        d = cfg["delays"]
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise ValueError(f"delays must be an integer >= 1 (each sample paired with its stream's K previous "
+                             f"samples), got {d!r}")
     else:
-        for key, flag in (("streams", "--streams"), ("beta", "--beta"), ("shared_b3", "--per-stream-b3")):
+        for key, flag in (("streams", "--streams"), ("beta", "--beta"), ("shared_b3", "--per-stream-b3"),
+                          ("rate_rule", "--rate-rule"), ("delays", "--delays")):
             if key in given:
                 raise ValueError(f"{key} needs mode='online' ({flag} needs --mode online)")
         cfg["streams"] = None

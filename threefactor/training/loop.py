@@ -15,6 +15,8 @@ import numpy as np
 
 from threefactor.rule.online import NonFiniteError
 from threefactor.nn.optim import multistep_lr
+from threefactor.training.rates import rate_scale
+from threefactor.training.objectives import layer_objectives, objective_indices
 
 
 _ONLINE = "online/"   # checkpoint keys of the online streams' state (previous sample, b3)
@@ -77,6 +79,9 @@ def run_epochs(cfg, rd, net, opts, rng, backend, data, start=0, *, progress=True
     """
     x_tr, y_tr, x_te, y_te = data
     arrays = (backend.asarray(x_tr), backend.asarray(y_tr), backend.asarray(x_te), backend.asarray(y_te))
+    idx = objective_indices(cfg, len(y_tr))       # the fixed evaluation batch of the logged objectives
+    idx = backend.asarray(idx)
+    arrays += (arrays[0][idx], arrays[1][idx])
     augment = _augmenter(cfg, backend) if cfg.get("augment") else None
     last_plot = time.perf_counter()
     saved, epoch = start, None
@@ -146,20 +151,21 @@ class _FloatingPointNotes:
 def _train_epoch(cfg, net, opts, rng, backend, arrays, augment, epoch, progress):
     """Train and test one epoch; (metrics record, host parameters, host optimiser states)."""
     from tqdm.auto import tqdm
-    X, Y, Xt, Yt = arrays
+    X, Y, Xt, Yt, Xo, Yo = arrays
     n, bs = len(Y), cfg["batch_size"]
     host_index = backend.xp is np
     lr_out = multistep_lr(cfg["lr_out"], epoch, cfg["milestones"], cfg["lr_factor"])
     lr_local = None if cfg["lr_local"] is None else \
         multistep_lr(cfg["lr_local"], epoch, cfg["milestones"], cfg["lr_factor"])
+    scale = rate_scale(cfg)                 # online per-sample rates: lr x B/256 per step of B streams
     for name, opt in opts.items():
-        opt.lr = lr_out if name == "output" or net.learning == "backprop" else lr_local
+        opt.lr = scale * (lr_out if name == "output" or net.learning == "backprop" else lr_local)
     perm = rng.permutation(n)
     if not host_index:    # the epoch's order uploaded once: a pageable copy per step would wait for the GPU
         perm = backend.asarray(perm)
     # per-step statistics stay where they were computed (0-d arrays) and are summed once per epoch,
-    # so a GPU step queues no extra kernels for them
-    losses, hits, objectives, sizes = [], [], [], []
+    # so a GPU step queues no extra kernels for them; the objectives come from the evaluation batch
+    losses, hits, sizes = [], [], []
     # disable=None: no bar where stderr is not a terminal (a log would fill with \r-joined bars);
     # the line logged after each epoch says the same once
     bar = tqdm(total=n, unit="sample", unit_scale=True, leave=False, disable=None if progress else True,
@@ -174,7 +180,6 @@ def _train_epoch(cfg, net, opts, rng, backend, arrays, augment, epoch, progress)
             m = len(idx)
             losses.append(stats.loss)
             hits.append(stats.correct)
-            objectives.append(stats.objectives)
             sizes.append(m)
             bar.update(m)
             if not bar.disable and host_index and b % 20 == 0:   # on a GPU reading the loss would wait for it
@@ -183,14 +188,14 @@ def _train_epoch(cfg, net, opts, rng, backend, arrays, augment, epoch, progress)
     finally:
         bar.close()
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    loss_sum, correct, obj_sums = _epoch_sums(backend, losses, hits, objectives, sizes)
+    loss_sum, correct, _ = _epoch_sums(backend, losses, hits, [], sizes)
     test_correct, _ = net.evaluate(Xt, Yt, cfg["eval_batch_size"])
     record = dict(epoch=epoch, train_loss=float(loss_sum) / n, train_accuracy=100.0 * int(correct) / n,
                   test_accuracy=100.0 * test_correct / len(Yt), seconds=seconds,
                   samples_per_s=n / max(seconds, 1e-9), cpu_seconds=cpu_seconds, lr_out=lr_out,
                   lr_local=lr_local)
-    if net.learning == "local":
-        objs = [float(o) / n for o in obj_sums]
+    if net.learning == "local":     # L of each hidden layer on the fixed evaluation batch (objectives.py)
+        objs = layer_objectives(net, Xo, Yo)
         record["local_objective"] = objs
         record.update({f"local_objective_{k + 1}": o for k, o in enumerate(objs)})
     # the checkpoint's arrays come to the host anyway: checking them for NaN there costs no extra read-back

@@ -31,7 +31,7 @@ from threefactor.training.loop import _ONLINE, TrainingDiverged, TrainingInterru
 from threefactor.nn.mlp import MLP
 from threefactor.training.presets import TABLE6
 from threefactor.training.runs import RunDir, claim_new_run_dir, claim_run_dir, release_run_dir
-from threefactor.training.config import DEFAULTS, MODES, ONLINE_LR_LOCAL, _RESUMABLE, _validate, canonical_options, conv_eval_batch_size, default_backend, make_rule, resolve_config, run_name, upgrade_config, validate_saved
+from threefactor.training.config import DEFAULTS, MODES, ONLINE_LR_LOCAL, _RESUMABLE, _validate, canonical_options, conv_eval_batch_size, default_backend, make_rule, resolve_config, run_name, step_beta, upgrade_config, validate_saved
 from threefactor.training.naming import start_line
 
 
@@ -49,7 +49,8 @@ def build_network(cfg, n_in, n_classes, backend, rng):
               dtype=np.dtype(cfg["dtype"]), rng=rng, batchnorm=bool(cfg.get("batchnorm", False)))
     if cfg.get("mode") == "online":
         from threefactor.nn.online_layer import make_online
-        make_online(net, streams=cfg["streams"], beta=cfg["beta"], shared_b3=cfg["shared_b3"])
+        make_online(net, streams=cfg["streams"], beta=step_beta(cfg), shared_b3=cfg["shared_b3"],
+                    delays=cfg.get("delays") or 1)
     return net
 
 
@@ -390,6 +391,13 @@ def configure_parser(parser):
     o.add_argument("--beta", type=float, default=S, help="online: rate of the running average b3 (Eq. 61; default 0.01)")
     o.add_argument("--per-stream-b3", dest="shared_b3", action="store_false", default=S,
                    help="online: each stream keeps its own b3 (default: one b3 shared by all streams)")
+    o.add_argument("--rate-rule", dest="rate_rule", default=S, metavar="RULE",
+                   help="online: per-sample (default: --lr-local, --lr-out and --beta mean what they mean at "
+                        "256 streams, a step of B streams uses lr x B/256, so --streams changes speed, not "
+                        "learning) or per-step (the rates as given at any B, as runs before it did)")
+    o.add_argument("--delays", type=int, default=S, metavar="K",
+                   help="online: pair each sample with its stream's K previous samples, not only the last "
+                        "(K pairs per sample at any B; default 1)")
     r = parser.add_argument_group("data, hardware and output")
     r.add_argument("--data-root", dest="data_root", default=S, metavar="DIR",
                    help="where datasets live (default: $THREEFACTOR_DATA, system dirs, ~/.cache/threefactor)")

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Strictly sequential online learning (B = 1): samples/s of a training step against its memory floor.
+
+One sample of ``threefactor train --mode online --streams 1`` (the Table 1 MLP, 784-1024-1024-1024-10,
+grp+div, dropout, SGD with momentum 0.95 on every layer) runs each hidden layer's forward GEMV, the
+circuit (Eq. 59-66), and the SGD step with the two-point update.  Candidates, timed interleaved
+(rounds of ``--samples`` samples each, the median round reported):
+
+``fused``     ``MLP.train_step`` as training runs it: the SGD step takes the update as R = 2 rank-one
+              terms in one Numba pass over W and its momentum buffer (``_online_kernels.sgd_low_rank``)
+``unfused``   the same step with ΔW formed (postᵀ pre, a GEMM) and the optimisers' fused SGD pass after
+              it (the path before issue 18)
+``floor_w``   the issue's floor: read and write every weight matrix once (``np.copyto`` of each W,
+              hidden and output) per sample
+``floor_wm``  the floor of SGD with momentum: read and write every W and its momentum buffer once
+
+Per sample the fused step moves 5 W-sized arrays (the forward GEMV reads W; the update reads W and the
+buffer and writes both), the floor_wm 4, floor_w 2.  Usage::
+
+    NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_online_b1.py
+    python benchmarks/bench_online_b1.py --samples 200 --rounds 3 --json out.json
+"""
+import argparse
+import platform
+import time
+
+import numpy as np
+
+from threefactor.backends import get_backend
+from threefactor.training.atomic import write_json
+from threefactor.training.config import resolve_config
+from threefactor.training.train import build_network
+
+
+def _net(dtype):
+    cfg = resolve_config(mode="online", streams=1, backend="numba", dtype=dtype)
+    be = get_backend("numba")
+    rng = np.random.default_rng(0)
+    net = build_network(cfg, 784, 10, be, rng)
+    # the rates of the first epoch at B = 1 (per-sample rule: lr / 256 per step)
+    opts = net.make_optimizers(cfg["lr_local"] / 256, cfg["lr_out"] / 256, weight_decay_local=cfg["weight_decay_local"],
+                               weight_decay_out=cfg["weight_decay_out"], momentum=cfg["momentum"])
+    return net, opts, rng
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=300, help="samples per round (default 300)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per candidate (default 5)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--json", default=None, help="write the results here (atomically)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="report the process's CPU time per sample, not wall time (a busy shared machine; "
+                        "run with NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)")
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(1)
+    x = rng.random((args.samples, 784)).astype(args.dtype)
+    y = rng.integers(0, 10, args.samples)
+    nets = {"fused": _net(args.dtype), "unfused": _net(args.dtype)}
+    for opt in nets["unfused"][1].values():
+        opt.fused = None          # fused SGD pass on a dense ΔW ...
+    from threefactor.nn import optim
+    real = optim._low_rank_step
+
+    def no_low_rank(*a, **k):     # ... never the low-rank pass
+        return False
+
+    weights = [layer.w for layer in nets["fused"][0].hidden] + [nets["fused"][0].output.w]
+    dst = [np.empty_like(w) for w in weights]
+    bufs = [np.empty_like(w) for w in weights]
+    nbytes = sum(w.nbytes for w in weights)
+
+    def run(name):
+        net, opts, r = nets[name]
+        optim._low_rank_step = real if name == "fused" else no_low_rank
+        try:
+            for i in range(args.samples):
+                net.train_step(x[i:i + 1], y[i:i + 1], opts, r)
+        finally:
+            optim._low_rank_step = real
+
+    def floor_w():
+        for _ in range(args.samples):
+            for w, d in zip(weights, dst):
+                np.copyto(d, w)
+
+    def floor_wm():
+        for _ in range(args.samples):
+            for w, d, b in zip(weights, dst, bufs):
+                np.copyto(d, w)
+                np.copyto(b, d)
+
+    cands = {"fused": lambda: run("fused"), "unfused": lambda: run("unfused"), "floor_w": floor_w,
+             "floor_wm": floor_wm}
+    for f in cands.values():        # warm-up: JIT, caches
+        f()
+    times = {k: [] for k in cands}
+    cpu = {k: [] for k in cands}
+    for _ in range(args.rounds):
+        for k, f in cands.items():
+            t, c = time.perf_counter(), time.process_time()
+            f()
+            times[k].append((time.perf_counter() - t) / args.samples)
+            cpu[k].append((time.process_time() - c) / args.samples)
+    # on a shared machine the process's CPU time is the steadier measure (one thread: wall >= CPU)
+    med = {k: float(np.median(v)) for k, v in (cpu if args.cpu_time else times).items()}
+    print(f"B = 1, Table 1 MLP online, {args.dtype}; weights {nbytes / 2**20:.1f} MiB; "
+          f"{'CPU' if args.cpu_time else 'wall'} time, median of {args.rounds} "
+          f"rounds of {args.samples} samples ({platform.processor() or platform.machine()})")
+    print(f"{'candidate':10s} {'ms/sample':>10s} {'samples/s':>10s} {'/ floor_w':>10s} {'/ floor_wm':>10s}")
+    for k, v in med.items():
+        print(f"{k:10s} {v * 1e3:10.3f} {1 / v:10.0f} {v / med['floor_w']:10.2f} {v / med['floor_wm']:10.2f}")
+    if args.json:
+        write_json(args.json, dict(dtype=args.dtype, samples=args.samples, rounds=args.rounds, weight_bytes=nbytes,
+                                   seconds_per_sample=med, clock="cpu" if args.cpu_time else "wall",
+                                   wall=times, cpu=cpu))
+    return med
+
+
+if __name__ == "__main__":
+    main()
