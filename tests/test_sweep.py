@@ -137,7 +137,7 @@ def test_unknown_keys_and_values_name_the_key_and_nearest(data_root):
 
 
 def test_new_train_flags_work_in_specs_with_no_sweep_change(data_root, monkeypatch):
-    from threefactor.training import train
+    from threefactor.cli import train
     original = train.configure_parser
 
     def with_new_flag(parser):

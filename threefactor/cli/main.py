@@ -21,10 +21,10 @@ from threefactor import __version__
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
-    "train": ("threefactor.training.train", "train a network with explicit local rules (default: Fashion-MNIST, Gaussian grp+div)"),
+    "train": ("threefactor.cli.train", "train a network with explicit local rules (default: Fashion-MNIST, Gaussian grp+div)"),
     "check": ("threefactor.cli.check", "prove every rule's update equals -dL/dW (finite differences, complex step, autograd)"),
     "bench": ("threefactor.cli.bench", "measure update throughput against the GEMM floor and autograd"),
-    "table": ("threefactor.training.report", "print a Table 1-style Markdown table from run directories"),
+    "table": ("threefactor.cli.table", "print a Table 1-style Markdown table from run directories"),
     "sweep": ("threefactor.cli.sweep", "train every run of a TOML spec (axes x seeds) on Dask, resumable"),
 }
 

@@ -1,4 +1,5 @@
-"""``threefactor table RUN_DIRS...``: a Table 1-style Markdown summary of training runs.
+"""A Table 1-style Markdown summary of training runs (the command: ``threefactor table RUN_DIRS...``,
+:mod:`threefactor.cli.table`).
 
 Each run directory (see :mod:`threefactor.runs`) contributes the test accuracy
 of its **final** epoch (the last line of ``metrics.jsonl``; not the best
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from threefactor.cli.main import UsageError, at_least, output_file
 from threefactor.training.naming import network_label
 from threefactor.training.paper_results import PAPER_SEEDS, paper_cell
 from threefactor.data.registry import dataset_title
@@ -250,51 +250,3 @@ def write_sweep_outputs(folder, metric="final", digits=1):
         written.append(folder / name)
     written.append(plot_cells(cells, folder / "curves.png"))
     return text, written
-
-
-def configure_parser(parser):
-    parser.epilog = ("Runs that share a cell but differ in a setting besides the seed go to separate rows; "
-                     "two runs of one configuration with the same seed are an error. Exit status 2 when no "
-                     "run (or no finished epoch) is found, or on bad use.")
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="run directories (or folders holding them, searched one level down), e.g. runs/*")
-    parser.add_argument("--metric", choices=METRICS, default="final",
-                        help="test accuracy of the final epoch (the paper's) or of the best epoch")
-    parser.add_argument("--digits", type=at_least(0, int, "the number of decimals"), default=1,
-                        help="decimals shown")
-    parser.add_argument("--paper", action="store_true",
-                        help="under each row, the paper's numbers for the same cells (Tables 4-5, 7-8)")
-    parser.add_argument("--csv", metavar="FILE", type=output_file, default=None,
-                        help="also write the table as CSV (one line per cell, the paper's numbers beside it)")
-    parser.add_argument("--figure", metavar="FILE", type=output_file, default=None,
-                        help="also write a figure of test accuracy against epoch per cell (PNG: mean over "
-                             "seeds, min-max band)")
-    return parser
-
-
-def run(args):
-    try:
-        cells = summarize(find_runs(args.runs), args.metric)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if not cells:
-        raise UsageError(f"no finished epoch in the runs under {', '.join(args.runs)} (metrics.jsonl is "
-                         "written after each epoch)")
-    sweep_dirs = [p for p in args.runs if (Path(p) / SWEEP_FILE).is_file()]
-    if len(sweep_dirs) == 1 and len(args.runs) == 1:     # a sweep's folder: its table, CSV and figure
-        try:
-            text, written = write_sweep_outputs(sweep_dirs[0], args.metric, args.digits)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        print(text, end="")
-        print(f"written: {', '.join(map(str, written))}")
-    else:
-        print(markdown_table(cells, args.metric, args.digits, args.paper), end="")
-    if args.csv:
-        from threefactor.training.atomic import atomic_write
-        text = csv_table(cells)
-        atomic_write(args.csv, lambda f: f.write(text.encode()))
-    if args.figure:
-        from threefactor.training.cell_curves import plot_cells
-        plot_cells(cells, args.figure)
-    return 0

@@ -19,7 +19,7 @@ Format (a contract, see the README's "Sweeps")::
     ]
 
 Every key and value goes through ``threefactor train``'s own argument parser
-(:func:`threefactor.training.train.configure_parser`) and every run through
+(:func:`threefactor.cli.train.configure_parser`) and every run through
 :func:`threefactor.training.config.resolve_config`, so a new ``train`` flag works in a spec
 with no change here, and an axis that makes an invalid configuration (groups that do not
 divide a width, a rule without that grouping) is reported before anything trains.
@@ -71,7 +71,7 @@ class _RaisingParser(argparse.ArgumentParser):
 
 def train_parser():
     """``threefactor train``'s argument parser (raising :class:`SpecError` instead of exiting)."""
-    from threefactor.training import train
+    from threefactor.cli import train
     parser = _RaisingParser(prog="threefactor train", add_help=False)
     train.configure_parser(parser)
     return parser
