@@ -2,7 +2,6 @@
 
 The figure is inspected through its artists (tick labels, lines, legend, title), not its pixels.
 """
-import gzip
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from threefactor.training import curves
 from threefactor.training.config import resolve_config
 from threefactor.training.runs import RunDir
 from threefactor.training.train import train
+from synthetic_data import write_split
 
 
 def _records(n, objectives=2):
@@ -112,10 +112,6 @@ def test_without_a_config_no_title_and_no_line(tmp_path):
     assert fig._suptitle.get_text() == "online · seed 3" and _paper_lines(fig) == []
 
 
-def _write_idx(path, arr):
-    magic = 0x803 if arr.ndim == 3 else 0x801
-    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    path.write_bytes(gzip.compress(head + arr.astype(np.uint8).tobytes()))
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +120,7 @@ def data_root(tmp_path_factory):
     rng = np.random.default_rng(0)
     (root / "mnist").mkdir()
     for split, n in (("train", 64), ("t10k", 32)):
-        _write_idx(root / "mnist" / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+        write_split(root / "mnist", split, rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10)
     return root
 
 

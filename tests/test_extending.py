@@ -1,6 +1,5 @@
 """The seams a user extends through: a kernel by file, a dataset by function or path, the rule's flags,
 one vocabulary of names (issue #15, items 2-5)."""
-import gzip
 import importlib.util
 import json
 import pathlib
@@ -14,6 +13,7 @@ from threefactor.data.datasets import load_dataset
 from threefactor.data.formats import DataError
 from threefactor.training.runs import RunDir
 from threefactor.training.train import resolve_config
+from synthetic_data import write_split
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 KERNEL_FILE = '''
@@ -50,10 +50,6 @@ def _registries():
     registry._REGISTRY.update(datasets)
 
 
-def _write_idx(path, arr):
-    magic = 0x803 if arr.ndim == 3 else 0x801
-    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    path.write_bytes(gzip.compress(head + arr.astype(np.uint8).tobytes()))
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +74,7 @@ def idx_dir(tmp_path_factory):
     for split, n in (("train", 200), ("t10k", 50)):
         y = np.arange(n) % 10
         x = (protos[y] ^ (rng.random((n, 28, 28)) < 0.1)) * 200
-        _write_idx(d / f"{split}-images-idx3-ubyte.gz", x)
-        _write_idx(d / f"{split}-labels-idx1-ubyte.gz", y)
+        write_split(d, split, x, y)
     return d
 
 

@@ -1,6 +1,5 @@
 """A new user's first run (issue #16, items 5 and 6): the bundled Fashion-MNIST sample, a missing dataset,
 and the messages and exit statuses of the small things a first run trips on."""
-import gzip
 import json
 import re
 import shutil
@@ -19,6 +18,7 @@ from threefactor.data.formats import read_idx
 from threefactor.training import report
 
 from real_data import FULL_FMNIST, SKIP_REASON
+from synthetic_data import write_split
 
 
 @pytest.fixture(autouse=True)
@@ -31,18 +31,12 @@ def fresh_machine(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def _write_idx(path, arr):
-    magic = 0x803 if arr.ndim == 3 else 0x801
-    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(head + arr.astype(np.uint8).tobytes()))
 
 
 def _fake_full_fmnist(folder, n_train=40, n_test=20):
     rng = np.random.default_rng(1)
     for split, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+        write_split(folder, split, rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10)
 
 
 # -- the bundled sample -------------------------------------------------------------------------------
@@ -266,8 +260,7 @@ def test_bench_quick_writes_to_the_cache_not_the_current_folder(tmp_path, capsys
 def _synthetic_mnist(root):
     rng = np.random.default_rng(0)
     for split, n in (("train", 64), ("t10k", 20)):
-        _write_idx(root / "mnist" / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+        write_split(root / "mnist", split, rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10)
 
 
 def test_divergence_prints_its_clear_error_without_numpy_warnings(tmp_path, capsys):

@@ -1,6 +1,5 @@
 """``threefactor sweep``: specs validated before anything trains, runs on Dask equal to ``threefactor train``,
 a killed worker or an interrupted sweep loses nothing, a finished sweep trains nothing again."""
-import gzip
 import json
 import os
 import signal
@@ -22,15 +21,12 @@ from threefactor.training.runs import RunDir  # noqa: E402
 from threefactor.training.sweep import SpecError, _take_lock, plan, sweep  # noqa: E402
 from threefactor.training.sweep_cluster import gpu_workers, task_resources  # noqa: E402
 from threefactor.training.sweep_spec import expand, read_spec, resolve  # noqa: E402
+from synthetic_data import write_split
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("seconds", "samples_per_s", "cpu_seconds")
 
 
-def _write_idx(path, arr):
-    magic = 0x803 if arr.ndim == 3 else 0x801
-    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    path.write_bytes(gzip.compress(head + arr.astype(np.uint8).tobytes()))
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +39,7 @@ def data_root(tmp_path_factory):
     for split, n in (("train", 600), ("t10k", 100)):
         y = rng.permutation(np.arange(n) % 10)
         x = (protos[y] ^ (rng.random((n, 28, 28)) < 0.15)) * 200 + rng.integers(0, 50, (n, 28, 28))
-        _write_idx(root / "mnist" / f"{split}-images-idx3-ubyte.gz", x)
-        _write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte.gz", y)
+        write_split(root / "mnist", split, x, y)
     return root
 
 

@@ -1,5 +1,4 @@
 """End-to-end training: every Table 1 column learns, resume is bit-for-bit, the CLI explains itself."""
-import gzip
 import json
 import os
 from pathlib import Path
@@ -13,12 +12,9 @@ from threefactor.training.runs import METRIC_KEYS, RunDir
 from threefactor.training.train import build_network, resolve_config, train
 
 from real_data import FULL_FMNIST, SKIP_REASON
+from synthetic_data import write_split
 
 
-def _write_idx(path, arr):
-    magic = 0x803 if arr.ndim == 3 else 0x801
-    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    path.write_bytes(gzip.compress(head + arr.astype(np.uint8).tobytes()))
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +30,7 @@ def data_root(tmp_path_factory):
         rng.shuffle(y)
         flip = rng.random((n, 28, 28)) < 0.15
         x = (protos[y] ^ flip) * 200 + rng.integers(0, 50, (n, 28, 28))
-        _write_idx(d / f"{split}-images-idx3-ubyte.gz", x)
-        _write_idx(d / f"{split}-labels-idx1-ubyte.gz", y)
+        write_split(d, split, x, y)
     return root
 
 
