@@ -311,3 +311,16 @@ def test_readme_shows_the_examples_as_they_are():
         source = (EXAMPLES / name).read_text()
         missing = [line for line in block.splitlines() if line.strip() and line not in source.splitlines()]
         assert not missing, (name, missing)
+
+
+@pytest.mark.parametrize("keys", [None, {"a": np.zeros(3)}])
+def test_train_names_a_missing_or_wrong_dataset_path_before_asking_for_rates(tmp_path, capsys, keys):
+    """Without a preset the rates are missing too; the path is the first thing wrong, so it is named
+    (status 1), not 'give --lr-out, --lr-local, --groups'."""
+    path = tmp_path / "data.npz"
+    if keys is not None:
+        np.savez(path, **keys)
+    assert cli.main(["train", "--dataset", str(path), "--no-progress", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and ("no such file" in err or "lacks x_train" in err) and "--lr-out" not in err, err
+    assert not (tmp_path / "r").exists()
