@@ -1,9 +1,9 @@
 """``threefactor bench``: the command line of the update-throughput suite (:mod:`threefactor.bench`).
 
-It measures (``run_suite``, then with ``--step`` :mod:`threefactor.bench_step`), prints a table,
+It measures (``run_suite``, then with ``--step`` :mod:`threefactor.bench.step`), prints a table,
 writes the JSON atomically, and without measuring anything prints a result file as Markdown
 (``--summary``) or judges result files against the speed targets (``--targets``,
-:mod:`threefactor.targets`).
+:mod:`threefactor.bench.targets`).
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def configure_parser(parser):
     parser.add_argument("--step", action="store_true",
                         help="then time one training step of the Table 1 MLP (784-1024x3-10, batch 256, "
                              "Gaussian grp+div) per backend against autograd and the step's GEMM floor "
-                             "(threefactor.bench_step); JSON next to the suite's, ending -step.json")
+                             "(threefactor.bench.step); JSON next to the suite's, ending -step.json")
     parser.add_argument("--json", default=None, metavar="PATH", type=output_file,
                         help="where to write the JSON (default benchmarks/results/<date>-<host>.json; "
                              "--quick: ~/.cache/threefactor/bench/<date>-<host>-quick.json; missing folders "
@@ -124,7 +124,7 @@ def configure_parser(parser):
                         help="measure nothing: judge bench JSONs (update and step, CPU and GPU) against the "
                              "speed targets (ours / floor, autograd / ours, peak memory) and print, per target, "
                              "the lowest ratio to the floor that the rule's own GEMMs allow "
-                             "(threefactor.targets)")
+                             "(threefactor.bench.targets)")
 
 
 def run(args):

@@ -1,8 +1,8 @@
 """``threefactor train``: train the paper's MLP (Sec. 4.2, Table 1) or conv nets (Sec. 4.3) with explicit rules.
 
-Python use (settings live in :mod:`threefactor.train_config`)::
+Python use (settings live in :mod:`threefactor.training.config`)::
 
-    from threefactor.train import resolve_config, train
+    from threefactor.training.train import resolve_config, train
     config = resolve_config(dataset="fmnist", rule="gaussian", grouping="grp+div", epochs=3)
     run = train(config, out="runs/demo")          # -> RunDir; run.read_metrics()
     conv = resolve_config(preset="cifar10-vgg-gaussian-grpdiv", epochs=2)   # Table 6, App. D.6
@@ -102,7 +102,7 @@ def default_out(cfg):
     """runs/<name>-s<seed>-<time>: the preset for the MLP; dataset, arch, width and column for conv nets.
 
     Only the base name: :func:`train` claims it with ``os.mkdir`` and adds ``-2``, ``-3``, ...
-    where a run started the same second took it (:func:`threefactor.runs.claim_new_run_dir`).
+    where a run started the same second took it (:func:`threefactor.training.runs.claim_new_run_dir`).
     """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = run_name(cfg)
@@ -264,7 +264,7 @@ Grouping (--grouping): plain; grp (c groups, p = 0.5, next layer sees z);
 Only the output layer (linear + bias, softmax cross-entropy) ever sees the labels'
 error; each hidden layer has its own SGD and updates during the forward pass.
 Learning rates and groups come from App. D Table 3 (--preset; see
-threefactor.presets); --lr-local, --lr-out, --groups override them.
+threefactor.training.presets); --lr-local, --lr-out, --groups override them.
 Conv nets take theirs from Table 6 (App. D.6; SGD momentum 0.95, batch 128,
 alpha dropout 0.05, SELU, weight decay 1e-7 local / 1e-6 output, delta 1;
 milestones 300 350 450 475, backprop 100 200 250 275; 500 epochs with an
