@@ -1,7 +1,7 @@
-"""``threefactor check``: the command line, table and JSON report of :mod:`threefactor.check`.
+"""``threefactor check``: the command line, table and JSON report of :mod:`threefactor.verify.gradcheck`.
 
 The checks themselves (finite differences, complex step, autograd) live in
-:mod:`threefactor.check`; this module parses options, prints the table (variant,
+:mod:`threefactor.verify.gradcheck`; this module parses options, prints the table (variant,
 backend, method, max relative error, worst synapse, both values, PASS/FAIL) and
 writes the JSON report atomically.  Exit status: 0 all pass, 1 a failure, 2 bad use.
 """

@@ -292,7 +292,7 @@ class UserKernel:
 
 
 def kernel_object(rule, checked=True):
-    """The kernel object of a :class:`~threefactor.rules.Rule`.
+    """The kernel object of a :class:`~threefactor.rule.rules.Rule`.
 
     A built-in name gives its registered class built by ``from_rule`` (σ, ε of the rule); a
     user's object is wrapped in :class:`UserKernel`, which checks what it returns, unless
