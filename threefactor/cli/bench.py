@@ -81,7 +81,7 @@ def _rule_name(text):
 
 def configure_parser(parser):
     parser.epilog = ("Rule variants: gauss is the Gaussian kernel, cossim the cosine-similarity kernel (check "
-                     "--kernel gaussian / cosine; train --rule gaussian / cossim), each plain or -grp+div "
+                     "--kernel gaussian / cosine; train --rule gaussian / cosine), each plain or -grp+div "
                      "(32 groups, p = 0.2; its update is grp's). Exit status 2 on bad use, and when no "
                      "requested backend is available (nothing is written then).")
     parser.add_argument("--backend", nargs="+", choices=backend_names(), default=list(BACKENDS),

@@ -356,8 +356,8 @@ def configure_parser(parser):
     h = parser.add_argument_group("optimisation (App. D.4-D.5)")
     h.add_argument("--epochs", type=int, default=S, help="epochs (default 2; the paper: 100)")
     h.add_argument("--lr-local", dest="lr_local", type=float, default=S, metavar="ETA_L",
-                   help="eta_l, the local learning rate of the hidden layers (cossim and gaussian rules "
-                        "only); default from the preset: Table 3 for the MLP (e.g. 1.0 for "
+                   help="eta_l, the local learning rate of the hidden layers (local rules only: "
+                        "gaussian, cosine or any --kernel); default from the preset: Table 3 for the MLP (e.g. 1.0 for "
                         f"fmnist-gaussian-grpdiv), Table 6 for conv nets; --mode online: {ONLINE_LR_LOCAL}")
     h.add_argument("--lr-out", dest="lr_out", type=float, default=S, metavar="ETA_F",
                    help="eta_f, the learning rate of the output layer (with --rule backprop: of every "
