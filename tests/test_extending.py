@@ -128,13 +128,14 @@ def test_rule_flags_train_and_are_recorded(tmp_path, idx_dir):
         (3.0, 1.0, "selu", 0.3, 2.0, "linear")
 
 
-def test_npz_dataset_trains_by_path(tmp_path, npz):
+def test_npz_dataset_trains_by_path(tmp_path, npz, capsys):
     cfg, records = _train(["--dataset", str(npz), "--rule", "cossim", "--grouping", "plain", "--hidden", "16",
                            "--lr-local", "0.5", "--lr-out", "0.05", "--batch-size", "40"], tmp_path / "run")
     assert cfg["rule"] == "cosine" and cfg["kernel"] == "cosine" and cfg["preset"] is None
     assert records[-1]["test_accuracy"] > 100 / 3               # chance is a third
     ds = load_dataset(str(npz))
     assert ds.n_classes == 3 and ds.image_shape == (1, 4, 4) and ds.x_train.shape == (240, 16)
+    assert f"data: {npz} (240 training, 60 test samples)" in capsys.readouterr().out   # the path once
 
 
 def test_a_configuration_without_preset_names_the_missing_rates(npz):
@@ -283,7 +284,7 @@ def test_example_kernel_checks_and_trains(tmp_path, npz, capsys):
     assert tf.Rule(kernel="IMQ").kernel_name == "imq"
 
 
-def test_example_dataset_trains(tmp_path):
+def test_example_dataset_trains(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("my_dataset", EXAMPLES / "my_dataset.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -291,6 +292,7 @@ def test_example_dataset_trains(tmp_path):
     ds = load_dataset("Blobs")
     assert ds.image_shape == (1, 4, 4) and ds.n_classes == 3 and ds.x_train.shape == (600, 16)
     assert mod.main(tmp_path / "run") > 60.0                  # chance is a third
+    assert "data: blobs (600 training, 150 test samples)" in capsys.readouterr().out    # not "from None"
 
 
 def test_registrations_do_not_leak_between_tests():

@@ -81,7 +81,8 @@ def load_data(cfg, progress=True, log=None):
             split = f" (--validation: {len(ds.y_train)} training, {len(ds.y_test)} validation)"
             log(f"data: {SAMPLE_NOTE}" + (split if cfg["validation"] else ""))
         else:
-            log(f"data: {cfg['dataset']} from {ds.source} ({len(ds.y_train)} training, {len(ds.y_test)} "
+            where = f" from {ds.source}" if ds.source and str(ds.source) != str(cfg["dataset"]) else ""
+            log(f"data: {cfg['dataset']}{where} ({len(ds.y_train)} training, {len(ds.y_test)} "
                 f"{'validation' if cfg['validation'] else 'test'} samples)")
     x_tr, y_tr = ds.x_train, ds.y_train
     if cfg["subset"] is not None and cfg["subset"] > len(y_tr):
