@@ -15,7 +15,7 @@ import numpy as np
 from threefactor.training.atomic import write_json
 from threefactor.backends import BACKENDS, backend_names
 from threefactor.bench.suite import BATCHES, DEFAULT_RULES, HEADER, RULE_ALIASES, SHAPES, VARIANTS, add_heap_argument, check_suite, default_json_path, document, run_suite, set_torch_threads, timing_settings, tune_heap, usable_backends
-from threefactor.cli.main import UsageError, at_least, output_file, writable_file_problem
+from threefactor.cli.main import UsageError, at_least, backend_name, output_file, writable_file_problem
 from threefactor.names import unknown_name
 from threefactor.bench.machine import blas_threads, set_threads
 
@@ -84,8 +84,9 @@ def configure_parser(parser):
                      "--kernel gaussian / cosine; train --rule gaussian / cosine), each plain or -grp+div "
                      "(32 groups, p = 0.2; its update is grp's). Exit status 2 on bad use, and when no "
                      "requested backend is available (nothing is written then).")
-    parser.add_argument("--backend", nargs="+", choices=backend_names(), default=list(BACKENDS),
-                        help="backends to time; unavailable ones are skipped with the reason (an error when "
+    parser.add_argument("--backend", nargs="+", type=backend_name, metavar="BACKEND", default=list(BACKENDS),
+                        help="backends to time (" + ", ".join(backend_names()) + " or one another package "
+                             "registers); unavailable ones are skipped with the reason (an error when "
                              "none is available)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="dtype of the arrays, ours and autograd's alike")
