@@ -1,4 +1,4 @@
-"""threefactor.targets / ``threefactor bench --targets``: the speed targets judged on bench JSON."""
+"""threefactor.bench.targets / ``threefactor bench --targets``: the speed targets judged on bench JSON."""
 import glob
 import json
 import os
