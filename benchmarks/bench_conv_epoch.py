@@ -8,14 +8,14 @@ objective on the pooled activity flattened per sample (groups = contiguous chann
 output linear + bias with cross-entropy; SGD momentum 0.95, lr_local 0.4, lr_out 1e-4.
 
 ``ours``
-    :meth:`threefactor.conv_layers.ConvNet.train_step` of the network that
-    :func:`threefactor.train.build_network` makes from
+    :meth:`threefactor.nn.convnet.ConvNet.train_step` of the network that
+    :func:`threefactor.training.train.build_network` makes from
     ``resolve_config(arch=..., dataset="cifar10", rule="gaussian", grouping="grp+div", ...)``:
     explicit 3-factor updates stepped during the forward pass, on device arrays.
 ``autograd``
     the same network and rule in PyTorch as an efficient autograd user writes it
     (:func:`torch_layer`): ``F.conv2d`` / ``F.selu`` / ``F.max_pool2d``, the layer
-    loss from :mod:`threefactor.torch_ref`'s pieces, the output passed on detached
+    loss from :mod:`threefactor.verify.torch_ref`'s pieces, the output passed on detached
     (layer-local losses), one ``backward()`` over the sum, one ``torch.optim.SGD`` step.
     Same initial weights, device and dtype (float32), computed in float32: on CUDA,
     cuDNN's TF32 convolutions (torch's default) are switched off for this timing.
@@ -70,7 +70,7 @@ def torch_layer(torch, F, h, w, conv, pool, rule, Ky, dropout, divisive=True):
 
     h : (m, C_in, H, W) for a conv layer (``conv=True``) or (m, n_in); w : its weights.
     L = pHSIC(K, K) - γ pHSIC(Ky, K) (Eq. 9, 34) on z = pool(f(a)) flattened per sample
-    (threefactor.torch_ref's pieces); r = ẑ/u^p over contiguous groups (Eq. 21), then
+    (threefactor.verify.torch_ref's pieces); r = ẑ/u^p over contiguous groups (Eq. 21), then
     (alpha) dropout with probability ``dropout``.
     """
     from threefactor.verify import torch_ref as tr

@@ -2,12 +2,12 @@
 """The online (two-point) rule's per-step weight update against its memory floor.
 
 A step of B streams changes every synapse by R = 2B rank-one terms
-(W += lr Σ_r post_rᵀ pre_r, :mod:`threefactor.online`).  The fused update reads
+(W += lr Σ_r post_rᵀ pre_r, :mod:`threefactor.rule.online`).  The fused update reads
 and writes W once, so its floor is a copy of W (same size and dtype, same run).
 Candidates, timed interleaved (one call of each per round) on the CPU:
 
 ``copy``    ``np.copyto(dst, W)``: read W once, write W once — the floor
-``fused``   :func:`threefactor.online.apply_update` as training uses it: the Numba
+``fused``   :func:`threefactor.rule.online.apply_update` as training uses it: the Numba
             pass of ``backends/_online_kernels.py`` for R < BLAS_FROM, in-place BLAS
             GEMM (W ← W + ut·pre) from there on
 ``numba``   the Numba pass forced for every R (one thread below SERIAL_BELOW, as ``fused``)

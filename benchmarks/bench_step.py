@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One training step of the Table 1 MLP: ours vs PyTorch autograd vs the step's GEMM floor.
 
-The benchmark lives in :mod:`threefactor.bench_step` (also ``threefactor bench --step``)::
+The benchmark lives in :mod:`threefactor.bench.step` (also ``threefactor bench --step``)::
 
     python benchmarks/bench_step.py                       # numpy, numba (+ cupy on a GPU)
     python benchmarks/bench_step.py --backend numba --budget 5 --json out.json

@@ -4,7 +4,7 @@
     python benchmarks/bench_update.py --backend numpy numba --m 256 --shapes 1024x1024
     python benchmarks/bench_update.py --quick          # smoke test, seconds
 
-See :mod:`threefactor.bench` for what is measured and the JSON keys, :mod:`threefactor.bench_cli` for the flags.
+See :mod:`threefactor.bench` for what is measured and the JSON keys, :mod:`threefactor.cli.bench` for the flags.
 """
 import sys
 

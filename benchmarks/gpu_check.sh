@@ -56,7 +56,7 @@ for name in ("cupy", "torch", "numba"):
 import torch
 print("torch.cuda", torch.cuda.is_available(), torch.version.cuda,
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-from threefactor.machine import machine_info
+from threefactor.bench.machine import machine_info
 print(machine_info())
 PYEOF
 } >"$OUT/test_gpu.log" 2>&1
@@ -92,7 +92,7 @@ timeout 80 "$PY" benchmarks/profile_gpu.py --which mlp vgg update "${PROFILE[@]}
 echo "== Fashion-MNIST, the default MLP run on the GPU for 10 epochs (where the data is found)"
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
   echo "dry run: training skipped"
-elif "$PY" -c "from threefactor.data_download import find_dataset as f; raise SystemExit(f('fmnist', None) is None)"; then
+elif "$PY" -c "from threefactor.data.download import find_dataset as f; raise SystemExit(f('fmnist', None) is None)"; then
   RUN="$(mktemp -d)/fmnist-gpu"
   timeout 90 "$PY" -m threefactor train --backend cupy --epochs 10 --no-progress --out "$RUN" 2>&1 \
     | tee -a "$OUT/bench_step_gpu.log" || status=1

@@ -2,8 +2,8 @@
 """Online training of the Table 1 MLP on Fashion-MNIST: the two-point rule in place of the batch rule.
 
 The network, data, optimisers, schedule and logging are those of
-``threefactor train`` (:mod:`threefactor.train`); only the hidden layers change:
-:func:`threefactor.online_layer.make_online` makes each one learn by the two-point
+``threefactor train`` (:mod:`threefactor.training.train`); only the hidden layers change:
+:func:`threefactor.nn.online_layer.make_online` makes each one learn by the two-point
 rule (Eq. 57-66), with B = batch size streams — row b of a batch is paired with
 row b of the previous batch, and ΔW is the mean of the B two-point updates
 (the batch rule uses all B² pairs of a batch).  The output layer learns by

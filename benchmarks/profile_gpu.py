@@ -98,7 +98,7 @@ def python_profile(fn, steps, top=15):
 
 
 def _event_ms(fn, repeats=20):
-    """Median GPU time of ``fn`` in ms (threefactor.timing: CUDA events, 3 warm-up calls)."""
+    """Median GPU time of ``fn`` in ms (threefactor.bench.timing: CUDA events, 3 warm-up calls)."""
     return bench.time_call(fn, "cupy", budget=0.0, min_repeats=repeats, warmup=3)["median_s"] * 1e3
 
 

@@ -18,25 +18,28 @@ import sys
 import time
 from pathlib import Path
 
-from threefactor.training.presets import COLUMNS, DATASETS, column_name, preset_name
+from threefactor.names import unknown_name
+from threefactor.training.presets import (COLUMNS, DATASETS, canonical_grouping, canonical_rule, column_name,
+                                           preset_name)
 from threefactor.training.report import markdown_table, summarize
 from threefactor.training.runs import RunDir
 from threefactor.training.train import load_data, resolve_config, train
 
-_ALIASES = {"lastlayer": "last-layer", "grpdiv": "grp+div"}
-
-
 def parse_column(text):
-    """``gaussian-grp+div``, ``gaussian grp+div``, ``lastlayer-grpdiv``, ``backprop`` -> (rule, grouping)."""
-    words = text.replace(" ", "-").split("-")
-    words = [_ALIASES.get(w, w) for w in words]
-    joined = "-".join(words).replace("last-layer", "last_layer")
-    rule, _, grouping = joined.partition("-")
-    rule, grouping = rule.replace("last_layer", "last-layer"), _ALIASES.get(grouping, grouping or "plain")
-    if (rule, grouping) not in COLUMNS:
-        names = ", ".join(f"{r}-{g}" if g != "plain" else r for r, g in COLUMNS)
-        raise ValueError(f"column {text!r} is not one of: {names}")
-    return rule, grouping
+    """A Table 1 column in any spelling of the one vocabulary -> (rule, grouping): ``gaussian-grp+div``,
+    ``gaussian grp+div``, ``cossim-grp``, ``lastlayer-grpdiv``, ``backprop``; an unknown one with the
+    nearest columns."""
+    words = text.strip().replace(" ", "-").split("-")
+    for i in range(1, len(words) + 1):             # the rule is a prefix of words ("last-layer" has a dash)
+        try:
+            rule = canonical_rule("-".join(words[:i]))
+            grouping = canonical_grouping("-".join(words[i:])) if i < len(words) else "plain"
+        except ValueError:
+            continue
+        if (rule, grouping) in COLUMNS:
+            return rule, grouping
+    names = [f"{r}-{g}" if g != "plain" else r for r, g in COLUMNS]
+    raise unknown_name("column", text, names, hint="the columns: " + ", ".join(names))
 
 
 def main(argv=None):
@@ -45,7 +48,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
-                    help="e.g. backprop backprop-grp+div last-layer cossim-grp gaussian-grp+div (default: all 10)")
+                    help="e.g. backprop backprop-grp+div last-layer cosine-grp gaussian-grp+div, any case, old spellings too (cossim, lastlayer, grpdiv) (default: all 10)")
     ap.add_argument("--subset", type=int, default=None, help="train on N samples (quick runs)")
     ap.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default 1024 1024 1024)")
     ap.add_argument("--backend", default=None)

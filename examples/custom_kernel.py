@@ -12,7 +12,7 @@ update from two methods you write,
 (``xp`` is numpy or cupy).  This example writes the inverse multiquadric kernel
 k(a, b) = (1 + ‖a − b‖²/s)^(−1/2), which decays polynomially instead of
 exponentially, checks it against complex-step derivatives, finite differences
-and (if installed) PyTorch autograd with :func:`threefactor.check.check_rule`,
+and (if installed) PyTorch autograd with :func:`threefactor.verify.gradcheck.check_rule`,
 and trains the Fashion-MNIST MLP with it next to the Gaussian kernel.  Usage::
 
     python examples/custom_kernel.py                       # check, then 1 epoch of each kernel

@@ -12,7 +12,7 @@ B. stimuli separated by long, variable gaps at the background μ: the memory
    Δz = κ * ω^{1/3} (Eq. 16).
 
 The circuit of App. C.1 turns the read-outs into the third factor
-(:mod:`threefactor.online`): b1 = ‖Δz‖², b2 = γ k(y_t, y_{t-Δt}) - 2 e^{-b1/2σ²},
+(:mod:`threefactor.rule.online`): b1 = ‖Δz‖², b2 = γ k(y_t, y_{t-Δt}) - 2 e^{-b1/2σ²},
 M = -(b2 - b3) e^{-b1/2σ²}/σ², with k(y, y') = 1 or -1/(n-1) given from outside
 at each switch's onset (the whole of its read-out bump uses this switch's label)
 and b3 a running average of b2 updated once per switch with the b2 of the
@@ -23,7 +23,7 @@ dW/dt = η M(t) Δz(t) Δx(t)ᵀ, which is non-zero only around stimulus switche
 M(t) is computed from the read-out as it rises and falls, so during a switch's
 bump it is at first the factor of a smaller jump (b1 small) and may even change
 sign: the net change of a switch is close to, not equal to, the discrete
-two-point update of :class:`threefactor.online_layer.OnlineLayer` (with seed 0
+two-point update of :class:`threefactor.nn.online_layer.OnlineLayer` (with seed 0
 and 10 stimuli the cosine of the two is at least 0.8 for every switch with a b3,
 in both scenarios: tests/test_examples.py).
 

@@ -3,7 +3,7 @@
 
 Trains the paper's Fashion-MNIST MLP (784-1024-1024-1024-10, Gaussian grp+div,
 the ``fmnist-gaussian-grpdiv`` preset) with a plain Python loop over
-:meth:`threefactor.networks.MLP.train_step` (the network of `threefactor train`), and shows, for one fixed test batch
+:meth:`threefactor.nn.mlp.MLP.train_step` (the network of `threefactor train`), and shows, for one fixed test batch
 sorted by class, the first hidden layer's
 
 * kernel matrix K_ij = k(v_i, v_j) (Eq. 26) on its group representation v (Eq. 18):

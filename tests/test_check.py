@@ -1,4 +1,4 @@
-"""threefactor.check: passes on the real rules, fails on a wrong one, takes user kernels; the CLI."""
+"""threefactor.verify.gradcheck (threefactor.check_rule): passes on the real rules, fails on a wrong one, takes user kernels; the CLI."""
 from __future__ import annotations
 
 import json

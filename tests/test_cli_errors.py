@@ -86,3 +86,22 @@ def test_ctrl_c_outside_a_command_is_one_line_and_status_130(capsys, monkeypatch
     monkeypatch.setattr(cli.importlib, "import_module", interrupted)
     assert cli.main(["bench", "--quick"]) == cli.INTERRUPTED == 130
     assert capsys.readouterr().err == "threefactor: interrupted\n"
+
+
+def test_check_and_bench_take_names_as_train_does():
+    """One vocabulary: check's --grouping / --activation / --label-kernel take any case and the old
+    spellings (grpdiv, cossim), and check's and bench's --backend answer an unknown name with the
+    nearest ones, like train."""
+    args = _parser("check").parse_args(["--grouping", "GRPDIV", "plain", "--activation", "LReLU",
+                                        "--label-kernel", "cossim", "--backend", "Numpy"])
+    assert args.grouping == ["grp+div", "plain"] and args.activation == ["lrelu"]
+    assert args.label_kernel == ["cosine"] and args.backend == ["numpy"]
+    for command, argv, expected in (("check", ["--grouping", "grpp"], "did you mean 'grp' or 'grp+div'?"),
+                                    ("check", ["--backend", "nump"], "did you mean 'numpy'"),
+                                    ("bench", ["--backend", "numbaa"], "did you mean 'numba'")):
+        parser = _parser(command)
+        messages = []
+        parser.error = lambda message: (messages.append(message), (_ for _ in ()).throw(SystemExit(2)))
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert expected in messages[0], messages

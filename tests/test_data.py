@@ -1,4 +1,4 @@
-"""Tests of threefactor.data and threefactor.data_download (small synthetic files)."""
+"""Tests of threefactor.data and threefactor.data.download (small synthetic files)."""
 
 from __future__ import annotations
 

@@ -123,13 +123,14 @@ def test_rule_flags_train_and_are_recorded(tmp_path, idx_dir):
         (3.0, 1.0, "selu", 0.3, 2.0, "linear")
 
 
-def test_npz_dataset_trains_by_path(tmp_path, npz):
+def test_npz_dataset_trains_by_path(tmp_path, npz, capsys):
     cfg, records = _train(["--dataset", str(npz), "--rule", "cossim", "--grouping", "plain", "--hidden", "16",
                            "--lr-local", "0.5", "--lr-out", "0.05", "--batch-size", "40"], tmp_path / "run")
     assert cfg["rule"] == "cosine" and cfg["kernel"] == "cosine" and cfg["preset"] is None
     assert records[-1]["test_accuracy"] > 100 / 3               # chance is a third
     ds = load_dataset(str(npz))
     assert ds.n_classes == 3 and ds.image_shape == (1, 4, 4) and ds.x_train.shape == (240, 16)
+    assert f"data: {npz} (240 training, 60 test samples)" in capsys.readouterr().out   # the path once
 
 
 def test_a_configuration_without_preset_names_the_missing_rates(npz):
@@ -278,7 +279,7 @@ def test_example_kernel_checks_and_trains(tmp_path, npz, capsys):
     assert tf.Rule(kernel="IMQ").kernel_name == "imq"
 
 
-def test_example_dataset_trains(tmp_path):
+def test_example_dataset_trains(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("my_dataset", EXAMPLES / "my_dataset.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -286,6 +287,7 @@ def test_example_dataset_trains(tmp_path):
     ds = load_dataset("Blobs")
     assert ds.image_shape == (1, 4, 4) and ds.n_classes == 3 and ds.x_train.shape == (600, 16)
     assert mod.main(tmp_path / "run") > 60.0                  # chance is a third
+    assert "data: blobs (600 training, 150 test samples)" in capsys.readouterr().out    # not "from None"
 
 
 def test_registrations_do_not_leak_between_tests():
@@ -306,3 +308,16 @@ def test_readme_shows_the_examples_as_they_are():
         source = (EXAMPLES / name).read_text()
         missing = [line for line in block.splitlines() if line.strip() and line not in source.splitlines()]
         assert not missing, (name, missing)
+
+
+@pytest.mark.parametrize("keys", [None, {"a": np.zeros(3)}])
+def test_train_names_a_missing_or_wrong_dataset_path_before_asking_for_rates(tmp_path, capsys, keys):
+    """Without a preset the rates are missing too; the path is the first thing wrong, so it is named
+    (status 1), not 'give --lr-out, --lr-local, --groups'."""
+    path = tmp_path / "data.npz"
+    if keys is not None:
+        np.savez(path, **keys)
+    assert cli.main(["train", "--dataset", str(path), "--no-progress", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and ("no such file" in err or "lacks x_train" in err) and "--lr-out" not in err, err
+    assert not (tmp_path / "r").exists()

@@ -4,10 +4,10 @@
 v_i - v_i = 0; computed as diag(A·1) v - A v with A_ii inside both terms it cancels
 only up to round-off, which loses every digit when all pairs are far apart relative
 to σ (K ≈ I, A_ii ≫ A_ij).  Here the update is compared with the literal pair sums
-of :mod:`threefactor.pairwise` (where z_i - z_i is exactly 0), and each backend's
+of :mod:`threefactor.verify.naive` (where z_i - z_i is exactly 0), and each backend's
 ``laplacian`` with the literal sum over j ≠ i, for an A whose diagonal dominates.
 
-The torch autograd oracle (:mod:`threefactor.torch_ref`) had the same cancellation in
+The torch autograd oracle (:mod:`threefactor.verify.torch_ref`) had the same cancellation in
 exactly these cases (it differentiated through d_ii = ‖v_i‖² + ‖v_i‖² - 2 v_i·v_i); it now
 masks d's diagonal, and is checked here against the pair sums too.
 """

@@ -1,4 +1,4 @@
-"""The Python training API (threefactor.networks.MLP, threefactor.optim): bad input is refused with
+"""The Python training API (threefactor.nn.mlp.MLP, threefactor.nn.optim): bad input is refused with
 an error that names the argument, and a batch of another dtype does not leave the net's dtype."""
 import numpy as np
 import pytest

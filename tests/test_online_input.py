@@ -144,7 +144,7 @@ def test_two_point_update_accepts_lists_and_keeps_float32():
     (dict(x_now=np.full((3, 5), "a")), TypeError, "x_now must hold real numbers"),
     (dict(b3=np.zeros(2)), ValueError, r"b3 must be a number or an array of shape \(B,\) = \(3,\)"),
     (dict(b3=float("nan")), ValueError, "b3 contains NaN or Inf"),
-    (dict(trule=tf.Rule()), TypeError, "trule must be a threefactor.online.TwoPointRule"),
+    (dict(trule=tf.Rule()), TypeError, "trule must be a threefactor.rule.online.TwoPointRule"),
 ])
 def test_two_point_update_bad_input(change, err, match):
     x1, x0, w, y1, y0 = _pair()

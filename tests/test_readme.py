@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from test_extending import _registries  # noqa: F401  (autouse: the kernel and dataset a block registers do not leak)
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
           if "-> float" not in b]          # the signature listing is not code to run

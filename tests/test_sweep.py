@@ -173,6 +173,10 @@ def test_invalid_axis_is_reported_at_dry_run_before_anything_trains(data_root, t
     assert "did you mean hidden" in capsys.readouterr().err
     assert cli.main(["sweep", str(path), "--out", str(out), "--only", "rule=gausian"]) == 2
     assert "its values: backprop, gaussian" in capsys.readouterr().err
+    # names in the one vocabulary: any case, old spellings
+    assert cli.main(["sweep", str(path), "--out", str(out), "--dry-run", "--only", "hidden=32,32",
+                     "--only", "rule=Gauss"]) == 0
+    assert "2 runs under" in capsys.readouterr().out
     assert cli.main(["sweep", str(path), "--out", str(out), "--runs-per-gpu", "2", "--only", "hidden=32,32"]) == 2
     assert "needs GPU runs" in capsys.readouterr().err
     path.write_text("[base\nepochs = 1\n")

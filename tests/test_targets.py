@@ -1,4 +1,4 @@
-"""threefactor.targets / ``threefactor bench --targets``: the speed targets judged on bench JSON."""
+"""threefactor.bench.targets / ``threefactor bench --targets``: the speed targets judged on bench JSON."""
 import glob
 import json
 import os
@@ -109,3 +109,15 @@ def test_every_recorded_bench_file_can_be_judged():
         pytest.skip("no recorded bench results in this checkout")
     docs = targets.load(paths)
     assert targets.verdicts(docs) and all(r["met"] for r in targets.memory_verdicts(docs))
+
+
+def test_cli_targets_skips_other_result_files_of_a_glob(tmp_path, capsys):
+    """README: ``bench --targets benchmarks/results/*.json``; that folder also holds bench_env.py's JSON."""
+    good = _write(tmp_path, "u.json", _doc("update", _update("cupy", "gauss", 1024, 4096, 4096, 1.31, 1.38),
+                                           gpu={"name": "Test GPU"}))
+    env = _write(tmp_path, "env.json", {"command": "python benchmarks/bench_env.py", "machine": {}, "default": {}})
+    assert cli.main(["bench", "--targets", good, env]) == 0
+    captured = capsys.readouterr()
+    assert "Test GPU" in captured.out and f"skipped {env}" in captured.err
+    assert cli.main(["bench", "--targets", env, env]) == 2          # nothing left to judge
+    assert "not a threefactor bench result" in capsys.readouterr().err

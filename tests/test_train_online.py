@@ -169,3 +169,18 @@ def test_streams_equal_to_the_training_set_is_one_step_an_epoch(data_root, tmp_p
     assert a["online/0/b3"].shape == (32,) or a["online/0/b3"].shape == ()
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_start_line_names_the_online_settings():
+    """The run's first line: '1 stream' (not '1 streams'), and the rate rule, delays and per-stream b3
+    when they are not the defaults."""
+    from types import SimpleNamespace
+
+    from threefactor.training.naming import start_line
+    from threefactor.training.train import resolve_config
+    rd = SimpleNamespace(path="runs/x")
+    line = start_line(resolve_config(mode="online", streams=1, backend="numpy"), rd, False)
+    assert "online (1 stream, beta 0.01)" in line, line
+    line = start_line(resolve_config(mode="online", streams=7, rate_rule="per-step", delays=2, shared_b3=False,
+                                     backend="numpy"), rd, False)
+    assert "online (7 streams, beta 0.01, b3 per stream, per-step rates, 2 delays)" in line, line

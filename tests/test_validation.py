@@ -187,3 +187,15 @@ def test_cosine_kernel_on_zero_rows_is_finite(groups, activation, backend, xwy):
     assert np.isfinite(local_objective(x, zeros, y, **kw))
     dw = local_update(x, zeros, y, **kw)
     assert np.all(np.isfinite(dw))
+
+
+def test_an_unknown_kernel_or_dataset_says_a_path_is_accepted_too():
+    """A short list given in full also says what else is accepted (a user's kernel, a dataset path)."""
+    from threefactor.data.registry import canonical_dataset
+    from threefactor.rule.kernels import KERNEL_NAMES
+    with pytest.raises(ValueError, match=r"dataset='bogus' is not one of: mnist, fmnist, kmnist, cifar10; or a "
+                                         r"path to a folder of IDX files"):
+        canonical_dataset("bogus")
+    with pytest.raises(ValueError, match=r"kernel='sigmoid' is not one of: gaussian, cosine, linear; or your own "
+                                         r"kernel as path/to/file.py:Class"):
+        KERNEL_NAMES.resolve("sigmoid")

@@ -1,7 +1,7 @@
 """What a user passes, as an array of the chosen backend, with errors that name the argument.
 
-One conversion for the public API (:mod:`threefactor.api`), the online rule (:mod:`threefactor.online`)
-and the networks' batches (:mod:`threefactor.networks`).
+One conversion for the public API (:mod:`threefactor.api`), the online rule (:mod:`threefactor.rule.online`)
+and the networks' batches (:mod:`threefactor.nn.mlp`).
 """
 from __future__ import annotations
 

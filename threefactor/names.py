@@ -18,13 +18,14 @@ import sys
 _LIST_AT_MOST = 8
 
 
-def unknown_name(argument, value, choices, hint=None, aliases=()) -> ValueError:
+def unknown_name(argument, value, choices, hint=None, aliases=(), also=None) -> ValueError:
     """A ValueError naming the argument (None: only the value) and the bad value, with the nearest choices.
 
     Close matches (difflib, case-insensitive) are offered as "did you mean ...?"; with none,
     a short list of choices is given in full and a long one is not (``hint`` says where to
     find it, e.g. "see threefactor train --help").  ``aliases`` (other accepted spellings ->
-    their canonical name) are matched, and answered with the canonical name.
+    their canonical name) are matched, and answered with the canonical name.  ``also`` names what
+    else is accepted besides the names (e.g. a path), added to a list given in full.
     """
     choices = list(dict.fromkeys(map(str, choices)))
     text = str(value)
@@ -40,7 +41,7 @@ def unknown_name(argument, value, choices, hint=None, aliases=()) -> ValueError:
         shown = list(dict.fromkeys(lower[c] for c in close))
         message += "; did you mean " + " or ".join(repr(c) for c in shown) + "?"
     elif len(choices) <= _LIST_AT_MOST:
-        message = f"{said} is not one of: {', '.join(choices)}"
+        message = f"{said} is not one of: {', '.join(choices)}" + (f"; or {also}" if also else "")
     if hint and not close and len(choices) > _LIST_AT_MOST:
         message += f" ({hint})"
     return ValueError(message)
@@ -57,8 +58,8 @@ class Vocabulary:
         Where the full list can be found, added to an error about a long list.
     """
 
-    def __init__(self, argument, hint=None):
-        self.argument, self.hint = argument, hint
+    def __init__(self, argument, hint=None, also=None):
+        self.argument, self.hint, self.also = argument, hint, also
         self._canonical = {}           # lower-case name -> canonical
         self._order = []               # canonical names in registration order
 
@@ -101,7 +102,8 @@ class Vocabulary:
     def unknown(self, text, argument="") -> ValueError:
         """The ValueError for an unknown ``text``: the nearest names (canonical or alias); the
         message starts ``argument='text'`` (``argument`` None: just ``'text'``)."""
-        return unknown_name(self.argument if argument == "" else argument, text, self._order, self.hint, aliases=self._canonical)
+        return unknown_name(self.argument if argument == "" else argument, text, self._order, self.hint,
+                            aliases=self._canonical, also=self.also)
 
     def resolve(self, text, argument=""):
         """The canonical name of ``text``; ValueError with the nearest names otherwise."""

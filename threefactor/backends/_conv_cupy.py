@@ -1,6 +1,6 @@
-"""CuPy kernels of the conv layer's array operations (see :mod:`threefactor.conv`).
+"""CuPy kernels of the conv layer's array operations (see :mod:`threefactor.rule.conv`).
 
-Each operation of :mod:`threefactor.conv` that would otherwise take several
+Each operation of :mod:`threefactor.rule.conv` that would otherwise take several
 strided copies is one ``ElementwiseKernel`` over its *output* (one thread per
 output element, no atomics, so results are deterministic and bit-equal to the
 numpy reference):
@@ -21,10 +21,10 @@ shared memory, reading and writing along the contiguous axis of each side
 2.3 ms of 14.7 ms).
 
 The column order is (dy, dx, c) with c fastest, exactly as in
-:func:`threefactor.conv.im2col`.  Kernels are built lazily from their
+:func:`threefactor.rule.conv.im2col`.  Kernels are built lazily from their
 :mod:`._cuda_source` records (compiled without a GPU by
 ``tests/test_cuda_sources.py``), so this module imports without CuPy;
-:mod:`threefactor.conv` calls it only for cupy arrays.
+:mod:`threefactor.rule.conv` calls it only for cupy arrays.
 The GEMMs themselves (forward and update) go through the backend's cuBLAS
 ``matmul`` / ``hebbian``.
 """
@@ -217,7 +217,7 @@ def _tiles(n):
 
 
 def im2col(x, kh, kw, padding):
-    """(m·Ho·Wo, kh·kw·C_in) patches of x (m, C_in, H, W); see :func:`threefactor.conv.im2col`."""
+    """(m·Ho·Wo, kh·kw·C_in) patches of x (m, C_in, H, W); see :func:`threefactor.rule.conv.im2col`."""
     x = cupy.ascontiguousarray(x)
     m, c, h, w = x.shape
     ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
@@ -237,7 +237,7 @@ def im2col(x, kh, kw, padding):
 
 def rows_to_nchw(t, m, ho, wo):
     """(m·Ho·Wo, C) or (m, Ho, Wo, C) channel-last -> (m, C, Ho, Wo) contiguous; see
-    :func:`threefactor.conv.rows_to_nchw`."""
+    :func:`threefactor.rule.conv.rows_to_nchw`."""
     t = cupy.ascontiguousarray(t)
     c = t.size // (m * ho * wo) if t.size else t.shape[-1]
     out = cupy.empty((m, c, ho, wo), dtype=t.dtype)

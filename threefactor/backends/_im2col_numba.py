@@ -1,6 +1,6 @@
 """Numba kernel for im2col on the CPU (the conv layers' patch matrix in one pass).
 
-Same layout and bits as :func:`threefactor.conv.im2col` (the numpy reference it is
+Same layout and bits as :func:`threefactor.rule.conv.im2col` (the numpy reference it is
 tested against): row i·Ho·Wo + oh·Wo + ow, column (dy·kw + dx)·C_in + c holds
 x[i, c, oh + dy - padding, ow + dx - padding], zero outside the image.  After one
 channel-last copy of x it writes each row of the patch matrix once, contiguous runs
@@ -37,7 +37,7 @@ def _im2col_nhwc(xn, kh, kw, padding, cols):
 
 
 def im2col(x, kh: int, kw: int, padding: int):
-    """Patches of x (m, C_in, H, W) as rows (m·Ho·Wo, kh·kw·C_in), as :func:`threefactor.conv.im2col`."""
+    """Patches of x (m, C_in, H, W) as rows (m·Ho·Wo, kh·kw·C_in), as :func:`threefactor.rule.conv.im2col`."""
     xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     m, h, w, c = xn.shape
     ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1

@@ -1,7 +1,7 @@
 """Numba kernel of the online (two-point) rule: the per-step weight update in one pass over W.
 
 A step of B streams changes every synapse by a sum of rank-one terms
-(:mod:`threefactor.online`, Eq. 57 / 63a)::
+(:mod:`threefactor.rule.online`, Eq. 57 / 63a)::
 
     W[n, k] += Σ_r ut[n, r] · pre[r, k],      r < R = 2B
 
@@ -12,7 +12,7 @@ W is read and written once (``prange`` over rows n; one thread below
 ``SERIAL_BELOW``), and its R terms are added four at a time while the row is in
 the L1 cache.  For small R this is a memory-bound pass whose floor is one read
 and one write of W; for large R it is a GEMM written by hand, and
-:func:`threefactor.online.apply_update` hands it to BLAS instead (``BLAS_FROM``).
+:func:`threefactor.rule.online.apply_update` hands it to BLAS instead (``BLAS_FROM``).
 
 All arrays share one dtype (float32 or float64); fastmath is off, so each
 row's terms are added in order r = 0, 1, 2, ... (four per pass).

@@ -1,7 +1,7 @@
 """Numba kernels for 2×2 max pooling of channel-last activity (the conv layers' CPU fast path).
 
-Each kernel is one pass with the exact semantics of :func:`threefactor.conv.max_pool_rows`
-and :func:`threefactor.conv.route_rows` (the readable numpy reference they are tested
+Each kernel is one pass with the exact semantics of :func:`threefactor.rule.conv.max_pool_rows`
+and :func:`threefactor.rule.conv.route_rows` (the readable numpy reference they are tested
 against): the winner of a window is decided by the same tournament — top pair
 (1 beats 0 only if strictly larger), bottom pair (3 beats 2 likewise), then the bottom
 winner beats the top winner only if strictly larger — so both give the same bits.
@@ -64,7 +64,7 @@ def route(g, idx, out):
 
 
 def max_pool_rows(z, *extra):
-    """Drop-in for :func:`threefactor.conv.max_pool_rows` on real numpy arrays."""
+    """Drop-in for :func:`threefactor.rule.conv.max_pool_rows` on real numpy arrays."""
     m, h, w, c = z.shape
     shape = (m, h // 2, w // 2, c)
     pooled = np.empty(shape, dtype=z.dtype)
@@ -79,7 +79,7 @@ def max_pool_rows(z, *extra):
 
 
 def route_rows(g, idx, shape):
-    """Drop-in for :func:`threefactor.conv.route_rows` on real numpy arrays."""
+    """Drop-in for :func:`threefactor.rule.conv.route_rows` on real numpy arrays."""
     out = np.zeros(shape, dtype=g.dtype)
     route(g, idx, out)
     return out

@@ -281,7 +281,7 @@ def _objective_blocks(n):
     return max(1, min(OBJECTIVE_BLOCKS_MAX, -(-n // per_block)))
 
 
-# -- softmax cross-entropy of the output layer, one block (threefactor.layers.softmax_cross_entropy) --
+# -- softmax cross-entropy of the output layer, one block (threefactor.nn.layers.softmax_cross_entropy) --
 _XENT_SOURCE = r"""
 // One block; thread t takes rows t, t + blockDim.x, ...  For each row: shifted = logits - max,
 // e = exp(shifted), s = sum e, loss_i = log s - shifted[y], p = e / s, hit_i = (first argmax of p == y),
@@ -336,7 +336,7 @@ XENT_THREADS = 256
 
 
 def softmax_cross_entropy(logits, labels):
-    """(loss 0-d, dlogits (m, k), correct 0-d int64) of :func:`threefactor.layers.softmax_cross_entropy`,
+    """(loss 0-d, dlogits (m, k), correct 0-d int64) of :func:`threefactor.nn.layers.softmax_cross_entropy`,
     one kernel (it was a dozen), no host sync; logits (m, k) float32/float64, labels (m,) integers."""
     logits = cupy.ascontiguousarray(logits)
     labels = cupy.ascontiguousarray(labels, dtype=cupy.int64)
@@ -351,7 +351,7 @@ def softmax_cross_entropy(logits, labels):
     return loss, dlogits, correct
 
 
-# -- SGD with momentum in one pass (threefactor.optim.SGD's arithmetic) --------------
+# -- SGD with momentum in one pass (threefactor.nn.optim.SGD's arithmetic) --------------
 _SGD = LazyKernel(ElementwiseSource(
     "T g, T sign, T wd, T mu, T lr", "T w, T buf",
     """
@@ -406,7 +406,7 @@ _LABEL_COSINE = LazyKernel(ElementwiseSource(
     "raw int64 labels, int64 m, T off", "T Ky",
     "Ky = labels[i / m] == labels[i % m] ? (T)1 : off", "threefactor_label_cosine"))
 
-# -- dropout keep mask from a seed (threefactor/dropout.py: splitmix_keep is its reference) --
+# -- dropout keep mask from a seed (threefactor/nn/dropout.py: splitmix_keep is its reference) --
 # unit i (C order) is kept iff the top KEEP_BITS bits of SplitMix64(seed + (i+1)γ) >= threshold
 _KEEP_HASH = f"""
     unsigned long long h = seed + (unsigned long long)(i + 1) * {dropout.GOLDEN_GAMMA:#x}ull;

@@ -230,7 +230,7 @@ class NumbaBackend(NumpyBackend):
         return A
 
     def layer_objective(self, K, Ky, gamma):
-        """L = mean(K ⊙ (K - γ Ky)) - K̄ (K̄ - γ K̄y) (Eq. 9, :func:`threefactor.objective.layer_objective`)
+        """L = mean(K ⊙ (K - γ Ky)) - K̄ (K̄ - γ K̄y) (Eq. 9, :func:`threefactor.rule.objective.layer_objective`)
         from one pass over K and Ky with float64 sums, as a 0-d array of K's dtype."""
         K = _float_array(K)
         K, Ky = _like(K.dtype, K, Ky)

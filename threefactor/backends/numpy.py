@@ -51,7 +51,7 @@ class NumpyBackend(Backend):
     # -- primitives -----------------------------------------------------
     def keep_mask(self, rng, shape, p, dtype):
         """Dropout keep mask (1 kept, 0 dropped, each unit dropped with probability p) from the
-        numpy Generator ``rng``, as an array of ``dtype`` (:func:`threefactor.dropout.host_keep`)."""
+        numpy Generator ``rng``, as an array of ``dtype`` (:func:`threefactor.nn.dropout.host_keep`)."""
         return self.keep_select(rng, shape, p, dtype, ((1, 0),))[0]
 
     def keep_select(self, rng, shape, p, dtype, pairs):

@@ -11,7 +11,7 @@ leaky ReLU 0.01, dropout 0.01, SGD with momentum 0.95 and weight decay.
 ``autograd``
     the same network and rule in PyTorch, as autograd-based implementations
     train it: per hidden layer the objective of
-    :func:`threefactor.torch_ref.objective_torch` (built from its own pieces so
+    :func:`threefactor.verify.torch_ref.objective_torch` (built from its own pieces so
     that z = f(x wᵀ) is computed once and also gives the layer output), the
     output passed on detached (layer-local losses, no gradient between
     layers), the output layer's cross-entropy, one ``backward()`` over the sum

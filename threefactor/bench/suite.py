@@ -22,7 +22,7 @@ variant, one run measures, on the same arrays:
     own matrix products (the rest is element-wise passes and launches).
 ``autograd_s``
     PyTorch autograd of the same objective on the same device and dtype
-    (:func:`threefactor.torch_ref.objective_torch`, then ``backward()``);
+    (:func:`threefactor.verify.torch_ref.objective_torch`, then ``backward()``);
     ``speedup_vs_autograd`` = autograd_s / update_s.  On the CPU timed after ours,
     in a process of its own per thread setting, the fastest setting
     (:func:`threefactor.bench.autograd_child.fill_update_records`,
@@ -42,11 +42,11 @@ variant, one run measures, on the same arrays:
     not BLAS or Numba-internal scratch), memory-pool growth on the GPU.
 
 With ``--step`` the same run then times one training step of the Table 1 MLP per
-backend (:mod:`threefactor.bench_step`: ours vs autograd vs the step's GEMM floor).
+backend (:mod:`threefactor.bench.step`: ours vs autograd vs the step's GEMM floor).
 
-Times are medians over repeats after warm-up (see :mod:`threefactor.timing`:
+Times are medians over repeats after warm-up (see :mod:`threefactor.bench.timing`:
 interleaved rounds on the CPU, CUDA events on the GPU).  Results print as a
-table and are written as JSON with :func:`threefactor.machine.machine_info`.
+table and are written as JSON with :func:`threefactor.bench.machine.machine_info`.
 """
 from __future__ import annotations
 

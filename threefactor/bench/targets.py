@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 #: most elements of an update's extra memory per element of m² + m·(n_in + n_out) + n_out·n_in
@@ -111,11 +112,25 @@ def read_document(path, flag="--targets"):
 
 
 def load(paths, flag="--targets"):
-    """(label, document) for each bench JSON path (:func:`read_document`)."""
-    docs = []
+    """(label, document) for each bench JSON path (:func:`read_document`).
+
+    Among several paths (a glob such as ``benchmarks/results/*.json``), a JSON file that is some other
+    result (``bench_env.py``'s, say) is skipped with a note on stderr; one that cannot be read or is not
+    JSON is still an error, and so is a set of paths holding no bench result at all."""
+    docs, skipped = [], []
     for path in paths:
-        doc = read_document(path, flag)
+        try:
+            doc = read_document(path, flag)
+        except ValueError as exc:
+            if len(paths) == 1 or "is not a threefactor bench result" not in str(exc):
+                raise
+            skipped.append((path, exc))
+            continue
         docs.append((_label(path, doc), doc))
+    if not docs:
+        raise skipped[0][1]
+    for path, _ in skipped:
+        print(f"{flag}: skipped {path} (not an update or step result of threefactor bench)", file=sys.stderr)
     return docs
 
 

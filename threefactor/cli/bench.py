@@ -1,9 +1,9 @@
 """``threefactor bench``: the command line of the update-throughput suite (:mod:`threefactor.bench`).
 
-It measures (``run_suite``, then with ``--step`` :mod:`threefactor.bench_step`), prints a table,
+It measures (``run_suite``, then with ``--step`` :mod:`threefactor.bench.step`), prints a table,
 writes the JSON atomically, and without measuring anything prints a result file as Markdown
 (``--summary``) or judges result files against the speed targets (``--targets``,
-:mod:`threefactor.targets`).
+:mod:`threefactor.bench.targets`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 from threefactor.training.atomic import write_json
 from threefactor.backends import BACKENDS, backend_names
 from threefactor.bench.suite import BATCHES, DEFAULT_RULES, HEADER, RULE_ALIASES, SHAPES, VARIANTS, add_heap_argument, check_suite, default_json_path, document, run_suite, set_torch_threads, timing_settings, tune_heap, usable_backends
-from threefactor.cli.main import UsageError, at_least, output_file, writable_file_problem
+from threefactor.cli.main import UsageError, at_least, backend_name, output_file, writable_file_problem
 from threefactor.names import unknown_name
 from threefactor.bench.machine import blas_threads, set_threads
 
@@ -81,11 +81,12 @@ def _rule_name(text):
 
 def configure_parser(parser):
     parser.epilog = ("Rule variants: gauss is the Gaussian kernel, cossim the cosine-similarity kernel (check "
-                     "--kernel gaussian / cosine; train --rule gaussian / cossim), each plain or -grp+div "
+                     "--kernel gaussian / cosine; train --rule gaussian / cosine), each plain or -grp+div "
                      "(32 groups, p = 0.2; its update is grp's). Exit status 2 on bad use, and when no "
                      "requested backend is available (nothing is written then).")
-    parser.add_argument("--backend", nargs="+", choices=backend_names(), default=list(BACKENDS),
-                        help="backends to time; unavailable ones are skipped with the reason (an error when "
+    parser.add_argument("--backend", nargs="+", type=backend_name, metavar="BACKEND", default=list(BACKENDS),
+                        help="backends to time (" + ", ".join(backend_names()) + " or one another package "
+                             "registers); unavailable ones are skipped with the reason (an error when "
                              "none is available)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="dtype of the arrays, ours and autograd's alike")
@@ -113,7 +114,7 @@ def configure_parser(parser):
     parser.add_argument("--step", action="store_true",
                         help="then time one training step of the Table 1 MLP (784-1024x3-10, batch 256, "
                              "Gaussian grp+div) per backend against autograd and the step's GEMM floor "
-                             "(threefactor.bench_step); JSON next to the suite's, ending -step.json")
+                             "(threefactor.bench.step); JSON next to the suite's, ending -step.json")
     parser.add_argument("--json", default=None, metavar="PATH", type=output_file,
                         help="where to write the JSON (default benchmarks/results/<date>-<host>.json; "
                              "--quick: ~/.cache/threefactor/bench/<date>-<host>-quick.json; missing folders "
@@ -124,7 +125,7 @@ def configure_parser(parser):
                         help="measure nothing: judge bench JSONs (update and step, CPU and GPU) against the "
                              "speed targets (ours / floor, autograd / ours, peak memory) and print, per target, "
                              "the lowest ratio to the floor that the rule's own GEMMs allow "
-                             "(threefactor.targets)")
+                             "(threefactor.bench.targets)")
 
 
 def run(args):

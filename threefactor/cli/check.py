@@ -1,7 +1,7 @@
-"""``threefactor check``: the command line, table and JSON report of :mod:`threefactor.check`.
+"""``threefactor check``: the command line, table and JSON report of :mod:`threefactor.verify.gradcheck`.
 
 The checks themselves (finite differences, complex step, autograd) live in
-:mod:`threefactor.check`; this module parses options, prints the table (variant,
+:mod:`threefactor.verify.gradcheck`; this module parses options, prints the table (variant,
 backend, method, max relative error, worst synapse, both values, PASS/FAIL) and
 writes the JSON report atomically.  Exit status: 0 all pass, 1 a failure, 2 bad use.
 """
@@ -18,10 +18,11 @@ from threefactor.training.atomic import write_json as _write_json
 from threefactor.backends import BackendUnavailable, backend_names, get_backend
 from threefactor.verify.gradcheck import METHODS, TOLERANCES, _backend_names
 from threefactor.verify.variants import check_all, check_batchnorm_all, check_conv_all
-from threefactor.cli.main import UsageError, at_least, output_file
+from threefactor.cli.main import UsageError, at_least, backend_name, named, output_file
 from threefactor.names import is_object_spec, load_object
 from threefactor.rule.kernels import KERNEL_NAMES, kernel_names, resolve_kernel
-from threefactor.rule.rules import ACTIVATIONS, GROUPINGS, LABEL_KERNELS
+from threefactor.rule.rules import (ACTIVATION_NAMES, ACTIVATIONS, GROUPING_NAMES, GROUPINGS, LABEL_KERNEL_NAMES,
+                                    LABEL_KERNELS)
 
 def _kernel_name(text):
     """argparse type of --kernel: a registered kernel, any case or alias (gauss, cossim, ...), as its
@@ -44,8 +45,9 @@ def configure_parser(parser):
     parser.epilog = ("Exit status: 0 when every comparison passes, 1 on a failure, 2 on bad use. "
                      "Dense problems are m samples x n_in inputs -> n_out neurons, 3 classes; the conv "
                      "problem has a fixed size.")
-    parser.add_argument("--backend", nargs="+", default=None, choices=backend_names(),
-                        help="backends to check (default: every one available here)")
+    parser.add_argument("--backend", nargs="+", default=None, type=backend_name, metavar="BACKEND",
+                        help="backends to check: " + ", ".join(backend_names()) + " or one another package registers "
+                             "(default: every one available here)")
     parser.add_argument("--kernel", nargs="+", default=None, type=_kernel_name, metavar="NAME|FILE.py:Class",
                         help="kernels: registered names, any case ("
                              + ", ".join(kernel_names()) + "; old spellings such as gauss, cossim are "
@@ -55,13 +57,13 @@ def configure_parser(parser):
                         help="a user kernel: class (built with no arguments) or object, e.g. "
                              "my_module:MyKernel or path/to/file.py:MyKernel; repeatable (the same as "
                              "--kernel MODULE:NAME)")
-    parser.add_argument("--activation", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS,
-                        help="activations f of the layer (default: all)")
-    parser.add_argument("--grouping", nargs="+", default=list(GROUPINGS), choices=GROUPINGS,
-                        help="plain (no groups), grp (groups, p = 0.5) or grp+div (groups and divisive "
+    parser.add_argument("--activation", nargs="+", default=list(ACTIVATIONS), type=named(ACTIVATION_NAMES),
+                        metavar="F", help="activations f of the layer: " + ", ".join(ACTIVATIONS) + " (default: all)")
+    parser.add_argument("--grouping", nargs="+", default=list(GROUPINGS), type=named(GROUPING_NAMES),
+                        metavar="G", help="plain (no groups), grp (groups, p = 0.5) or grp+div (groups and divisive "
                              "normalisation, p = 0.2) (default: all)")
-    parser.add_argument("--label-kernel", nargs="+", default=["cosine"], choices=LABEL_KERNELS,
-                        help="kernels on the one-hot labels")
+    parser.add_argument("--label-kernel", nargs="+", default=["cosine"], type=named(LABEL_KERNEL_NAMES),
+                        metavar="K", help="kernels on the one-hot labels: " + ", ".join(LABEL_KERNELS))
     parser.add_argument("--method", nargs="+", default=list(METHODS), choices=METHODS,
                         help="references for -dL/dW: fd (4th-order finite differences), complex (complex "
                              "step), torch (PyTorch autograd; skipped without torch) (default: all)")

@@ -71,6 +71,30 @@ def at_least(low, kind, what):
     return parse
 
 
+def named(vocabulary):
+    """argparse type: a name of ``vocabulary`` (a :class:`threefactor.names.Vocabulary`), any case or
+    alias, as its canonical spelling; an unknown one is answered with the nearest names."""
+    def parse(text):
+        try:
+            return vocabulary.resolve(text, None)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
+def backend_name(text):
+    """argparse type of --backend: a registered backend (entry points included), else the nearest names."""
+    from threefactor.backends import backend_names
+    from threefactor.names import unknown_name
+    names = backend_names()
+    if text in names:
+        return text
+    lower = {n.lower(): n for n in names}
+    if text.lower() in lower:
+        return lower[text.lower()]
+    raise argparse.ArgumentTypeError(str(unknown_name(None, text, names)))
+
+
 def writable_file_problem(path):
     """Why ``path`` cannot be written as a file (None when it can).
 

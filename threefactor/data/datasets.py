@@ -2,7 +2,7 @@
 
 The files are read with a small self-contained IDX parser (MNIST family,
 gzip-compressed or raw) and a restricted unpickler (CIFAR-10 python
-batches), both in :mod:`threefactor.data_formats` and re-exported here,
+batches), both in :mod:`threefactor.data.formats` and re-exported here,
 checked for consistency, and pre-processed as in Pogodin & Latham
 (2020), App. D.3:
 
@@ -14,7 +14,7 @@ checked for consistency, and pre-processed as in Pogodin & Latham
 
 Images are float32, labels int64. Use :func:`load_dataset`; where the files
 are looked for is described there. Locating and downloading the files lives
-in :mod:`threefactor.data_download` (``cache_dir``, ``search_dirs`` and
+in :mod:`threefactor.data.download` (``cache_dir``, ``search_dirs`` and
 ``find_dataset`` are also reachable from here).
 """
 
@@ -244,7 +244,7 @@ def load_dataset(
     Notes
     -----
     Directories searched, in order (see
-    :func:`threefactor.data_download.search_dirs`): ``root/<name>`` and
+    :func:`threefactor.data.download.search_dirs`): ``root/<name>`` and
     ``root`` (if given), ``$THREEFACTOR_DATA/<name>``, for Fashion-MNIST the
     Debian package directory ``/usr/share/datasets/fashion-mnist``, then the
     cache. The first directory holding every file is used; when there is none,

@@ -26,7 +26,8 @@ from typing import Callable, Optional
 from threefactor.names import Vocabulary
 
 DATASET_NAMES = Vocabulary("dataset", hint="registered datasets: threefactor.dataset_names(); or a path to a "
-                                           "folder of IDX files, of CIFAR-10 batches, or an .npz file")
+                                           "folder of IDX files, of CIFAR-10 batches, or an .npz file",
+                           also="a path to a folder of IDX files, of CIFAR-10 batches, or an .npz file")
 _REGISTRY = {}
 
 

@@ -10,7 +10,7 @@ pass applies the vector-Jacobian product (VJP) of each step in reverse:
 * dropout:     ḡ_r = ḡ_h ⊙ mask
 * divisive normalisation (Eq. 17, 21; derivation below): ḡ_z from ḡ_r
 * activation:  ḡ_a = ḡ_z ⊙ f'(a)
-* batchnorm (if any, :mod:`threefactor.batchnorm`): ḡ_a and dL/dγ, dL/dβ through BN
+* batchnorm (if any, :mod:`threefactor.rule.batchnorm`): ḡ_a and dL/dγ, dL/dβ through BN
 * linear:      dL/dW = ḡ_aᵀ x,  ḡ_x = ḡ_a W
 
 Divisive normalisation, per sample and group α of g neurons::
@@ -72,8 +72,8 @@ def hidden_vjp(layer, cache, g_out, backend, need_input_grad=True):
 
     Parameters
     ----------
-    layer : threefactor.layers.HiddenLayer
-    cache : threefactor.layers.HiddenCache from ``layer.forward(..., keep=True)``
+    layer : threefactor.nn.layers.HiddenLayer
+    cache : threefactor.nn.layers.HiddenCache from ``layer.forward(..., keep=True)``
     g_out : (m, n_out) dL/dh, h the layer's output after dropout
 
     Returns
@@ -95,7 +95,7 @@ def forward_backward(net, x, labels, masks, backend, track=False):
 
     Parameters
     ----------
-    net : threefactor.networks.MLP
+    net : threefactor.nn.mlp.MLP
     x : (m, n_in);  labels : (m,) integers
     masks : list of dropout masks (m, n_k) or None, one per hidden layer
     track : fold the batch statistics into batchnorm's running ones (the training step does)

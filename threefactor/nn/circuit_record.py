@@ -24,7 +24,7 @@ class CircuitRecord:
         return len(self._rows["t"])
 
     def append(self, t, circ, to_numpy):
-        """Store the :class:`~threefactor.online.Circuit` of step ``t``."""
+        """Store the :class:`~threefactor.rule.online.Circuit` of step ``t``."""
         self._rows["t"].append(t)
         for name in self.FIELDS:
             self._rows[name].append(np.array(to_numpy(getattr(circ, name))))

@@ -6,7 +6,7 @@ Each hidden layer (App. D.1)::
       ->  2×2 max pool (if any)  ->  local objective (reads the activity, does not change it)
       ->  r = ẑ/u^p over channel groups (grp+div, Eq. 21)  ->  dropout (alpha dropout with SELU)
 
-followed by fully connected hidden layers (:class:`threefactor.layers.HiddenLayer`)
+followed by fully connected hidden layers (:class:`threefactor.nn.layers.HiddenLayer`)
 and the linear output layer.  Architectures are strings of blocks, e.g. the
 paper's ``vgg``: ``conv128-conv256-pool-conv512-pool-conv512-pool-fc1024``
 (``pool`` belongs to the conv layer before it; ``width`` multiplies conv channels
@@ -102,7 +102,7 @@ class ConvLayer:
     padding : int   zero padding of the stride-1 convolution (1 keeps 3×3 "same")
     pool : None or "max"   2×2 max pooling after the nonlinearity
     in_hw : (H, W) of the input, to validate the grouping against the output size
-    bn : threefactor.batchnorm.BatchNorm over the C_out channels, or None (Table 7's
+    bn : threefactor.rule.batchnorm.BatchNorm over the C_out channels, or None (Table 7's
         AdamW + batchnorm variants: conv -> BN -> f; not biologically plausible)
     """
 
@@ -155,7 +155,7 @@ def conv_vjp(layer, cache, g_out, backend, need_input_grad=True):
     """Backward pass of a conv layer: ([dL/dW (C_out, C_in, kh, kw)], dL/dx (m, C_in, H, W) or None).
 
     g_out : (m, C_out, H', W') = dL/d(output).  Dropout, divisive normalisation
-    (:func:`threefactor.backprop.divisive_norm_vjp`), f', routing through the max
+    (:func:`threefactor.nn.backprop.divisive_norm_vjp`), f', routing through the max
     pool, batchnorm (if any: the list becomes [dL/dW, dL/dγ, dL/dβ]), then
     dL/dW = postᵀ cols (one GEMM) and dL/dx = col2im(post · w_cols).
     """
@@ -187,7 +187,7 @@ class ConvNet(Network):
     arch : str   a name in :data:`ARCHS` or a block string (see :func:`parse_arch`)
     n_classes : int
     rule : Rule   every hidden layer's rule (activation, grouping c, p, δ, kernel)
-    divisive, learning, dropout, backend, dtype, rng : as for :class:`threefactor.networks.MLP`
+    divisive, learning, dropout, backend, dtype, rng : as for :class:`threefactor.nn.mlp.MLP`
         (``dropout`` is alpha dropout when the activation is SELU, App. D.4)
     width : int   multiplies the conv channels (the paper's 2x net: width=2)
     kernel_size, padding : conv geometry (3, 1 in the paper)

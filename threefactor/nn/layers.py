@@ -7,8 +7,8 @@ A hidden layer is::
 
 and the output layer is ``logits = x Wᵀ + b`` trained with softmax
 cross-entropy, whose gradient is written out in :func:`softmax_cross_entropy`.
-The local rule's update comes from :func:`threefactor.engine.local_step`;
-backprop's backward pass lives in :mod:`threefactor.backprop`.
+The local rule's update comes from :func:`threefactor.rule.engine.local_step`;
+backprop's backward pass lives in :mod:`threefactor.nn.backprop`.
 
 Shapes: x (m, n_in), W (n_out, n_in), b (n_out,), labels (m,) integers.
 Arrays belong to a backend (numpy or cupy); ``backend.xp`` is their module.
@@ -59,7 +59,7 @@ class HiddenLayer:
         Kernel, σ, γ, activation and grouping (groups c, p, δ) of the layer.
     divisive : bool
         Pass r = ẑ/u^p (Eq. 21) on instead of z (grp+div).
-    bn : threefactor.batchnorm.BatchNorm or None
+    bn : threefactor.rule.batchnorm.BatchNorm or None
         Batchnorm between x Wᵀ and f (Table 7's AdamW + batchnorm variants; not
         biologically plausible).  Its γ, β learn with W, from the same objective.
     """

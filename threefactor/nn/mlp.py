@@ -6,11 +6,11 @@ How it learns is one of :data:`LEARNING`:
 ``"local"``
     Each hidden layer minimises its own pHSIC objective L_k (Eq. 9) with its
     own optimiser, stepping *during* the forward pass on ΔW_k = -dL_k/dW_k
-    (Eq. 10, 40; :func:`threefactor.engine.local_step`).  Only the output
+    (Eq. 10, 40; :func:`threefactor.rule.engine.local_step`).  Only the output
     layer sees the labels through cross-entropy; no error is sent backwards.
 ``"backprop"``
     The whole network descends the cross-entropy; the backward pass is
-    written out in :mod:`threefactor.backprop`.
+    written out in :mod:`threefactor.nn.backprop`.
 ``"last-layer"``
     Hidden weights stay at their random initial values; only the output layer
     learns (the paper's baseline).

@@ -1,7 +1,7 @@
 """A hidden layer that learns online: B streams stepped together, each pairing t with t - Δt.
 
 :class:`OnlineLayer` keeps each stream's previous activity and its circuit state
-(b3, Eq. 61) and runs the two-point rule of :mod:`threefactor.online` one step
+(b3, Eq. 61) and runs the two-point rule of :mod:`threefactor.rule.online` one step
 at a time.  A step of B streams is one forward GEMM, O(B n_out) circuit work and
 one pass over W for the update; B = 1 is the strictly sequential case::
 
@@ -41,10 +41,10 @@ class OnlineLayer:
         arrays are kept and updated in place by :meth:`apply`; other real dtypes are
         copied to float64, and a host array given to the cupy backend is copied to the device.
     rule : Rule or TwoPointRule
-        The layer's rule; a plain :class:`~threefactor.rules.Rule` is wrapped in a
-        :class:`~threefactor.online.TwoPointRule` with the keywords below.
+        The layer's rule; a plain :class:`~threefactor.rule.rules.Rule` is wrapped in a
+        :class:`~threefactor.rule.online.TwoPointRule` with the keywords below.
     beta, n_classes, divisive, shared_b3, b3_init
-        See :class:`~threefactor.online.TwoPointRule` (ignored if ``rule`` is one).
+        See :class:`~threefactor.rule.online.TwoPointRule` (ignored if ``rule`` is one).
     streams : int
         B, the number of independent streams stepped together.
     delays : int
@@ -95,7 +95,7 @@ class OnlineLayer:
 
     @property
     def activity(self):
-        """The last step's :class:`~threefactor.online.Activity` (None before the first step)."""
+        """The last step's :class:`~threefactor.rule.online.Activity` (None before the first step)."""
         return self._prev
 
     def reset(self):
@@ -277,7 +277,7 @@ class OnlineLayer:
         return now.out, update
 
     def apply(self, update: TwoPointUpdate, lr, fused=True):
-        """W += lr · ΔW in place, one pass over W (:func:`threefactor.online.apply_update`)."""
+        """W += lr · ΔW in place, one pass over W (:func:`threefactor.rule.online.apply_update`)."""
         apply_update(self.w, update, lr, fused=fused, backend=self.backend)
 
     def learn(self, x, labels, lr, fused=True):
@@ -292,7 +292,7 @@ class OnlineLayer:
 
 
 class OnlineHiddenLayer(HiddenLayer):
-    """A :class:`~threefactor.layers.HiddenLayer` that learns by the two-point rule.
+    """A :class:`~threefactor.nn.layers.HiddenLayer` that learns by the two-point rule.
 
     Drop-in for ``MLP.hidden[k]`` (see :func:`make_online`): each mini-batch of
     B = ``streams`` samples is one step of B streams, so row b of a batch is paired
@@ -353,7 +353,7 @@ class OnlineHiddenLayer(HiddenLayer):
 
 
 def make_online(net, *, streams, beta=0.01, shared_b3=False, delays=1):
-    """Turn the hidden layers of a local-learning ``threefactor.networks.MLP`` online, in place.
+    """Turn the hidden layers of a local-learning ``threefactor.nn.mlp.MLP`` online, in place.
 
     Each ``net.hidden[k]`` becomes an :class:`OnlineHiddenLayer` on the same weight
     array, so optimisers made before or after keep working.  ``streams`` must be the

@@ -1,7 +1,7 @@
 """Activations f and their derivatives f' (reference, any array namespace).
 
 Written so that complex inputs work too (comparisons use the real part):
-:mod:`threefactor.check` differentiates the objective by the complex step.
+:mod:`threefactor.verify.gradcheck` differentiates the objective by the complex step.
 """
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def activity(rule: Rule, x, w, padding: int, pool, backend, derivatives=True, bn
     conv_shape : (m, C_out, Ho, Wo).  Pooling happens channel-last, where the GEMM wrote.
     The pre-activation itself is not kept: no update reads it, and laying it out
     would cost a pass over the layer's activity.  With ``derivatives=False`` (inference) fp is None.  With batchnorm ``bn``
-    (a :class:`threefactor.batchnorm.BatchNorm` over channels) z = pool(f(BN(conv(x, w)))),
+    (a :class:`threefactor.rule.batchnorm.BatchNorm` over channels) z = pool(f(BN(conv(x, w)))),
     a is BN's output and ``bn`` of the result its BNCache (None unless ``train``).
     """
     xp = backend.xp
@@ -132,7 +132,7 @@ def conv_layer_pass(rule: Rule, x, w, labels, n_classes: int, backend, padding: 
 def conv_local_step(rule: Rule, x, w, labels, n_classes: int, backend, padding=1, pool=None,
                     divisive=False, bn=None):
     """One conv layer on one batch: (output (m, C_out, H', W'), [ΔW (, Δγ, Δβ)], ConvPass).  Used by training;
-    with batchnorm ``bn`` its running statistics take this batch's (as :func:`threefactor.engine.local_step`)."""
+    with batchnorm ``bn`` its running statistics take this batch's (as :func:`threefactor.rule.engine.local_step`)."""
     cp = conv_layer_pass(rule, x, w, labels, n_classes, backend, padding, pool, bn)
     deltas = cp.updates()
     if bn is not None:

@@ -111,7 +111,7 @@ def local_step(rule: Rule, x, w, labels, n_classes: int, backend, divisive=False
     The output is :meth:`LayerPass.output` (with the dropout ``mask`` if given).
 
     deltas = [ΔW] = [-dL/dW]; with batchnorm ``bn`` between x wᵀ and f
-    (:mod:`threefactor.batchnorm`) the post-synaptic term is pulled back through it,
+    (:mod:`threefactor.rule.batchnorm`) the post-synaptic term is pulled back through it,
     deltas = [ΔW, Δγ, Δβ], and its running statistics take this batch's.
     """
     if bn is None:

@@ -40,7 +40,8 @@ from threefactor.names import Vocabulary, is_object_spec, load_object
 COSINE_EPS = 1e-6
 
 #: kernel names (canonical, aliases) -> the registered classes in :data:`KERNEL_CLASSES`
-KERNEL_NAMES = Vocabulary("kernel", hint="registered kernels: threefactor.kernel_names(); or path/to/file.py:Class")
+KERNEL_NAMES = Vocabulary("kernel", hint="registered kernels: threefactor.kernel_names(); or path/to/file.py:Class",
+                          also="your own kernel as path/to/file.py:Class or package.module:Class")
 KERNEL_CLASSES = {}
 
 
@@ -292,7 +293,7 @@ class UserKernel:
 
 
 def kernel_object(rule, checked=True):
-    """The kernel object of a :class:`~threefactor.rules.Rule`.
+    """The kernel object of a :class:`~threefactor.rule.rules.Rule`.
 
     A built-in name gives its registered class built by ``from_rule`` (σ, ε of the rule); a
     user's object is wrapped in :class:`UserKernel`, which checks what it returns, unless

@@ -60,7 +60,7 @@ from threefactor.rule.rules import Rule
 
 @dataclass(frozen=True)
 class TwoPointRule:
-    """The online rule: a Gaussian :class:`~threefactor.rules.Rule` plus its circuit.
+    """The online rule: a Gaussian :class:`~threefactor.rule.rules.Rule` plus its circuit.
 
     Parameters
     ----------
@@ -138,7 +138,7 @@ def check_beta(beta) -> float:
 class NonFiniteError(ValueError):
     """An input or the weights of an online step hold NaN or Inf (``what`` names which).
 
-    Training (:mod:`threefactor.epochs`) reports it as a diverged run, not as bad use."""
+    Training (:mod:`threefactor.training.loop`) reports it as a diverged run, not as bad use."""
 
     #: called with the argument's name by :func:`threefactor.validate.check_finite`
     names_argument = True
@@ -216,7 +216,7 @@ def circuit_b2(trule: TwoPointRule, now: Activity, prev: Activity, same, xp=np):
 def change_b2(trule: TwoPointRule, dv, same, xp=np):
     """(b1, k, b2), each (B,), from the change Δz or Δv (B, d) and ``same`` (B,) (Eq. 59-60, 65).
 
-    Also what the continuous-time read-outs feed (:mod:`threefactor.continuous`).
+    Also what the continuous-time read-outs feed (:mod:`threefactor.rule.continuous`).
     """
     b1 = (dv * dv).sum(axis=1)
     k = xp.exp(b1 * (-0.5 / trule.rule.sigma ** 2))
@@ -284,7 +284,7 @@ def two_point_update(x_now, x_prev, w, labels_now, labels_prev, trule: TwoPointR
     finiteness); for device arrays the finiteness of x_now, x_prev and w is one read-back.
     """
     if not isinstance(trule, TwoPointRule):
-        raise TypeError(f"trule must be a threefactor.online.TwoPointRule, got {type(trule).__name__}")
+        raise TypeError(f"trule must be a threefactor.rule.online.TwoPointRule, got {type(trule).__name__}")
     be = get_backend(backend)
     xp = be.xp
     x_now, x_prev, w = (real_array(be, a, name) for a, name in ((x_now, "x_now"), (x_prev, "x_prev"), (w, "w")))

@@ -4,7 +4,7 @@ A :class:`Rule` says *what* a hidden layer optimises — the kernel on its
 representation, σ, γ, the activation, the grouping (plain | grp | grp+div),
 p and δ — and nothing about *how* it is computed.  Backends
 (:mod:`threefactor.backends`) run the few primitives a rule needs; the
-engine (:mod:`threefactor.engine`) composes them.
+engine (:mod:`threefactor.rule.engine`) composes them.
 
 The layer objective is Eq. 9 / Eq. 34 of Pogodin & Latham (2020)::
 

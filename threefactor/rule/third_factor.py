@@ -1,5 +1,5 @@
 """The third factor M of the Gaussian rules (Eq. 12b, 22, 47), normalised so that
-the literal pair sums of :mod:`threefactor.pairwise` give ΔW = -dL/dW exactly.
+the literal pair sums of :mod:`threefactor.verify.naive` give ΔW = -dL/dW exactly.
 
 Plain (Eq. 12b)::
 

@@ -102,6 +102,7 @@ def resolve_config(**options):
         if preset is None:
             preset = presets.PRESETS.get(presets.preset_name(cfg["dataset"], cfg["rule"], cfg["grouping"]))
         if preset is None:
+            dataset_info(cfg["dataset"])      # a missing or unreadable dataset path is named before the rates
             _need_rates(cfg, given, "no Table 3 preset for")
             cfg["preset"], cfg["preset_note"], fields = None, "no preset: rates given", {}
         else:

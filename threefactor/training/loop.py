@@ -1,8 +1,8 @@
 """The epochs of a run: train, test, check that it stayed finite, record, checkpoint (``threefactor train``).
 
-:func:`run_epochs` drives a network built by :func:`threefactor.train.build_network` through
+:func:`run_epochs` drives a network built by :func:`threefactor.training.train.build_network` through
 epochs ``start+1 .. epochs`` of a resolved config, writing each epoch into a
-:class:`threefactor.runs.RunDir`: the metrics row first, then the checkpoint (both atomic).
+:class:`threefactor.training.runs.RunDir`: the metrics row first, then the checkpoint (both atomic).
 An epoch whose loss or weights are no longer finite ends the run with
 :class:`TrainingDiverged`, keeping the last finite checkpoint; Ctrl-C ends it with
 :class:`TrainingInterrupted`, which says which epoch was running and which is saved.

@@ -119,8 +119,21 @@ def start_line(cfg, rd, is_conv):
             + ("batchnorm + " + cfg["optimizer"] + " (not biologically plausible), " if cfg.get("batchnorm") else "")
             + _rule_text(cfg)
             + f"{cfg['backend']} {cfg['dtype']}, seed {cfg['seed']}"
-            + (f", online ({cfg['streams']} streams, beta {cfg['beta']})" if cfg.get("mode") == "online" else "")
+            + (f", online ({_online_text(cfg)})" if cfg.get("mode") == "online" else "")
             + f" -> {rd.path}")
+
+
+def _online_text(cfg):
+    """The online settings for the start line: streams and beta, and what differs from the defaults."""
+    n = cfg["streams"]
+    parts = [f"{n} stream{'' if n == 1 else 's'}", f"beta {cfg['beta']}"]
+    if cfg.get("shared_b3") is False:
+        parts.append("b3 per stream")
+    if cfg.get("rate_rule") not in (None, "per-sample"):
+        parts.append(f"{cfg['rate_rule']} rates")
+    if (cfg.get("delays") or 1) != 1:
+        parts.append(f"{cfg['delays']} delays")
+    return ", ".join(parts)
 
 
 def _rule_text(cfg):

@@ -3,7 +3,7 @@
 Pogodin & Latham (NeurIPS 2020), Appendix D: Table 4 (mean over 5 seeds) and Table 5 (max − min) for
 the 3 × 1024 MLP on the four datasets; Table 7 (means) for the conv nets on CIFAR10, with the spreads
 of Table 8 where the paper's text is legible (its 1x row only).  Columns are named as
-:func:`threefactor.presets.column_name` names them; rows as :func:`threefactor.report` keys them,
+:func:`threefactor.training.presets.column_name` names them; rows as :func:`threefactor.training.report` keys them,
 (dataset, network) with network "" for the MLP.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A Table 1-style Markdown summary of training runs (the command: ``threefactor table RUN_DIRS...``,
 :mod:`threefactor.cli.table`).
 
-Each run directory (see :mod:`threefactor.runs`) contributes the test accuracy
+Each run directory (see :mod:`threefactor.training.runs`) contributes the test accuracy
 of its **final** epoch (the last line of ``metrics.jsonl``; not the best
 epoch, which would select on the test set); ``--metric best`` shows the best
 epoch instead, for diagnosis.  Runs are grouped by dataset (rows) and
@@ -160,7 +160,7 @@ def _row_order(row, cells):
 
 def markdown_table(cells, metric="final", digits=1, paper=False):
     """Rows per dataset, one column per rule/grouping present, ``mean (max−min)`` per cell; with
-    ``paper``, under each row the paper's own numbers for it (:mod:`threefactor.paper_results`)."""
+    ``paper``, under each row the paper's own numbers for it (:mod:`threefactor.training.paper_results`)."""
     if not cells:
         return "(no finished epochs in these runs)\n"
     columns = [column_name(r, g) for r, g in COLUMNS if any(k[1] == column_name(r, g) for k in cells)]

@@ -13,7 +13,21 @@ def _norm_text(value):
     return str(value)
 
 
-def _same(text, value):
+#: settings that are names: compared in the one vocabulary (any case, old spellings: rule=Cossim)
+_NAMED = ("rule", "grouping", "kernel", "dataset", "preset", "activation", "label_kernel")
+
+
+def _canonical(key, text):
+    from threefactor.training.naming import canonical_options
+    try:
+        return canonical_options({key: text})[key]
+    except (ValueError, TypeError):
+        return text
+
+
+def _same(text, value, key=None):
+    if key in _NAMED and isinstance(value, str) and _canonical(key, text) == _canonical(key, value):
+        return True
     want, have = re.sub(r"[\s\[\]]", "", text).replace("x", ",") if isinstance(value, (list, tuple)) else text, \
         _norm_text(value)
     if want == have:
@@ -56,10 +70,10 @@ def select(runs, only):
             raise SpecError(f"--only {key.replace('_', '-')}: no run has this setting"
                             f"{_hint(key, sorted(known))}")
         for v in values:
-            if not any(_same(v, _value_of(run, key)) for run in runs):
+            if not any(_same(v, _value_of(run, key), key) for run in runs):
                 seen = sorted({_norm_text(_value_of(run, key)) for run in runs
                                if _value_of(run, key) is not _MISSING})
                 raise SpecError(f"--only {key.replace('_', '-')}={v}: no run of this sweep has it; its values: "
                                 f"{', '.join(seen)}{_hint(v, seen)}")
     return [run for run in runs
-            if all(any(_same(v, _value_of(run, key)) for v in values) for key, values in wanted.items())]
+            if all(any(_same(v, _value_of(run, key), key) for v in values) for key, values in wanted.items())]

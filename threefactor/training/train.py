@@ -80,7 +80,8 @@ def load_data(cfg, progress=True, log=None):
             split = f" (--validation: {len(ds.y_train)} training, {len(ds.y_test)} validation)"
             log(f"data: {SAMPLE_NOTE}" + (split if cfg["validation"] else ""))
         else:
-            log(f"data: {cfg['dataset']} from {ds.source} ({len(ds.y_train)} training, {len(ds.y_test)} "
+            where = f" from {ds.source}" if ds.source and str(ds.source) != str(cfg["dataset"]) else ""
+            log(f"data: {cfg['dataset']}{where} ({len(ds.y_train)} training, {len(ds.y_test)} "
                 f"{'validation' if cfg['validation'] else 'test'} samples)")
     x_tr, y_tr = ds.x_train, ds.y_train
     if cfg["subset"] is not None and cfg["subset"] > len(y_tr):
@@ -101,7 +102,7 @@ def default_out(cfg):
     """runs/<name>-s<seed>-<time>: the preset for the MLP; dataset, arch, width and column for conv nets.
 
     Only the base name: :func:`train` claims it with ``os.mkdir`` and adds ``-2``, ``-3``, ...
-    where a run started the same second took it (:func:`threefactor.runs.claim_new_run_dir`).
+    where a run started the same second took it (:func:`threefactor.training.runs.claim_new_run_dir`).
     """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = run_name(cfg)

@@ -4,13 +4,13 @@ For a rule variant and a backend, :func:`check_rule` draws a small problem
 (x (m, n_in), w (n_out, n_in), labels (m,)), computes the explicit update
 ``local_update(..., backend=b)`` and compares it with three independent
 references of -dL/dW, each computed in float64 from the literal objective
-:func:`threefactor.pairwise.objective` (or its PyTorch twin):
+:func:`threefactor.verify.naive.objective` (or its PyTorch twin):
 
 ``fd``       central finite differences, the 4th-order stencil
              (-L(w+2h) + 8L(w+h) - 8L(w-h) + L(w-2h)) / 12h, h = 1e-4, on every synapse;
 ``complex``  complex-step derivatives Im L(w + i h e_nk) / h, h = 1e-30: no
              subtraction, so exact to ~1e-15 — this is what lets us assert 1e-10;
-``torch``    ``backward()`` through :func:`threefactor.torch_ref.objective_torch`
+``torch``    ``backward()`` through :func:`threefactor.verify.torch_ref.objective_torch`
              (skipped when torch is not installed).
 
 Relative error (the number compared with the tolerance)::
@@ -23,7 +23,7 @@ that tiny entries do not blow it up); ``worst`` is the synapse (n, k) where
 complex and torch 1e-10 in float64 (typically ~1e-15), fd 1e-6.
 
 A researcher's own kernel is checked the same way.  Any object with
-``matrix(v, xp)`` and ``pullback(v, K, C, xp)`` (see :mod:`threefactor.kernels`)::
+``matrix(v, xp)`` and ``pullback(v, K, C, xp)`` (see :mod:`threefactor.rule.kernels`)::
 
     from threefactor import Rule, check_rule
 
@@ -261,7 +261,7 @@ def _update_kwargs(rule):
 
 
 def _probe_kernel(rule, m, n_out, seed):
-    """Call a user kernel once through :class:`threefactor.kernels.UserKernel`, so that a wrong shape,
+    """Call a user kernel once through :class:`threefactor.rule.kernels.UserKernel`, so that a wrong shape,
     dtype or NaN is reported by name before the references (which call it unchecked) run into it."""
     d = rule.groups or n_out
     v = np.random.default_rng(seed).normal(size=(m, d))

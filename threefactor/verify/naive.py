@@ -10,7 +10,7 @@ over all ordered pairs (i, j) written in the paper.
     plain Gaussian (Eq. 12)   ΔW_nk = Σ_ij M_ij (z_in - z_jn)(f'_in x_ik - f'_jn x_jk)
     grouped (Eq. 22, 47-48)   ΔW_nk = Σ_ij M_α(n),ij (h_in x_ik - h_jn x_jk),  h = f' ⊙ ẑ/u^p
 
-The objective here works for complex inputs too, so :mod:`threefactor.check`
+The objective here works for complex inputs too, so :mod:`threefactor.verify.gradcheck`
 can differentiate it by the complex step; so can the conv objective
 (:func:`conv_objective`) and :func:`batchnorm`.
 """

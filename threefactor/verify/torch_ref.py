@@ -2,11 +2,11 @@
 
 Optional: torch is imported lazily, only when a function here runs (install
 it with ``pip install -e ".[autograd]"`` from a checkout).  Nothing in the engine uses
-this module; :mod:`threefactor.check` compares the explicit update with
+this module; :mod:`threefactor.verify.gradcheck` compares the explicit update with
 ``-dL/dW`` from :func:`autograd_update`, and the benchmarks time
 :func:`objective_torch` + ``backward()`` against the explicit rule.
 
-The objective is the same as :func:`threefactor.pairwise.objective` (Eq. 9, 34)::
+The objective is the same as :func:`threefactor.verify.naive.objective` (Eq. 9, 34)::
 
     a = x wᵀ,  z = f(a)                                   (Eq. 1)
     v = z  or  v = u^(1-p) - mean_α u^(1-p)               (Eq. 17-18, contiguous groups)
@@ -16,7 +16,7 @@ The objective is the same as :func:`threefactor.pairwise.objective` (Eq. 9, 34):
 written the way a careful autograd user would: squared distances from one
 GEMM, no loop over pairs, device and dtype generic (whatever ``x`` and ``w``
 are on).  The cosine kernel uses the same smoothed norm sqrt(‖v‖² + ε²) as
-:mod:`threefactor.kernels`, SELU the constants of :mod:`threefactor.activations`.
+:mod:`threefactor.rule.kernels`, SELU the constants of :mod:`threefactor.rule.activations`.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _torch():
 
 
 def _activation(torch, a, name, slope):
-    """z = f(a) (Eq. 1), with f'(0) conventions matching :func:`threefactor.activations.activate`."""
+    """z = f(a) (Eq. 1), with f'(0) conventions matching :func:`threefactor.rule.activations.activate`."""
     if name == "linear":
         return a
     pos = a > 0
@@ -105,7 +105,7 @@ def objective_torch(x, w, labels, n_classes, rule):
     w : torch.Tensor (n_out, n_in), same dtype and device as ``x``
     labels : torch.Tensor (m,) of integer class indices (moved to ``x``'s device)
     n_classes : int
-    rule : :class:`threefactor.rules.Rule`
+    rule : :class:`threefactor.rule.rules.Rule`
         A user kernel object is called as ``matrix(v, torch)``.
 
     Returns
@@ -139,7 +139,7 @@ def autograd_update(x, w, labels, n_classes, rule, device="cpu", dtype=None):
     ----------
     x : array (m, n_in); w : array (n_out, n_in); labels : int array (m,)
     n_classes : int
-    rule : :class:`threefactor.rules.Rule`
+    rule : :class:`threefactor.rule.rules.Rule`
     device : str or torch.device
     dtype : numpy or torch float dtype, optional
         Default: float32 if ``w`` is float32, else float64.
