@@ -41,7 +41,7 @@ Grouping (--grouping): plain; grp (c groups, p = 0.5, next layer sees z);
 Only the output layer (linear + bias, softmax cross-entropy) ever sees the labels'
 error; each hidden layer has its own SGD and updates during the forward pass.
 Learning rates and groups come from App. D Table 3 (--preset; see
-threefactor.presets); --lr-local, --lr-out, --groups override them.
+threefactor.training.presets); --lr-local, --lr-out, --groups override them.
 Conv nets take theirs from Table 6 (App. D.6; SGD momentum 0.95, batch 128,
 alpha dropout 0.05, SELU, weight decay 1e-7 local / 1e-6 output, delta 1;
 milestones 300 350 450 475, backprop 100 200 250 275; 500 epochs with an
@@ -133,8 +133,8 @@ def configure_parser(parser):
     h = parser.add_argument_group("optimisation (App. D.4-D.5)")
     h.add_argument("--epochs", type=int, default=S, help="epochs (default 2; the paper: 100)")
     h.add_argument("--lr-local", dest="lr_local", type=float, default=S, metavar="ETA_L",
-                   help="eta_l, the local learning rate of the hidden layers (cossim and gaussian rules "
-                        "only); default from the preset: Table 3 for the MLP (e.g. 1.0 for "
+                   help="eta_l, the local learning rate of the hidden layers (local rules only: "
+                        "gaussian, cosine or any --kernel); default from the preset: Table 3 for the MLP (e.g. 1.0 for "
                         f"fmnist-gaussian-grpdiv), Table 6 for conv nets; --mode online: {ONLINE_LR_LOCAL}")
     h.add_argument("--lr-out", dest="lr_out", type=float, default=S, metavar="ETA_F",
                    help="eta_f, the learning rate of the output layer (with --rule backprop: of every "
