@@ -345,7 +345,9 @@ def test_a_directory_holding_another_run_is_never_overwritten(data_root, tmp_pat
     assert cli.main(["train", *run.argv, "--lr-out", "0.01", "--out", str(out / run.name), "--no-progress"]) == 0
     before = (out / run.name / "metrics.jsonl").read_text()
     csv, png = tmp_path / "t" / "table.csv", tmp_path / "t" / "curves.png"
+    capsys.readouterr()
     assert cli.main(["table", str(out), "--csv", str(csv), "--figure", str(png)]) == 0   # any runs, not a sweep
+    assert f"written: {csv}, {png}" in capsys.readouterr().out
     assert csv.read_text().splitlines()[1].startswith("mnist,,backprop,") and png.stat().st_size > 0
     assert not (out / "table.csv").exists()
     with pytest.raises(SpecError, match="another configuration .*lr_out 0.01 on disk, 0.05 in the spec"):

@@ -46,11 +46,16 @@ def run(args):
         print(f"written: {', '.join(map(str, written))}")
     else:
         print(markdown_table(cells, args.metric, args.digits, args.paper), end="")
+    written = []
     if args.csv:
         from threefactor.training.atomic import atomic_write
         text = csv_table(cells)
         atomic_write(args.csv, lambda f: f.write(text.encode()))
+        written.append(str(args.csv))
     if args.figure:
         from threefactor.training.cell_curves import plot_cells
         plot_cells(cells, args.figure)
+        written.append(str(args.figure))
+    if written:
+        print(f"written: {', '.join(written)}")
     return 0
