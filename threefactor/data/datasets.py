@@ -265,8 +265,7 @@ def load_dataset(
     if "bundled" in inspect.signature(info.load).parameters:
         kwargs["bundled"] = bundled
     x_tr, y_tr, x_te, y_te, *source = info.load(**kwargs)
-    is_sample = bool(source) and info.name in sample.SAMPLE_DATASETS and \
-        Path(source[0]).resolve() == Path(sample.sample_dir(info.name)).resolve()
+    is_sample = bool(source) and Path(source[0]).resolve() == sample.SAMPLE_DIR.resolve()
     if validation:
         x_tr, y_tr, x_te, y_te = split_validation(x_tr, y_tr, val_fraction, seed)
     if flatten is None:
@@ -291,11 +290,12 @@ def _find_or_download(name, root, download, progress, bundled="fallback"):
     from threefactor.data import download as dl
     from threefactor.data import sample
 
-    is_sample = bundled == "only"
-    directory = sample.sample_dir(name) if is_sample else dl.find_dataset(name, root)
+    if bundled == "only":
+        return sample.sample_dir(name)
+    directory = dl.find_dataset(name, root)
     if directory is None and bundled == "fallback" and root is None and name in sample.SAMPLE_DATASETS:
-        directory, is_sample = sample.sample_dir(name), True
         warnings.warn(sample.SAMPLE_NOTE, BundledSampleWarning, stacklevel=2)
+        return sample.sample_dir(name)
     if directory is None:
         target = Path(root) / name if root is not None else dl.cache_dir(name)
         if not download:
