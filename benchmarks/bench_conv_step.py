@@ -17,7 +17,7 @@ import numpy as np
 from threefactor import get_backend
 from threefactor.backends.numba import NumbaBackend
 from threefactor.backends.numpy import NumpyBackend
-from threefactor.bench.malloc import keep_freed_memory
+from threefactor.heap import keep_freed_memory
 from threefactor.training.train import build_network, resolve_config
 
 SWAPS = {"pool": ("max_pool_rows", "route_rows"), "im2col": ("im2col",)}

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from threefactor.bench.malloc import MMAP_THRESHOLD, keep_freed_memory
+from threefactor.heap import MMAP_THRESHOLD, keep_freed_memory
 
 
 class _Mallinfo2(ctypes.Structure):
