@@ -28,8 +28,6 @@ MOVED = {
     "bench_step": "bench.step", "timing": "bench.timing", "machine": "bench.machine",
     "targets": "bench.targets",
     "check_cli": "cli.check", "bench_cli": "cli.bench",
-    # moved again after the re-housing (issue 15, one gradcheck driver)
-    "verify.gradcheck_batchnorm": "verify.variants",
 }
 
 
