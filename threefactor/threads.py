@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import sys
 
 #: set THREEFACTOR_THREADS=keep to leave all thread settings alone
 OPT_OUT = "THREEFACTOR_THREADS"

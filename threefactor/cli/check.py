@@ -8,8 +8,6 @@ writes the JSON report atomically.  Exit status: 0 all pass, 1 a failure, 2 bad 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from dataclasses import asdict
 
 import numpy as np

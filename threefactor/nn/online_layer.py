@@ -15,7 +15,7 @@ variables of every step are kept in a :class:`CircuitRecord`.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 
