@@ -82,6 +82,9 @@ def choose_settings(quick=False, threads=None):
 
 
 def torch_available():
+    """Whether PyTorch is installed, found without importing it (unlike
+    :func:`threefactor.verify.torch_ref.torch_available`): importing torch here would load its OpenMP
+    runtime into the process that times ours, which the child processes exist to avoid."""
     import importlib.util
     return importlib.util.find_spec("torch") is not None
 
