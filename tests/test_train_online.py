@@ -184,3 +184,30 @@ def test_start_line_names_the_online_settings():
     line = start_line(resolve_config(mode="online", streams=7, rate_rule="per-step", delays=2, shared_b3=False,
                                      backend="numpy"), rd, False)
     assert "online (7 streams, beta 0.01, b3 per stream, per-step rates, 2 delays)" in line, line
+
+
+def test_online_fmnist_script_trains_what_train_mode_online_trains(data_root, tmp_path, capsys):  # noqa: F811
+    """benchmarks/online_fmnist.py is `threefactor train --mode online` with the older script's options:
+    per-sample rates (not the per-step rates it used before issue 18), the same config as the command."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "online_fmnist.py"
+    spec = importlib.util.spec_from_file_location("online_fmnist", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    common = ["--dataset", "mnist", "--grouping", "plain", "--hidden", "16", "--batch-size", "32",
+              "--data-root", str(data_root), "--epochs", "1"]
+    assert mod.main(common + ["--out", str(tmp_path / "script")]) == 0
+    printed = capsys.readouterr().out
+    assert "threefactor train --dataset mnist" in printed and "--mode online --streams 32" in printed
+    cfg = json.loads((tmp_path / "script" / "config.json").read_text())
+    assert cfg["mode"] == "online" and cfg["rate_rule"] == "per-sample" and cfg["streams"] == 32
+    assert cli.main(["train", "--dataset", "mnist", "--grouping", "plain", "--hidden", "16", "--mode", "online",
+                     "--streams", "32", "--data-root", str(data_root), "--epochs", "1", "--seed", "0",
+                     "--no-progress", "--out", str(tmp_path / "cli")]) == 0
+    same = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert {k: v for k, v in cfg.items() if k != "out"} == {k: v for k, v in same.items() if k != "out"}
+    assert mod.main(common + ["--batch-mode", "--print-command"]) == 0
+    assert "--mode" not in capsys.readouterr().out
