@@ -134,3 +134,20 @@ def test_third_factor_anatomy_refuses_a_batch_without_every_class(argv, message,
     with pytest.raises(SystemExit):
         ex.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_my_dataset_takes_its_arguments(tmp_path):
+    """`python examples/my_dataset.py --epochs 2 --out DIR` trains 2 epochs into DIR (it once ignored both)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "blobs"
+    done = subprocess.run([sys.executable, str(EXAMPLES / "my_dataset.py"), "--epochs", "2", "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"run directory: {out}" in done.stdout
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "runs").exists()
+    bad = subprocess.run([sys.executable, str(EXAMPLES / "my_dataset.py"), "--epoch", "2"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert bad.returncode == 2 and "unrecognized arguments: --epoch" in bad.stderr
