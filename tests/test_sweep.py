@@ -381,3 +381,21 @@ def test_a_failing_run_is_reported_and_the_sweep_exits_1(data_root, tmp_path, cl
     assert "subset=5000 (--subset) is more than the 600 samples" in printed and "sweep.log" in printed
     assert json.loads((out / "sweep.json").read_text())["summary"] == {"failed": 1}
     assert not (out / ".sweep.lock").exists()
+
+
+@pytest.mark.parametrize("flag, value, says", [("--workers", "0", "the number of workers must be >= 1, got '0'"),
+                                               ("--workers", "two", "the number of workers must be a number >= 1"),
+                                               ("--runs-per-gpu", "-1", "the number of runs per GPU must be >= 1"),
+                                               ("--threads-per-run", "0", "the thread count of a run must be >= 1"),
+                                               ("--retries", "-1", "the number of retries must be >= 0")])
+def test_bad_sweep_numbers_are_named_once(tmp_path, capsys, flag, value, says):
+    """argparse already names the flag ("argument --workers: ..."): the message says what it is, not the
+    flag again."""
+    spec = tmp_path / "s.toml"
+    spec.write_text('[train]\nepochs = 1\n')
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sweep", str(spec), "--out", str(tmp_path / "o"), flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"threefactor sweep: error: argument {flag}: {says}" in err
+    assert f"{flag}: {flag}" not in err

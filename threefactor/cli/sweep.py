@@ -37,18 +37,18 @@ def configure_parser(parser):
     parser.add_argument("spec", metavar="SPEC", help="the sweep's TOML file")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder of the run directories (default sweeps/<spec name>)")
-    parser.add_argument("--workers", type=at_least(1, int, "--workers"), default=None, metavar="N",
+    parser.add_argument("--workers", type=at_least(1, int, "the number of workers"), default=None, metavar="N",
                         help="worker processes of the local cluster (default: cores // --threads-per-run)")
-    parser.add_argument("--threads-per-run", dest="threads_per_run", type=at_least(1, int, "--threads-per-run"),
+    parser.add_argument("--threads-per-run", dest="threads_per_run", type=at_least(1, int, "the thread count of a run"),
                         default=1, metavar="T", help="BLAS / Numba threads of each run (default 1)")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="a running Dask scheduler (e.g. tcp://127.0.0.1:8786) instead of a local cluster")
-    parser.add_argument("--runs-per-gpu", dest="runs_per_gpu", type=at_least(1, int, "--runs-per-gpu"),
+    parser.add_argument("--runs-per-gpu", dest="runs_per_gpu", type=at_least(1, int, "the number of runs per GPU"),
                         default=None, metavar="K", help="GPU runs (backend = \"cupy\") sharing one GPU at once "
                                                         "(Dask resource GPU; default 1)")
     parser.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                         help="keep the runs with this setting (repeatable; a key given twice: either value)")
-    parser.add_argument("--retries", type=at_least(0, int, "--retries"), default=3, metavar="N",
+    parser.add_argument("--retries", type=at_least(0, int, "the number of retries"), default=3, metavar="N",
                         help="restarts of a run whose worker died, from its last checkpoint (default 3)")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true",
                         help="resolve and list the runs (new / resume / done / diverged); train nothing")
