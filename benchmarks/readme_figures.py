@@ -42,8 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 FIGURE = re.compile(r"<!-- figure: (?P<key>[\w.-]+) -->(?P<value>.*?)<!-- /figure -->", re.S)
-#: Seeded accuracies measured on another machine: how far (points) they may lie from the README's.
-TOLERANCE = {"train-default": 3.0, "train-100": 1.0}
+#: Seeded accuracies measured on another machine: how far (points) they may lie from the README's.  The
+#: default run's second epoch is sensitive to rounding: at commit e238aad it gave 68.82 % on a 2-core Zen 4
+#: (AVX-512) and 73.63 % on a 2-core Zen 3 (Haswell BLAS kernels, AVX2), its first 66.99 and 66.80 %.
+TOLERANCE = {"train-default": 6.0, "train-100": 1.0}
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,36 @@ def update_readme(values, path=README):
 # -- measuring ---------------------------------------------------------------------------------------
 
 def machine():
-    """``"2-core AMD EPYC"``: what a seeded figure's digits depend on besides the commit and backend."""
+    """``"2-core AMD EPYC, Haswell BLAS kernels, AVX2"``: what a seeded figure's digits depend on besides
+    the commit and backend.  The CPU's name alone does not say it: the same name covers CPUs on which
+    OpenBLAS picks other GEMM kernels and numpy other SIMD loops (AVX-512 or not), whose rounding differs."""
     from threefactor.bench.machine import cpu_model, usable_cores
-    return f"{usable_cores()}-core {cpu_model() or 'unknown CPU'}"
+    return f"{usable_cores()}-core {cpu_model() or 'unknown CPU'}, {_blas_kernels()} BLAS kernels, {_simd()}"
+
+
+def _blas_kernels():
+    """The core type whose kernels numpy's BLAS uses (threadpoolctl's ``architecture``), or "unknown"."""
+    try:
+        import numpy as np
+        from threadpoolctl import threadpool_info
+        np.ones((2, 2)) @ np.ones((2, 2))
+        found = [i.get("architecture") for i in threadpool_info() if i.get("user_api") == "blas"
+                 and "numpy" in str(i.get("filepath", ""))]
+        return next((a for a in found if a), "unknown")
+    except Exception:             # threadpoolctl missing or a BLAS it does not know
+        return "unknown"
+
+
+def _simd():
+    """The widest x86 SIMD numpy dispatches to here: AVX-512, AVX2 or baseline (other CPUs: their name)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        return "unknown SIMD"
+    for name, label in (("AVX512_SKX", "AVX-512"), ("AVX512F", "AVX-512"), ("AVX2", "AVX2"), ("SSE42", "SSE4.2")):
+        if features.get(name):
+            return label
+    return next((k for k, v in features.items() if v), "baseline SIMD")
 
 
 def commit():

@@ -277,3 +277,79 @@ def test_delays_option_and_resume(data_root, tmp_path):  # noqa: F811
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# -- the previous activity, stored or refreshed --------------------------------------------------
+def _layer(refresh, streams=4, delays=1, w=None):
+    w = np.random.default_rng(1).standard_normal((16, 20)) / 5 if w is None else w
+    return OnlineLayer(w.copy(), RULE, streams=streams, b3_init=0.3, refresh=refresh, delays=delays)
+
+
+@pytest.mark.parametrize("delays", [1, 3])
+def test_refresh_changes_nothing_while_the_weights_stay(delays):
+    """With W unchanged since the previous samples were seen, their recomputed activity is the stored
+    one: the updates of a refreshing layer equal the storing layer's (K = 3: the B·K previous inputs go
+    through one GEMM and are split back per delay)."""
+    x, y = _clusters(4 * 6)
+    a, b = _layer(True, delays=delays), _layer(False, delays=delays)
+    for t in range(6):
+        xs, ys = x[4 * t:4 * t + 4], y[4 * t:4 * t + 4]
+        (out_a, ua), (out_b, ub) = a.step(xs, ys), b.step(xs, ys)
+        np.testing.assert_array_equal(out_a, out_b)
+        np.testing.assert_allclose(ua.dense(), ub.dense(), rtol=1e-12, atol=1e-15)
+    assert np.abs(ua.dense()).max() > 1e-4
+
+
+def test_refreshed_pair_is_the_two_point_update_at_the_current_weights():
+    """After W changes, a refreshing layer's update is the two-point update of (x_t, x_{t-1}) both under
+    the current W (threefactor.rule.online.two_point_update, float64), and the storing layer's is not."""
+    from threefactor.rule.online import two_point_update
+
+    x, y = _clusters(8, seed=2)
+    a, b = _layer(True), _layer(False)
+    a.step(x[:4], y[:4])
+    b.step(x[:4], y[:4])
+    bump = np.random.default_rng(9).standard_normal(a.w.shape) / 10
+    a.w += bump
+    b.w += bump
+    _, ua = a.step(x[4:], y[4:])
+    _, ub = b.step(x[4:], y[4:])
+    want = two_point_update(x[4:], x[:4], a.w, y[4:], y[:4], a.trule, b3=0.3)
+    np.testing.assert_allclose(ua.dense(), want, rtol=1e-12, atol=1e-15)
+    assert np.linalg.norm(ub.dense() - want) > 0.05 * np.linalg.norm(want)
+
+
+def test_refresh_previous_config_flags_and_old_runs(data_root, tmp_path, capsys):  # noqa: F811
+    """--mode online refreshes by default, with the preset's eta_l and 2.5 x its eta_f; --stored-previous
+    keeps the stored activity and lr_local 0.3; rates given stay as given; batch mode refuses the flags;
+    an online run written before the option resumes with the stored activity (config upgraded)."""
+    from threefactor.training.config import ONLINE_LR_LOCAL, ONLINE_LR_OUT_SCALE, resolve_config
+
+    on = resolve_config(mode="online")
+    assert on["refresh_previous"] is True and on["lr_local"] == 1.0 and on["lr_out"] == 5e-3 * ONLINE_LR_OUT_SCALE
+    off = resolve_config(mode="online", refresh_previous=False)
+    assert off["refresh_previous"] is False and off["lr_local"] == ONLINE_LR_LOCAL and off["lr_out"] == 5e-3
+    given = resolve_config(mode="online", lr_local=0.2, lr_out=1e-3)
+    assert (given["lr_local"], given["lr_out"]) == (0.2, 1e-3)
+    assert resolve_config()["refresh_previous"] is None
+    with pytest.raises(ValueError, match=r"refresh_previous needs mode='online'"):
+        resolve_config(refresh_previous=True)
+    with pytest.raises(TypeError, match=r"refresh_previous must be True or False"):
+        resolve_config(mode="online", refresh_previous="yes")
+    base = ["train", "--dataset", "mnist", "--data-root", str(data_root), "--hidden", "16", "--grouping", "plain",
+            "--mode", "online", "--streams", "32", "--epochs", "1", "--no-progress"]
+    assert cli.main(base + ["--stored-previous", "--out", str(tmp_path / "s")]) == 0
+    assert "stored previous activity" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["refresh_previous"] is False
+    assert cli.main(base + ["--out", str(tmp_path / "r")]) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["refresh_previous"] is True and "stored previous" not in capsys.readouterr().out
+    old = {k: v for k, v in saved.items() if k != "refresh_previous"}         # written before the option
+    (tmp_path / "r" / "config.json").write_text(json.dumps(old))
+    assert cli.main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--no-progress"]) == 0
+    net = build_network(__import__("threefactor").training.naming.upgrade_config(old), 784, 10,
+                        get_backend("numpy"), np.random.default_rng(0))
+    assert net.hidden[0].online.refresh is False
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--refresh-previous", "--epochs", "1", "--out", str(tmp_path / "b")])
+    assert "refresh_previous needs mode='online'" in capsys.readouterr().err

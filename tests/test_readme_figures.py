@@ -94,3 +94,19 @@ def test_the_default_two_epoch_run_gives_the_readmes_accuracies():
 def test_check_gives_the_readmes_summary():
     pytest.importorskip("torch", reason="the README's check summary is with PyTorch installed (its rows are counted)")
     _assert_matches("check")
+
+
+def test_machine_names_the_kernels_that_round():
+    """Two CPUs of one name can round differently (OpenBLAS's kernels, numpy's SIMD loops): the machine a
+    seeded figure was measured on names both, so such a pair is compared as two machines (within the
+    tolerance), not digit for digit."""
+    here = rf.machine()
+    cores_cpu, kernels, simd = here.split(", ")
+    assert cores_cpu.split("-core ")[0].isdigit() and kernels.endswith(" BLAS kernels") and simd
+    readme = {"train-default.test-1": "66.99", "train-default.test-2": "68.82", "train-default.commit": "abc",
+              "train-default.machine": "2-core AMD EPYC, SkylakeX BLAS kernels, AVX-512"}
+    zen3 = dict(readme, **{"train-default.test-2": "73.63",
+                           "train-default.machine": "2-core AMD EPYC, Haswell BLAS kernels, AVX2"})
+    assert not rf.failed(rf.compare("train-default", readme, zen3))
+    assert rf.failed(rf.compare("train-default", readme, dict(zen3, **{"train-default.machine":
+                                                                       readme["train-default.machine"]})))

@@ -51,6 +51,16 @@ class OnlineLayer:
         K: each sample is paired with its stream's K previous samples (Δt = 1, ..., K), not only
         the last one; ΔW is the mean over the B·K pairs (fewer in a stream's first K steps) and b3
         averages their b2.  More pairs per sample, the same at any B.  Default 1 (Eq. 57 / 63a).
+    refresh : bool
+        Recompute the previous samples' activity with the current weights at each step (one more
+        forward pass, of the B·K previous inputs) instead of using the activity stored when they
+        were seen.  The stored activity was computed with the weights of one step ago: at B = 1 that
+        is one sample's update, at B streams B samples' worth, so Δv = v_t - v_{t-Δt} also carries
+        the change of W over the last step, a bias that grows with B (on Fashion-MNIST, B = 256:
+        test accuracy swinging by points between epochs, and the batch rate 1.0 unusable).  Refreshed,
+        every pair compares two samples under the same weights, as a stream at B = 1 nearly does, so
+        B is a compute setting only.  Default False here (the circuit as App. C draws it);
+        ``threefactor train --mode online`` turns it on (``--stored-previous`` turns it off).
     backend : str or backend object
         "numpy", "numba" or "cupy" for the forward pass and the circuit.
     record : bool
@@ -58,7 +68,8 @@ class OnlineLayer:
     """
 
     def __init__(self, w, rule=None, *, beta=0.01, streams=1, n_classes=10, divisive=False,
-                 shared_b3=False, b3_init=None, backend="numpy", record=False, delays=1):
+                 shared_b3=False, b3_init=None, backend="numpy", record=False, delays=1, refresh=False):
+        self.refresh = bool(refresh)
         if isinstance(rule, TwoPointRule):
             self.trule = rule
         else:
@@ -258,15 +269,17 @@ class OnlineLayer:
                                     xp.zeros((0, self.w.shape[1]), self.w.dtype))
         else:
             pairs = [(self._prev, self._prev_labels)] + self._older       # Δt = 1, 2, ..., K
+            if self.refresh:
+                pairs = self._refreshed(pairs)
             parts = [circuit_b2(trule, now, prev, labels == lab, xp) for prev, lab in pairs]
             centre = self._centre(xp.stack([p[3] for p in parts]))
             scale = self.scale / (self.streams * len(pairs))
             posts, pres = [], []
-            for (prev, _), part in zip(pairs, parts):
+            for delay, ((prev, _), part) in enumerate(zip(pairs, parts), start=1):
                 circ = centred_factor(trule, *part, centre)
                 posts.append(two_point_post(trule, circ, now, prev, scale, xp))
                 pres += [now.x, prev.x]
-                if self.record is not None and prev is self._prev:   # the record keeps Δt = 1
+                if self.record is not None and delay == 1:           # the record keeps Δt = 1
                     self.record.append(self.t, circ, be.to_numpy)
             update = TwoPointUpdate(posts[0] if len(posts) == 1 else xp.concatenate(posts, axis=0),
                                     xp.concatenate(pres, axis=0))
@@ -275,6 +288,16 @@ class OnlineLayer:
         self._prev, self._prev_labels = now, labels
         self.t += 1
         return now.out, update
+
+    def _refreshed(self, pairs):
+        """``pairs`` with each previous activity recomputed from its input with the current weights
+        (one forward pass over the B·K previous inputs, split back per delay); labels unchanged."""
+        xp, B = self.backend.xp, self.streams
+        x = pairs[0][0].x if len(pairs) == 1 else xp.concatenate([p.x for p, _ in pairs], axis=0)
+        act = layer_activity(self.trule, x, self.w, self.backend)
+        if len(pairs) == 1:
+            return [(act, pairs[0][1])]
+        return [(Activity(*(f[i * B:(i + 1) * B] for f in act)), lab) for i, (_, lab) in enumerate(pairs)]
 
     def apply(self, update: TwoPointUpdate, lr, fused=True):
         """W += lr · ΔW in place, one pass over W (:func:`threefactor.rule.online.apply_update`)."""
@@ -313,11 +336,11 @@ class OnlineHiddenLayer(HiddenLayer):
     """
 
     def __init__(self, w, rule: Rule, divisive=False, *, streams, n_classes, beta=0.01, shared_b3=False,
-                 backend="numpy", record=False, delays=1):
+                 backend="numpy", record=False, delays=1, refresh=False):
         super().__init__(w, rule, divisive)
         self.online = OnlineLayer(w, rule, beta=beta, streams=streams, n_classes=n_classes,
                                   divisive=divisive, shared_b3=shared_b3, backend=backend, record=record,
-                                  delays=delays)
+                                  delays=delays, refresh=refresh)
         self.w = self.online.w                       # the same array: optimisers update it in place
         self._after_full = False                     # whether the last batch was a full step of B streams
 
@@ -352,7 +375,7 @@ class OnlineHiddenLayer(HiddenLayer):
         return out, [dw], None
 
 
-def make_online(net, *, streams, beta=0.01, shared_b3=False, delays=1):
+def make_online(net, *, streams, beta=0.01, shared_b3=False, delays=1, refresh=False):
     """Turn the hidden layers of a local-learning ``threefactor.nn.mlp.MLP`` online, in place.
 
     Each ``net.hidden[k]`` becomes an :class:`OnlineHiddenLayer` on the same weight
@@ -366,5 +389,6 @@ def make_online(net, *, streams, beta=0.01, shared_b3=False, delays=1):
         raise ValueError(f"online learning needs a local-learning network, got learning={net.learning!r}")
     net.hidden = [OnlineHiddenLayer(layer.w, layer.rule, layer.divisive, streams=streams,
                                     n_classes=net.n_classes, beta=beta, shared_b3=shared_b3,
-                                    backend=net.backend, delays=delays) for layer in net.hidden]
+                                    backend=net.backend, delays=delays, refresh=refresh)
+                  for layer in net.hidden]
     return net

@@ -27,6 +27,13 @@ Fashion-MNIST 0.3 worked best for the two-point rule where the batch rule uses 1
 Training multiplies the rate by B/256 (``threefactor.training.config.rate_scale``), so
 that every sample moves W alike whatever the number of streams B.
 
+Which previous activity.  The functions here take both activities as given.  A stream keeps the
+activity of its previous sample from when it was seen, computed with the weights of one step ago;
+B streams stepped together therefore pair samples B samples' updates apart, and Δv then also holds
+the change of W over the last step.  :class:`threefactor.nn.online_layer.OnlineLayer` with
+``refresh=True`` (the default of ``threefactor train --mode online``) recomputes it with the
+current weights, so that both samples of a pair are seen under the same W at any B.
+
 Order of Eq. 61-62.  M is centred with the running average of the *previous*
 pairs (b3_{t-1}), then b3 is updated with b2_t, so a pair's own b2 never enters
 its centring.  Updating first, as the order of the equations suggests, would

@@ -90,7 +90,9 @@ def _rule_slug(cfg):
 
 def upgrade_config(cfg):
     """A saved config.json in today's vocabulary: canonical rule and grouping names (``cossim`` ->
-    ``cosine``), ``kernel`` and ``p`` filled in for runs written before they were recorded."""
+    ``cosine``), ``kernel`` and ``p`` filled in for runs written before they were recorded, and
+    ``refresh_previous: false`` for online runs written before it existed (they used the stored
+    previous activity)."""
     cfg = dict(cfg)
     if isinstance(cfg.get("rule"), str):
         cfg["rule"] = presets.canonical_rule(cfg["rule"])
@@ -104,6 +106,8 @@ def upgrade_config(cfg):
         if "p" not in cfg:
             cfg["p"] = presets.GROUPING_P.get(cfg["grouping"])
         cfg["column"] = presets.column_label(cfg["rule"], cfg["grouping"], cfg["kernel"])
+    if cfg.get("mode") == "online" and "refresh_previous" not in cfg:
+        cfg["refresh_previous"] = False        # online runs before the option used the stored activity
     return cfg
 
 
@@ -133,6 +137,8 @@ def _online_text(cfg):
         parts.append(f"{cfg['rate_rule']} rates")
     if (cfg.get("delays") or 1) != 1:
         parts.append(f"{cfg['delays']} delays")
+    if cfg.get("refresh_previous") is False:
+        parts.append("stored previous activity")
     return ", ".join(parts)
 
 

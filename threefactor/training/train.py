@@ -49,7 +49,7 @@ def build_network(cfg, n_in, n_classes, backend, rng):
     if cfg.get("mode") == "online":
         from threefactor.nn.online_layer import make_online
         make_online(net, streams=cfg["streams"], beta=step_beta(cfg), shared_b3=cfg["shared_b3"],
-                    delays=cfg.get("delays") or 1)
+                    delays=cfg.get("delays") or 1, refresh=bool(cfg.get("refresh_previous")))
     return net
 
 
