@@ -7,7 +7,10 @@ circuit (Eq. 59-66), and the SGD step with the two-point update.  Candidates, ti
 (rounds of ``--samples`` samples each, the median round reported):
 
 ``fused``     ``MLP.train_step`` as training runs it: the SGD step takes the update as R = 2 rank-one
-              terms in one Numba pass over W and its momentum buffer (``_online_kernels.sgd_low_rank``)
+              terms in one Numba pass over W and its momentum buffer (``_online_kernels.sgd_low_rank``);
+              the previous sample's activity recomputed with the current weights (``--refresh-previous``,
+              the default: one more GEMV per layer)
+``stored``    the same with the stored previous activity (``--stored-previous``: no second GEMV)
 ``unfused``   the same step with ΔW formed (postᵀ pre, a GEMM) and the optimisers' fused SGD pass after
               it (the path before issue 18)
 ``floor_w``   the issue's floor: read and write every weight matrix once (``np.copyto`` of each W,
@@ -32,8 +35,8 @@ from threefactor.training.config import resolve_config
 from threefactor.training.train import build_network
 
 
-def _net(dtype):
-    cfg = resolve_config(mode="online", streams=1, backend="numba", dtype=dtype)
+def _net(dtype, refresh=True):
+    cfg = resolve_config(mode="online", streams=1, backend="numba", dtype=dtype, refresh_previous=refresh)
     be = get_backend("numba")
     rng = np.random.default_rng(0)
     net = build_network(cfg, 784, 10, be, rng)
@@ -56,13 +59,10 @@ def main(argv=None):
     rng = np.random.default_rng(1)
     x = rng.random((args.samples, 784)).astype(args.dtype)
     y = rng.integers(0, 10, args.samples)
-    nets = {"fused": _net(args.dtype), "unfused": _net(args.dtype)}
-    for opt in nets["unfused"][1].values():
-        opt.fused = None          # fused SGD pass on a dense ΔW ...
-    from threefactor.nn import optim
-    real = optim._low_rank_step
+    nets = {"fused": _net(args.dtype), "stored": _net(args.dtype, refresh=False), "unfused": _net(args.dtype)}
+    be = get_backend("numba")
 
-    def no_low_rank(*a, **k):     # ... never the low-rank pass
+    def no_low_rank(*a, **k):     # the unfused path: the backend fuses no low-rank step, so ΔW is formed
         return False
 
     weights = [layer.w for layer in nets["fused"][0].hidden] + [nets["fused"][0].output.w]
@@ -72,12 +72,13 @@ def main(argv=None):
 
     def run(name):
         net, opts, r = nets[name]
-        optim._low_rank_step = real if name == "fused" else no_low_rank
+        if name == "unfused":
+            be.sgd_low_rank_step = no_low_rank          # an instance attribute shadows the method
         try:
             for i in range(args.samples):
                 net.train_step(x[i:i + 1], y[i:i + 1], opts, r)
         finally:
-            optim._low_rank_step = real
+            be.__dict__.pop("sgd_low_rank_step", None)
 
     def floor_w():
         for _ in range(args.samples):
@@ -90,7 +91,8 @@ def main(argv=None):
                 np.copyto(d, w)
                 np.copyto(b, d)
 
-    cands = {"fused": lambda: run("fused"), "unfused": lambda: run("unfused"), "floor_w": floor_w,
+    cands = {"fused": lambda: run("fused"), "stored": lambda: run("stored"), "unfused": lambda: run("unfused"),
+             "floor_w": floor_w,
              "floor_wm": floor_wm}
     for f in cands.values():        # warm-up: JIT, caches
         f()
