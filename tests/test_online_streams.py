@@ -320,15 +320,15 @@ def test_refreshed_pair_is_the_two_point_update_at_the_current_weights():
 
 
 def test_refresh_previous_config_flags_and_old_runs(data_root, tmp_path, capsys):  # noqa: F811
-    """--mode online refreshes by default, with the preset's eta_l and 2.5 x its eta_f; --stored-previous
-    keeps the stored activity and lr_local 0.3; rates given stay as given; batch mode refuses the flags;
-    an online run written before the option resumes with the stored activity (config upgraded)."""
-    from threefactor.training.config import ONLINE_LR_LOCAL, ONLINE_LR_OUT_SCALE, resolve_config
+    """--mode online refreshes by default, --stored-previous keeps the stored activity (the rates are the
+    same either way); rates given stay as given; batch mode refuses the flags; an online run written
+    before the option resumes with the stored activity (config upgraded)."""
+    from threefactor.training.config import ONLINE_LR_LOCAL, resolve_config
 
     on = resolve_config(mode="online")
-    assert on["refresh_previous"] is True and on["lr_local"] == 1.0 and on["lr_out"] == 5e-3 * ONLINE_LR_OUT_SCALE
+    assert on["refresh_previous"] is True and on["lr_local"] == ONLINE_LR_LOCAL and on["lr_out"] == 5e-3
     off = resolve_config(mode="online", refresh_previous=False)
-    assert off["refresh_previous"] is False and off["lr_local"] == ONLINE_LR_LOCAL and off["lr_out"] == 5e-3
+    assert off["refresh_previous"] is False and (off["lr_local"], off["lr_out"]) == (ONLINE_LR_LOCAL, 5e-3)
     given = resolve_config(mode="online", lr_local=0.2, lr_out=1e-3)
     assert (given["lr_local"], given["lr_out"]) == (0.2, 1e-3)
     assert resolve_config()["refresh_previous"] is None

@@ -13,7 +13,7 @@ from threefactor.backends import BackendUnavailable
 from threefactor.data.formats import DataError
 from threefactor.nn.convnet import ARCHS
 from threefactor.training import presets
-from threefactor.training.config import DEFAULTS, ONLINE_LR_LOCAL, ONLINE_LR_OUT_SCALE, _RESUMABLE, _validate, canonical_options, resolve_config, upgrade_config, validate_saved
+from threefactor.training.config import DEFAULTS, ONLINE_LR_LOCAL, _RESUMABLE, _validate, canonical_options, resolve_config, upgrade_config, validate_saved
 from threefactor.training.loop import TrainingDiverged, TrainingInterrupted
 from threefactor.training.presets import TABLE6
 from threefactor.training.runs import RunDir
@@ -135,13 +135,11 @@ def configure_parser(parser):
     h.add_argument("--lr-local", dest="lr_local", type=float, default=S, metavar="ETA_L",
                    help="eta_l, the local learning rate of the hidden layers (local rules only: "
                         "gaussian, cosine or any --kernel); default from the preset: Table 3 for the MLP (e.g. 1.0 for "
-                        f"fmnist-gaussian-grpdiv), Table 6 for conv nets; --mode online --stored-previous: "
-                        f"{ONLINE_LR_LOCAL}")
+                        f"fmnist-gaussian-grpdiv), Table 6 for conv nets; --mode online: {ONLINE_LR_LOCAL}")
     h.add_argument("--lr-out", dest="lr_out", type=float, default=S, metavar="ETA_F",
                    help="eta_f, the learning rate of the output layer (with --rule backprop: of every "
                         "layer); default from the preset: Table 3 for the MLP (e.g. 5e-3 for "
-                        f"fmnist-gaussian-grpdiv), Table 6 for conv nets; --mode online: {ONLINE_LR_OUT_SCALE} x "
-                        "the preset's")
+                        "fmnist-gaussian-grpdiv), Table 6 for conv nets")
     h.add_argument("--milestones", type=int, nargs="*", default=S, metavar="EPOCH",
                    help="epochs (>= 1, increasing) after which the learning rates are multiplied by 0.25 "
                         "(default 50 75 90; conv nets: Table 6's)")
@@ -161,8 +159,8 @@ def configure_parser(parser):
                    help="batch (the paper's batch rule, Eq. 10) or online: B independent streams, each "
                         "sample paired with its stream's previous one, third factor from the circuit "
                         "variables b1, b2, b3 (Eq. 59-66); Gaussian rules only (default batch). "
-                        f"Online, lr_out defaults to {ONLINE_LR_OUT_SCALE} x the preset's (its hidden layers "
-                        "pass on smaller activities)")
+                        f"Online, lr_local defaults to {ONLINE_LR_LOCAL} (the batch presets' eta_l is "
+                        "unstable for two-point updates)")
     o.add_argument("--streams", type=int, default=S, metavar="B",
                    help="online: streams stepped together, one sample each per step (default: batch size 256); at most "
                         "the training set's size; an epoch's short last step (when B does not divide the "
@@ -177,12 +175,11 @@ def configure_parser(parser):
     o.add_argument("--refresh-previous", dest="refresh_previous", action="store_true", default=S,
                    help="online (the default): the previous samples' activity is recomputed with the current "
                         "weights, so a step of B streams pairs samples as B = 1 would (one sample's update "
-                        "apart, not B samples'); costs one more forward pass per step. Rates then default to "
-                        f"the preset's eta_l and {ONLINE_LR_OUT_SCALE} x its eta_f")
+                        "apart, not B samples'); costs one more forward pass per step (with it the batch "
+                        "rate 1.0 trains, where the stored activity collapses)")
     o.add_argument("--stored-previous", dest="refresh_previous", action="store_false", default=S,
                    help="online: pair with the activity stored at the previous step (computed with the weights "
-                        "of then: the circuit as App. C draws it; runs before --refresh-previous did this), "
-                        f"lr_local then defaults to {ONLINE_LR_LOCAL}")
+                        "of then: the circuit as App. C draws it; runs before --refresh-previous did this)")
     o.add_argument("--delays", type=int, default=S, metavar="K",
                    help="online: pair each sample with its stream's K previous samples, not only the last "
                         "(K pairs per sample at any B; default 1)")
