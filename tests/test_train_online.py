@@ -212,3 +212,25 @@ def test_online_fmnist_script_trains_what_train_mode_online_trains(data_root, tm
     assert {k: v for k, v in cfg.items() if k != "out"} == {k: v for k, v in same.items() if k != "out"}
     assert mod.main(common + ["--batch-mode", "--print-command"]) == 0
     assert "--mode" not in capsys.readouterr().out
+
+
+def test_probe_features_scores_a_runs_features_apart_from_its_readout(data_root, tmp_path, capsys):  # noqa: F811
+    """benchmarks/probe_features.py: the run's own read-out scores what the run reported; a fresh probe on
+    the frozen features and the own read-out trained on are reported, deterministic for a seed."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "probe_features", Path(__file__).resolve().parent.parent / "benchmarks" / "probe_features.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rd = train(_online(data_root, epochs=2), tmp_path / "run", progress=False, log=_quiet)
+    reported = rd.read_metrics()[-1]["test_accuracy"]
+    assert mod.main([str(rd.path), "--epochs", "40", "--catch-up", "2", "--json", str(tmp_path / "p.json")]) == 0
+    (r,) = json.loads((tmp_path / "p.json").read_text())["runs"]
+    assert r["epoch"] == 2 and abs(r["own"] - reported) <= 1.0, (r, reported)
+    assert len(r["catch_up"]) == 2 and r["probe"] > r["own"] + 10 and r["feature_rms"] > 0, r   # chance: 10 %
+    again = mod.probe_run(rd.path, epochs=40, catch_up=2)
+    assert (again["probe"], again["catch_up"]) == (r["probe"], r["catch_up"])
+    assert "own %" in capsys.readouterr().out
