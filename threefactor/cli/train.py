@@ -159,8 +159,8 @@ def configure_parser(parser):
                    help="batch (the paper's batch rule, Eq. 10) or online: B independent streams, each "
                         "sample paired with its stream's previous one, third factor from the circuit "
                         "variables b1, b2, b3 (Eq. 59-66); Gaussian rules only (default batch). "
-                        f"Online, lr_local defaults to {ONLINE_LR_LOCAL} (the batch presets' eta_l is "
-                        "unstable for two-point updates)")
+                        f"Online, lr_local defaults to {ONLINE_LR_LOCAL} (the batch presets' eta_l "
+                        "collapses with the stored previous activity, stalls with the refreshed one)")
     o.add_argument("--streams", type=int, default=S, metavar="B",
                    help="online: streams stepped together, one sample each per step (default: batch size 256); at most "
                         "the training set's size; an epoch's short last step (when B does not divide the "

@@ -58,8 +58,8 @@ class OnlineLayer:
         is one sample's update, at B streams B samples' worth, so Δv = v_t - v_{t-Δt} also carries
         the change of W over the last step, a bias that grows with B (on Fashion-MNIST at B = 256 the
         batch rule's rate 1.0 collapses with it: 63.6 % after epoch 1, 37.5 % after 5).  Refreshed,
-        every pair compares two samples under the same weights, as a stream at B = 1 nearly does, so
-        B is a compute setting only.  Default False here (the circuit as App. C draws it);
+        every pair compares two samples under the same weights, as a stream at B = 1 nearly does.
+        Default False here (the circuit as App. C draws it);
         ``threefactor train --mode online`` turns it on (``--stored-previous`` turns it off).
     backend : str or backend object
         "numpy", "numba" or "cupy" for the forward pass and the circuit.

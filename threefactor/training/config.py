@@ -141,7 +141,8 @@ def resolve_config(**options):
             fields.pop("lr_local", None)
             cfg["lr_local"] = ONLINE_LR_LOCAL
             cfg["preset_note"] = (f"{cfg['preset_note']} Online mode: lr_local {ONLINE_LR_LOCAL} "
-                                  "(the batch eta_l is unstable for two-point updates)")
+                                  "(the batch eta_l collapses with the stored previous activity and stalls "
+                                  "with the refreshed one)")
         if not 0 < cfg["beta"] <= 1:
             raise ValueError(f"beta must be in (0, 1], got {cfg['beta']!r}")
         cfg["rate_rule"] = given.get("rate_rule", "per-sample")
