@@ -263,7 +263,9 @@ def test_an_update_never_synchronises(rule):
     elapsed = time.perf_counter() - t
     busy = not cupy.cuda.get_current_stream().done
     CP.synchronize()
-    assert busy and elapsed < 0.25, f"the update waited for the device ({elapsed:.3f} s): it synchronised"
+    # a host synchronisation inside would have waited for the spin: the stream would be idle now (a time
+    # limit is not the test: on a loaded machine the emulated update alone can take a quarter second)
+    assert busy, f"the update waited for the device ({elapsed:.3f} s): it synchronised"
 
 
 
@@ -300,7 +302,7 @@ def test_a_training_step_stays_on_the_device(name):
         elapsed = time.perf_counter() - t
         busy = not cupy.cuda.get_current_stream().done
         CP.synchronize()
-        assert busy and elapsed < 0.25, f"train_step waited for the device ({elapsed:.3f} s): it synchronised"
+        assert busy, f"train_step waited for the device ({elapsed:.3f} s): it synchronised"
         assert np.isfinite(float(stats.loss))
         runs.append({k: CP.to_numpy(v) for k, v in net.parameters().items()})
     for k in runs[0]:
