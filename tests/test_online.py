@@ -265,17 +265,19 @@ def test_fused_update_needs_c_contiguous_w():
         apply_update(w, upd, 0.1)
 
 
-def test_float32_stays_float32_and_numba_backend_agrees():
-    x, w, y = _problem(7, m=8, dtype=np.float32)
+@pytest.mark.parametrize("refresh, delays", [(False, 1), (True, 1), (True, 2)])
+def test_float32_stays_float32_and_numba_backend_agrees(refresh, delays):
+    x, w, y = _problem(7, m=12, dtype=np.float32)
     outs = {}
     for name in ("numpy", "numba"):
         try:
             get_backend(name)
         except BackendUnavailable:  # pragma: no cover
             continue
-        layer = OnlineLayer(w.copy(), tf.Rule(groups=3, **RULE), streams=4, n_classes=3, backend=name)
-        layer.learn(x[:4], y[:4], 0.1)
-        out = layer.learn(x[4:], y[4:], 0.1)
+        layer = OnlineLayer(w.copy(), tf.Rule(groups=3, **RULE), streams=4, n_classes=3, backend=name,
+                            refresh=refresh, delays=delays)
+        for t in range(3):
+            out = layer.learn(x[4 * t:4 * t + 4], y[4 * t:4 * t + 4], 0.1)
         assert out.dtype == np.float32 and layer.w.dtype == np.float32
         outs[name] = layer.w
     for w_other in outs.values():
@@ -303,13 +305,14 @@ def test_cupy_update_matches_numpy(monkeypatch, threads, grid_y):
             wg = cupy.asarray(w)
             apply_update(wg, TwoPointUpdate(cupy.asarray(post), cupy.asarray(pre)), 0.5)
             np.testing.assert_allclose(be.to_numpy(wg), ref, rtol=tol, atol=tol * np.abs(ref).max())
-    x, w, y = _problem(8, m=8)
-    layers = [OnlineLayer(w.copy(), tf.Rule(groups=3, **RULE), streams=4, n_classes=3, backend=b)
-              for b in ("numpy", "cupy")]
-    for layer in layers:
-        layer.learn(x[:4], y[:4], 0.1)
-        layer.learn(x[4:], y[4:], 0.1)
-    np.testing.assert_allclose(be.to_numpy(layers[1].w), layers[0].w, rtol=1e-10, atol=1e-12)
+    x, w, y = _problem(8, m=12)
+    for refresh, delays in ((False, 1), (True, 1), (True, 2)):       # refreshed: one GEMM of the B·K inputs
+        layers = [OnlineLayer(w.copy(), tf.Rule(groups=3, **RULE), streams=4, n_classes=3, backend=b,
+                              refresh=refresh, delays=delays) for b in ("numpy", "cupy")]
+        for layer in layers:
+            for t in range(3):
+                layer.learn(x[4 * t:4 * t + 4], y[4 * t:4 * t + 4], 0.1)
+        np.testing.assert_allclose(be.to_numpy(layers[1].w), layers[0].w, rtol=1e-10, atol=1e-12)
 
 
 # -- bad input ---------------------------------------------------------------------------------
