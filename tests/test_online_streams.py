@@ -339,11 +339,11 @@ def test_refresh_previous_config_flags_and_old_runs(data_root, tmp_path, capsys)
     base = ["train", "--dataset", "mnist", "--data-root", str(data_root), "--hidden", "16", "--grouping", "plain",
             "--mode", "online", "--streams", "32", "--epochs", "1", "--no-progress"]
     assert cli.main(base + ["--stored-previous", "--out", str(tmp_path / "s")]) == 0
-    assert "stored previous activity" in capsys.readouterr().out
+    assert ", stored previous activity)" in capsys.readouterr().out          # the start line's online part
     assert json.loads((tmp_path / "s" / "config.json").read_text())["refresh_previous"] is False
     assert cli.main(base + ["--out", str(tmp_path / "r")]) == 0
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert saved["refresh_previous"] is True and "stored previous" not in capsys.readouterr().out
+    assert saved["refresh_previous"] is True and ", stored previous activity)" not in capsys.readouterr().out
     old = {k: v for k, v in saved.items() if k != "refresh_previous"}         # written before the option
     (tmp_path / "r" / "config.json").write_text(json.dumps(old))
     assert cli.main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--no-progress"]) == 0
