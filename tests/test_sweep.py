@@ -284,9 +284,12 @@ def test_interrupted_sweep_resumes(long_spec, cluster, uninterrupted, tmp_path):
     spec_path, out = tmp_path / "spec.toml", tmp_path / "sweep"
     spec_path.write_text(_toml(long_spec))
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # SIGINT at its default in the child: where the tests themselves run in the background of a
+    # non-interactive shell (`bash .ci/run &`) SIGINT is ignored and a child would inherit that
     proc = subprocess.Popen([sys.executable, "-m", "threefactor", "sweep", str(spec_path), "--out", str(out),
                              "--workers", "2", "--no-progress"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_mid_run(out, 8)
         proc.send_signal(signal.SIGINT)
