@@ -126,16 +126,9 @@ def machine():
 
 
 def _blas_kernels():
-    """The core type whose kernels numpy's BLAS uses (threadpoolctl's ``architecture``), or "unknown"."""
-    try:
-        import numpy as np
-        from threadpoolctl import threadpool_info
-        np.ones((2, 2)) @ np.ones((2, 2))
-        found = [i.get("architecture") for i in threadpool_info() if i.get("user_api") == "blas"
-                 and "numpy" in str(i.get("filepath", ""))]
-        return next((a for a in found if a), "unknown")
-    except Exception:             # threadpoolctl missing or a BLAS it does not know
-        return "unknown"
+    """The core type whose kernels numpy's BLAS uses (:func:`threefactor.bench.machine.blas_info`), or "unknown"."""
+    from threefactor.bench.machine import blas_info
+    return blas_info().get("architecture") or "unknown"
 
 
 def _simd():

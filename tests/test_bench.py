@@ -300,3 +300,16 @@ def test_names_that_moved_out_of_bench_still_import():
     assert bench.write_json is atomic.write_json and bench.set_threads is machine.set_threads
     with pytest.raises(AttributeError):
         bench.no_such_name
+
+
+def test_blas_info_describes_numpys_blas_when_another_is_loaded():
+    """scipy brings its own OpenBLAS; blas_info reports the one numpy's products run on, with its kernels."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("scipy.linalg")
+    from threefactor.bench.machine import blas_info
+    numpys = [p for p in threadpoolctl.threadpool_info()
+              if p.get("user_api") == "blas" and "numpy" in str(p.get("filepath", ""))]
+    if not numpys:
+        pytest.skip("numpy's BLAS is not one threadpoolctl lists here")
+    info = blas_info()
+    assert (info["version"], info["architecture"]) == (numpys[0].get("version"), numpys[0].get("architecture"))

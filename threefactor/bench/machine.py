@@ -48,11 +48,12 @@ def _openblas_threads():
 
 
 def blas_info():
-    """BLAS library, version and thread count numpy uses.
+    """BLAS library, version, thread count and kernels (``architecture``: the core type whose kernels
+    OpenBLAS picked, e.g. "Haswell"; None where unknown) that numpy uses.
 
-    Uses threadpoolctl when installed; otherwise ``numpy.show_config`` for the
-    name and OpenBLAS's own ``openblas_get_num_threads`` (or the usual
-    environment variables, or the usable cores) for the threads.
+    Uses threadpoolctl when installed (numpy's own library where several are loaded, e.g. scipy's
+    OpenBLAS beside numpy's); otherwise ``numpy.show_config`` for the name and OpenBLAS's own
+    ``openblas_get_num_threads`` (or the usual environment variables, or the usable cores) for the threads.
     """
     import numpy as np
 
@@ -61,9 +62,10 @@ def blas_info():
 
         pools = [p for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]
         if pools:
-            p = pools[0]
+            p = next((p for p in pools if "numpy" in str(p.get("filepath", ""))), pools[0])
             return {"name": p.get("internal_api"), "version": p.get("version"),
-                    "threads": p.get("num_threads"), "source": "threadpoolctl"}
+                    "threads": p.get("num_threads"), "architecture": p.get("architecture"),
+                    "source": "threadpoolctl"}
     except ImportError:
         pass
     name = version = None
@@ -77,7 +79,7 @@ def blas_info():
     if threads is None:
         env = [os.environ[k] for k in _THREAD_ENV if os.environ.get(k, "").isdigit()]
         threads, source = (int(env[0]), "environment") if env else (usable_cores(), "usable cores")
-    return {"name": name, "version": version, "threads": threads, "source": source}
+    return {"name": name, "version": version, "threads": threads, "architecture": None, "source": source}
 
 
 def set_threads(n):
