@@ -300,6 +300,12 @@ def test_refresh_changes_nothing_while_the_weights_stay(delays):
     assert np.abs(ua.dense()).max() > 1e-4
 
 
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_refresh_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match=r"refresh must be True or False"):
+        OnlineLayer(np.ones((4, 3)), RULE, refresh=bad)
+
+
 def test_refreshed_pair_is_the_two_point_update_at_the_current_weights():
     """After W changes, a refreshing layer's update is the two-point update of (x_t, x_{t-1}) both under
     the current W (threefactor.rule.online.two_point_update, float64), and the storing layer's is not."""

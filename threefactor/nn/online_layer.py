@@ -69,6 +69,9 @@ class OnlineLayer:
 
     def __init__(self, w, rule=None, *, beta=0.01, streams=1, n_classes=10, divisive=False,
                  shared_b3=False, b3_init=None, backend="numpy", record=False, delays=1, refresh=False):
+        if not isinstance(refresh, (bool, np.bool_)):
+            raise TypeError(f"refresh must be True or False (recompute the previous samples' activity with the "
+                            f"current weights, or use the stored one), got {refresh!r}")
         self.refresh = bool(refresh)
         if isinstance(rule, TwoPointRule):
             self.trule = rule
@@ -295,8 +298,6 @@ class OnlineLayer:
         xp, B = self.backend.xp, self.streams
         x = pairs[0][0].x if len(pairs) == 1 else xp.concatenate([p.x for p, _ in pairs], axis=0)
         act = layer_activity(self.trule, x, self.w, self.backend)
-        if len(pairs) == 1:
-            return [(act, pairs[0][1])]
         return [(Activity(*(f[i * B:(i + 1) * B] for f in act)), lab) for i, (_, lab) in enumerate(pairs)]
 
     def apply(self, update: TwoPointUpdate, lr, fused=True):
