@@ -23,6 +23,8 @@ import sys
 import numpy as np
 
 from threefactor.backends import get_backend
+from threefactor.nn.layers import OutputLayer, softmax_cross_entropy
+from threefactor.nn.optim import SGD
 from threefactor.training.atomic import write_json
 from threefactor.training.runs import RunDir
 from threefactor.training.train import build_network, load_data
@@ -38,31 +40,20 @@ def features(net, x, batch=2000):
     return np.concatenate([be.to_numpy(net.features(be.asarray(x[i:i + batch]))) for i in range(0, len(x), batch)])
 
 
-def softmax_grad(w, b, f, y):
-    """(dL/dW, dL/db) of the mean softmax cross-entropy of read-out (w, b) on features f, labels y."""
-    logits = f @ w.T + b
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(y)), y] -= 1
-    p /= len(y)
-    return p.T @ f, p.sum(axis=0)
-
-
 def train_readout(w, b, f, y, epochs, lr, momentum, weight_decay=0.0, batch=256, decay=1.0, seed=0):
-    """SGD with momentum (PyTorch's convention) on the read-out (w, b), in place; returns (w, b)."""
+    """The read-out (w, b) trained in place on features f, labels y: softmax cross-entropy's gradient
+    (:func:`threefactor.nn.layers.softmax_cross_entropy`, :meth:`OutputLayer.gradients`) and
+    :class:`threefactor.nn.optim.SGD`, the rate times ``decay`` after each epoch; returns (w, b)."""
+    be = get_backend("numpy")
+    layer, opt = OutputLayer(w, b), SGD([w, b], lr, momentum=momentum, weight_decay=weight_decay, backend=be)
     rng = np.random.default_rng(seed)
-    mw, mb = np.zeros_like(w), np.zeros_like(b)
     for _ in range(epochs):
         order = rng.permutation(len(y))
         for s in range(0, len(order) - batch + 1, batch):
             i = order[s:s + batch]
-            gw, gb = softmax_grad(w, b, f[i], y[i])
-            mw = momentum * mw + gw + weight_decay * w
-            mb = momentum * mb + gb + weight_decay * b
-            w -= lr * mw
-            b -= lr * mb
-        lr *= decay
+            _, dlogits, _ = softmax_cross_entropy(layer.forward(f[i], be), y[i])
+            opt.step(list(layer.gradients(dlogits, f[i], be)))
+        opt.lr *= decay
     return w, b
 
 
