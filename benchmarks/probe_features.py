@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from threefactor.backends import get_backend
+from threefactor.cli.main import at_least
 from threefactor.nn.layers import OutputLayer, softmax_cross_entropy
 from threefactor.nn.optim import SGD
 from threefactor.training.atomic import write_json
@@ -91,8 +92,9 @@ def probe_run(path, epochs=10, catch_up=1, seed=0, data=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of MLP runs (with a checkpoint)")
-    ap.add_argument("--epochs", type=int, default=10, help="epochs of the fresh probe (default 10)")
-    ap.add_argument("--catch-up", dest="catch_up", type=int, default=1,
+    ap.add_argument("--epochs", type=at_least(1, int, "the probe's epochs"), default=10,
+                    help="epochs of the fresh probe (default 10)")
+    ap.add_argument("--catch-up", dest="catch_up", type=at_least(0, int, "the catch-up epochs"), default=1,
                     help="epochs of the run's own read-out trained on frozen features (default 1; 0: none)")
     ap.add_argument("--seed", type=int, default=0, help="shuffling of the probe's epochs (default 0)")
     ap.add_argument("--json", default=None, help="write the results here (atomically)")

@@ -234,3 +234,6 @@ def test_probe_features_scores_a_runs_features_apart_from_its_readout(data_root,
     again = mod.probe_run(rd.path, epochs=40, catch_up=2)
     assert (again["probe"], again["catch_up"]) == (r["probe"], r["catch_up"])
     assert "own %" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main([str(rd.path), "--epochs", "0"])
+    assert "argument --epochs: the probe's epochs must be >= 1" in capsys.readouterr().err
