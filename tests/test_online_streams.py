@@ -236,7 +236,7 @@ def test_cupy_low_rank_sgd_matches_numpy(monkeypatch, threads, grid_y):
 # -- more pairs per sample: each sample with its stream's K previous ones --------------------------
 def test_delays_pair_each_sample_with_k_previous_ones():
     """delays=2: the third step's ΔW is the mean of the two-point updates of (t, t-1) and (t, t-2), each
-    centred with the b3 the first pair left (Eq. 61); its state round-trips through state()/load_state."""
+    centred with the b3 the first pair left (Eq. 61), applied as B (K + 1) rank-one terms; its state round-trips through state()/load_state."""
     from threefactor.rule.online import TwoPointRule, circuit_b2, layer_activity, two_point_update
     B, beta = 3, 0.3
     x, y = _clusters(4 * B, seed=9)
@@ -244,7 +244,9 @@ def test_delays_pair_each_sample_with_k_previous_ones():
     trule = TwoPointRule(RULE, n_classes=4, beta=beta, b3_init=0.5)
     layer = OnlineLayer(w.copy(), trule, streams=B, delays=2)
     steps = [layer.step(x[i * B:(i + 1) * B], y[i * B:(i + 1) * B])[1] for i in range(3)]
-    assert steps[1].post.shape[0] == 2 * B and steps[2].post.shape[0] == 4 * B
+    # rank 2B with one previous sample, B (K + 1) = 3B with two: the pairs share x_t's row
+    assert steps[1].post.shape[0] == 2 * B and steps[2].post.shape[0] == 3 * B
+    assert steps[2].pre.shape[0] == 3 * B
     s = [slice(i * B, (i + 1) * B) for i in range(3)]
     now, prev = (layer_activity(trule, x[i], w, get_backend("numpy")) for i in (s[1], s[0]))
     b2 = circuit_b2(trule, now, prev, y[s[1]] == y[s[0]])[3]

@@ -22,7 +22,7 @@ import numpy as np
 from threefactor.arrays import real_array
 from threefactor.backends import get_backend
 from threefactor.nn.layers import HiddenLayer
-from threefactor.rule.online import Activity, NonFiniteError, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, circuit_b2, layer_activity, two_point_post
+from threefactor.rule.online import Activity, NonFiniteError, TwoPointRule, TwoPointUpdate, apply_update, centred_factor, circuit_b2, layer_activity, two_point_factor
 from threefactor.validate import check_finite, check_labels
 from threefactor.nn.circuit_record import CircuitRecord
 from threefactor.rule.rules import Rule
@@ -277,15 +277,18 @@ class OnlineLayer:
             parts = [circuit_b2(trule, now, prev, labels == lab, xp) for prev, lab in pairs]
             centre = self._centre(xp.stack([p[3] for p in parts]))
             scale = self.scale / (self.streams * len(pairs))
-            posts, pres = [], []
+            factors = []
             for delay, ((prev, _), part) in enumerate(zip(pairs, parts), start=1):
                 circ = centred_factor(trule, *part, centre)
-                posts.append(two_point_post(trule, circ, now, prev, scale, xp))
-                pres += [now.x, prev.x]
+                factors.append(two_point_factor(trule, circ, now, prev, scale, xp))
                 if self.record is not None and delay == 1:           # the record keeps Δt = 1
                     self.record.append(self.t, circ, be.to_numpy)
-            update = TwoPointUpdate(posts[0] if len(posts) == 1 else xp.concatenate(posts, axis=0),
-                                    xp.concatenate(pres, axis=0))
+            # Σ_Δt c_Δt ⊙ (h_t x_tᵀ - h_{t-Δt} x_{t-Δt}ᵀ): the K pairs share the sample at t, so its terms
+            # are summed into one row per stream: rank B (K + 1), not 2 B K
+            c_now = factors[0] if len(factors) == 1 else sum(factors[1:], factors[0])
+            update = TwoPointUpdate(xp.concatenate([c_now * now.h] + [-(c * prev.h) for c, (prev, _) in
+                                                                      zip(factors, pairs)], axis=0),
+                                    xp.concatenate([now.x] + [prev.x for prev, _ in pairs], axis=0))
             if self.delays > 1:
                 self._older = pairs[:self.delays - 1]
         self._prev, self._prev_labels = now, labels
@@ -322,7 +325,7 @@ class OnlineHiddenLayer(HiddenLayer):
     B = ``streams`` samples is one step of B streams, so row b of a batch is paired
     with row b of the previous batch (random pairs under shuffling).
     :meth:`local_forward` returns ΔW = the mean two-point update over the B pairs
-    (Eq. 57 / 63a) as a :class:`~threefactor.rule.online.TwoPointUpdate` (rank 2B, formed only by
+    (Eq. 57 / 63a) as a :class:`~threefactor.rule.online.TwoPointUpdate` (rank 2B, B (K + 1) with K delays; formed only by
     ``.dense()``; the SGD optimiser applies it in one pass over W and its momentum buffer), which
     estimates -dL/dW on the batch rule's scale (noisier, so smaller rates: ``threefactor train
     --mode online`` uses 0.3 where the batch rule uses 1.0, per step of 256 streams; at B streams

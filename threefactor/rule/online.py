@@ -244,10 +244,13 @@ def centred_factor(trule: TwoPointRule, dv, b1, k, b2, b3) -> Circuit:
 
 
 class TwoPointUpdate(NamedTuple):
-    """ΔW of a step as R = 2B rank-one terms: ΔW = postᵀ pre, never formed unless asked.
+    """ΔW of a step as R rank-one terms: ΔW = postᵀ pre, never formed unless asked.
 
     post : (R, n_out) [post_t; -post_{t-Δt}] × third factor × s / B
     pre : (R, n_in) [x_t; x_{t-Δt}]
+
+    R = 2B for one pair per stream; with K delays (:class:`~threefactor.nn.online_layer.OnlineLayer`)
+    R = B (K + 1): the K pairs of a stream share x_t, whose terms are summed into one row.
     """
 
     post: Any
@@ -258,17 +261,23 @@ class TwoPointUpdate(NamedTuple):
         return self.post.T @ self.pre
 
 
-def two_point_post(trule: TwoPointRule, circ: Circuit, now: Activity, prev: Activity, scale, xp=np):
-    """The post-synaptic terms of Eq. 57 / 63a with their third factor: (R, n_out), R = 2B.
+def two_point_factor(trule: TwoPointRule, circ: Circuit, now: Activity, prev: Activity, scale, xp=np):
+    """The third factor of Eq. 57 / 63a spread over the post-synaptic units: c (B, n_out), so that a
+    pair's terms are post_t = c ⊙ h_t and post_{t-Δt} = -c ⊙ h_{t-Δt}.
 
-    plain: c = s M Δz, post_t = c ⊙ f'_t, post_{t-Δt} = c ⊙ f'_{t-Δt}
-    grouped: c = s M b̃_α(n) (Eq. 66), post = c ⊙ h (h = f' ⊙ ẑ/u^p)
+    plain: c = s M Δz (h = f')
+    grouped: c = s M b̃_α(n) (Eq. 66; h = f' ⊙ ẑ/u^p)
     """
     if circ.group is None:
-        c = (scale * circ.M)[:, None] * (now.z - prev.z)
-    else:
-        g = now.z.shape[1] // circ.group.shape[1]
-        c = xp.repeat((scale * circ.M)[:, None] * circ.group, g, axis=1)
+        return (scale * circ.M)[:, None] * (now.z - prev.z)
+    g = now.z.shape[1] // circ.group.shape[1]
+    return xp.repeat((scale * circ.M)[:, None] * circ.group, g, axis=1)
+
+
+def two_point_post(trule: TwoPointRule, circ: Circuit, now: Activity, prev: Activity, scale, xp=np):
+    """The post-synaptic terms of Eq. 57 / 63a with their third factor: (R, n_out), R = 2B,
+    [c ⊙ h_t; -c ⊙ h_{t-Δt}] with c from :func:`two_point_factor`."""
+    c = two_point_factor(trule, circ, now, prev, scale, xp)
     return xp.concatenate([c * now.h, -(c * prev.h)], axis=0)
 
 
