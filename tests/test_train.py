@@ -177,7 +177,9 @@ def test_help_teaches(capsys):
     assert "(preset)" not in flat
     assert "(default sgd;" in flat.split("--optimizer OPTIMIZER ")[-1][:200]
     mode, b3 = flat.split("--mode MODE ")[-1], flat.split("--per-stream-b3 ")[-1]
-    assert "lr_local defaults to 0.3" in mode[:500] and "lr_local" not in b3[:100]
+    from threefactor.training.config import ONLINE_DELAYS, ONLINE_LR_LOCAL
+    assert f"lr_local defaults to {ONLINE_LR_LOCAL}" in mode[:500] and "lr_local" not in b3[:100]
+    assert f"paired with its stream's {ONLINE_DELAYS} previous ones" in mode[:200]
     examples = text.split("examples:")[1]
     assert not any("  --" in line.strip() for line in examples.splitlines()), examples   # no line joined by '\'
 

@@ -173,18 +173,18 @@ def test_streams_equal_to_the_training_set_is_one_step_an_epoch(data_root, tmp_p
 
 
 def test_start_line_names_the_online_settings():
-    """The run's first line: '1 stream' (not '1 streams'), and the rate rule, delays and per-stream b3
-    when they are not the defaults."""
+    """The run's first line: '1 stream' (not '1 streams'), the pairs per sample ('1 pair', '2 pairs'), and
+    the rate rule and per-stream b3 when they are not the defaults."""
     from types import SimpleNamespace
 
     from threefactor.training.naming import start_line
     from threefactor.training.train import resolve_config
     rd = SimpleNamespace(path="runs/x")
     line = start_line(resolve_config(mode="online", streams=1, backend="numpy"), rd, False)
-    assert "online (1 stream, beta 0.01)" in line, line
-    line = start_line(resolve_config(mode="online", streams=7, rate_rule="per-step", delays=2, shared_b3=False,
+    assert "online (1 stream, beta 0.01, 2 pairs per sample)" in line, line
+    line = start_line(resolve_config(mode="online", streams=7, rate_rule="per-step", delays=1, shared_b3=False,
                                      backend="numpy"), rd, False)
-    assert "online (7 streams, beta 0.01, b3 per stream, per-step rates, 2 delays)" in line, line
+    assert "online (7 streams, beta 0.01, b3 per stream, per-step rates, 1 pair per sample)" in line, line
 
 
 def test_online_fmnist_script_trains_what_train_mode_online_trains(data_root, tmp_path, capsys):  # noqa: F811

@@ -2,7 +2,7 @@
 
 Same contract as :func:`threefactor.backends._online_kernels.accumulate`::
 
-    W[n, k] += Σ_r ut[n, r] · pre[r, k],      r < R = 2B
+    W[n, k] += Σ_r ut[n, r] · pre[r, k],      r < R = 2B (B (K + 1) with K delays)
 
 One thread per synapse (n, k): it reads its row's R coefficients (the same for
 the whole block, so they are broadcast from cache) and R pre-synaptic values

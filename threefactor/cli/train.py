@@ -13,7 +13,7 @@ from threefactor.backends import BackendUnavailable
 from threefactor.data.formats import DataError
 from threefactor.nn.convnet import ARCHS
 from threefactor.training import presets
-from threefactor.training.config import DEFAULTS, ONLINE_LR_LOCAL, _RESUMABLE, _validate, canonical_options, resolve_config, upgrade_config, validate_saved
+from threefactor.training.config import DEFAULTS, ONLINE_DELAYS, ONLINE_LR_LOCAL, _RESUMABLE, _validate, canonical_options, resolve_config, upgrade_config, validate_saved
 from threefactor.training.loop import TrainingDiverged, TrainingInterrupted
 from threefactor.training.presets import TABLE6
 from threefactor.training.runs import RunDir
@@ -157,7 +157,7 @@ def configure_parser(parser):
     o = parser.add_argument_group("biologically explicit mode (Eq. 13, App. C)")
     o.add_argument("--mode", default=S, metavar="MODE",
                    help="batch (the paper's batch rule, Eq. 10) or online: B independent streams, each "
-                        "sample paired with its stream's previous one, third factor from the circuit "
+                        f"sample paired with its stream's {ONLINE_DELAYS} previous ones, third factor from the circuit "
                         "variables b1, b2, b3 (Eq. 59-66); Gaussian rules only (default batch). "
                         f"Online, lr_local defaults to {ONLINE_LR_LOCAL} (the batch presets' eta_l "
                         "collapses with the stored previous activity, stalls with the refreshed one)")
@@ -181,8 +181,9 @@ def configure_parser(parser):
                    help="online: pair with the activity stored at the previous step (computed with the weights "
                         "of then: the circuit as App. C draws it; runs before --refresh-previous did this)")
     o.add_argument("--delays", type=int, default=S, metavar="K",
-                   help="online: pair each sample with its stream's K previous samples, not only the last "
-                        "(K pairs per sample at any B; default 1)")
+                   help="online: pair each sample with its stream's K previous samples (K pairs per sample at "
+                        f"any B; default {ONLINE_DELAYS}; 1 is the circuit of App. C, one pair per sample: "
+                        "give --lr-local 0.3 with it, its tuned rate)")
     r = parser.add_argument_group("data, hardware and output")
     r.add_argument("--data-root", dest="data_root", default=S, metavar="DIR",
                    help="where datasets live (default: $THREEFACTOR_DATA, system dirs, ~/.cache/threefactor)")

@@ -128,15 +128,16 @@ def start_line(cfg, rd, is_conv):
 
 
 def _online_text(cfg):
-    """The online settings for the start line: streams and beta, and what differs from the defaults."""
+    """The online settings for the start line: streams, beta, pairs per sample, and what differs from the
+    defaults."""
     n = cfg["streams"]
     parts = [f"{n} stream{'' if n == 1 else 's'}", f"beta {cfg['beta']}"]
     if cfg.get("shared_b3") is False:
         parts.append("b3 per stream")
     if cfg.get("rate_rule") not in (None, "per-sample"):
         parts.append(f"{cfg['rate_rule']} rates")
-    if (cfg.get("delays") or 1) != 1:
-        parts.append(f"{cfg['delays']} delays")
+    k = cfg.get("delays") or 1                   # runs before --delays: one pair per sample
+    parts.append(f"{k} pair{'' if k == 1 else 's'} per sample")
     if cfg.get("refresh_previous") is False:
         parts.append("stored previous activity")
     return ", ".join(parts)
