@@ -6,11 +6,14 @@ grp+div, dropout, SGD with momentum 0.95 on every layer) runs each hidden layer'
 circuit (Eq. 59-66), and the SGD step with the two-point update.  Candidates, timed interleaved
 (rounds of ``--samples`` samples each, the median round reported):
 
-``fused``     ``MLP.train_step`` as training runs it: the SGD step takes the update as R = 2 rank-one
-              terms in one Numba pass over W and its momentum buffer (``_online_kernels.sgd_low_rank``);
-              the previous sample's activity recomputed with the current weights (``--refresh-previous``,
-              the default: one more GEMV per layer)
-``stored``    the same with the stored previous activity (``--stored-previous``: no second GEMV)
+``fused``     ``MLP.train_step`` as training runs it by default: each sample paired with its two previous
+              ones (``--delays 2``), their activity recomputed with the current weights
+              (``--refresh-previous``: two more GEMVs per layer), and the SGD step taking the update as
+              R = 3 rank-one terms in one Numba pass over W and its momentum buffer
+              (``_online_kernels.sgd_low_rank``)
+``one_pair``  the same with one pair per sample (``--delays 1``: one more GEMV, R = 2; the default before)
+``stored``    one pair with the stored previous activity (``--delays 1 --stored-previous``: no more GEMV,
+              the circuit as App. C draws it)
 ``unfused``   the same step with ΔW formed (postᵀ pre, a GEMM) and the optimisers' fused SGD pass after
               it (the path before issue 18)
 ``floor_w``   the issue's floor: read and write every weight matrix once (``np.copyto`` of each W,
@@ -35,8 +38,9 @@ from threefactor.training.config import resolve_config
 from threefactor.training.train import build_network
 
 
-def _net(dtype, refresh=True):
-    cfg = resolve_config(mode="online", streams=1, backend="numba", dtype=dtype, refresh_previous=refresh)
+def _net(dtype, refresh=True, delays=None):
+    more = {} if delays is None else {"delays": delays}
+    cfg = resolve_config(mode="online", streams=1, backend="numba", dtype=dtype, refresh_previous=refresh, **more)
     be = get_backend("numba")
     rng = np.random.default_rng(0)
     net = build_network(cfg, 784, 10, be, rng)
@@ -59,7 +63,8 @@ def main(argv=None):
     rng = np.random.default_rng(1)
     x = rng.random((args.samples, 784)).astype(args.dtype)
     y = rng.integers(0, 10, args.samples)
-    nets = {"fused": _net(args.dtype), "stored": _net(args.dtype, refresh=False), "unfused": _net(args.dtype)}
+    nets = {"fused": _net(args.dtype), "one_pair": _net(args.dtype, delays=1),
+            "stored": _net(args.dtype, refresh=False, delays=1), "unfused": _net(args.dtype)}
     be = get_backend("numba")
 
     def no_low_rank(*a, **k):     # the unfused path: the backend fuses no low-rank step, so ΔW is formed
@@ -91,7 +96,8 @@ def main(argv=None):
                 np.copyto(d, w)
                 np.copyto(b, d)
 
-    cands = {"fused": lambda: run("fused"), "stored": lambda: run("stored"), "unfused": lambda: run("unfused"),
+    cands = {"fused": lambda: run("fused"), "one_pair": lambda: run("one_pair"), "stored": lambda: run("stored"),
+             "unfused": lambda: run("unfused"),
              "floor_w": floor_w,
              "floor_wm": floor_wm}
     for f in cands.values():        # warm-up: JIT, caches

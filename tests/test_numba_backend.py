@@ -331,3 +331,22 @@ def test_openblas_thread_api_round_trip():
     finally:
         set_(n)
     assert get() == n
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 16, 64, 65, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_of_few_rows_is_the_product(rows, dtype):
+    """NumbaBackend.matmul(x, w.T): a float32 product of 2..few_rows rows is taken as (w xᵀ)ᵀ, a
+    C-contiguous array equal to x @ w.T up to float32 rounding; every other case is x @ w.T itself."""
+    from threefactor.backends import get_backend
+    be = get_backend("numba")
+    rng = np.random.default_rng(rows)
+    x, w = rng.standard_normal((rows, 300)).astype(dtype), rng.standard_normal((200, 300)).astype(dtype)
+    got, want = be.matmul(x, w.T), x @ w.T
+    assert got.shape == (rows, 200) and got.dtype == dtype and got.flags.c_contiguous
+    exact = dtype == np.float64 or not 1 < rows <= be.few_rows
+    if exact:
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+    w_t = np.ascontiguousarray(w.T)                # b C-contiguous: no transposed form to exploit
+    np.testing.assert_array_equal(be.matmul(x, w_t), x @ w_t)

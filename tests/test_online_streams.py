@@ -156,19 +156,22 @@ def test_bad_streams_values_keep_their_errors(data_root, tmp_path, value):  # no
 
 
 # -- the fused low-rank SGD step -----------------------------------------------------------------
-@pytest.mark.parametrize("R", [0, 2, 6])
+@pytest.mark.parametrize("R, shape", [(0, (33, 47)), (2, (33, 47)), (3, (33, 47)), (6, (33, 47)),
+                                      (3, (1024, 1400)), (5, (1024, 1024))])
 @pytest.mark.parametrize("mu,wd", [(0.95, 1e-3), (0.0, 0.0)])
-def test_fused_low_rank_sgd_equals_the_dense_step(R, mu, wd):
+def test_fused_low_rank_sgd_equals_the_dense_step(R, shape, mu, wd):
     """SGD.step with a TwoPointUpdate (one Numba pass over W and its buffer, ΔW never formed) equals the
-    numpy step on ΔW = postᵀ pre, float64, over three steps."""
+    numpy step on ΔW = postᵀ pre, float64, over three steps: R = 2 and 3 (one and two pairs at B = 1,
+    written out), other R through the scratch row, on one thread (small W) and in parallel (W·R ≥ 2^22)."""
     pytest.importorskip("numba")
     rng = np.random.default_rng(R)
-    w = rng.standard_normal((33, 47))
+    w = rng.standard_normal(shape)
+    n_out, n_in = shape
     a, b = w.copy(), w.copy()
     fused, dense = SGD([a], 0.05, momentum=mu, weight_decay=wd), SGD([b], 0.05, momentum=mu, weight_decay=wd,
                                                                       fused=False)
     for _ in range(3):
-        upd = TwoPointUpdate(rng.standard_normal((R, 33)), rng.standard_normal((R, 47)))
+        upd = TwoPointUpdate(rng.standard_normal((R, n_out)), rng.standard_normal((R, n_in)))
         fused.step([upd], sign=-1.0)
         dense.step([upd], sign=-1.0)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

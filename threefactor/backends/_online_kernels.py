@@ -19,6 +19,7 @@ row's terms are added in order r = 0, 1, 2, ... (four per pass).
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 #: From this many rank-one terms (R = 2B) on, in-place BLAS GEMM (``W ← W + ut · pre``,
@@ -86,8 +87,11 @@ LOW_RANK_UP_TO = BLAS_FROM - 1
 
 
 @njit(cache=True, fastmath=False, nogil=True)
-def _sgd_row(w, buf, ut, pre, sign, wd, mu, lr):
-    """One row of :func:`sgd_low_rank` (R = 0, 2 or any, the terms added in order r = 0, 1, ...)."""
+def _sgd_row(w, buf, ut, pre, sign, wd, mu, lr, scratch):
+    """One row of :func:`sgd_low_rank` (R = 0, 2, 3 or any, the terms added in order r = 0, 1, ...).
+
+    R = 2 (one pair per sample at B = 1) and R = 3 (two pairs, ``--delays 2``) are written out so that
+    the loop over k vectorises; other R accumulate g term by term in ``scratch`` (same order)."""
     n_in = w.shape[0]
     r_all = pre.shape[0]
     if r_all == 2:
@@ -100,22 +104,42 @@ def _sgd_row(w, buf, ut, pre, sign, wd, mu, lr):
             buf[k] = b
             w[k] = wk - lr * b
         return
+    if r_all == 3:
+        c0, c1, c2 = ut[0], ut[1], ut[2]
+        p0, p1, p2 = pre[0], pre[1], pre[2]
+        for k in range(n_in):
+            wk = w[k]
+            d = sign * (c0 * p0[k] + c1 * p1[k] + c2 * p2[k]) + wd * wk
+            b = buf[k] * mu + d
+            buf[k] = b
+            w[k] = wk - lr * b
+        return
     for k in range(n_in):
-        g = w.dtype.type(0)
-        for r in range(r_all):
-            g += ut[r] * pre[r, k]
+        scratch[k] = 0
+    for r in range(r_all):
+        c, p = ut[r], pre[r]
+        for k in range(n_in):
+            scratch[k] += c * p[k]
+    for k in range(n_in):
         wk = w[k]
-        d = sign * g + wd * wk
+        d = sign * scratch[k] + wd * wk
         b = buf[k] * mu + d
         buf[k] = b
         w[k] = wk - lr * b
 
 
+@njit(cache=True, nogil=True)
+def _scratch_size(r_all, n_in):
+    """The length of :func:`_sgd_row`'s scratch row: 0 where R is written out."""
+    return 0 if r_all == 2 or r_all == 3 else n_in
+
+
 @njit(cache=True, fastmath=False, nogil=True)
 def sgd_low_rank_serial(w, buf, ut, pre, sign, wd, mu, lr):
     """:func:`sgd_low_rank` on one thread."""
+    scratch = np.empty(_scratch_size(pre.shape[0], w.shape[1]), w.dtype)
     for n in range(w.shape[0]):
-        _sgd_row(w[n], buf[n], ut[n], pre, sign, wd, mu, lr)
+        _sgd_row(w[n], buf[n], ut[n], pre, sign, wd, mu, lr, scratch)
 
 
 @njit(cache=True, parallel=True, fastmath=False, nogil=True)
@@ -133,5 +157,7 @@ def sgd_low_rank(w, buf, ut, pre, sign, wd, mu, lr):
     pre : (R, n_in) pre-synaptic activities
     sign, wd, mu, lr : scalars of w's dtype
     """
+    m = _scratch_size(pre.shape[0], w.shape[1])
     for n in prange(w.shape[0]):
-        _sgd_row(w[n], buf[n], ut[n], pre, sign, wd, mu, lr)
+        scratch = np.empty(m, w.dtype)            # per row: only R outside (2, 3) uses it
+        _sgd_row(w[n], buf[n], ut[n], pre, sign, wd, mu, lr, scratch)

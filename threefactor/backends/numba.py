@@ -83,9 +83,21 @@ class NumbaBackend(NumpyBackend):
         """Within the block, OpenBLAS uses one thread if ``macs`` < :attr:`small_gemm_macs`."""
         return blas_threads_at_most(1 if macs < self.small_gemm_macs else 1 << 30)
 
+    #: float32 products x wᵀ of at most this many rows are taken as (w xᵀ)ᵀ (see :meth:`matmul`).
+    few_rows = 64
+
     def matmul(self, a, b, out=None):
-        """Matrix product (BLAS GEMM), into ``out`` when given; a small one on one BLAS thread."""
+        """Matrix product (BLAS GEMM), into ``out`` when given; a small one on one BLAS thread.
+
+        A float32 x wᵀ of 2 to :attr:`few_rows` rows (b = wᵀ a transposed C array: the online rule's
+        forward pass of a few streams, the refreshed previous samples) is computed as (w xᵀ)ᵀ: OpenBLAS
+        0.3.31 takes 1.3-5x as long for the first form at 2-64 rows (benchmarks/RESULTS.md, "Two pairs
+        per sample"); the two differ by float32 rounding only."""
         with self._one_blas_thread(a.shape[-2] * a.shape[-1] * b.shape[-1]):
+            if (out is None and a.ndim == 2 and b.ndim == 2 and 1 < a.shape[0] <= self.few_rows
+                    and a.dtype == np.float32 and b.dtype == np.float32 and b.T.flags.c_contiguous
+                    and not b.flags.c_contiguous):
+                return np.ascontiguousarray((b.T @ a.T).T)
             return a @ b if out is None else np.matmul(a, b, out=out)
 
     def _run(self, kernel, size, *args):

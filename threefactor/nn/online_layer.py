@@ -50,7 +50,9 @@ class OnlineLayer:
     delays : int
         K: each sample is paired with its stream's K previous samples (Δt = 1, ..., K), not only
         the last one; ΔW is the mean over the B·K pairs (fewer in a stream's first K steps) and b3
-        averages their b2.  More pairs per sample, the same at any B.  Default 1 (Eq. 57 / 63a).
+        averages their b2.  More pairs per sample, the same at any B.  Default 1 (Eq. 57 / 63a);
+        ``threefactor train --mode online`` uses 2 (``--delays``).  The K pairs share x_t, so the update
+        has B (K + 1) rank-one terms.
     refresh : bool
         Recompute the previous samples' activity with the current weights at each step (one more
         forward pass, of the B·K previous inputs) instead of using the activity stored when they
