@@ -330,6 +330,35 @@ def test_refreshed_pair_is_the_two_point_update_at_the_current_weights():
     assert np.linalg.norm(ub.dense() - want) > 0.05 * np.linalg.norm(want)
 
 
+def test_two_pairs_by_default_and_old_runs_keep_one(data_root, tmp_path, capsys):  # noqa: F811
+    """--mode online pairs each sample with two previous ones at lr_local 0.5 unless told; --delays 1 gives
+    one pair (the rate stays as given or the default); a run written before --delays (no "delays" in its
+    config.json) resumes with one pair per sample, and its start line says so."""
+    from threefactor.training.config import ONLINE_DELAYS, ONLINE_LR_LOCAL, resolve_config
+    from threefactor.training.naming import upgrade_config
+
+    on = resolve_config(mode="online")
+    assert (on["delays"], on["lr_local"]) == (ONLINE_DELAYS, ONLINE_LR_LOCAL) == (2, 0.5)
+    one = resolve_config(mode="online", delays=1, lr_local=0.3)
+    assert (one["delays"], one["lr_local"]) == (1, 0.3)
+    assert resolve_config(mode="online", delays=1)["lr_local"] == ONLINE_LR_LOCAL
+    base = ["train", "--dataset", "mnist", "--data-root", str(data_root), "--hidden", "16", "--grouping", "plain",
+            "--mode", "online", "--streams", "32", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "r")]
+    assert cli.main(base) == 0
+    assert ", 2 pairs per sample" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["delays"] == 2
+    old = {k: v for k, v in saved.items() if k != "delays"}                  # written before --delays
+    (tmp_path / "r" / "config.json").write_text(json.dumps(old))
+    assert upgrade_config(old)["delays"] == 1 and upgrade_config(saved)["delays"] == 2
+    assert upgrade_config({"mode": "batch"}).get("delays") is None
+    net = build_network(upgrade_config(old), 784, 10, get_backend("numpy"), np.random.default_rng(0))
+    assert net.hidden[0].online.delays == 1
+    assert cli.main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
 def test_refresh_previous_config_flags_and_old_runs(data_root, tmp_path, capsys):  # noqa: F811
     """--mode online refreshes by default, --stored-previous keeps the stored activity (the rates are the
     same either way); rates given stay as given; batch mode refuses the flags; an online run written

@@ -91,8 +91,8 @@ def _rule_slug(cfg):
 def upgrade_config(cfg):
     """A saved config.json in today's vocabulary: canonical rule and grouping names (``cossim`` ->
     ``cosine``), ``kernel`` and ``p`` filled in for runs written before they were recorded, and
-    ``refresh_previous: false`` for online runs written before it existed (they used the stored
-    previous activity)."""
+    ``refresh_previous: false`` and ``delays: 1`` for online runs written before they existed (they
+    used the stored previous activity, one pair per sample)."""
     cfg = dict(cfg)
     if isinstance(cfg.get("rule"), str):
         cfg["rule"] = presets.canonical_rule(cfg["rule"])
@@ -108,6 +108,8 @@ def upgrade_config(cfg):
         cfg["column"] = presets.column_label(cfg["rule"], cfg["grouping"], cfg["kernel"])
     if cfg.get("mode") == "online" and "refresh_previous" not in cfg:
         cfg["refresh_previous"] = False        # online runs before the option used the stored activity
+    if cfg.get("mode") == "online" and cfg.get("delays") is None:
+        cfg["delays"] = 1                      # and one pair per sample (the default is 2 since issue 18)
     return cfg
 
 
