@@ -287,7 +287,7 @@ class OnlineLayer:
                     self.record.append(self.t, circ, be.to_numpy)
             # Σ_Δt c_Δt ⊙ (h_t x_tᵀ - h_{t-Δt} x_{t-Δt}ᵀ): the K pairs share the sample at t, so its terms
             # are summed into one row per stream: rank B (K + 1), not 2 B K
-            c_now = factors[0] if len(factors) == 1 else sum(factors[1:], factors[0])
+            c_now = sum(factors[1:], factors[0])
             update = TwoPointUpdate(xp.concatenate([c_now * now.h] + [-(c * prev.h) for c, (prev, _) in
                                                                       zip(factors, pairs)], axis=0),
                                     xp.concatenate([now.x] + [prev.x for prev, _ in pairs], axis=0))
@@ -330,8 +330,9 @@ class OnlineHiddenLayer(HiddenLayer):
     (Eq. 57 / 63a) as a :class:`~threefactor.rule.online.TwoPointUpdate` (rank 2B, B (K + 1) with K delays; formed only by
     ``.dense()``; the SGD optimiser applies it in one pass over W and its momentum buffer), which
     estimates -dL/dW on the batch rule's scale (noisier, so smaller rates: ``threefactor train
-    --mode online`` uses 0.3 where the batch rule uses 1.0, per step of 256 streams; at B streams
-    it steps with 0.3 · B/256, the same rate per sample, config ``rate_rule``).
+    --mode online`` uses 0.5 with two pairs per sample where the batch rule uses 1.0, per step of
+    256 streams; at B streams it steps with 0.5 · B/256, the same rate per sample, config
+    ``rate_rule``).
 
     Every training batch must have B rows, with one exception: the short last batch
     of an epoch whose size is not a multiple of B.  It is taken only right after a

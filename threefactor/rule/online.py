@@ -23,7 +23,7 @@ times it (and without the constant s, m² g / 2(1-p) times it).  That is proven 
 tests/test_online.py to float64 round-off.  Every update here is the *mean* over
 the B streams of a step, so its expectation over random pairs is the gradient
 and learning rates are on the batch rule's scale (the estimate is noisier: on
-Fashion-MNIST 0.3 worked best for the two-point rule where the batch rule uses 1.0).
+Fashion-MNIST 0.3 worked best for one pair per sample, 0.5 for two, where the batch rule uses 1.0).
 Training multiplies the rate by B/256 (``threefactor.training.config.rate_scale``), so
 that every sample moves W alike whatever the number of streams B.
 
