@@ -6,12 +6,16 @@ grp+div, dropout, SGD with momentum 0.95 on every layer) runs each hidden layer'
 circuit (Eq. 59-66), and the SGD step with the two-point update.  Candidates, timed interleaved
 (rounds of ``--samples`` samples each, the median round reported):
 
-``fused``     ``MLP.train_step`` as training runs it by default: each sample paired with its two previous
-              ones (``--delays 2``), their activity recomputed with the current weights
-              (``--refresh-previous``: two more GEMVs per layer), and the SGD step taking the update as
-              R = 3 rank-one terms in one Numba pass over W and its momentum buffer
-              (``_online_kernels.sgd_low_rank``)
-``one_pair``  the same with one pair per sample (``--delays 1``: one more GEMV, R = 2; the default before)
+``fused``     ``MLP.train_step`` as training runs it by default (inside ``Network.deferred_steps``): each
+              sample paired with its two previous ones (``--delays 2``), their activity recomputed with
+              the current weights (``--refresh-previous``: three rows per layer's forward product), and
+              each layer's SGD step (R = 3 rank-one terms) taken at that layer's next forward pass, in the
+              same Numba pass over W and its momentum buffer as the next sample's three forward
+              products (``_online_kernels.sgd_low_rank_forward``): one pass over each W per sample
+``two_pass``  the same rule with the step taken at once (``train_step`` outside ``deferred_steps``): the
+              SGD pass (``_online_kernels.sgd_low_rank``), then the next sample's forward product reads
+              W again (the default before session 11)
+``one_pair``  ``two_pass`` with one pair per sample (``--delays 1``: R = 2; the default before session 10)
 ``stored``    one pair with the stored previous activity (``--delays 1 --stored-previous``: no more GEMV,
               the circuit as App. C draws it)
 ``unfused``   the same step with ΔW formed (postᵀ pre, a GEMM) and the optimisers' fused SGD pass after
@@ -20,8 +24,8 @@ circuit (Eq. 59-66), and the SGD step with the two-point update.  Candidates, ti
               hidden and output) per sample
 ``floor_wm``  the floor of SGD with momentum: read and write every W and its momentum buffer once
 
-Per sample the fused step moves 5 W-sized arrays (the forward GEMV reads W; the update reads W and the
-buffer and writes both), the floor_wm 4, floor_w 2.  Usage::
+Per sample the fused step moves 4 W-sized arrays (W and its buffer read and written once), as
+floor_wm; two_pass 5 (the forward product reads W once more), floor_w 2.  Usage::
 
     NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_online_b1.py
     python benchmarks/bench_online_b1.py --samples 200 --rounds 3 --json out.json
@@ -63,7 +67,7 @@ def main(argv=None):
     rng = np.random.default_rng(1)
     x = rng.random((args.samples, 784)).astype(args.dtype)
     y = rng.integers(0, 10, args.samples)
-    nets = {"fused": _net(args.dtype), "one_pair": _net(args.dtype, delays=1),
+    nets = {"fused": _net(args.dtype), "two_pass": _net(args.dtype), "one_pair": _net(args.dtype, delays=1),
             "stored": _net(args.dtype, refresh=False, delays=1), "unfused": _net(args.dtype)}
     be = get_backend("numba")
 
@@ -80,8 +84,13 @@ def main(argv=None):
         if name == "unfused":
             be.sgd_low_rank_step = no_low_rank          # an instance attribute shadows the method
         try:
-            for i in range(args.samples):
-                net.train_step(x[i:i + 1], y[i:i + 1], opts, r)
+            if name == "fused":             # as threefactor train runs an epoch
+                with net.deferred_steps(opts):
+                    for i in range(args.samples):
+                        net.train_step(x[i:i + 1], y[i:i + 1], opts, r)
+            else:
+                for i in range(args.samples):
+                    net.train_step(x[i:i + 1], y[i:i + 1], opts, r)
         finally:
             be.__dict__.pop("sgd_low_rank_step", None)
 
@@ -96,7 +105,8 @@ def main(argv=None):
                 np.copyto(d, w)
                 np.copyto(b, d)
 
-    cands = {"fused": lambda: run("fused"), "one_pair": lambda: run("one_pair"), "stored": lambda: run("stored"),
+    cands = {"fused": lambda: run("fused"), "two_pass": lambda: run("two_pass"), "one_pair": lambda: run("one_pair"),
+             "stored": lambda: run("stored"),
              "unfused": lambda: run("unfused"),
              "floor_w": floor_w,
              "floor_wm": floor_wm}

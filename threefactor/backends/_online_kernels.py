@@ -161,3 +161,120 @@ def sgd_low_rank(w, buf, ut, pre, sign, wd, mu, lr):
     for n in prange(w.shape[0]):
         scratch = np.empty(m, w.dtype)            # per row: only R outside (2, 3) uses it
         _sgd_row(w[n], buf[n], ut[n], pre, sign, wd, mu, lr, scratch)
+
+
+# -- the SGD step fused with the next forward pass (B = 1, 2: one pass over W per sample) -------------
+@njit(cache=True, fastmath={"reassoc"}, nogil=True)
+def _products(x, row, a, n):
+    """a[r, n] = x[r] · row for every row r of x, the sums reassociated so that they vectorise (as
+    BLAS sums a GEMV's products); three rows of x per pass over the row.  Each sum starts from its
+    first product (a sum started from a zero of the row's dtype, row[0] * 0, did not vectorise as well:
+    2x the time)."""
+    n_in, m = row.shape[0], x.shape[0]
+    r = 0
+    while r + 3 <= m:
+        w0 = row[0]
+        s0, s1, s2 = x[r, 0] * w0, x[r + 1, 0] * w0, x[r + 2, 0] * w0
+        for k in range(1, n_in):
+            wk = row[k]
+            s0 += x[r, k] * wk
+            s1 += x[r + 1, k] * wk
+            s2 += x[r + 2, k] * wk
+        a[r, n], a[r + 1, n], a[r + 2, n] = s0, s1, s2
+        r += 3
+    while r < m:
+        s0 = x[r, 0] * row[0]
+        for k in range(1, n_in):
+            s0 += x[r, k] * row[k]
+        a[r, n] = s0
+        r += 1
+
+
+@njit(cache=True, fastmath={"reassoc"}, nogil=True)
+def _sgd_products_3(w, buf, ut, pre, sign, wd, mu, lr, x, a, n):
+    """Row n of :func:`sgd_low_rank_forward` for R = 3 terms and 3 rows of x (B = 1, two pairs,
+    refreshed: the default of ``threefactor train --mode online --streams 1``) in one loop: each new
+    weight is multiplied with the three inputs as it is written.  The step's arithmetic is
+    :func:`_sgd_row`'s (reassociation is allowed here so that the three sums vectorise)."""
+    row, brow, c = w[n], buf[n], ut[n]
+    c0, c1, c2 = c[0], c[1], c[2]
+    p0, p1, p2 = pre[0], pre[1], pre[2]
+    x0, x1, x2 = x[0], x[1], x[2]
+    s0 = s1 = s2 = np.float32(0)           # typed as the products (float32 or float64)
+    for k in range(row.shape[0]):
+        wk = row[k]
+        d = sign * (c0 * p0[k] + c1 * p1[k] + c2 * p2[k]) + wd * wk
+        b = brow[k] * mu + d
+        brow[k] = b
+        wk = wk - lr * b
+        row[k] = wk
+        s0 += x0[k] * wk
+        s1 += x1[k] * wk
+        s2 += x2[k] * wk
+    a[0, n], a[1, n], a[2, n] = s0, s1, s2
+
+
+@njit(cache=True, fastmath={"reassoc"}, nogil=True)
+def _sgd_products_2(w, buf, ut, pre, sign, wd, mu, lr, x, a, n):
+    """:func:`_sgd_products_3` for R = 2 terms and 2 rows of x (B = 1, one pair, refreshed)."""
+    row, brow, c = w[n], buf[n], ut[n]
+    c0, c1 = c[0], c[1]
+    p0, p1 = pre[0], pre[1]
+    x0, x1 = x[0], x[1]
+    s0 = s1 = np.float32(0)
+    for k in range(row.shape[0]):
+        wk = row[k]
+        d = sign * (c0 * p0[k] + c1 * p1[k]) + wd * wk
+        b = brow[k] * mu + d
+        brow[k] = b
+        wk = wk - lr * b
+        row[k] = wk
+        s0 += x0[k] * wk
+        s1 += x1[k] * wk
+    a[0, n], a[1, n] = s0, s1
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _sgd_forward_row(n, w, buf, ut, pre, sign, wd, mu, lr, scratch, x, a):
+    """Row n of :func:`sgd_low_rank_forward`: the SGD step of the row, and a[:, n] = x · w[n] with the
+    new row (in the same loop for R = m = 3 and R = m = 2; otherwise :func:`sgd_low_rank`'s step, then
+    the products while the row is in the L1 cache)."""
+    r_all, m = pre.shape[0], x.shape[0]
+    if r_all == 3 and m == 3:
+        _sgd_products_3(w, buf, ut, pre, sign, wd, mu, lr, x, a, n)
+    elif r_all == 2 and m == 2:
+        _sgd_products_2(w, buf, ut, pre, sign, wd, mu, lr, x, a, n)
+    else:
+        row = w[n]
+        _sgd_row(row, buf[n], ut[n], pre, sign, wd, mu, lr, scratch)
+        _products(x, row, a, n)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def sgd_low_rank_forward_serial(w, buf, ut, pre, sign, wd, mu, lr, x, a):
+    """:func:`sgd_low_rank_forward` on one thread."""
+    scratch = np.empty(_scratch_size(pre.shape[0], w.shape[1]), w.dtype)
+    for n in range(w.shape[0]):
+        _sgd_forward_row(n, w, buf, ut, pre, sign, wd, mu, lr, scratch, x, a)
+
+
+@njit(cache=True, parallel=True, fastmath=False, nogil=True)
+def sgd_low_rank_forward(w, buf, ut, pre, sign, wd, mu, lr, x, a):
+    """:func:`sgd_low_rank` and then the next forward pass a = x wᵀ, in the same pass over W.
+
+    Each row of W is updated (its SGD step with g = ut · pre, as :func:`sgd_low_rank`) and, while it
+    is in the L1 cache, multiplied with the m rows of x: a[:, n] = x · w[n] with the updated w[n].
+    At B = 1 the next step's forward pass (x_{t+1} and, refreshed, x_t, x_{t-1}) otherwise reads W
+    once more.  The dot products are summed reassociated (vectorised), so a differs from BLAS's x wᵀ
+    by float rounding only.
+
+    Parameters
+    ----------
+    w, buf, ut, pre, sign, wd, mu, lr : as :func:`sgd_low_rank`
+    x : (m, n_in) the next step's inputs, C-contiguous
+    a : (m, n_out) written: the pre-activations x wᵀ with the updated W
+    """
+    m = _scratch_size(pre.shape[0], w.shape[1])
+    for n in prange(w.shape[0]):
+        scratch = np.empty(m, w.dtype)
+        _sgd_forward_row(n, w, buf, ut, pre, sign, wd, mu, lr, scratch, x, a)

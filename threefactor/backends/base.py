@@ -87,6 +87,12 @@ class Backend(abc.ABC):
         """Pre-activation a = x wᵀ, z = f(a), f'(a) (Eq. 1): three (m, n_out) arrays (a, z, fp).
         ``activation`` is one of rules.ACTIVATIONS, ``slope`` the leaky ReLU's slope."""
 
+    def activation(self, a, activation, slope):
+        """z = f(a) and f'(a) (Eq. 1) of pre-activations a computed elsewhere: (z, fp).  Not abstract:
+        the default is the reference (:func:`threefactor.rule.activations.activate`) on ``xp``."""
+        from threefactor.rule.activations import activate
+        return activate(a, activation, slope, self.xp)
+
     @abc.abstractmethod
     def group_stats(self, z, groups, p, delta):
         """ẑ (m, n), u (m, c), v (m, c) of Eq. 17-18 for z (m, n) in ``groups`` = c contiguous groups."""
@@ -167,6 +173,13 @@ class Backend(abc.ABC):
     def sgd_step(self, w, g, buf, sign, wd, mu, lr):
         """SGD with momentum in place (:class:`threefactor.nn.optim.SGD`): d = sign·g + wd·w,
         buf = μ buf + d, w -= lr·buf.  w, g, buf of one shape and dtype; the numbers are floats."""
+
+    def sgd_low_rank_forward(self, w, buf, post, pre, sign, wd, mu, lr, x):
+        """:meth:`sgd_low_rank_step` and then a = x wᵀ with the updated w (x (m, n_in)), fused in one
+        pass over w where this backend can (the Numba backend: the next step's forward pass of the
+        online rule at B = 1, 2); returns a, or None when it does not fuse them (nothing done: the
+        caller steps and multiplies itself).  Not abstract: the default fuses nothing."""
+        return None
 
     def sgd_low_rank_step(self, w, buf, post, pre, sign, wd, mu, lr):
         """The :meth:`sgd_step` of w (n_out, n_in) with gradient g = postᵀ pre (post (R, n_out),

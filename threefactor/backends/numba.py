@@ -113,7 +113,10 @@ class NumbaBackend(NumpyBackend):
         code = _ACTIVATION_CODE.get(activation)
         if code is None:
             raise choice_error("activation", activation, ACTIVATIONS)
-        a = _float_array(self.matmul(x, w.T))
+        return self._activation_inputs(_float_array(self.matmul(x, w.T)), code)
+
+    @staticmethod
+    def _activation_inputs(a, code):
         e = a                                       # exp(min(a, 0)) is read by SELU only
         if code == _k.SELU:
             e = np.minimum(a, 0)
@@ -130,6 +133,16 @@ class NumbaBackend(NumpyBackend):
         z, fp = np.empty_like(a), np.empty_like(a)
         self._run(_k.activate, a.size, a, code, *self._activation_scalars(a.dtype.type, slope), e, z, fp)
         return a, z, fp
+
+    def activation(self, a, activation, slope):
+        """z = f(a) and f'(a) of given pre-activations, the fused pass of :meth:`forward`."""
+        code = _ACTIVATION_CODE.get(activation)
+        if code is None:
+            raise choice_error("activation", activation, ACTIVATIONS)
+        a, code, e = self._activation_inputs(_float_array(a), code)
+        z, fp = np.empty_like(a), np.empty_like(a)
+        self._run(_k.activate, a.size, a, code, *self._activation_scalars(a.dtype.type, slope), e, z, fp)
+        return z, fp
 
     @staticmethod
     def _group_outputs(z, groups):
@@ -321,6 +334,30 @@ class NumbaBackend(NumpyBackend):
         step = kern.sgd_low_rank_serial if w.size * max(R, 1) < kern.SERIAL_BELOW else kern.sgd_low_rank
         step(w, buf, ut, pre, t(sign), t(wd), t(mu), t(lr))
         return True
+
+
+    def sgd_low_rank_forward(self, w, buf, post, pre, sign, wd, mu, lr, x):
+        """:meth:`sgd_low_rank_step` and a = x wᵀ with the updated w in one pass over w and buf
+        (:func:`threefactor.backends._online_kernels.sgd_low_rank_forward`): each row is stepped and
+        multiplied with the rows of x while in cache.  None (nothing done) where
+        :meth:`sgd_low_rank_step` would not fuse the step, or x is not an (m, n_in) array of w's dtype
+        with at most ``few_rows`` rows."""
+        from threefactor.backends import _online_kernels as kern
+        R = post.shape[0]
+        if (R > kern.LOW_RANK_UP_TO or w.ndim != 2 or not _flat_floats(w, buf)
+                or post.shape[1:] != w.shape[:1] or pre.shape[1:] != w.shape[1:]
+                or type(x) is not np.ndarray or x.dtype != w.dtype or x.ndim != 2
+                or x.shape[1] != w.shape[1] or not 0 < x.shape[0] <= self.few_rows):
+            return None
+        t = w.dtype.type
+        ut = np.ascontiguousarray(np.asarray(post).T, dtype=w.dtype)
+        pre = np.ascontiguousarray(pre, dtype=w.dtype)
+        x = np.ascontiguousarray(x)
+        a = np.empty((x.shape[0], w.shape[0]), w.dtype)
+        step = (kern.sgd_low_rank_forward_serial if w.size * (max(R, 1) + x.shape[0]) < kern.SERIAL_BELOW
+                else kern.sgd_low_rank_forward)
+        step(w, buf, ut, pre, t(sign), t(wd), t(mu), t(lr), x, a)
+        return a
 
 
 def _flat_floats(*arrays):

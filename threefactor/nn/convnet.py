@@ -248,6 +248,7 @@ class ConvNet(Network):
     def features(self, x, drops=None, train=False):
         """Output of the last hidden layer (m, n), no learning, no dropout unless ``drops``;
         batchnorm uses batch statistics when ``train``, else the running ones."""
+        self._flush_deferred()
         h = x
         for k, layer in enumerate(self.hidden):
             mult, add = (None, None) if drops is None else drops[k]

@@ -120,6 +120,7 @@ class MLP(Network):
 
     def features(self, x, masks=None):
         """Output of the last hidden layer (m, n_K), no learning (batchnorm: running statistics)."""
+        self._flush_deferred()
         h = x
         for k, layer in enumerate(self.hidden):
             h = layer.forward(h, self.backend, None if masks is None else masks[k])

@@ -10,6 +10,7 @@ layer only.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, List
 
@@ -51,6 +52,36 @@ class Network:
     (and :meth:`_input_of` where a layer needs its input reshaped).
     """
 
+    #: The optimisers whose online hidden layers' steps are deferred (:meth:`deferred_steps`), or None.
+    _deferred = None
+
+    # -- deferred steps (the online rule at B = 1, 2: one pass over W per sample) ----------------
+    @contextlib.contextmanager
+    def deferred_steps(self, optimizers):
+        """Within the block, :meth:`train_step` (with these ``optimizers``) leaves each online hidden
+        layer's SGD step pending and the layer takes it at its next forward pass, fused with it where
+        the backend can (Numba, B = 1 or 2 streams: each W is read and written once per sample instead
+        of twice; :meth:`threefactor.nn.optim.SGD.step` with ``defer=True``).  The same steps in the same
+        order, so the same learning up to float rounding of the forward products.  Leaving the block
+        takes what is pending; so do :meth:`parameters`, :meth:`state`, :meth:`logits`,
+        :meth:`evaluate` and ``features`` inside it.  A layer's ``w`` read directly inside the block
+        lags by its last step.  ``threefactor train`` runs each epoch's steps in such a block."""
+        self._flush_deferred(stop=True)
+        self._deferred = optimizers
+        try:
+            yield self
+        finally:
+            self._flush_deferred(stop=True)
+
+    def _flush_deferred(self, stop=False):
+        """Take every deferred step (see :meth:`deferred_steps`); ``stop``: and leave deferral off."""
+        optimizers = self._deferred
+        if stop:
+            self._deferred = None
+        for opt in (optimizers or {}).values():
+            if hasattr(opt, "flush"):
+                opt.flush()
+
     # -- parameters ------------------------------------------------------
     def parameters(self):
         """{name: array} of every learned parameter (the arrays themselves, not copies).
@@ -58,6 +89,7 @@ class Network:
         ``hidden.k.w``, with batchnorm also ``hidden.k.bn_gamma``, ``hidden.k.bn_beta``;
         ``output.w``, ``output.b``.
         """
+        self._flush_deferred()
         params = {}
         for k, layer in enumerate(self.hidden):
             params[f"hidden.{k}.w"] = layer.w
@@ -113,10 +145,12 @@ class Network:
 
     def logits(self, x):
         """Test-time logits (m, n_classes): no dropout."""
+        self._flush_deferred()
         return self.output.forward(self.features(self.check_batch(x)), self.backend)
 
     def evaluate(self, x, labels, batch_size=2000):
         """(number correct, summed cross-entropy) over a data set, as Python numbers."""
+        self._flush_deferred()
         losses, hits, sizes = [], [], []
         x, labels = self.check_batch(x, labels)
         for start in range(0, x.shape[0], batch_size):
@@ -147,12 +181,23 @@ class Network:
             optimizers["output"].step(out_grads)
             return StepStats(loss, correct)
         objectives = []
+        deferring = self._deferred is optimizers and optimizers is not None
+        if self._deferred is not None and not deferring:
+            self._flush_deferred()
         if self.learning == "local":
             h = x
             for k, layer in enumerate(self.hidden):
                 mult, add = drops[k]
-                out, deltas, lp = layer.local_forward(self._input_of(layer, h), labels, self.n_classes, be, mult)
-                optimizers[f"hidden.{k}"].step(deltas, sign=-1.0)   # during the forward pass
+                opt = optimizers[f"hidden.{k}"]
+                if deferring and getattr(layer, "takes_pending", False) and hasattr(opt, "take_pending"):
+                    # the last step of this layer is taken in its forward pass; this one left pending
+                    out, deltas, lp = layer.local_forward(self._input_of(layer, h), labels, self.n_classes, be,
+                                                          mult, pending=opt.take_pending())
+                    opt.step(deltas, sign=-1.0, defer=True)
+                else:
+                    out, deltas, lp = layer.local_forward(self._input_of(layer, h), labels, self.n_classes, be,
+                                                          mult)
+                    opt.step(deltas, sign=-1.0)   # during the forward pass
                 if lp is not None:                                   # None: an online step (no batch L)
                     objectives.append(be.layer_objective(lp.K, lp.Ky, layer.rule.gamma))
                 h = out if add is None else out + add

@@ -248,7 +248,7 @@ class OnlineLayer:
         self.b3 = beta * sample + (1.0 - beta) * centre
         return centre
 
-    def step(self, x, labels):
+    def step(self, x, labels, pending=None):
         """One time step of all streams: forward pass, circuit and update (not applied).
 
         Parameters
@@ -256,6 +256,10 @@ class OnlineLayer:
         x : (streams, n_in)
             Each stream's sample at time t.
         labels : (streams,) integers in [0, n_classes)
+        pending : :class:`threefactor.nn.optim.PendingStep`, optional
+            The previous step's SGD step of ``w``, deferred (:meth:`threefactor.nn.network.Network.deferred_steps`):
+            applied here before W is read, fused with this step's forward pass where the backend can
+            (one pass over W per sample at B = 1).
 
         Returns
         -------
@@ -265,17 +269,33 @@ class OnlineLayer:
             ΔW = update.dense() (n_out, n_in), the mean over streams of Eq. 57 / 63a;
             zero (no terms) at a stream's first step.
         """
-        x = self._input(x)
-        labels = self._labels(labels)
+        try:
+            x = self._input(x)
+            labels = self._labels(labels)
+        except Exception:
+            if pending is not None:                  # bad input: W still gets the step it was owed
+                pending.apply()
+            raise
         be, xp, trule = self.backend, self.backend.xp, self.trule
-        now = layer_activity(trule, x, self.w, be)
-        if self._prev is None:
+        pairs = [] if self._prev is None else [(self._prev, self._prev_labels)] + self._older  # Δt = 1, ..., K
+        if pairs and self.refresh:
+            # the previous samples' activity recomputed with the current weights, in the same forward
+            # pass as x_t: one read of W per step ([x_t; x_{t-1}; ...], B (K + 1) rows)
+            xs = xp.concatenate([x] + [p.x for p, _ in pairs], axis=0)
+        else:
+            xs = x
+        a = None if pending is None else pending.apply(xs)    # the deferred step, with a = xs wᵀ if fused
+        act = layer_activity(trule, xs, self.w, be, a=a)
+        if xs is x:
+            now = act
+        else:
+            B = self.streams
+            now, *prev = (Activity(*(f[i * B:(i + 1) * B] for f in act)) for i in range(len(pairs) + 1))
+            pairs = [(p, lab) for p, (_, lab) in zip(prev, pairs)]
+        if not pairs:
             update = TwoPointUpdate(xp.zeros((0, self.w.shape[0]), self.w.dtype),
                                     xp.zeros((0, self.w.shape[1]), self.w.dtype))
         else:
-            pairs = [(self._prev, self._prev_labels)] + self._older       # Δt = 1, 2, ..., K
-            if self.refresh:
-                pairs = self._refreshed(pairs)
             parts = [circuit_b2(trule, now, prev, labels == lab, xp) for prev, lab in pairs]
             centre = self._centre(xp.stack([p[3] for p in parts]))
             scale = self.scale / (self.streams * len(pairs))
@@ -288,22 +308,14 @@ class OnlineLayer:
             # Σ_Δt c_Δt ⊙ (h_t x_tᵀ - h_{t-Δt} x_{t-Δt}ᵀ): the K pairs share the sample at t, so its terms
             # are summed into one row per stream: rank B (K + 1), not 2 B K
             c_now = sum(factors[1:], factors[0])
+            pre = xs if xs is not x else xp.concatenate([now.x] + [prev.x for prev, _ in pairs], axis=0)
             update = TwoPointUpdate(xp.concatenate([c_now * now.h] + [-(c * prev.h) for c, (prev, _) in
-                                                                      zip(factors, pairs)], axis=0),
-                                    xp.concatenate([now.x] + [prev.x for prev, _ in pairs], axis=0))
+                                                                      zip(factors, pairs)], axis=0), pre)
             if self.delays > 1:
                 self._older = pairs[:self.delays - 1]
         self._prev, self._prev_labels = now, labels
         self.t += 1
         return now.out, update
-
-    def _refreshed(self, pairs):
-        """``pairs`` with each previous activity recomputed from its input with the current weights
-        (one forward pass over the B·K previous inputs, split back per delay); labels unchanged."""
-        xp, B = self.backend.xp, self.streams
-        x = pairs[0][0].x if len(pairs) == 1 else xp.concatenate([p.x for p, _ in pairs], axis=0)
-        act = layer_activity(self.trule, x, self.w, self.backend)
-        return [(Activity(*(f[i * B:(i + 1) * B] for f in act)), lab) for i, (_, lab) in enumerate(pairs)]
 
     def apply(self, update: TwoPointUpdate, lr, fused=True):
         """W += lr · ΔW in place, one pass over W (:func:`threefactor.rule.online.apply_update`)."""
@@ -342,6 +354,9 @@ class OnlineHiddenLayer(HiddenLayer):
     ones in a row (which would leave the hidden layers never learning).
     """
 
+    #: :meth:`local_forward` takes the layer's deferred SGD step (``pending``; Network.deferred_steps).
+    takes_pending = True
+
     def __init__(self, w, rule: Rule, divisive=False, *, streams, n_classes, beta=0.01, shared_b3=False,
                  backend="numpy", record=False, delays=1, refresh=False):
         super().__init__(w, rule, divisive)
@@ -351,8 +366,9 @@ class OnlineHiddenLayer(HiddenLayer):
         self.w = self.online.w                       # the same array: optimisers update it in place
         self._after_full = False                     # whether the last batch was a full step of B streams
 
-    def local_forward(self, x, labels, n_classes, backend, mask=None):
-        """(out (B, n_out), [ΔW], None) of one online step.
+    def local_forward(self, x, labels, n_classes, backend, mask=None, pending=None):
+        """(out (B, n_out), [ΔW], None) of one online step; ``pending``: this layer's deferred SGD
+        step, taken before W is read (fused with the forward pass: :meth:`OnlineLayer.step`).
 
         ΔW is the step's :class:`~threefactor.rule.online.TwoPointUpdate` (``.dense()`` forms it; the
         SGD optimiser applies it in one pass over W, :mod:`threefactor.backends._online_kernels`), or
@@ -360,13 +376,16 @@ class OnlineHiddenLayer(HiddenLayer):
         take it over (B = 1: none); training logs L on a fixed evaluation batch
         (:mod:`threefactor.training.objectives`)."""
         online = self.online
+        if pending is not None and (n_classes != online.trule.n_classes or x.shape[0] != online.streams):
+            pending.apply()                          # not a full step: W gets its step first
+            pending = None
         if n_classes != online.trule.n_classes:
             raise ValueError(f"n_classes={n_classes} but the online rule was built for "
                              f"{online.trule.n_classes} classes")
         online.w = self.w
         m, B = x.shape[0], online.streams
         if m == B:
-            out, dw = online.step(x, labels)        # ΔW = postᵀ pre: the optimiser applies it in one pass
+            out, dw = online.step(x, labels, pending)   # ΔW = postᵀ pre: the optimiser applies it in one pass
         elif m < B and self._after_full:                # the epoch's short last batch: dropped on purpose
             out, dw = layer_activity(online.trule, x, self.w, backend).out, backend.xp.zeros_like(self.w)
         else:

@@ -55,6 +55,41 @@ def _is_low_rank(g):
     return hasattr(g, "post") and hasattr(g, "pre") and hasattr(g, "dense")
 
 
+class PendingStep:
+    """One SGD step of a low-rank update (the online rule's ΔW = postᵀ pre) kept until its parameter
+    is next read: :meth:`apply` does it, fused with that read where the backend can.
+
+    :meth:`SGD.step` keeps one with ``defer=True`` (:meth:`threefactor.nn.network.Network.deferred_steps`);
+    the online layer applies it at its next forward pass, so that at B = 1 each W is read and written
+    once per sample (the step and the next a = x wᵀ in one pass) instead of twice.  The step itself is
+    the one :meth:`SGD.step` would have taken then (its rate, momentum and weight decay)."""
+
+    __slots__ = ("backend", "w", "buf", "g", "sign", "wd", "mu", "lr", "done")
+
+    def __init__(self, backend, w, buf, g, sign, wd, mu, lr):
+        self.backend, self.w, self.buf, self.g = backend, w, buf, g
+        self.sign, self.wd, self.mu, self.lr = sign, wd, mu, lr
+        self.done = False
+
+    def apply(self, x=None):
+        """Take the step (once; a second call is a RuntimeError).  With x (m, n_in): also return
+        a = x wᵀ with the stepped w when the backend fuses the two
+        (:meth:`~threefactor.backends.base.Backend.sgd_low_rank_forward`), else None (the caller
+        computes a itself)."""
+        if self.done:
+            raise RuntimeError("this deferred SGD step was already applied")
+        self.done = True
+        be, w, buf, g = self.backend, self.w, self.buf, self.g
+        args = (self.sign, self.wd, self.mu, self.lr)
+        if x is not None:
+            a = be.sgd_low_rank_forward(w, buf, g.post, g.pre, *args, x)
+            if a is not None:
+                return a
+        if not be.sgd_low_rank_step(w, buf, g.post, g.pre, *args):
+            be.sgd_step(w, g.dense(), buf, *args)
+        return None
+
+
 class SGD:
     """SGD with (heavy-ball) momentum and L2 weight decay, PyTorch's convention.
 
@@ -90,15 +125,25 @@ class SGD:
         self.weight_decay = _check_nonneg("weight_decay", weight_decay)
         self.buffers = [self.backend.xp.zeros_like(p) for p in self.params]
         self.steps = 0
+        self.pending = None
 
-    def step(self, grads, sign=1.0):
+    def step(self, grads, sign=1.0, defer=False):
         """Update every parameter in place from ``grads`` (same shapes).
 
-        ``sign=-1`` treats ``grads`` as a descent direction ΔW (g = -ΔW).
+        ``sign=-1`` treats ``grads`` as a descent direction ΔW (g = -ΔW).  ``defer=True``, for one
+        parameter and a low-rank update (the online rule's), keeps the step as :attr:`pending` (a
+        :class:`PendingStep`) instead of taking it: its layer applies it at its next forward pass
+        (:meth:`take_pending`), and :meth:`flush` or the next :meth:`step` or :meth:`state` takes it.
+        Otherwise ``defer`` is ignored.
         """
         if len(grads) != len(self.params):
             raise ValueError(f"got {len(grads)} gradients for {len(self.params)} parameters")
+        self.flush()
         mu, wd, lr = self.momentum, self.weight_decay, self.lr
+        if defer and self.fused is not False and len(self.params) == 1 and _is_low_rank(grads[0]):
+            self.pending = PendingStep(self.backend, self.params[0], self.buffers[0], grads[0], sign, wd, mu, lr)
+            self.steps += 1
+            return
         for w, g, buf in zip(self.params, grads, self.buffers):
             if _is_low_rank(g):        # an online two-point update: one pass over W, ΔW never formed
                 if self.fused is not False and self.backend.sgd_low_rank_step(w, buf, g.post, g.pre, sign, wd,
@@ -111,12 +156,27 @@ class SGD:
             step(w, g, buf, sign, wd, mu, lr)
         self.steps += 1
 
+    def take_pending(self):
+        """The deferred step (:class:`PendingStep`, or None), handed over: the caller applies it."""
+        pending, self.pending = self.pending, None
+        return pending
+
+    def flush(self):
+        """Take the deferred step, if any (the parameters are then up to date)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.apply()
+
     def state(self):
-        """Arrays and numbers to checkpoint: {"buffers": [...], "steps": int, "lr": float}."""
+        """Arrays and numbers to checkpoint: {"buffers": [...], "steps": int, "lr": float}
+        (a deferred step is taken first)."""
+        self.flush()
         return {"buffers": list(self.buffers), "steps": self.steps, "lr": self.lr}
 
     def load_state(self, state):
-        """Restore :meth:`state` (buffers are copied into the existing arrays)."""
+        """Restore :meth:`state` (buffers are copied into the existing arrays; a deferred step of the
+        replaced trajectory is dropped)."""
+        self.pending = None
         _copy_into(self.buffers, state["buffers"], "momentum buffer", self.backend)
         self.steps = int(state["steps"])
         self.lr = float(state["lr"])

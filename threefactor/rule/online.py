@@ -180,15 +180,20 @@ class Activity(NamedTuple):
     out: Any
 
 
-def layer_activity(trule: TwoPointRule, x, w, backend, what="x") -> Activity:
+def layer_activity(trule: TwoPointRule, x, w, backend, what="x", a=None) -> Activity:
     """The forward pass of one time step (Eq. 1, 17-18, 21): one GEMM plus elementwise work.
 
+    ``a``: the pre-activation x wᵀ where it was computed already (fused with the previous step's
+    SGD step, :class:`threefactor.nn.optim.PendingStep`); then no GEMM here.
     On the host the pre-activation a = x wᵀ (B, n_out) is checked to be finite (cheap next to the
     GEMM; a NaN or Inf in row n of w makes column n of a non-finite), else a ValueError naming w or
     ``what`` (x's name in the error).  Device arrays are not read back.
     """
     rule = trule.rule
-    a, z, fp = backend.forward(x, w, rule.activation, rule.slope)
+    if a is None:
+        a, z, fp = backend.forward(x, w, rule.activation, rule.slope)
+    else:
+        z, fp = backend.activation(a, rule.activation, rule.slope)
     if isinstance(a, np.ndarray) and not np.isfinite(a).all():
         raise _forward_error(x, w, what)
     if not rule.grouped:

@@ -173,17 +173,20 @@ def _train_epoch(cfg, net, opts, rng, backend, arrays, augment, epoch, progress)
     backend.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        for b, s in enumerate(range(0, n, bs)):
-            idx = perm[s:s + bs]
-            xb = X[idx] if augment is None else augment(X[idx], rng)
-            stats = net.train_step(xb, Y[idx], opts, rng)
-            m = len(idx)
-            losses.append(stats.loss)
-            hits.append(stats.correct)
-            sizes.append(m)
-            bar.update(m)
-            if not bar.disable and host_index and b % 20 == 0:   # on a GPU reading the loss would wait for it
-                bar.set_postfix(loss=f"{float(stats.loss):.4f}", refresh=False)
+        # online layers take their SGD step in their next forward pass (B = 1: one pass over W per
+        # sample); leaving the block takes the last ones, before evaluation and checkpoints
+        with net.deferred_steps(opts):
+            for b, s in enumerate(range(0, n, bs)):
+                idx = perm[s:s + bs]
+                xb = X[idx] if augment is None else augment(X[idx], rng)
+                stats = net.train_step(xb, Y[idx], opts, rng)
+                m = len(idx)
+                losses.append(stats.loss)
+                hits.append(stats.correct)
+                sizes.append(m)
+                bar.update(m)
+                if not bar.disable and host_index and b % 20 == 0:  # on a GPU reading the loss would wait for it
+                    bar.set_postfix(loss=f"{float(stats.loss):.4f}", refresh=False)
         backend.synchronize()
     finally:
         bar.close()
