@@ -198,3 +198,24 @@ def test_train_step_with_other_optimisers_takes_the_pending_steps_first():
         other = {k: SGD(list(o.params), 0.0, momentum=0.0) for k, o in opts.items()}
         net.train_step(x[2:3], y[2:3], other, rng)     # not deferred: opts' steps are taken first
         assert all(o.pending is None for o in opts.values())
+
+
+@pytest.mark.gpu
+def test_deferred_training_on_cupy_learns_as_numpy():
+    """The CuPy backend fuses nothing (PendingStep takes its one-kernel low-rank step, then the forward
+    GEMM): deferred training on it ends with the numpy run's weights to round-off (float64)."""
+    pytest.importorskip("cupy")
+    from conftest import backend_usable
+    if not backend_usable("cupy"):
+        pytest.skip("no usable cupy backend")
+    x, y = _data()
+    (n1, o1), (n2, o2) = _online_net("numpy"), _online_net("cupy")
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+    for s in range(10):
+        n1.train_step(x[s:s + 1], y[s:s + 1], o1, r1)
+    with n2.deferred_steps(o2):
+        for s in range(10):
+            n2.train_step(x[s:s + 1], y[s:s + 1], o2, r2)
+    be = n2.backend
+    for k, v in n1.parameters().items():
+        np.testing.assert_allclose(be.to_numpy(n2.parameters()[k]), v, rtol=1e-10, atol=1e-12, err_msg=k)
