@@ -335,7 +335,6 @@ class NumbaBackend(NumpyBackend):
         step(w, buf, ut, pre, t(sign), t(wd), t(mu), t(lr))
         return True
 
-
     def sgd_low_rank_forward(self, w, buf, post, pre, sign, wd, mu, lr, x):
         """:meth:`sgd_low_rank_step` and a = x wᵀ with the updated w in one pass over w and buf
         (:func:`threefactor.backends._online_kernels.sgd_low_rank_forward`): each row is stepped and
