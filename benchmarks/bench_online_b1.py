@@ -29,6 +29,8 @@ floor_wm; two_pass 5 (the forward product reads W once more), floor_w 2.  Usage:
 
     NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_online_b1.py
     python benchmarks/bench_online_b1.py --samples 200 --rounds 3 --json out.json
+    python benchmarks/bench_online_b1.py --backend cupy       # on a GPU (the fused pass is Numba's: there
+                                                              # fused = two_pass + the deferral's bookkeeping)
 """
 import argparse
 import platform
@@ -42,10 +44,10 @@ from threefactor.training.config import resolve_config
 from threefactor.training.train import build_network
 
 
-def _net(dtype, refresh=True, delays=None):
+def _net(dtype, backend="numba", refresh=True, delays=None):
     more = {} if delays is None else {"delays": delays}
-    cfg = resolve_config(mode="online", streams=1, backend="numba", dtype=dtype, refresh_previous=refresh, **more)
-    be = get_backend("numba")
+    cfg = resolve_config(mode="online", streams=1, backend=backend, dtype=dtype, refresh_previous=refresh, **more)
+    be = get_backend(backend)
     rng = np.random.default_rng(0)
     net = build_network(cfg, 784, 10, be, rng)
     # the rates of the first epoch at B = 1 (per-sample rule: lr / 256 per step)
@@ -59,24 +61,28 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=300, help="samples per round (default 300)")
     p.add_argument("--rounds", type=int, default=5, help="rounds per candidate (default 5)")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--backend", default="numba", choices=("numba", "numpy", "cupy"),
+                   help="the backend the network runs on (default numba; cupy: a GPU, floors as device copies)")
     p.add_argument("--json", default=None, help="write the results here (atomically)")
     p.add_argument("--cpu-time", action="store_true",
                    help="report the process's CPU time per sample, not wall time (a busy shared machine; "
                         "run with NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)")
     args = p.parse_args(argv)
     rng = np.random.default_rng(1)
-    x = rng.random((args.samples, 784)).astype(args.dtype)
-    y = rng.integers(0, 10, args.samples)
-    nets = {"fused": _net(args.dtype), "two_pass": _net(args.dtype), "one_pair": _net(args.dtype, delays=1),
-            "stored": _net(args.dtype, refresh=False, delays=1), "unfused": _net(args.dtype)}
-    be = get_backend("numba")
+    be = get_backend(args.backend)
+    x = be.asarray(rng.random((args.samples, 784)).astype(args.dtype))     # on the device once, as training has it
+    y = be.asarray(rng.integers(0, 10, args.samples))
+    nets = {"fused": _net(args.dtype, args.backend), "two_pass": _net(args.dtype, args.backend),
+            "one_pair": _net(args.dtype, args.backend, delays=1),
+            "stored": _net(args.dtype, args.backend, refresh=False, delays=1), "unfused": _net(args.dtype, args.backend)}
+    xp = be.xp
 
     def no_low_rank(*a, **k):     # the unfused path: the backend fuses no low-rank step, so ΔW is formed
         return False
 
     weights = [layer.w for layer in nets["fused"][0].hidden] + [nets["fused"][0].output.w]
-    dst = [np.empty_like(w) for w in weights]
-    bufs = [np.empty_like(w) for w in weights]
+    dst = [xp.empty_like(w) for w in weights]
+    bufs = [xp.empty_like(w) for w in weights]
     nbytes = sum(w.nbytes for w in weights)
 
     def run(name):
@@ -97,13 +103,13 @@ def main(argv=None):
     def floor_w():
         for _ in range(args.samples):
             for w, d in zip(weights, dst):
-                np.copyto(d, w)
+                xp.copyto(d, w)
 
     def floor_wm():
         for _ in range(args.samples):
             for w, d, b in zip(weights, dst, bufs):
-                np.copyto(d, w)
-                np.copyto(b, d)
+                xp.copyto(d, w)
+                xp.copyto(b, d)
 
     cands = {"fused": lambda: run("fused"), "two_pass": lambda: run("two_pass"), "one_pair": lambda: run("one_pair"),
              "stored": lambda: run("stored"),
@@ -112,24 +118,27 @@ def main(argv=None):
              "floor_wm": floor_wm}
     for f in cands.values():        # warm-up: JIT, caches
         f()
+    be.synchronize()
     times = {k: [] for k in cands}
     cpu = {k: [] for k in cands}
     for _ in range(args.rounds):
         for k, f in cands.items():
+            be.synchronize()
             t, c = time.perf_counter(), time.process_time()
             f()
+            be.synchronize()                # a GPU's queued work counts to its candidate
             times[k].append((time.perf_counter() - t) / args.samples)
             cpu[k].append((time.process_time() - c) / args.samples)
     # on a shared machine the process's CPU time is the steadier measure (one thread: wall >= CPU)
     med = {k: float(np.median(v)) for k, v in (cpu if args.cpu_time else times).items()}
-    print(f"B = 1, Table 1 MLP online, {args.dtype}; weights {nbytes / 2**20:.1f} MiB; "
+    print(f"B = 1, Table 1 MLP online, {args.backend} {args.dtype}; weights {nbytes / 2**20:.1f} MiB; "
           f"{'CPU' if args.cpu_time else 'wall'} time, median of {args.rounds} "
           f"rounds of {args.samples} samples ({platform.processor() or platform.machine()})")
     print(f"{'candidate':10s} {'ms/sample':>10s} {'samples/s':>10s} {'/ floor_w':>10s} {'/ floor_wm':>10s}")
     for k, v in med.items():
         print(f"{k:10s} {v * 1e3:10.3f} {1 / v:10.0f} {v / med['floor_w']:10.2f} {v / med['floor_wm']:10.2f}")
     if args.json:
-        write_json(args.json, dict(dtype=args.dtype, samples=args.samples, rounds=args.rounds, weight_bytes=nbytes,
+        write_json(args.json, dict(backend=args.backend, dtype=args.dtype, samples=args.samples, rounds=args.rounds, weight_bytes=nbytes,
                                    seconds_per_sample=med, clock="cpu" if args.cpu_time else "wall",
                                    wall=times, cpu=cpu))
     return med

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check, for a machine with an NVIDIA GPU, CuPy and PyTorch (the step timeouts add up to
-# 570 s, under the device tool's 10-minute limit; on an H200 the whole check took about 3-4 minutes):
+# 570 s, under the device tool's 10-minute limit; on an H200 the whole check took about 3-4 minutes, before
+# step 5b was added):
 #   1. environment (nvidia-smi, versions)                           -> head of test_gpu.log
 #   2. every @pytest.mark.gpu test (CuPy backend vs numpy, ...)     -> test_gpu.log
 #   3. layer-update benchmark on cupy: ours vs cuBLAS floor vs torch autograd on the GPU
@@ -9,6 +10,9 @@
 #                                                                   -> bench_step_gpu.{log,json}
 #   5. online two-point rule: per-step fused update vs a copy of W on the GPU
 #                                                                   -> bench_online_gpu.json
+#   5b. strictly sequential B = 1 training step (the default online rule) vs reading and writing every W
+#      (and its momentum buffer) once, samples/s on the GPU (issue 18)
+#                                                                   -> bench_step_gpu.log
 #   6. vgg conv net training step / CIFAR-10 epoch time on cupy vs torch autograd on the GPU
 #      (torch in plain float32 and with its default TF32 convolutions)
 #                                                                   -> bench_conv_gpu.json (log: bench_step_gpu.log)
@@ -34,11 +38,11 @@ PY="${PYTHON:-python3}"
 status=0
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
   UPDATE=(--m 16 --shapes 32x64 --budget 0.01); STEP=(--batch 8 --hidden 16 16 --groups 4 --budget 0.01)
-  ONLINE=(--shapes 16x32 --streams 1 --groups 4 --budget 0.01)
+  ONLINE=(--shapes 16x32 --streams 1 --groups 4 --budget 0.01); B1=(--samples 2 --rounds 1)
   CONV=(--arch conv4-pool-fc8 --batch 2 --groups 2 --steps 1 --warmup 1 --device cpu)
   PROFILE=(--small --torch-device cpu --steps 4)
 else
-  UPDATE=(--budget 0.4); STEP=(--budget 1); ONLINE=(--budget 0.3)
+  UPDATE=(--budget 0.4); STEP=(--budget 1); ONLINE=(--budget 0.3); B1=(--samples 100 --rounds 3)
   CONV=(--arch vgg --device cuda --steps 10); PROFILE=(--steps 20)
 fi
 
@@ -70,7 +74,7 @@ else
 fi
 
 echo "== layer update (cupy, float32)"
-timeout 110 "$PY" -m threefactor bench --backend cupy "${UPDATE[@]}" --profile \
+timeout 100 "$PY" -m threefactor bench --backend cupy "${UPDATE[@]}" --profile \
   --json "$OUT/bench_update_gpu.json" 2>&1 | tee "$OUT/bench_update_gpu.log" || status=1
 
 echo "== MLP training step (cupy, float32)"
@@ -80,6 +84,10 @@ timeout 40 "$PY" benchmarks/bench_step.py --backend cupy "${STEP[@]}" \
 echo "== online per-step update (cupy, float32)"
 timeout 35 "$PY" benchmarks/bench_online.py --backend cupy "${ONLINE[@]}" \
   --json "$OUT/bench_online_gpu.json" 2>&1 | tee -a "$OUT/bench_step_gpu.log" || status=1
+
+echo "== online B = 1 training step (cupy, float32)"
+timeout 25 "$PY" benchmarks/bench_online_b1.py --backend cupy "${B1[@]}" 2>&1 | tee -a "$OUT/bench_step_gpu.log" \
+  || status=1
 
 echo "== conv net (vgg) training step and epoch time (cupy, float32)"
 timeout 65 "$PY" benchmarks/bench_conv_epoch.py --backend cupy "${CONV[@]}" \
@@ -94,7 +102,7 @@ if [ -n "${GPU_CHECK_DRY:-}" ]; then
   echo "dry run: training skipped"
 elif "$PY" -c "from threefactor.data.download import find_dataset as f; raise SystemExit(f('fmnist', None) is None)"; then
   RUN="$(mktemp -d)/fmnist-gpu"
-  timeout 90 "$PY" -m threefactor train --backend cupy --epochs 10 --no-progress --out "$RUN" 2>&1 \
+  timeout 75 "$PY" -m threefactor train --backend cupy --epochs 10 --no-progress --out "$RUN" 2>&1 \
     | tee -a "$OUT/bench_step_gpu.log" || status=1
   cat "$RUN/metrics.jsonl" >>"$OUT/bench_step_gpu.log" 2>&1
 else

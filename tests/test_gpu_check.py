@@ -24,4 +24,6 @@ def test_gpu_check_script_runs_end_to_end(tmp_path):
     update_log = (tmp_path / "out" / "bench_update_gpu.log").read_text()
     assert "CuPy CPU emulator" in update_log
     assert "== targets" in update_log and "bounds met." in update_log    # the verdict, whatever it is
-    assert "== mlp / ours" in (tmp_path / "out" / "bench_step_gpu.log").read_text()
+    step_log = (tmp_path / "out" / "bench_step_gpu.log").read_text()
+    assert "== mlp / ours" in step_log
+    assert "B = 1, Table 1 MLP online, cupy float32" in step_log and "\nfused " in step_log   # issue 18, B = 1
