@@ -318,19 +318,16 @@ class NumbaBackend(NumpyBackend):
         t = w.dtype.type
         _k.sgd_step(w.reshape(-1), g.reshape(-1), buf.reshape(-1), t(sign), t(wd), t(mu), t(lr))
 
-
     def sgd_low_rank_step(self, w, buf, post, pre, sign, wd, mu, lr):
         """The SGD step with g = postᵀ pre in one Numba pass over w and buf
         (:func:`threefactor.backends._online_kernels.sgd_low_rank`; a serial loop for small ones);
         False for more than ``LOW_RANK_UP_TO`` terms or arrays it cannot take (ΔW is formed then)."""
         from threefactor.backends import _online_kernels as kern
-        R = post.shape[0]
-        if (R > kern.LOW_RANK_UP_TO or w.ndim != 2 or not _flat_floats(w, buf)
-                or post.shape[1:] != w.shape[:1] or pre.shape[1:] != w.shape[1:]):
+        operands = _low_rank_operands(w, buf, post, pre)
+        if operands is None:
             return False
-        t = w.dtype.type
-        ut = np.ascontiguousarray(np.asarray(post).T, dtype=w.dtype)
-        pre = np.ascontiguousarray(pre, dtype=w.dtype)
+        ut, pre = operands
+        R, t = ut.shape[1], w.dtype.type
         step = kern.sgd_low_rank_serial if w.size * max(R, 1) < kern.SERIAL_BELOW else kern.sgd_low_rank
         step(w, buf, ut, pre, t(sign), t(wd), t(mu), t(lr))
         return True
@@ -342,21 +339,32 @@ class NumbaBackend(NumpyBackend):
         :meth:`sgd_low_rank_step` would not fuse the step, or x is not an (m, n_in) array of w's dtype
         with at most ``few_rows`` rows."""
         from threefactor.backends import _online_kernels as kern
-        R = post.shape[0]
-        if (R > kern.LOW_RANK_UP_TO or w.ndim != 2 or not _flat_floats(w, buf)
-                or post.shape[1:] != w.shape[:1] or pre.shape[1:] != w.shape[1:]
-                or type(x) is not np.ndarray or x.dtype != w.dtype or x.ndim != 2
+        if (type(x) is not np.ndarray or x.dtype != w.dtype or x.ndim != 2 or w.ndim != 2
                 or x.shape[1] != w.shape[1] or not 0 < x.shape[0] <= self.few_rows):
             return None
-        t = w.dtype.type
-        ut = np.ascontiguousarray(np.asarray(post).T, dtype=w.dtype)
-        pre = np.ascontiguousarray(pre, dtype=w.dtype)
+        operands = _low_rank_operands(w, buf, post, pre)
+        if operands is None:
+            return None
+        ut, pre = operands
+        R, t = ut.shape[1], w.dtype.type
         x = np.ascontiguousarray(x)
         a = np.empty((x.shape[0], w.shape[0]), w.dtype)
         step = (kern.sgd_low_rank_forward_serial if w.size * (max(R, 1) + x.shape[0]) < kern.SERIAL_BELOW
                 else kern.sgd_low_rank_forward)
         step(w, buf, ut, pre, t(sign), t(wd), t(mu), t(lr), x, a)
         return a
+
+
+def _low_rank_operands(w, buf, post, pre):
+    """(ut (n_out, R), pre (R, n_in)), C-contiguous in w's dtype, for the Numba low-rank SGD kernels
+    (:mod:`threefactor.backends._online_kernels`); None for more than ``LOW_RANK_UP_TO`` terms or arrays
+    they cannot take."""
+    from threefactor.backends import _online_kernels as kern
+    if (post.shape[0] > kern.LOW_RANK_UP_TO or w.ndim != 2 or not _flat_floats(w, buf)
+            or post.shape[1:] != w.shape[:1] or pre.shape[1:] != w.shape[1:]):
+        return None
+    return (np.ascontiguousarray(np.asarray(post).T, dtype=w.dtype),
+            np.ascontiguousarray(pre, dtype=w.dtype))
 
 
 def _flat_floats(*arrays):

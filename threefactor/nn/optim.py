@@ -85,8 +85,7 @@ class PendingStep:
             a = be.sgd_low_rank_forward(w, buf, g.post, g.pre, *args, x)
             if a is not None:
                 return a
-        if not be.sgd_low_rank_step(w, buf, g.post, g.pre, *args):
-            be.sgd_step(w, g.dense(), buf, *args)
+        _sgd_step_of(be, w, g, buf, *args)
         return None
 
 
@@ -145,15 +144,7 @@ class SGD:
             self.steps += 1
             return
         for w, g, buf in zip(self.params, grads, self.buffers):
-            if _is_low_rank(g):        # an online two-point update: one pass over W, ΔW never formed
-                if self.fused is not False and self.backend.sgd_low_rank_step(w, buf, g.post, g.pre, sign, wd,
-                                                                              mu, lr):
-                    continue
-                g = g.dense()
-            if g.shape != w.shape:
-                raise ValueError(f"gradient of shape {g.shape} for a parameter of shape {w.shape}")
-            step = self.backend.sgd_step if self.fused is not False else _reference_sgd_step
-            step(w, g, buf, sign, wd, mu, lr)
+            _sgd_step_of(self.backend, w, g, buf, sign, wd, mu, lr, fused=self.fused is not False)
         self.steps += 1
 
     def take_pending(self):
@@ -245,6 +236,19 @@ class AdamW:
         _copy_into(self.v, bufs[n:], "AdamW second moment", self.backend)
         self.steps = int(state["steps"])
         self.lr = float(state["lr"])
+
+
+def _sgd_step_of(backend, w, g, buf, sign, wd, mu, lr, fused=True):
+    """One parameter's SGD step in place.  A low-rank g (an online two-point update) in one pass over W,
+    ΔW never formed, where the backend fuses it (``fused``); else ΔW formed and the backend's fused
+    step (``fused``) or the reference."""
+    if _is_low_rank(g):
+        if fused and backend.sgd_low_rank_step(w, buf, g.post, g.pre, sign, wd, mu, lr):
+            return
+        g = g.dense()
+    if g.shape != w.shape:
+        raise ValueError(f"gradient of shape {g.shape} for a parameter of shape {w.shape}")
+    (backend.sgd_step if fused else _reference_sgd_step)(w, g, buf, sign, wd, mu, lr)
 
 
 def _reference_sgd_step(w, g, buf, sign, wd, mu, lr):
